@@ -1,0 +1,255 @@
+"""Turn defaults + a YAML file + command-line flags into one frozen, checked Config.
+
+Values arrive as text (flags, YAML scalars) or as Python objects (calls from code); both are
+typed against the schema here, so fire's guesses (`--lr=1` -> int, `--use-gpu=false` ->
+the string 'false', `--env=0701` -> ?) never reach the program. Nothing here imports torch.
+"""
+import dataclasses
+import math
+import os
+import re
+import typing
+from pathlib import Path
+
+from configs.schema import FIELDS, GROUPS, Config
+from utils.errors import UsageError, did_you_mean
+
+_TRUE = {"true", "yes", "on", "1", "y"}
+_FALSE = {"false", "no", "off", "0", "n"}
+_NULL = {"none", "null", "~"}
+_INT = re.compile(r"[+-]?\d+")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_ENV = re.compile(r"[A-Za-z0-9_.@+=-]+")
+TYPES = typing.get_type_hints(Config)
+TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+class Text(str):
+    """A value given as text (a flag, a plain YAML scalar): parse it against the schema.
+    A quoted YAML string is a plain `str` and is taken literally for string options."""
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def field_type(name):
+    """(base type, optional?) of a schema field: Optional[int] -> (int, True)."""
+    hint = TYPES[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args:
+        return args[0], True
+    return hint, False
+
+
+def describe_type(name):
+    base, optional = field_type(name)
+    text = TYPE_NAMES[base]
+    choices = FIELDS[name].metadata["choices"]
+    if choices:
+        text = "|".join(choices)
+    return text + ("|none" if optional else "")
+
+
+# -- coercion -------------------------------------------------------------------------------
+def coerce(name, value, where):
+    """Return `value` typed for option `name`, or raise UsageError saying what was expected."""
+    base, optional = field_type(name)
+    meta = FIELDS[name].metadata
+
+    def fail(expected):
+        shown = value if isinstance(value, str) else repr(value)
+        raise UsageError(f"{where}option {flag(name)} expects {expected}, got {shown!r}")
+
+    if value is None:
+        if optional:
+            return None
+        fail(f"a {TYPE_NAMES[base]} (it cannot be none)")
+    is_text = isinstance(value, Text) or (isinstance(value, str) and base is not str)
+    nulls = _NULL if base is str else _NULL | {""}  # an empty string option stays ''
+    if is_text and optional and value.strip().lower() in nulls:
+        return None
+    if meta["bare"] is not None and (isinstance(value, bool) or (is_text and value.lower() in _TRUE | _FALSE)):
+        truthy = value if isinstance(value, bool) else value.lower() in _TRUE
+        return meta["bare"] if truthy else ""
+
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if is_text and value.strip().lower() in _TRUE:
+            return True
+        if is_text and value.strip().lower() in _FALSE:
+            return False
+        fail("a boolean (true/false, yes/no, 1/0)")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if is_text and _INT.fullmatch(value.strip()):
+            return int(value)
+        fail("an integer")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif is_text:
+            try:
+                number = float(value)
+            except ValueError:
+                fail("a number")
+        else:
+            fail("a number")
+        if not math.isfinite(number):
+            fail("a finite number")
+        return number
+    # base is str
+    if not isinstance(value, str):
+        fail("a string (quote it in YAML)")
+    text = str(value)
+    return os.path.expanduser(text) if meta["path"] and text else text
+
+
+# -- YAML -----------------------------------------------------------------------------------
+def read_yaml(path):
+    """Options from a YAML file as {name: Text|str|None}; errors name the file and line."""
+    import yaml
+
+    class TextLoader(yaml.SafeLoader):
+        """Keeps every scalar as text so the schema, not YAML 1.1, decides its type
+        (YAML would read `env: 0701` as the octal number 449)."""
+
+    TextLoader.yaml_implicit_resolvers = {}
+
+    def scalar(loader, node):
+        text = loader.construct_scalar(node)
+        if node.style is None:  # plain (unquoted) scalar
+            return None if text.strip() in ("", "~", "null", "Null", "NULL") else Text(text)
+        return str(text)
+
+    TextLoader.add_constructor("tag:yaml.org,2002:str", scalar)
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"config file {str(path)!r} not found (check --config; presets live in configs/*.yaml)")
+    try:
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=TextLoader)  # noqa: S506 - safe subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UsageError(f"{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of option: value at the top level")
+    options = {}
+    for key, value in data.items():
+        if isinstance(value, (dict, list)):
+            raise UsageError(f"{path}: option {key} must be a single value, not a {type(value).__name__}")
+        options[str(key)] = value
+    return options
+
+
+# -- the whole resolution -------------------------------------------------------------------
+def _normalise_keys(options, where):
+    normalised = {}
+    for key, value in options.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            if name.startswith("no_") and name[3:] in FIELDS and field_type(name[3:])[0] is bool:
+                name, value = name[3:], False  # --no-progress, as fire's --noflag
+            else:
+                hint = did_you_mean(name, FIELDS, render=flag)
+                raise UsageError(f"{where}unknown option {flag(name)}{hint} (`python main.py help` lists every option)")
+        normalised[name] = value
+    return normalised
+
+
+def load_config(overrides=None):
+    """Resolve defaults < `--config` YAML < `overrides` into a checked, frozen Config.
+
+    `overrides` maps option names (hyphens or underscores) to text (from the command line)
+    or Python values. Raises UsageError with a one-line explanation on any problem."""
+    flags = _normalise_keys(overrides or {}, "")
+    values = {}
+    config_path = flags.get("config")
+    if config_path is not None:
+        config_path = coerce("config", config_path, "")
+    if config_path:
+        from_file = _normalise_keys(read_yaml(config_path), f"{config_path}: ")
+        if "config" in from_file:
+            raise UsageError(f"{config_path}: 'config' cannot be set inside a config file")
+        values.update({k: coerce(k, v, f"{config_path}: ") for k, v in from_file.items()})
+    values.update({k: coerce(k, v, "") for k, v in flags.items()})
+    values["config"] = config_path or None
+    return validate(Config(**values))
+
+
+def validate(cfg):
+    """Cross-field checks and derived values (device from --use-gpu); returns the Config."""
+    from utils import registry
+
+    for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
+        value = getattr(cfg, name)
+        if meta["choices"] and value not in meta["choices"]:
+            hint = did_you_mean(str(value), meta["choices"])
+            raise UsageError(f"option {flag(name)} must be one of {', '.join(meta['choices'])}; got {value!r}{hint}")
+        if meta["minimum"] is not None and value is not None and value < meta["minimum"]:
+            raise UsageError(f"option {flag(name)} must be >= {meta['minimum']}; got {value!r}")
+        if meta["registry"]:
+            table = next(r for r in registry.ALL if r.name == meta["registry"])
+            try:
+                table.check(value)
+            except UsageError as error:
+                raise UsageError(f"option {flag(name)}: {error}") from None
+    if not cfg.val_ratio < 1:
+        raise UsageError(f"option --val-ratio must be below 1 (a share of the train images); got {cfg.val_ratio}")
+    if cfg.clip >= 0.5:
+        raise UsageError(f"option --clip must be below 0.5 (predictions are clipped into [clip, 1-clip]); got {cfg.clip}")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {cfg.device!r}")
+    if cfg.env is not None and (not _ENV.fullmatch(cfg.env) or cfg.env in (".", "..")):
+        raise UsageError(f"option --env names a folder under --checkpoint-dir: letters, digits and _.@+=- only; got {cfg.env!r}")
+    if cfg.use_gpu is not None:
+        wanted = "cuda" if cfg.use_gpu else "cpu"
+        if cfg.device == "auto":
+            cfg = dataclasses.replace(cfg, device=wanted)
+        elif cfg.device.split(":")[0] != wanted:
+            raise UsageError(f"--use-gpu={str(cfg.use_gpu).lower()} contradicts --device={cfg.device}; give only one")
+    return cfg
+
+
+# -- reporting and saving -------------------------------------------------------------------
+def as_dict(cfg):
+    """The config as plain data (for checkpoints and config.yaml)."""
+    return dataclasses.asdict(cfg)
+
+
+def changed_options(cfg):
+    """{name: value} of options that differ from the schema's defaults (except --config)."""
+    return {
+        name: getattr(cfg, name)
+        for name, f in FIELDS.items()
+        if name != "config" and getattr(cfg, name) != f.default
+    }
+
+
+def describe(cfg):
+    """Lines for the start-of-run log: changed options first, then the defaults."""
+    changed = changed_options(cfg)
+    lines = ["config (changed from defaults):"]
+    lines += [f"  {flag(k)}={v!r}" for k, v in changed.items()] or ["  (none)"]
+    lines.append("config (defaults): " + " ".join(f"{flag(k)}={getattr(cfg, k)!r}" for k in FIELDS if k not in changed))
+    return lines
+
+
+def dump_yaml(cfg):
+    """The resolved config as YAML, grouped and commented; `--config` of it gives `cfg` back."""
+    import yaml
+
+    out = ["# Resolved config of this run. Reproduce it: python main.py train --config=<this file>"]
+    for group in GROUPS:
+        out.append(f"\n# -- {group}")
+        for name, f in FIELDS.items():
+            if f.metadata["group"] != group or name == "config":
+                continue
+            out.append(yaml.safe_dump({name: getattr(cfg, name)}, default_flow_style=False, width=1000).rstrip())
+    return "\n".join(out) + "\n"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment and install pinned dependencies.
+#
+#   bash scripts/setup.sh          # runtime: what `python main.py ...` needs
+#   bash scripts/setup.sh --dev    # runtime + test tools (pytest, pexpect, tensorboard)
+#
+# The venv lives in $RUNNER_VENV (default: .venv beside this script's parent). Re-running is
+# cheap: pip skips what is already installed at the pinned version.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${RUNNER_VENV:-$here/.venv}"
+requirements="$here/requirements.txt"
+if [[ "${1:-}" == "--dev" ]]; then
+    requirements="$here/requirements-dev.txt"
+elif [[ $# -gt 0 ]]; then
+    echo "usage: bash scripts/setup.sh [--dev]" >&2
+    exit 2
+fi
+
+python="${PYTHON:-python3}"
+if [[ ! -x "$venv/bin/python" ]]; then
+    "$python" -m venv "$venv"
+fi
+# -qq: pip's warnings about unreachable local index pages are noise; errors still show.
+pip=("$venv/bin/python" -m pip -qq --disable-pip-version-check)
+
+# visdom 0.2.4 (imported by torchnet 0.0.4 at import time) is published only as an sdist
+# whose setup.py imports pkg_resources, which setuptools removed in 81. pip's isolated build
+# environment would fetch the newest setuptools and fail, so we build sdists against the
+# venv's own setuptools<81 instead (--no-build-isolation). Wheels are unaffected.
+setuptools_pin="$(grep -E '^setuptools==' "$here/requirements.txt")"
+echo "setup: installing $(basename "$requirements") into $venv (first run: about 2 minutes)" >&2
+"${pip[@]}" install "$setuptools_pin" wheel
+"${pip[@]}" install --no-build-isolation -r "$requirements"
+echo "setup: environment ready in $venv" >&2

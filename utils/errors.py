@@ -1,0 +1,39 @@
+"""Exceptions that mean "the user asked for something we cannot do".
+
+main.py turns these into one line on stderr and an exit code; every other exception is a
+bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad data folder, unreadable checkpoint); exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(UserError):
+    """A bad command line, config file or option value; exit code 2, as argparse does."""
+
+    exit_code = 2
+
+
+def close_matches(word, candidates, limit=3):
+    """Return up to `limit` candidates that look like `word` (typo suggestions)."""
+    import difflib
+
+    candidates = list(candidates)
+    by_lower = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(word.lower(), list(by_lower), n=limit, cutoff=0.6)
+    # A substring match ("resnet" -> "ResNet34") is a good hint even when difflib's ratio is low.
+    for lower, original in by_lower.items():
+        if len(found) < limit and word.lower() in lower and lower not in found:
+            found.append(lower)
+    return [by_lower[f] for f in found]
+
+
+def did_you_mean(word, candidates, render=str):
+    """'; did you mean X or Y?' or '' when nothing is close."""
+    matches = close_matches(word, candidates)
+    if not matches:
+        return ""
+    return "; did you mean " + " or ".join(render(m) for m in matches) + "?"
