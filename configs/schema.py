@@ -36,6 +36,7 @@ class Config:
     seed: int = option(0, "run", "seeds weights, data split, data order and augmentation", minimum=0)
     device: str = option("auto", "run", "auto (CUDA when present) | cpu | cuda | cuda:N")
     use_gpu: Optional[bool] = option(None, "run", "the book's switch: true = --device=cuda, false = --device=cpu")
+    keep_checkpoints: int = option(0, "run", "also keep epoch_<n>.pth for the last k epochs (0 = only last.pth, best.pth)", minimum=0)
     resume: str = option("", "run", "continue a run: bare flag = <run dir>/last.pth, or a checkpoint path", path=True, bare="last")
 
     # -- data -------------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""configs: precedence, typing of text values, and every error path with its message."""
+import dataclasses
+
+import pytest
+
+from configs import dump_yaml, load_config
+from configs.loader import Text
+from configs.schema import FIELDS, GROUPS, Config
+from utils.errors import UsageError
+
+
+def flags(**values):
+    """What the CLI hands over: every value as text."""
+    return {key: Text(value) for key, value in values.items()}
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_yaml_flags_precedence(tmp_path):
+    path = write(tmp_path, "lr: 0.01\nbatch-size: 8\nmodel: ResNet34\n")
+    cfg = load_config(flags(config=str(path), lr="0.5"))
+    assert cfg.lr == 0.5  # flag beats file
+    assert cfg.batch_size == 8  # file beats default
+    assert cfg.model == "ResNet34"
+    assert cfg.max_epoch == FIELDS["max_epoch"].default  # untouched default
+    assert cfg.config == str(path)
+
+
+def test_config_is_frozen():
+    cfg = load_config({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0
+
+
+@pytest.mark.parametrize("text", ["false", "False", "0", "no", "off"])
+def test_false_words(text):
+    assert load_config(flags(progress=text)).progress is False
+
+
+@pytest.mark.parametrize("text", ["true", "True", "1", "yes"])
+def test_true_words(text):
+    assert load_config(flags(amp=text)).amp is True
+
+
+def test_fire_quirks_are_normalised():
+    cfg = load_config(flags(lr="1", env="0701", load_model_path="None", batch_size="16"))
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.env == "0701"
+    assert cfg.load_model_path is None
+    assert cfg.batch_size == 16
+
+
+def test_use_gpu_alias_sets_device():
+    assert load_config(flags(use_gpu="false")).device == "cpu"
+    assert load_config(flags(use_gpu="True")).device == "cuda"
+    with pytest.raises(UsageError, match=r"--use-gpu=false contradicts --device=cuda"):
+        load_config(flags(use_gpu="false", device="cuda"))
+
+
+def test_hyphen_and_underscore_keys_alike():
+    assert load_config({"batch-size": Text("7")}).batch_size == 7
+    assert load_config({"batch_size": Text("7")}).batch_size == 7
+
+
+def test_no_prefix_turns_a_boolean_off():
+    assert load_config(flags(no_progress="True")).progress is False
+
+
+def test_tilde_expanded_in_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config(flags(train_data_root="~/kaggle/train")).train_data_root == f"{tmp_path}/kaggle/train"
+
+
+def test_bare_resume_means_last():
+    assert load_config(flags(resume="True")).resume == "last"
+    assert load_config(flags(resume="ckpt/last.pth")).resume == "ckpt/last.pth"
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("batch_size", "32.0", r"option --batch-size expects an integer, got '32.0'"),
+        ("batch_size", "abc", r"option --batch-size expects an integer, got 'abc'"),
+        ("lr", "fast", r"option --lr expects a number, got 'fast'"),
+        ("lr", "nan", r"option --lr expects a finite number, got 'nan'"),
+        ("progress", "maybe", r"option --progress expects a boolean \(true/false, yes/no, 1/0\), got 'maybe'"),
+        ("optimizer", "adamm", r"option --optimizer must be one of adam, adamw, sgd; got 'adamm'; did you mean adam"),
+        ("batch_size", "0", r"option --batch-size must be >= 1; got 0"),
+        ("val_ratio", "1", r"option --val-ratio must be below 1"),
+        ("device", "gpu", r"option --device must be auto, cpu, cuda, cuda:N or mps; got 'gpu'"),
+        ("env", "a/b", r"option --env names a folder"),
+        ("model", "ResNet43", r"option --model: unknown model 'ResNet43' in the models registry; closest: ResNet34.*\. Available: .*AlexNet"),
+    ],
+)
+def test_bad_values_name_key_type_and_value(key, value, message):
+    with pytest.raises(UsageError, match=message):
+        load_config(flags(**{key: value}))
+
+
+def test_unknown_flag_suggests_close_keys():
+    with pytest.raises(UsageError, match=r"unknown option --lrr; did you mean --lr"):
+        load_config(flags(lrr="0.1"))
+
+
+def test_python_values_are_typed_too():
+    assert load_config({"lr": 1, "amp": True}).lr == 1.0
+    with pytest.raises(UsageError, match=r"--batch-size expects an integer, got '32.0'"):
+        load_config({"batch_size": 32.0})
+    with pytest.raises(UsageError, match=r"--amp expects a boolean"):
+        load_config({"amp": 1})
+
+
+def test_yaml_unknown_key_names_file(tmp_path):
+    path = write(tmp_path, "lr: 0.1\nbatchsize: 3\n")
+    with pytest.raises(UsageError, match=rf"{path}: unknown option --batchsize; did you mean --batch-size"):
+        load_config(flags(config=str(path)))
+
+
+def test_yaml_wrong_type_names_file(tmp_path):
+    path = write(tmp_path, "max_epoch: ten\n")
+    with pytest.raises(UsageError, match=rf"{path}: option --max-epoch expects an integer, got 'ten'"):
+        load_config(flags(config=str(path)))
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "lr: 0.1\nmodel: [ResNet34\nseed: 1\n")
+    with pytest.raises(UsageError, match=rf"{path}:\d+:\d+: invalid YAML"):
+        load_config(flags(config=str(path)))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UsageError, match=r"config file '.*nope.yaml' not found"):
+        load_config(flags(config=str(tmp_path / "nope.yaml")))
+
+
+def test_yaml_keeps_strings_the_schema_says_are_strings(tmp_path):
+    # YAML 1.1 would read 0701 as the octal integer 449 and `no` as False.
+    path = write(tmp_path, "env: 0701\nresult_file: no\nload_model_path: null\nprogress: no\n")
+    cfg = load_config(flags(config=str(path)))
+    assert (cfg.env, cfg.result_file, cfg.load_model_path, cfg.progress) == ("0701", "no", None, False)
+
+
+def test_yaml_nested_value_is_an_error(tmp_path):
+    path = write(tmp_path, "lr:\n  a: 1\n")
+    with pytest.raises(UsageError, match=r"option lr must be a single value, not a dict"):
+        load_config(flags(config=str(path)))
+
+
+def test_saved_config_reproduces_the_run(tmp_path):
+    original = load_config(flags(lr="0.0125", env="0701", model="ResNet34", load_model_path="x.pth", amp="true", clip="0.01"))
+    path = write(tmp_path, dump_yaml(original), "config.yaml")
+    again = load_config(flags(config=str(path)))
+    assert dataclasses.replace(again, config=None) == original
+
+
+def test_presets_load(tmp_path):
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert presets, "configs/*.yaml presets are missing"
+    for preset in presets:
+        load_config(flags(config=str(preset)))
+
+
+def test_every_field_has_group_and_doc():
+    for field in dataclasses.fields(Config):
+        assert field.metadata["group"] in GROUPS
+        assert field.metadata["doc"].strip()

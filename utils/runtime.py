@@ -1,0 +1,78 @@
+"""What every command does before its real work: pick the device, name and create the run
+directory, log and save the resolved config, build data loaders."""
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import configs
+from utils.errors import UsageError, UserError
+from utils.io import atomic_open
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(cfg):
+    """torch.device for --device (auto = CUDA when present)."""
+    import torch
+
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device={cfg.device} but this machine has no usable CUDA GPU; use --device=auto or cpu")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device=mps but MPS is not available here; use --device=auto or cpu")
+    return torch.device(cfg.device)
+
+
+def name_run(cfg):
+    """cfg with env set: the given --env, or <experiment>-<model>-<YYYYmmdd-HHMMSS>."""
+    if cfg.env:
+        return cfg
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    env = f"{cfg.experiment}-{cfg.model}-{stamp}"
+    suffix = 1
+    while (Path(cfg.checkpoint_dir) / env).exists():  # two runs started in the same second
+        suffix += 1
+        env = f"{cfg.experiment}-{cfg.model}-{stamp}-{suffix}"
+    return dataclasses.replace(cfg, env=env)
+
+
+def start_run(cfg):
+    """Create the run dir, refuse to overwrite another run, log and save config.yaml."""
+    run_dir = cfg.run_dir
+    if not cfg.resume and any((run_dir / name).exists() for name in ("last.pth", "best.pth")):
+        raise UsageError(
+            f"{run_dir} already holds a run; continue it with --env={cfg.env} --resume, "
+            f"or start a new one with another --env"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for line in configs.describe(cfg):
+        log.info("%s", line)
+    with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as handle:
+        handle.write(configs.dump_yaml(cfg))
+    log.info("run dir %s", run_dir)
+    return run_dir
+
+
+def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
+    """DataLoader over `dataset` with our deterministic sampler and no global-RNG use."""
+    import torch
+
+    from data.sampling import EpochSampler
+    from utils import seeding
+
+    sampler = EpochSampler(len(dataset), cfg.seed, shuffle=shuffle, epoch=epoch, start=start)
+    pin = device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=pin,
+        drop_last=False,  # keep the last partial batch: every val/test image counts
+        # Our own generator: DataLoader draws its base seed from it instead of the global RNG,
+        # so creating a loader never shifts dropout or init randomness.
+        generator=torch.Generator().manual_seed(seeding.derive_seed(cfg.seed, seeding.LOADER)),
+        persistent_workers=False,
+    )

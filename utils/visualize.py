@@ -1,0 +1,90 @@
+"""Visualizer: the book's plot / img / log calls, written to TensorBoard (default) or visdom.
+
+TensorBoard event files go into the run dir, so `tensorboard --logdir checkpoints` shows
+every run side by side. The visdom backend needs a running server; if none answers, one
+warning is logged and every later call is a no-op, never a traceback per plot.
+"""
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class Visualizer:
+    """plot(name, y), img(name, images), log(text), table(name, rows); steps are explicit or
+    auto-incremented per name as in the book."""
+
+    def __init__(self, run_dir, backend="tensorboard", env="main", purge_step=None):
+        self.backend = backend
+        self.index = {}
+        self.writer = None
+        self.vis = None
+        if backend == "tensorboard":
+            from tensorboardX import SummaryWriter
+
+            # purge_step drops points at/after it left by an interrupted run, so a resumed
+            # run continues the curves without duplicates.
+            self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step, flush_secs=30)
+        elif backend == "visdom":
+            self.vis = _connect_visdom(env)
+
+    def _step(self, name, step):
+        if step is None:
+            step = self.index.get(name, 0)
+        self.index[name] = step + 1
+        return step
+
+    def plot(self, name, y, step=None):
+        """One scalar point on curve `name`."""
+        step = self._step(name, step)
+        if self.writer is not None:
+            self.writer.add_scalar(name, float(y), step)
+        elif self.vis is not None:
+            self.vis.line(Y=[float(y)], X=[step], win=name, opts={"title": name}, update=None if step == 0 else "append")
+
+    def img(self, name, images, step=None):
+        """A grid of images: a (N,)C,H,W float tensor in [0, 1]."""
+        step = self._step(name, step)
+        images = images.detach().cpu()
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if self.writer is not None:
+            self.writer.add_images(name, images, step)
+        elif self.vis is not None:
+            self.vis.images(images.numpy(), win=name, opts={"title": name})
+
+    def log(self, text, name="log", step=None):
+        """A line of text (markdown in TensorBoard's Text tab)."""
+        step = self._step(name, step)
+        if self.writer is not None:
+            self.writer.add_text(name, text, step)
+        elif self.vis is not None:
+            self.vis.text(text, win=name, append=step > 0)
+
+    def table(self, name, header, rows, step=None):
+        """A small table (a markdown table in TensorBoard), e.g. a confusion matrix."""
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+        self.log("\n".join(lines), name=name, step=step)
+
+    def flush(self):
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _connect_visdom(env):
+    try:
+        import visdom
+
+        vis = visdom.Visdom(env=env, raise_exceptions=True, use_incoming_socket=False)
+        if vis.check_connection(timeout_seconds=2):
+            return vis
+    except Exception as error:  # any failure to reach a server means "no visdom", by design
+        log.warning("visdom unavailable (%s); plots are skipped. Start one with `python -m visdom.server`.", error)
+        return None
+    log.warning("no visdom server answered; plots are skipped. Start one with `python -m visdom.server`.")
+    return None
