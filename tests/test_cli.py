@@ -1,0 +1,63 @@
+"""main.py as a user meets it: help variants, exit codes and one-line errors."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from configs.schema import FIELDS
+from conftest import ROOT, run_cli
+from utils.registry import ALL
+
+
+@pytest.mark.parametrize("args", [[], ["help"], ["-h"], ["--help"], ["train", "--help"], ["test", "-h"]])
+def test_help_everywhere_lists_every_option_and_registered_name(args):
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    for name in FIELDS:
+        assert "--" + name.replace("_", "-") in result.stdout
+    for table in ALL:
+        assert f"{table.name} (" in result.stdout
+    assert "ResNet34" in result.stdout and "dogcat" in result.stdout and "classify" in result.stdout
+    assert "integer = 32" in result.stdout  # --batch-size: type and default
+    assert "NAME" not in result.stdout and "SYNOPSIS" not in result.stdout  # not fire's help
+
+
+def test_help_and_config_errors_do_not_import_heavy_packages():
+    code = (
+        "import sys, main, contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main.main(['help'])\n"
+        "with contextlib.redirect_stderr(io.StringIO()): main.main(['train', '--lrr=1'])\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'tensorboardX', 'torchnet') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--lrr=0.1"], r"error: unknown option --lrr; did you mean --lr"),
+        (["train", "--batch-size=32.0"], r"error: option --batch-size expects an integer, got '32.0'"),
+        (["train", "--model=ResNet43"], r"error: option --model: unknown model 'ResNet43'"),
+        (["train", "ResNet34"], r"error: unexpected argument 'ResNet34': options are written --name=value"),
+        (["trian"], r"error: unknown command 'trian'; did you mean train\?"),
+        (["train", "--config=/nonexistent.yaml"], r"error: config file '/nonexistent.yaml' not found"),
+        (["test"], r"error: give --load-model-path=<checkpoint.pth> or --env=<run name>"),
+        (["train", "--resume"], r"error: --resume needs --env=<run name>"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_runtime_user_error_exits_1_without_traceback(tmp_path):
+    result = run_cli("train", f"--train-data-root={tmp_path}/missing", f"--checkpoint-dir={tmp_path}", "--env=x")
+    assert result.returncode == 1
+    assert re.search(r"error: data folder '.*missing' does not exist; it should hold cat.<n>.jpg", result.stderr)
+    assert "Traceback" not in result.stderr
+

@@ -1,0 +1,111 @@
+"""data: Kaggle folder parsing, the split, image modes, deterministic order and augmentation."""
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data import dogcat, sample
+from data.sampling import EpochSampler
+from utils.errors import UserError
+
+
+def touch_images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (8, 8)).save(folder / name, format="PNG" if name.lower().endswith("png") else "JPEG")
+
+
+def test_labels_come_from_the_file_name_not_the_path(tmp_path):
+    folder = tmp_path / "dogs" / "train"  # a path containing "dog" must not make cats dogs
+    touch_images(folder, ["cat.1.jpg", "dog.2.jpg", "CAT.3.JPG", "dog.10.png", "Dog.4.jpeg"])
+    items = dogcat.list_train(folder)
+    assert [(p.name, label) for p, label in items] == [
+        ("cat.1.jpg", 0), ("CAT.3.JPG", 0), ("dog.2.jpg", 1), ("Dog.4.jpeg", 1), ("dog.10.png", 1)]
+
+
+def test_other_entries_are_skipped_with_one_warning(tmp_path, caplog):
+    folder = tmp_path / "odd"
+    touch_images(folder, ["cat.1.jpg", "dog.1.jpg"])
+    (folder / ".DS_Store").write_bytes(b"x")
+    (folder / "Thumbs.db").write_bytes(b"x")
+    (folder / "train").mkdir()
+    (folder / "cat.x.jpg").write_bytes(b"x")
+    (folder / "cat.1.jpg.txt").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        items = dogcat.list_train(folder)
+    assert len(items) == 2
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 5 entries" in warnings[0]
+
+
+def test_no_images_names_folder_layout_and_nested_folder(tmp_path):
+    touch_images(tmp_path / "outer" / "train", ["cat.1.jpg"])
+    with pytest.raises(UserError, match=r"no images in '.*outer': expected cat.<n>.jpg / dog.<n>.jpg .*; did you mean .*outer/train\?"):
+        dogcat.list_train(tmp_path / "outer")
+    with pytest.raises(UserError, match=r"data folder '.*absent' does not exist"):
+        dogcat.list_train(tmp_path / "absent")
+
+
+def test_test_ids_sorted_numerically(tmp_path):
+    touch_images(tmp_path / "test", ["10.jpg", "2.jpg", "1.jpg", "notes.txt"])
+    assert [i for _, i in dogcat.list_test(tmp_path / "test")] == [1, 2, 10]
+
+
+def test_split_is_stratified_seeded_and_disjoint(tmp_path):
+    items = [(f"cat.{i}", 0) for i in range(30)] + [(f"dog.{i}", 1) for i in range(10)]
+    train, val = dogcat.split(items, 0.3, seed=5)
+    assert sorted(train + val) == sorted(items)
+    assert sum(1 for _, label in val if label == 0) == 9 and sum(1 for _, label in val if label == 1) == 3
+    assert dogcat.split(items, 0.3, seed=5) == (train, val)
+    assert dogcat.split(items, 0.3, seed=6) != (train, val)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "I;16"])
+def test_any_image_mode_loads_as_rgb(tmp_path, mode):
+    path = tmp_path / "cat.1.png"
+    image = Image.new("RGB", (12, 10), (10, 200, 30)).convert(mode)
+    image.save(path if mode != "CMYK" else path.with_suffix(".jpg"))
+    loaded = dogcat.load_rgb(path if mode != "CMYK" else path.with_suffix(".jpg"))
+    assert loaded.mode == "RGB" and loaded.size == (12, 10)
+
+
+def test_unreadable_image_is_a_user_error(tmp_path):
+    (tmp_path / "cat.1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=r"cannot read image"):
+        dogcat.load_rgb(tmp_path / "cat.1.jpg")
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    a = list(EpochSampler(20, seed=1, shuffle=True, epoch=3))
+    b = list(EpochSampler(20, seed=1, shuffle=True, epoch=3))
+    assert a == b and [i for _, i in a] != list(range(20))
+    assert list(EpochSampler(20, seed=1, shuffle=True, epoch=4)) != a
+    assert list(EpochSampler(20, seed=1, shuffle=True, epoch=3, start=8)) == a[8:]
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path):
+    touch_images(tmp_path, ["cat.0.jpg"])
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "cat.0.jpg")
+    data = dogcat.DogCat([(tmp_path / "cat.0.jpg", 0)], image_size=16, augment=True, seed=3)
+    torch.manual_seed(123)
+    first = data[(2, 0)][0]
+    torch.manual_seed(999)  # global state must not matter
+    assert torch.equal(first, data[(2, 0)][0])
+    assert not torch.equal(first, data[(3, 0)][0])
+    assert first.shape == (3, 16, 16)
+
+
+def test_bundled_sample_is_deterministic_kaggle_layout(tmp_path):
+    sample.generate(tmp_path / "a")
+    sample.generate(tmp_path / "b")
+    names = sorted(p.name for p in (tmp_path / "a" / "train").iterdir())
+    assert "cat.0.jpg" in names and "dog.149.jpg" in names and ".DS_Store" in names
+    for name in ("train/cat.7.jpg", "test/5.jpg"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    cfg = SimpleNamespace(train_data_root=str(tmp_path / "a" / "train"), val_ratio=0.3, seed=0, image_size=32,
+                          test_data_root=str(tmp_path / "a" / "test"))
+    assert len(dogcat.dogcat(cfg, "train")) == 210 and len(dogcat.dogcat(cfg, "val")) == 90
+    assert len(dogcat.dogcat(cfg, "test")) == sample.TEST_IMAGES
