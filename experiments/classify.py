@@ -48,7 +48,8 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, progre
         loss_meter.load_state_dict(progress["partial"]["loss"])
         confusion.load_state_dict(progress["partial"]["confusion"])
     progress["meters"] = (loss_meter, confusion)
-    window, images_done, data_wait = [], 0, 0.0
+    window = progress.setdefault("loss_window", [])  # losses since the last train/loss point
+    images_done, data_wait = 0, 0.0
     use_amp = cfg.amp and device.type == "cuda"
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     bar = tqdm(total=len(loader.sampler), desc=f"epoch {epoch + 1}/{cfg.max_epoch}", unit="img",
@@ -61,6 +62,8 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, progre
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             output = model(images)
             loss = F.cross_entropy(output, labels)
+        if stopper.during_step(progress["global_step"] + 1) == "nan":
+            loss = loss * float("nan")
         if not torch.isfinite(loss):
             raise NonFiniteLoss(epoch, progress["step_in_epoch"], float(loss))
         optimizer.zero_grad(set_to_none=True)
@@ -81,7 +84,7 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, progre
         if progress["global_step"] % cfg.print_freq == 0:
             vis.plot("train/loss", sum(window) / len(window), progress["global_step"])
             vis.plot("train/images_per_second", images_per_second, progress["global_step"])
-            window = []
+            window.clear()
             debug.check(cfg)  # `touch /tmp/debug` -> ipdb here, with model/loss in scope
         if stopper.requested:
             break
@@ -200,6 +203,7 @@ def checkpoint_state(model, optimizer, policy, scaler, progress, cfg):
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"],
         "global_step": progress["global_step"], "best": progress["best"], "partial": partial,
+        "loss_window": list(progress.get("loss_window", [])),
         "rng": seeding.rng_states(), "config": configs.as_dict(cfg),
     }
 

@@ -69,6 +69,7 @@ def restore(state, model, optimizer, policy, scaler, progress):
         scaler.load_state_dict(state["scaler"])
     for key in ("epoch", "step_in_epoch", "global_step", "best", "partial"):
         progress[key] = state.get(key)
+    progress["loss_window"] = list(state.get("loss_window", []))
     seeding.set_rng_states(state["rng"])
 
 

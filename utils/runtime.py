@@ -75,4 +75,13 @@ def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
         # so creating a loader never shifts dropout or init randomness.
         generator=torch.Generator().manual_seed(seeding.derive_seed(cfg.seed, seeding.LOADER)),
         persistent_workers=False,
+        worker_init_fn=_ignore_sigint,
     )
+
+
+def _ignore_sigint(worker_id):
+    # Ctrl+C reaches the whole process group. Workers ignore it so that the main process
+    # alone decides: finish the step, save, then shut the workers down in order.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

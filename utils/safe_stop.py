@@ -9,6 +9,7 @@ A non-finite loss stops the run and keeps the last good checkpoint untouched.
 """
 import bdb
 import logging
+import os
 import signal
 import sys
 
@@ -16,6 +17,10 @@ from utils import checkpoint, debug
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
+# Fault injection for the test suite and for chaos drills: "STEP:WHAT" makes the run, during
+# global step STEP (1-based, after the forward pass), send itself SIGINT or SIGTERM, raise
+# an error, or see a NaN loss; the same code paths as a real signal, crash or divergence.
+FAULT_VARIABLE = "RUNNER_FAULT_AT_STEP"
 
 
 class NonFiniteLoss(UserError):
@@ -50,6 +55,18 @@ class SafeStop:
         self.requested = signum
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.pth "
               f"(Ctrl+C again to stop at once)", file=sys.stderr, flush=True)
+
+    def during_step(self, global_step):
+        """Called by the loop in each step; fires an injected fault when one is due."""
+        fault = os.environ.get(FAULT_VARIABLE, "")
+        if not fault or int(fault.split(":")[0]) != global_step:
+            return None
+        what = fault.split(":")[1]
+        if what in ("SIGINT", "SIGTERM"):
+            os.kill(os.getpid(), getattr(signal, what))
+        elif what == "error":
+            raise RuntimeError(f"injected fault at step {global_step} ({FAULT_VARIABLE})")
+        return what
 
     def __enter__(self):
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,129 @@
+"""Bit-exact resume, safe stop on signals / crashes / NaN, on tiny data (CPU)."""
+import pytest
+import torch
+
+from conftest import make_dogcat, run_cli, tiny_flags
+
+EPOCHS = 3
+# 16 train images, batch 2: 8 steps per epoch, 24 in all; print_freq 3 exercises plotting.
+FLAGS = {"max-epoch": EPOCHS, "batch-size": 2, "print-freq": 3, "lr": 0.01}
+
+
+def load(path):
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def assert_same_training_state(a, b):
+    """Every tensor of model and optimizer equal bit for bit; counters and lr policy equal."""
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            other = b["optimizer"]["state"][index][name]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other, (index, name)
+    for key in ("epoch", "step_in_epoch", "global_step", "lr_policy", "best"):
+        assert a[key] == b[key], key
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny data and the uninterrupted reference run (num_workers=0)."""
+    tmp_path = tmp_path_factory.mktemp("resume")
+    make_dogcat(tmp_path / "data", per_class=12, test_images=3)
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="reference", **FLAGS))
+    assert result.returncode == 0, result.stderr
+    return tmp_path, load(tmp_path / "runs" / "reference" / "last.pth")
+
+
+def flags(setup, env, **extra):
+    tmp_path, _ = setup
+    return tiny_flags(tmp_path / "data", tmp_path, env=env, **{**FLAGS, **extra})
+
+
+def test_stop_after_k_epochs_then_resume_equals_uninterrupted(setup):
+    tmp_path, reference = setup
+    first = run_cli("train", *flags(setup, "split", **{"max-epoch": 1}))
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli("train", "--env=split", f"--checkpoint-dir={tmp_path / 'runs'}", "--resume", f"--max-epoch={EPOCHS}",
+                      "--progress=false", "--debug-file=")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_training_state(load(tmp_path / "runs" / "split" / "last.pth"), reference)
+
+
+def test_sigint_mid_epoch_then_resume_equals_uninterrupted(setup):
+    tmp_path, reference = setup
+    stopped = run_cli("train", *flags(setup, "sigint"), env={"RUNNER_FAULT_AT_STEP": "11:SIGINT"})
+    assert stopped.returncode == 130, stopped.stderr
+    assert "finishing this step, then saving last.pth" in stopped.stderr
+    assert "Resume: python main.py train --env=sigint" in stopped.stderr
+    state = load(tmp_path / "runs" / "sigint" / "last.pth")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
+    resumed = run_cli("train", *flags(setup, "sigint", resume="true"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_training_state(load(tmp_path / "runs" / "sigint" / "last.pth"), reference)
+
+
+def scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_continues_without_duplicates_and_with_the_same_values(setup):
+    tmp_path, _ = setup
+    run_dir = tmp_path / "runs" / "sigint"
+    if not (run_dir / "last.pth").exists():
+        pytest.skip("needs the SIGINT test's run")
+    assert [step for step, _ in scalars(run_dir, "train/loss")] == list(range(3, 25, 3))
+    # The interrupted epoch's mean loss covers all its steps (meters are resumed too).
+    reference_dir = tmp_path / "runs" / "reference"
+    for tag in ("train/loss", "train/epoch_loss", "train/epoch_accuracy", "val/logloss", "lr"):
+        assert scalars(run_dir, tag) == scalars(reference_dir, tag), tag
+
+
+def test_num_workers_do_not_change_the_bits(setup):
+    tmp_path, reference = setup
+    result = run_cli("train", *flags(setup, "workers", **{"num-workers": 2}))
+    assert result.returncode == 0, result.stderr
+    assert_same_training_state(load(tmp_path / "runs" / "workers" / "last.pth"), reference)
+
+
+def test_sigterm_saves_and_exits_143(setup):
+    tmp_path, _ = setup
+    result = run_cli("train", *flags(setup, "sigterm", **{"num-workers": 2}), env={"RUNNER_FAULT_AT_STEP": "5:SIGTERM"})
+    assert result.returncode == 143, result.stderr
+    assert load(tmp_path / "runs" / "sigterm" / "last.pth")["global_step"] == 5
+
+
+def test_resume_refuses_changes_to_the_run_definition(setup):
+    tmp_path, _ = setup
+    result = run_cli("train", "--env=reference", f"--checkpoint-dir={tmp_path / 'runs'}", "--resume", "--model=AlexNet")
+    assert result.returncode == 2
+    assert "--model='AlexNet' would change the resumed run (it has 'LeNet'); only" in result.stderr
+    missing = run_cli("train", "--env=nope", f"--checkpoint-dir={tmp_path / 'runs'}", "--resume")
+    assert missing.returncode == 2 and "nothing to resume" in missing.stderr
+
+
+def test_crash_saves_emergency_checkpoint_and_keeps_traceback(setup):
+    tmp_path, _ = setup
+    result = run_cli("train", *flags(setup, "crash"), env={"RUNNER_FAULT_AT_STEP": "10:error"})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "RuntimeError: injected fault at step 10" in result.stderr
+    emergency = load(tmp_path / "runs" / "crash" / "emergency.pth")
+    assert emergency["global_step"] == 9  # the last consistent state: step 10 never finished
+    last = load(tmp_path / "runs" / "crash" / "last.pth")
+    assert last["global_step"] == 8  # the epoch-end checkpoint is untouched
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup):
+    tmp_path, _ = setup
+    result = run_cli("train", *flags(setup, "nan"), env={"RUNNER_FAULT_AT_STEP": "12:nan"})
+    assert result.returncode == 1
+    assert "error: loss is nan at epoch 2, step 4; stopped without saving it" in result.stderr
+    state = load(tmp_path / "runs" / "nan" / "last.pth")
+    assert state["global_step"] == 8
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
