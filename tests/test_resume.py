@@ -46,8 +46,9 @@ def test_stop_after_k_epochs_then_resume_equals_uninterrupted(setup):
     tmp_path, reference = setup
     first = run_cli("train", *flags(setup, "split", **{"max-epoch": 1}))
     assert first.returncode == 0, first.stderr
-    resumed = run_cli("train", "--env=split", f"--checkpoint-dir={tmp_path / 'runs'}", "--resume", f"--max-epoch={EPOCHS}",
-                      "--progress=false", "--debug-file=")
+    # --resume=<path>: the run dir is the checkpoint's folder, the config comes from the file.
+    resumed = run_cli("train", f"--resume={tmp_path / 'runs' / 'split' / 'last.pth'}", f"--max-epoch={EPOCHS}",
+                      "--progress=false", "--debug-file=", "--num-workers=0")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_training_state(load(tmp_path / "runs" / "split" / "last.pth"), reference)
 
@@ -127,3 +128,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup):
     state = load(tmp_path / "runs" / "nan" / "last.pth")
     assert state["global_step"] == 8
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_keep_checkpoints_keeps_the_last_k_epoch_files(setup):
+    tmp_path, _ = setup
+    result = run_cli("train", *flags(setup, "keep", **{"keep-checkpoints": 2}))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "keep"
+    assert sorted(p.name for p in run_dir.glob("epoch_*.pth")) == ["epoch_2.pth", "epoch_3.pth"]
+    assert load(run_dir / "epoch_3.pth")["epoch"] == 3

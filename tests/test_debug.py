@@ -1,0 +1,98 @@
+"""Live debugging through a real pseudo-terminal (pexpect): prompt, `q`, `c`, no-TTY runs."""
+import os
+import sys
+import time
+
+import pexpect
+import pytest
+import torch
+
+from conftest import ROOT, make_dogcat, run_cli, tiny_flags
+
+
+@pytest.fixture
+def data(tmp_path):
+    make_dogcat(tmp_path / "data", per_class=12, test_images=3)
+    debug_file = tmp_path / "debug"
+    debug_file.touch()
+    return tmp_path, debug_file
+
+
+def spawn(tmp_path, debug_file, **extra):
+    flags = tiny_flags(tmp_path / "data", tmp_path, **{"debug-file": debug_file, "max-epoch": 2, "batch-size": 2,
+                                                        "print-freq": 3, **extra})
+    return pexpect.spawn(sys.executable, [str(ROOT / "main.py"), "train", *flags], cwd=str(ROOT),
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"), encoding="utf-8", timeout=60, dimensions=(40, 200))
+
+
+def processes_mentioning(text):
+    """PIDs of live processes whose command line contains `text` (leftover workers)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if text.encode() in handle.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_prompt_opens_in_the_loop_and_q_saves_a_resumable_checkpoint(data):
+    tmp_path, debug_file = data
+    child = spawn(tmp_path, debug_file, **{"num-workers": 2})
+    child.expect("live debug")
+    child.expect("ipdb>")
+    child.sendline("p float(loss), tuple(images.shape), type(optimizer).__name__")
+    child.expect(r"\(\d+\.\d+, \(2, 3, 16, 16\), 'Adam'\)")
+    child.expect("ipdb>")
+    child.sendline("q")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130, child.before
+    state = torch.load(tmp_path / "runs" / "tiny" / "last.pth", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
+    time.sleep(0.5)
+    assert processes_mentioning(str(tmp_path)) == []  # no worker left behind
+    debug_file.unlink()
+    resumed = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, **{"max-epoch": 2, "batch-size": 2,
+                                                                             "print-freq": 3, "resume": "true"}))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_c_after_removing_the_file_continues_to_the_end(data):
+    tmp_path, debug_file = data
+    child = spawn(tmp_path, debug_file)
+    child.expect("ipdb>")
+    debug_file.unlink()
+    child.sendline("c")
+    child.expect("trained tiny")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert torch.load(tmp_path / "runs" / "tiny" / "last.pth", weights_only=True)["epoch"] == 2
+
+
+def test_without_a_tty_a_leftover_debug_file_is_reported_once_and_ignored(data):
+    tmp_path, debug_file = data
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, **{"debug-file": debug_file, "max-epoch": 2,
+                                                                           "batch-size": 2, "print-freq": 1}), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("exists but stdin is not a terminal; ignoring it") == 1
+
+
+def test_pdb_on_error_opens_post_mortem_then_saves_emergency_state(data):
+    tmp_path, debug_file = data
+    debug_file.unlink()
+    flags = tiny_flags(tmp_path / "data", tmp_path, **{"max-epoch": 2, "batch-size": 2, "pdb-on-error": "true"})
+    child = pexpect.spawn(sys.executable, [str(ROOT / "main.py"), "train", *flags], cwd=str(ROOT), encoding="utf-8", timeout=60,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", RUNNER_FAULT_AT_STEP="4:error"))
+    child.expect("post-mortem: RuntimeError: injected fault at step 4")
+    child.expect("ipdb>")
+    child.sendline("p progress['global_step']")
+    child.expect("3")
+    child.sendline("q")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    assert torch.load(tmp_path / "runs" / "tiny" / "emergency.pth", weights_only=True)["global_step"] == 3
