@@ -126,11 +126,10 @@ def train(cfg):
     """Train cfg.model on cfg.dataset; see the module docstring."""
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
     cfg = resumed["config"] if resumed else runtime.name_run(cfg)
-    run_dir = runtime.start_run(cfg)
     device = runtime.pick_device(cfg)
-    seeding.seed_everything(cfg.seed)
-
     train_set, val_set = load_data(cfg, "train"), load_data(cfg, "val")
+    run_dir = runtime.start_run(cfg)  # only now: a run that cannot start leaves no folder
+    seeding.seed_everything(cfg.seed)
     model = build_model(cfg)
     if cfg.load_model_path and resumed is None:
         model.load(cfg.load_model_path)
@@ -173,8 +172,8 @@ def train(cfg):
             report_epoch(vis, epoch, progress, train_loss, train_accuracy, images_per_second, metrics, lr, improved)
     vis.close()
     best = progress["best"]
-    print(f"trained {cfg.env}: best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}; "
-          f"checkpoints in {run_dir}")
+    summary = f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best else "no finite validation metric"
+    print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
 
 
 def build_optimizer(cfg, model):
@@ -231,7 +230,9 @@ def load_for_inference(cfg):
         path = cfg.load_model_path
     elif cfg.env:
         candidates = [cfg.run_dir / "best.pth", cfg.run_dir / "last.pth"]
-        path = next((p for p in candidates if p.exists()), candidates[0])
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise UserError(f"no checkpoint in {cfg.run_dir} (looked for best.pth, last.pth); check --env and --checkpoint-dir")
     else:
         raise UsageError("give --load-model-path=<checkpoint.pth> or --env=<run name> (a folder under --checkpoint-dir)")
     state = checkpoint.load_checkpoint(path)

@@ -60,4 +60,11 @@ def test_runtime_user_error_exits_1_without_traceback(tmp_path):
     assert result.returncode == 1
     assert re.search(r"error: data folder '.*missing' does not exist; it should hold cat.<n>.jpg", result.stderr)
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()  # a run that cannot start leaves no run dir behind
+
+
+def test_val_of_an_unknown_run_says_where_it_looked(tmp_path):
+    result = run_cli("val", "--env=nope", f"--checkpoint-dir={tmp_path}")
+    assert result.returncode == 1
+    assert f"error: no checkpoint in {tmp_path}/nope (looked for best.pth, last.pth)" in result.stderr
 
