@@ -48,6 +48,8 @@ def describe_type(name):
     choices = FIELDS[name].metadata["choices"]
     if choices:
         text = "|".join(choices)
+    if FIELDS[name].metadata["bare"] is not None:
+        text = "flag|" + text  # --resume alone, or --resume=<path>
     return text + ("|none" if optional else "")
 
 

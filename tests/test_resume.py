@@ -137,3 +137,12 @@ def test_keep_checkpoints_keeps_the_last_k_epoch_files(setup):
     run_dir = tmp_path / "runs" / "keep"
     assert sorted(p.name for p in run_dir.glob("epoch_*.pth")) == ["epoch_2.pth", "epoch_3.pth"]
     assert load(run_dir / "epoch_3.pth")["epoch"] == 3
+
+
+def test_second_sigint_stops_at_once_and_leaves_the_last_checkpoint_whole(setup):
+    tmp_path, _ = setup
+    result = run_cli("train", *flags(setup, "twice"), env={"RUNNER_FAULT_AT_STEP": "11:SIGINT,11:SIGINT"})
+    assert result.returncode == 130, result.stderr
+    assert "interrupted" in result.stderr and "saved" not in result.stderr
+    state = load(tmp_path / "runs" / "twice" / "last.pth")  # the epoch-1 checkpoint, intact
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 8)

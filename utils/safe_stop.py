@@ -17,7 +17,7 @@ from utils import checkpoint, debug
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
-# Fault injection for the test suite and for chaos drills: "STEP:WHAT" makes the run, during
+# Fault injection for the test suite and for chaos drills: "STEP:WHAT[,STEP:WHAT]" makes the run, during
 # global step STEP (1-based, after the forward pass), send itself SIGINT or SIGTERM, raise
 # an error, or see a NaN loss; the same code paths as a real signal, crash or divergence.
 FAULT_VARIABLE = "RUNNER_FAULT_AT_STEP"
@@ -58,15 +58,17 @@ class SafeStop:
 
     def during_step(self, global_step):
         """Called by the loop in each step; fires an injected fault when one is due."""
-        fault = os.environ.get(FAULT_VARIABLE, "")
-        if not fault or int(fault.split(":")[0]) != global_step:
-            return None
-        what = fault.split(":")[1]
-        if what in ("SIGINT", "SIGTERM"):
-            os.kill(os.getpid(), getattr(signal, what))
-        elif what == "error":
-            raise RuntimeError(f"injected fault at step {global_step} ({FAULT_VARIABLE})")
-        return what
+        fired = None
+        for fault in filter(None, os.environ.get(FAULT_VARIABLE, "").split(",")):
+            step, what = fault.split(":")
+            if int(step) != global_step:
+                continue
+            fired = what
+            if what in ("SIGINT", "SIGTERM"):
+                os.kill(os.getpid(), getattr(signal, what))  # handled before os.kill returns
+            elif what == "error":
+                raise RuntimeError(f"injected fault at step {global_step} ({FAULT_VARIABLE})")
+        return fired
 
     def __enter__(self):
         for signum in (signal.SIGINT, signal.SIGTERM):
