@@ -251,7 +251,7 @@ def dump_yaml(cfg):
     for group in GROUPS:
         out.append(f"\n# -- {group}")
         for name, f in FIELDS.items():
-            if f.metadata["group"] != group or name == "config":
-                continue
+            if f.metadata["group"] != group or name in ("config", "resume"):
+                continue  # how this run was invoked, not what it is
             out.append(yaml.safe_dump({name: getattr(cfg, name)}, default_flow_style=False, width=1000).rstrip())
     return "\n".join(out) + "\n"
