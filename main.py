@@ -70,7 +70,7 @@ def main(argv=None):
     try:
         fire.Fire(commands, command=argv, name="main.py")
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{error.prefix}{error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -59,6 +59,7 @@ def test_sigint_mid_epoch_then_resume_equals_uninterrupted(setup):
     assert stopped.returncode == 130, stopped.stderr
     assert "finishing this step, then saving last.pth" in stopped.stderr
     assert "Resume: python main.py train --env=sigint" in stopped.stderr
+    assert "\nstopped (SIGINT); saved " in stopped.stderr and "error: stopped" not in stopped.stderr
     state = load(tmp_path / "runs" / "sigint" / "last.pth")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
     resumed = run_cli("train", *flags(setup, "sigint", resume="true"))

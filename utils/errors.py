@@ -9,6 +9,7 @@ class UserError(Exception):
     """A mistake the user can fix (bad data folder, unreadable checkpoint); exit code 1."""
 
     exit_code = 1
+    prefix = "error: "  # how main.py introduces the one-line message
 
 
 class UsageError(UserError):

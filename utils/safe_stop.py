@@ -36,6 +36,8 @@ class NonFiniteLoss(UserError):
 class Stopped(UserError):
     """The run was stopped on request and can be resumed."""
 
+    prefix = ""  # not an error: the user asked for it
+
     def __init__(self, message, exit_code):
         super().__init__(message)
         self.exit_code = exit_code
