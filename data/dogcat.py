@@ -8,6 +8,7 @@ dog). Anything else in the folder (.DS_Store, Thumbs.db, a nested train/ from un
 is skipped and counted in one warning. The validation split is stratified per class and a
 function of --seed and --val-ratio alone, so `train` and `val` agree on it.
 """
+import functools
 import logging
 import re
 from pathlib import Path
@@ -27,7 +28,6 @@ TRAIN_NAME = re.compile(r"(cat|dog)\.(\d+)\.(jpe?g|png)", re.IGNORECASE)
 TEST_NAME = re.compile(r"(\d+)\.(jpe?g|png)", re.IGNORECASE)
 TRAIN_LAYOUT = "cat.<n>.jpg / dog.<n>.jpg files (the Kaggle train.zip unpacked)"
 TEST_LAYOUT = "<n>.jpg files (the Kaggle test.zip unpacked)"
-_warned = set()  # folders whose skipped entries were already reported
 
 
 def scan(folder, pattern, layout):
@@ -42,8 +42,7 @@ def scan(folder, pattern, layout):
             found.append((match, entry))
         else:
             skipped.append(entry.name)
-    if skipped and folder not in _warned:
-        _warned.add(folder)
+    if skipped:
         log.warning("skipped %d entries in %s that are not %s (e.g. %s)", len(skipped), folder, layout, ", ".join(skipped[:3]))
     if not found:
         nested = [d for d in skipped if (folder / d).is_dir()]
@@ -52,11 +51,17 @@ def scan(folder, pattern, layout):
     return found
 
 
-def list_train(folder):
-    """[(path, label)] sorted by (label, number): the order the split is drawn from."""
+@functools.lru_cache(maxsize=8)
+def _list_train(folder):
     items = [(path, CLASSES.index(m.group(1).lower()), int(m.group(2))) for m, path in scan(folder, TRAIN_NAME, TRAIN_LAYOUT)]
     items.sort(key=lambda item: (item[1], item[2], item[0].name))
-    return [(path, label) for path, label, _ in items]
+    return tuple((path, label) for path, label, _ in items)
+
+
+def list_train(folder):
+    """[(path, label)] sorted by (label, number): the order the split is drawn from. One
+    listing per folder and process: `train` builds its train and val splits from the same one."""
+    return list(_list_train(Path(folder).resolve()))
 
 
 def list_test(folder):

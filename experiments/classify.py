@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import configs
+from configs.loader import flag
 from data.transforms import denormalize
 from models import build_model
 from utils import checkpoint, debug, resume, runtime, seeding
@@ -243,7 +244,7 @@ def load_for_inference(cfg):
         for key in MODEL_KEYS:
             if key in changed and changed[key] != saved.get(key):
                 if key in ("model", "num_classes", "image_size"):
-                    raise UsageError(f"--{key.replace('_', '-')}={changed[key]} differs from the checkpoint's {saved.get(key)!r}; drop the flag")
+                    raise UsageError(f"{flag(key)}={changed[key]} differs from the checkpoint's {saved.get(key)!r}; drop the flag")
             elif key in saved:
                 adopted[key] = saved[key]
         cfg = configs.load_config({**changed, **adopted})

@@ -4,7 +4,6 @@
 --pretrained=hub downloads torchvision's default weights, which needs internet: offline,
 that is a clear error after a short timeout, not a hang.
 """
-import logging
 import socket
 
 from models.basic_module import BasicModule
@@ -12,7 +11,6 @@ from utils import checkpoint
 from utils.errors import UserError
 from utils.registry import MODELS
 
-log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 20
 
 

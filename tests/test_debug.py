@@ -18,11 +18,12 @@ def data(tmp_path):
     return tmp_path, debug_file
 
 
-def spawn(tmp_path, debug_file, **extra):
+def spawn(tmp_path, debug_file, env=None, **extra):
     flags = tiny_flags(tmp_path / "data", tmp_path, **{"debug-file": debug_file, "max-epoch": 2, "batch-size": 2,
                                                         "print-freq": 3, **extra})
     return pexpect.spawn(sys.executable, [str(ROOT / "main.py"), "train", *flags], cwd=str(ROOT),
-                         env=dict(os.environ, PYTHONUNBUFFERED="1"), encoding="utf-8", timeout=60, dimensions=(40, 200))
+                         env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), encoding="utf-8", timeout=60,
+                         dimensions=(40, 200))
 
 
 def processes_mentioning(text):
@@ -83,10 +84,8 @@ def test_without_a_tty_a_leftover_debug_file_is_reported_once_and_ignored(data):
 
 def test_pdb_on_error_opens_post_mortem_then_saves_emergency_state(data):
     tmp_path, debug_file = data
-    debug_file.unlink()
-    flags = tiny_flags(tmp_path / "data", tmp_path, **{"max-epoch": 2, "batch-size": 2, "pdb-on-error": "true"})
-    child = pexpect.spawn(sys.executable, [str(ROOT / "main.py"), "train", *flags], cwd=str(ROOT), encoding="utf-8", timeout=60,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1", RUNNER_FAULT_AT_STEP="4:error"))
+    debug_file.unlink()  # absent: the loop must not stop before the injected error
+    child = spawn(tmp_path, debug_file, env={"RUNNER_FAULT_AT_STEP": "4:error"}, **{"pdb-on-error": "true"})
     child.expect("post-mortem: RuntimeError: injected fault at step 4")
     child.expect("ipdb>")
     child.sendline("p progress['global_step']")

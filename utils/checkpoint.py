@@ -63,11 +63,10 @@ def model_state(state):
 def load_weights(model, weights, source, strict=True):
     """load_state_dict with an error that names missing/unexpected keys and shape mismatches."""
     own = model.state_dict()
-    mismatched = [
-        f"{key} {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-        for key, value in weights.items()
-        if key in own and hasattr(value, "shape") and value.shape != own[key].shape
+    mismatched_keys = [
+        key for key, value in weights.items() if key in own and hasattr(value, "shape") and value.shape != own[key].shape
     ]
+    mismatched = [f"{key} {tuple(weights[key].shape)} vs model {tuple(own[key].shape)}" for key in mismatched_keys]
     missing = [key for key in own if key not in weights]
     unexpected = [key for key in weights if key not in own]
     if strict and (mismatched or missing or unexpected):
@@ -82,7 +81,7 @@ def load_weights(model, weights, source, strict=True):
             f"{source} does not fit model {type(model).__name__}: {'; '.join(details)}. "
             f"Was it trained with another --model or --num-classes?"
         )
-    model.load_state_dict({k: v for k, v in weights.items() if k in own and k not in {m.split(' ')[0] for m in mismatched}}, strict=False)
+    model.load_state_dict({k: v for k, v in weights.items() if k in own and k not in mismatched_keys}, strict=False)
     return missing, unexpected, mismatched
 
 

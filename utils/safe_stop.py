@@ -80,10 +80,10 @@ class SafeStop:
     def __exit__(self, kind, error, traceback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        resume = f"python main.py train --env={self.cfg.env} --checkpoint-dir={self.cfg.checkpoint_dir} --resume"
         if kind is None and self.requested is None:
             return False
         if kind is None or issubclass(kind, bdb.BdbQuit):
+            resume = f"python main.py train --env={self.cfg.env} --checkpoint-dir={self.cfg.checkpoint_dir} --resume"
             checkpoint.save_checkpoint(self.snapshot(), self.run_dir / "last.pth")
             self.vis.close()
             code = {signal.SIGTERM: 143}.get(self.requested, 130)
@@ -96,8 +96,8 @@ class SafeStop:
             debug.post_mortem(error)
         try:
             path = checkpoint.save_checkpoint(self.snapshot(), self.run_dir / "emergency.pth")
-            log.error("unexpected %s; state before it saved to %s (resume: %s=%s)", kind.__name__, path,
-                      resume.rsplit(" ", 1)[0] + " --resume", path)
+            log.error("unexpected %s; state before it saved to %s (resume: python main.py train --resume=%s)",
+                      kind.__name__, path, path)
         except Exception as save_error:  # the original error matters more; report and go on
             log.error("could not save an emergency checkpoint: %s", save_error)
         self.vis.close()
