@@ -1,30 +1,16 @@
-"""Command-line glue: `python main.py train|val|test|help [--option=value ...]`.
+"""Command-line glue: `python main.py <command> [--option=value ...]`.
 
-fire dispatches the command; every value reaches us as text (fire's literal guessing is
-switched off with SetParseFn(str)) and the config schema types it. What a command does
-lives in experiments/. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error,
-130 interrupted (SIGINT), 143 terminated (SIGTERM).
+Each experiment declares its commands (classify: train, val, test; gan: train, generate,
+with test as another name for generate); `help` lists them. fire dispatches the command;
+every value reaches us as text (fire's literal guessing is switched off with
+SetParseFn(str)) and the config schema types it. `train` is the engine's (utils/engine.py),
+the other commands are the experiment's methods. Exit codes: 0 ok, 1 runtime failure,
+2 usage or config error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 import logging
 import sys
 
-COMMANDS = ("train", "val", "test", "help")
 HELP_TOKENS = ("help", "-h", "--help")
-
-
-def train(*args, **flags):
-    """Train a model; writes <checkpoint-dir>/<env>/."""
-    _run("train", args, flags)
-
-
-def val(*args, **flags):
-    """Print validation metrics of a checkpoint."""
-    _run("val", args, flags)
-
-
-def test(*args, **flags):
-    """Write the Kaggle submission csv for the test folder."""
-    _run("test", args, flags)
 
 
 def help(*args, **flags):  # noqa: A001 - the command is called help, as in the book
@@ -34,10 +20,27 @@ def help(*args, **flags):  # noqa: A001 - the command is called help, as in the 
     print(render_help())
 
 
+def experiment_commands(name):
+    """{command: method name} of experiment `name`, read from its source (no import)."""
+    from utils.registry import EXPERIMENTS
+
+    commands = {command: command for command in EXPERIMENTS.declared(name, "commands") or {}}
+    commands.update(EXPERIMENTS.declared(name, "aliases") or {})
+    return commands
+
+
+def all_commands():
+    from utils.registry import EXPERIMENTS
+
+    found = {}
+    for name in EXPERIMENTS.names():
+        found.update(experiment_commands(name))
+    return [*found, "help"]
+
+
 def _run(command, args, flags):
     from configs.loader import Text, load_config
     from utils.errors import UsageError
-    from utils.registry import EXPERIMENTS
 
     if args:
         raise UsageError(
@@ -45,8 +48,27 @@ def _run(command, args, flags):
             f"(e.g. --model={args[0]}); `python main.py help` lists them"
         )
     cfg = load_config({key: Text(value) for key, value in flags.items()})
-    experiment = EXPERIMENTS.get(cfg.experiment)
-    getattr(experiment, command)(cfg)
+    commands = experiment_commands(cfg.experiment)
+    if command not in commands:
+        listed = ", ".join(c if c == m else f"{c} (= {m})" for c, m in commands.items())
+        raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {listed}"
+                         f" (pick another with --experiment; `python main.py help` lists them)")
+    if command == "train":
+        from utils import engine
+
+        engine.train(cfg)
+        return
+    from utils.registry import EXPERIMENTS
+
+    getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
+
+
+def _command(name):
+    def command(*args, **flags):
+        _run(name, args, flags)
+
+    command.__name__ = name
+    return command
 
 
 def main(argv=None):
@@ -57,18 +79,20 @@ def main(argv=None):
         return 0
     from utils.errors import UserError, did_you_mean
 
-    if argv[0] not in COMMANDS:
-        hint = did_you_mean(argv[0], COMMANDS)
-        print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(COMMANDS)}.", file=sys.stderr)
+    commands = all_commands()
+    if argv[0] not in commands:
+        hint = did_you_mean(argv[0], commands)
+        print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(commands)}.", file=sys.stderr)
         return 2
 
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     as_text = fire.decorators.SetParseFn(str)  # the schema types values, not fire
-    commands = {"train": as_text(train), "val": as_text(val), "test": as_text(test), "help": help}
+    table = {name: as_text(_command(name)) for name in commands if name != "help"}
+    table["help"] = help
     try:
-        fire.Fire(commands, command=argv, name="main.py")
+        fire.Fire(table, command=argv, name="main.py")
     except UserError as error:
         print(f"{error.prefix}{error}", file=sys.stderr)
         return error.exit_code

@@ -7,12 +7,7 @@ import textwrap
 from configs.loader import describe_type, flag
 from configs.schema import GROUPS, Config
 
-COMMANDS = {
-    "train": "train a model; writes <checkpoint-dir>/<env>/ (config.yaml, last.pth, best.pth, TensorBoard events)",
-    "val": "print accuracy, log loss and the confusion matrix of a checkpoint on the validation split",
-    "test": "predict the test folder and write the Kaggle submission csv (id,label = P(dog))",
-    "help": "print this text (also: no command, -h, --help, <command> --help)",
-}
+HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
 
 def _show_default(value):
@@ -27,19 +22,29 @@ def _show_default(value):
 
 def render_help(width=None):
     """The full help text."""
-    from utils.registry import ALL, display_name
+    from configs.loader import experiment_defaults
+    from utils.registry import ALL, EXPERIMENTS, display_name
 
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
     lines = [
-        "usage: python main.py <command> [--option=value ...]",
+        "usage: python main.py <command> [--experiment=<name>] [--option=value ...]",
         "",
-        "commands:",
+        "commands, per experiment (--experiment, default classify):",
     ]
-    lines += [f"  {name:<6} {text}" for name, text in COMMANDS.items()]
+    for experiment in EXPERIMENTS.names():
+        lines.append(f"  {experiment}:")
+        for name, text in (EXPERIMENTS.declared(experiment, "commands") or {}).items():
+            lines += textwrap.wrap(f"{name:<9} {text}", width, initial_indent="    ", subsequent_indent=" " * 14)
+        for alias, name in (EXPERIMENTS.declared(experiment, "aliases") or {}).items():
+            lines.append(f"    {alias:<9} the same as {name}")
+        defaults = " ".join(f"{flag(k)}={_show_default(v)}" for k, v in experiment_defaults(experiment).items())
+        if defaults:
+            lines += textwrap.wrap(f"defaults: {defaults}", width, initial_indent="    ", subsequent_indent=" " * 14)
+    lines += [f"  help      {HELP_COMMAND}"]
     lines += [
         "",
-        "options: schema defaults < --config=FILE.yaml < flags. Hyphens or underscores alike",
-        "(--batch-size or --batch_size); booleans take true/false/yes/no/1/0, a bare flag is true,",
+        "options: schema defaults < the experiment's defaults < --config=FILE.yaml < flags. Hyphens or",
+        "underscores alike (--batch-size or --batch_size); booleans take true/false/yes/no/1/0, a bare flag is true,",
         "--no-<flag> is false; 'none' clears an option that may be empty.",
     ]
     fields = dataclasses.fields(Config)
@@ -61,5 +66,7 @@ def render_help(width=None):
         "  python main.py train                                  # the embedded smoke demo",
         "  python main.py train --config=configs/dogcat.yaml --model=ResNet34 --lr=1e-3",
         "  python main.py test --load-model-path=checkpoints/<env>/best.pth",
+        "  python main.py train --experiment=gan                  # the DCGAN on its embedded sample",
+        "  python main.py generate --experiment=gan --env=<run>   # best-scored faces -> result.png",
     ]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import re
 import typing
 from pathlib import Path
 
-from configs.schema import FIELDS, GROUPS, Config
+from configs.schema import FIELDS, GROUPS, Config, with_role
 from utils.errors import UsageError, did_you_mean
 
 _TRUE = {"true", "yes", "on", "1", "y"}
@@ -165,22 +165,39 @@ def _normalise_keys(options, where):
     return normalised
 
 
+def experiment_defaults(name):
+    """{option: value} the experiment `name` declares as its defaults (its class's
+    `defaults` literal, read without importing it); {} for an unknown name."""
+    from utils.registry import EXPERIMENTS
+
+    declared = EXPERIMENTS.declared(name, "defaults") or {}
+    return {key: coerce(key, value, f"experiment {name}: defaults: ") for key, value in _normalise_keys(declared, "").items()}
+
+
+def defaults_for(experiment):
+    """Every option's default for runs of `experiment`: the schema's, then the experiment's."""
+    return {**{name: f.default for name, f in FIELDS.items()}, **experiment_defaults(experiment)}
+
+
 def load_config(overrides=None):
-    """Resolve defaults < `--config` YAML < `overrides` into a checked, frozen Config.
+    """Resolve schema defaults < the experiment's defaults < `--config` YAML < `overrides`
+    into a checked, frozen Config.
 
     `overrides` maps option names (hyphens or underscores) to text (from the command line)
     or Python values. Raises UsageError with a one-line explanation on any problem."""
     flags = _normalise_keys(overrides or {}, "")
-    values = {}
     config_path = flags.get("config")
     if config_path is not None:
         config_path = coerce("config", config_path, "")
+    from_file = {}
     if config_path:
         from_file = _normalise_keys(read_yaml(config_path), f"{config_path}: ")
         if "config" in from_file:
             raise UsageError(f"{config_path}: 'config' cannot be set inside a config file")
-        values.update({k: coerce(k, v, f"{config_path}: ") for k, v in from_file.items()})
-    values.update({k: coerce(k, v, "") for k, v in flags.items()})
+        from_file = {k: coerce(k, v, f"{config_path}: ") for k, v in from_file.items()}
+    flags = {k: coerce(k, v, "") for k, v in flags.items()}
+    experiment = flags.get("experiment", from_file.get("experiment", FIELDS["experiment"].default))
+    values = {**experiment_defaults(experiment), **from_file, **flags}
     values["config"] = config_path or None
     return validate(Config(**values))
 
@@ -226,12 +243,29 @@ def as_dict(cfg):
 
 
 def changed_options(cfg):
-    """{name: value} of options that differ from the schema's defaults (except --config)."""
-    return {
-        name: getattr(cfg, name)
-        for name, f in FIELDS.items()
-        if name != "config" and getattr(cfg, name) != f.default
-    }
+    """{name: value} of options that differ from the defaults of cfg's experiment (except --config)."""
+    defaults = defaults_for(cfg.experiment)
+    return {name: getattr(cfg, name) for name in FIELDS if name != "config" and getattr(cfg, name) != defaults[name]}
+
+
+def adopt_checkpoint_config(cfg, saved, source):
+    """The Config for val/test/generate of a checkpoint whose saved config is `saved`: options
+    of role model and split come from the checkpoint unless given; a given model option that
+    contradicts the checkpoint is an error (the weights would not fit)."""
+    trained_by = saved.get("experiment", cfg.experiment)
+    if trained_by != cfg.experiment:
+        raise UsageError(f"{source} was trained by experiment {trained_by!r}; add --experiment={trained_by}")
+    changed = changed_options(cfg)
+    adopted = {}
+    for key in with_role("model", "split"):
+        if key not in saved:
+            continue
+        if key in changed and changed[key] != saved[key]:
+            if FIELDS[key].metadata["role"] == "model":
+                raise UsageError(f"{flag(key)}={changed[key]} differs from the checkpoint's {saved[key]!r}; drop the flag")
+        else:
+            adopted[key] = saved[key]
+    return load_config({**changed, **adopted})
 
 
 def describe(cfg):
@@ -251,7 +285,7 @@ def dump_yaml(cfg):
     for group in GROUPS:
         out.append(f"\n# -- {group}")
         for name, f in FIELDS.items():
-            if f.metadata["group"] != group or name in ("config", "resume"):
+            if f.metadata["group"] != group or f.metadata["role"] == "invocation":
                 continue  # how this run was invoked, not what it is
             out.append(yaml.safe_dump({name: getattr(cfg, name)}, default_flow_style=False, width=1000).rstrip())
     return "\n".join(out) + "\n"

@@ -12,15 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "test", "performance")
+GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "test", "gan", "performance")
+
+# What an option means for a run, which answers "which options define a run" in one place:
+#   run         (the default) defines what is computed: fixed on --resume
+#   model       defines the model: fixed on --resume; val/test/generate take it from the
+#               checkpoint, and a flag that contradicts the checkpoint is an error
+#   split       defines the data split: fixed on --resume; val/test take it from the
+#               checkpoint unless given
+#   execution   how or where the run executes or reports: may change on --resume
+#   invocation  how this command was called (--config, --resume): may change, never saved
+ROLES = ("run", "model", "split", "execution", "invocation")
 
 
-def option(default, group, doc, *, choices=None, registry=None, path=False, bare=None, minimum=None):
-    """A schema field. `registry` names a registry the value must be registered in,
-    `path` expands `~`, `bare` is the value of the flag given without `=value`,
-    `minimum` is an inclusive lower bound for numbers."""
-    assert group in GROUPS, group
-    metadata = dict(group=group, doc=doc, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum)
+def option(default, group, doc, *, role="run", choices=None, registry=None, path=False, bare=None, minimum=None):
+    """A schema field. `role` is one of ROLES (see above), `registry` names a registry the
+    value must be registered in, `path` expands `~`, `bare` is the value of the flag given
+    without `=value`, `minimum` is an inclusive lower bound for numbers."""
+    if group not in GROUPS or role not in ROLES:
+        raise ValueError(f"option group {group!r} must be one of {GROUPS} and role {role!r} one of {ROLES}")
+    metadata = dict(group=group, doc=doc, role=role, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum)
     return field(default=default, metadata=metadata)
 
 
@@ -29,60 +40,77 @@ class Config:
     """Every knob of a run. Build it with `configs.load_config`, never mutate it."""
 
     # -- run --------------------------------------------------------------------------------
-    config: Optional[str] = option(None, "run", "YAML file of overrides: defaults < this file < flags", path=True)
-    experiment: str = option("classify", "run", "what train/val/test mean (EXPERIMENTS registry)", registry="experiments")
-    env: Optional[str] = option(None, "run", "run name; run dir = <checkpoint-dir>/<env> (default <experiment>-<model>-<time>)")
-    checkpoint_dir: str = option("checkpoints", "run", "parent folder of run dirs; `tensorboard --logdir` it", path=True)
-    seed: int = option(0, "run", "seeds weights, data split, data order and augmentation", minimum=0)
-    device: str = option("auto", "run", "auto (CUDA when present) | cpu | cuda | cuda:N")
-    use_gpu: Optional[bool] = option(None, "run", "the book's switch: true = --device=cuda, false = --device=cpu")
-    keep_checkpoints: int = option(0, "run", "also keep epoch_<n>.pth for the last k epochs (0 = only last.pth, best.pth)", minimum=0)
-    resume: str = option("", "run", "continue a run: bare flag = <run dir>/last.pth, or a checkpoint path", path=True, bare="last")
+    config: Optional[str] = option(None, "run", "YAML file of overrides: defaults < this file < flags", role="invocation", path=True)
+    experiment: str = option("classify", "run", "what the commands mean (EXPERIMENTS registry); `help` lists each one's commands", role="model", registry="experiments")
+    env: Optional[str] = option(None, "run", "run name; run dir = <checkpoint-dir>/<env> (default <experiment>-<model>-<time>)", role="execution")
+    checkpoint_dir: str = option("checkpoints", "run", "parent folder of run dirs; `tensorboard --logdir` it", role="execution", path=True)
+    seed: int = option(0, "run", "seeds weights, data split, data order and augmentation", role="split", minimum=0)
+    device: str = option("auto", "run", "auto (CUDA when present) | cpu | cuda | cuda:N", role="execution")
+    use_gpu: Optional[bool] = option(None, "run", "the book's switch: true = --device=cuda, false = --device=cpu", role="execution")
+    keep_checkpoints: int = option(0, "run", "also keep epoch_<n>.pth for the last k epochs (0 = only last.pth, best.pth)", role="execution", minimum=0)
+    resume: str = option("", "run", "continue a run: bare flag = <run dir>/last.pth, or a checkpoint path", role="invocation", path=True, bare="last")
 
     # -- data -------------------------------------------------------------------------------
-    dataset: str = option("dogcat", "data", "dataset (DATASETS registry)", registry="datasets")
-    train_data_root: str = option("data/sample/train", "data", "folder of cat.<n>.jpg / dog.<n>.jpg (Kaggle train/)", path=True)
-    test_data_root: str = option("data/sample/test", "data", "folder of <n>.jpg to predict (Kaggle test/ or test1/)", path=True)
-    val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", minimum=0.0)
-    image_size: int = option(224, "data", "side of the square crop fed to the model", minimum=8)
+    dataset: str = option("dogcat", "data", "dataset (DATASETS registry)", role="split", registry="datasets")
+    train_data_root: str = option("data/sample/train", "data", "folder of cat.<n>.jpg / dog.<n>.jpg (Kaggle train/); gan: a folder of images", role="split", path=True)
+    test_data_root: str = option("data/sample/test", "data", "folder of <n>.jpg to predict (Kaggle test/ or test1/)", role="execution", path=True)
+    val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", role="split", minimum=0.0)
+    image_size: int = option(224, "data", "side of the square crop fed to the model", role="model", minimum=8)
     batch_size: int = option(32, "data", "images per step", minimum=1)
-    num_workers: int = option(2, "data", "data-loading worker processes (0 = load in the main process)", minimum=0)
+    num_workers: int = option(2, "data", "data-loading worker processes (0 = load in the main process)", role="execution", minimum=0)
 
     # -- model ------------------------------------------------------------------------------
-    model: str = option("SqueezeNet", "model", "architecture (MODELS registry), e.g. ResNet34, torchvision.resnet18", registry="models")
-    num_classes: int = option(2, "model", "output classes (2 for Dogs vs. Cats: cat 0, dog 1)", minimum=1)
+    model: str = option("SqueezeNet", "model", "architecture (MODELS registry), e.g. ResNet34, torchvision.resnet18; gan: the generator", role="model", registry="models")
+    num_classes: int = option(2, "model", "output classes (2 for Dogs vs. Cats: cat 0, dog 1)", role="model", minimum=1)
     pretrained: str = option("", "model", "'' = random init; a local weights file; 'hub' = download torchvision's (online only)", path=True)
-    load_model_path: Optional[str] = option(None, "model", "checkpoint to load: initial weights for train, the model for val/test", path=True)
+    load_model_path: Optional[str] = option(None, "model", "checkpoint to load: initial weights for train, the model for val/test/generate", role="execution", path=True)
 
     # -- optimisation -----------------------------------------------------------------------
     optimizer: str = option("adam", "optimisation", "adam (the book's) | adamw | sgd", choices=("adam", "adamw", "sgd"))
     lr: float = option(1e-3, "optimisation", "initial learning rate", minimum=0.0)
-    lr_policy: str = option("book", "optimisation", "book: lr *= lr-decay when the epoch's train loss rises | step | cosine | plateau", choices=("book", "step", "cosine", "plateau"))
+    lr_policy: str = option("book", "optimisation", "book: lr *= lr-decay when the epoch's train loss rises | step | cosine | plateau (on --monitor) | constant", choices=("book", "step", "cosine", "plateau", "constant"))
     lr_decay: float = option(0.5, "optimisation", "factor applied by the book, step and plateau policies", minimum=0.0)
     lr_step: int = option(10, "optimisation", "epochs between decays (step) or to wait (plateau)", minimum=1)
     momentum: float = option(0.9, "optimisation", "SGD momentum", minimum=0.0)
     weight_decay: float = option(0.0, "optimisation", "L2 penalty (the book's 0e-5)", minimum=0.0)
-    max_epoch: int = option(10, "optimisation", "epochs to train", minimum=1)
+    max_epoch: int = option(10, "optimisation", "epochs to train", role="execution", minimum=1)
     monitor: str = option("val_logloss", "optimisation", "metric that decides best.pth", choices=("val_logloss", "val_accuracy", "val_loss"))
 
     # -- logging ----------------------------------------------------------------------------
-    print_freq: int = option(20, "logging", "steps between train-loss points and debug-file checks", minimum=1)
-    visualizer: str = option("tensorboard", "logging", "tensorboard (event files in the run dir) | visdom (needs a server) | none", choices=("tensorboard", "visdom", "none"))
-    progress: bool = option(True, "logging", "tqdm progress bar per epoch (stderr)")
+    print_freq: int = option(20, "logging", "steps between train-loss points, image grids and debug-file checks", role="execution", minimum=1)
+    visualizer: str = option("tensorboard", "logging", "tensorboard (event files in the run dir) | visdom (needs a server) | none", role="execution", choices=("tensorboard", "visdom", "none"))
+    progress: bool = option(True, "logging", "tqdm progress bar per epoch (stderr)", role="execution")
 
     # -- debug ------------------------------------------------------------------------------
-    debug_file: str = option("/tmp/debug", "debug", "touch this file to enter ipdb in the training loop; '' = never check", path=True)
-    pdb_on_error: bool = option(False, "debug", "open ipdb post-mortem on an unexpected exception")
+    debug_file: str = option("/tmp/debug", "debug", "touch this file to enter ipdb in the training loop; '' = never check", role="execution", path=True)
+    pdb_on_error: bool = option(False, "debug", "open ipdb post-mortem on an unexpected exception", role="execution")
 
     # -- test -------------------------------------------------------------------------------
-    result_file: str = option("result.csv", "test", "Kaggle submission written by `test` (id,label = P(dog))", path=True)
-    clip: float = option(0.0, "test", "clip P(dog) into [clip, 1-clip]; log loss punishes confident mistakes", minimum=0.0)
-    tta: bool = option(False, "test", "average predictions over the image and its horizontal flip")
+    result_file: str = option("result.csv", "test", "Kaggle submission written by `test` (id,label = P(dog))", role="execution", path=True)
+    clip: float = option(0.0, "test", "clip P(dog) into [clip, 1-clip]; log loss punishes confident mistakes", role="execution", minimum=0.0)
+    tta: bool = option(False, "test", "average predictions over the image and its horizontal flip", role="execution")
+
+    # -- gan (the DCGAN of the book's chapter 7) ---------------------------------------------
+    netd: str = option("NetD", "gan", "the discriminator (MODELS registry); --model is the generator", role="model", registry="models")
+    nz: int = option(100, "gan", "length of the noise vector the generator draws from", role="model", minimum=1)
+    ngf: int = option(64, "gan", "generator width: channels of its last hidden layer", role="model", minimum=1)
+    ndf: int = option(64, "gan", "discriminator width: channels of its first layer", role="model", minimum=1)
+    lr1: float = option(2e-4, "gan", "generator learning rate (Adam)", minimum=0.0)
+    lr2: float = option(2e-4, "gan", "discriminator learning rate (Adam)", minimum=0.0)
+    beta1: float = option(0.5, "gan", "Adam beta1 of both nets (DCGAN's 0.5)", minimum=0.0)
+    d_every: int = option(1, "gan", "train the discriminator every N steps", minimum=1)
+    g_every: int = option(5, "gan", "train the generator every N steps", minimum=1)
+    gan_loss: str = option("bce", "gan", "bce (classic DCGAN) | rahinge (relativistic average hinge, the book's 2nd edition)", choices=("bce", "rahinge"))
+    gen_img: str = option("result.png", "gan", "grid PNG written by `generate`", role="execution", path=True)
+    gen_num: int = option(64, "gan", "images in the generated grid: the best-scored of --gen-search-num", role="execution", minimum=1)
+    gen_search_num: int = option(512, "gan", "noises drawn; the discriminator keeps the best --gen-num", role="execution", minimum=1)
+    gen_mean: float = option(0.0, "gan", "mean of the generation noise", role="execution")
+    gen_std: float = option(1.0, "gan", "standard deviation of the generation noise", role="execution", minimum=0.0)
 
     # -- performance ------------------------------------------------------------------------
     amp: bool = option(False, "performance", "mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = option(False, "performance", "NHWC memory format (faster convs on recent GPUs)")
-    pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA")
+    pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA", role="execution")
 
     @property
     def run_dir(self):
@@ -93,3 +121,8 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def with_role(*roles):
+    """Names of the options whose role is one of `roles`, in schema order."""
+    return [name for name, f in FIELDS.items() if f.metadata["role"] in roles]

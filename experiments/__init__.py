@@ -1,2 +1,7 @@
-"""Experiments (EXPERIMENTS registry): what train / val / test mean for one kind of task.
-An experiment is a class with static `train(cfg)`, `val(cfg)` and `test(cfg)`."""
+"""Experiments (EXPERIMENTS registry): what the commands mean for one kind of task.
+
+An experiment is one file here: a subclass of utils.engine.Experiment registered with
+@EXPERIMENTS.register("<name>"), declaring its `commands` (train is the engine's; the others
+are methods of the class), and providing datasets, build, step and optionally evaluate and
+images. See the README, "Add an experiment".
+"""

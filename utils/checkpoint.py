@@ -1,18 +1,26 @@
-"""Checkpoints: one dict of plain data, written atomically, loaded with weights_only=True.
+"""Checkpoints: one dict of plain data, written atomically, loaded with weights_only=True,
+and the one place that names checkpoint files and orders their writes.
 
-Layout (FORMAT_VERSION 1): model, optimizer, lr_policy, scaler (or None), epoch (epochs
-finished), step_in_epoch (steps of the next epoch already done), global_step, rng, best
-(metric name, value, epoch), config (plain dict), format_version. Any key may be extended;
-a reader refuses files from a newer format instead of misreading them.
+Layout (FORMAT_VERSION 2): one entry per named object of the experiment, holding its
+state_dict (classify: model, optimizer, lr_policy, scaler or None; gan: netg, netd, ...),
+plus the engine's train state (epoch = epochs finished, step_in_epoch = steps of the next
+epoch already done, global_step, best = {metric, value, epoch}, epoch_meters, window), rng,
+config (plain dict), experiment and format_version. Format 1 (before the engine) kept an lr
+policy state of its own; its weights still load everywhere, but it cannot be resumed.
+A reader refuses files from a newer format instead of misreading them.
 """
+import logging
 import pickle
 import zipfile
 from pathlib import Path
 
+from utils import faults
 from utils.errors import UserError
-from utils.io import atomic_open
+from utils.io import atomic_open, remove_temp_files
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 2
+LAST, BEST, EMERGENCY = "last.pth", "best.pth", "emergency.pth"
 
 
 def save_checkpoint(state, path):
@@ -20,9 +28,72 @@ def save_checkpoint(state, path):
     import torch
 
     state = dict(state, format_version=FORMAT_VERSION)
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", before_replace=lambda: faults.at_save("written")) as handle:
         torch.save(state, handle)
+    faults.at_save("renamed")
     return Path(path)
+
+
+class CheckpointManager:
+    """Names and orders a run's checkpoint files: last.pth (every epoch and on a stop),
+    best.pth (when the monitored metric improves), epoch_<n>.pth (--keep-checkpoints),
+    emergency.pth (after a crash, never over last.pth). Only the writing process (rank 0
+    under DDP) touches files."""
+
+    def __init__(self, run_dir, keep_epochs=0, writes=True):
+        self.run_dir, self.keep_epochs, self.writes = Path(run_dir), keep_epochs, writes
+
+    def remove_leftovers(self):
+        """Delete temp files of writes that a kill interrupted (a run starts or resumes)."""
+        if not self.writes:
+            return
+        count, size = remove_temp_files(self.run_dir)
+        if count:
+            log.info("removed %d unfinished checkpoint temp file(s) (%.1f MB) left by a killed run in %s",
+                     count, size / 1e6, self.run_dir)
+
+    def save_epoch_end(self, state, epoch, improved):
+        """The checkpoints of a finished epoch. best.pth is written *before* last.pth: a kill
+        between the two leaves last.pth one epoch behind, and resuming redoes that epoch
+        deterministically; the other order could leave a stale best.pth behind a newer last.pth."""
+        if not self.writes:
+            return
+        if improved:
+            save_checkpoint(state, self.run_dir / BEST)
+        save_checkpoint(state, self.run_dir / LAST)
+        if self.keep_epochs > 0:
+            save_checkpoint(state, self.run_dir / f"epoch_{epoch}.pth")
+            numbered = sorted(self.run_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+            for old in numbered[: -self.keep_epochs]:
+                old.unlink()
+
+    def save_last(self, state):
+        if self.writes:
+            save_checkpoint(state, self.run_dir / LAST)
+        return self.run_dir / LAST
+
+    def save_emergency(self, state):
+        if self.writes:
+            save_checkpoint(state, self.run_dir / EMERGENCY)
+        return self.run_dir / EMERGENCY
+
+
+def find_for_inference(run_dir):
+    """best.pth, else last.pth of a run dir; UserError naming where it looked."""
+    for name in (BEST, LAST):
+        if (Path(run_dir) / name).exists():
+            return Path(run_dir) / name
+    raise UserError(f"no checkpoint in {run_dir} (looked for {BEST}, {LAST}); check --env and --checkpoint-dir")
+
+
+def unwrap(module):
+    """The plain module inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, so
+    saved state dicts have no `module.` / `_orig_mod.` prefixes and load in any process."""
+    while True:
+        inner = getattr(module, "_orig_mod", None) or (getattr(module, "module", None) if hasattr(module, "no_sync") else None)
+        if inner is None:
+            return module
+        module = inner
 
 
 def load_checkpoint(path):

@@ -1,7 +1,8 @@
 """Live debugging, the book's section 6.2: `touch /tmp/debug` and the training loop opens
-ipdb at its next check (every --print-freq steps), with model, images, output, loss and
-optimizer in scope. `c` continues (delete the file first, or it fires again), `q` saves
-last.pth and stops the run cleanly.
+ipdb at its next check (every --print-freq steps), with the experiment's named objects
+(model, optimizer, ... or netg, netd, ...), the batch (images, labels), the step's returned
+scalars (loss, ...), cfg, epoch and state in scope. `c` continues (delete the file first,
+or it fires again), `q` saves last.pth and stops the run cleanly.
 
 Without a terminal on stdin (CI, nohup, a scheduler) an existing debug file is reported once
 and ignored: a leftover /tmp/debug must never stall an unattended run.
@@ -13,15 +14,19 @@ import sys
 log = logging.getLogger(__name__)
 BANNER = """
 --- live debug: {path} exists ---
-in scope: model, images, labels, output, loss, optimizer, cfg, epoch, progress
-e.g. p loss.item() | p model.<layer>.weight.grad.norm() | optimizer.param_groups[0]['lr'] = 1e-4
+in scope: {names}
+e.g. p {example} | {optimizer}.param_groups[0]['lr'] = 1e-4 (kept: lr policies read it back)
 leave: `c` continues (rm {path} first, or it triggers again) | `q` saves last.pth and stops
 """
+# The prompt opens in a frame whose globals are `scope`, so every name in it is a plain
+# variable at the prompt and assignments to objects (an lr, a weight) act on the live run.
+# The second line gives the debugger a line to stop on inside that frame.
+_PROMPT = "__import__('ipdb').set_trace()\npass\n"
 _warned = set()
 
 
-def check(cfg):
-    """Enter ipdb in the caller's frame if cfg.debug_file exists and a human can answer."""
+def check(cfg, scope):
+    """Open ipdb with the names of `scope` if cfg.debug_file exists and a human can answer."""
     path = cfg.debug_file
     if not path or not os.path.exists(path):
         return
@@ -30,10 +35,11 @@ def check(cfg):
             _warned.add(path)
             log.warning("debug file %s exists but stdin is not a terminal; ignoring it (remove it to silence this)", path)
         return
-    import ipdb
-
-    print(BANNER.format(path=path), file=sys.stderr, flush=True)
-    ipdb.set_trace(frame=sys._getframe(1))  # the training loop's frame, not this helper's
+    names = ", ".join(scope)
+    example = next((name for name in scope if name.startswith("loss")), next(iter(scope)))
+    optimizer = next((name for name in scope if name.startswith("optimizer")), "optimizer")
+    print(BANNER.format(path=path, names=names, example=example, optimizer=optimizer), file=sys.stderr, flush=True)
+    exec(compile(_PROMPT, "<live debug>", "exec"), scope)  # noqa: S102 - our own constant
 
 
 def post_mortem(error):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="wb", **kwargs):
+def atomic_open(path, mode="wb", before_replace=None, **kwargs):
     """Open a temp file beside `path`; on clean exit flush, fsync and rename it over `path`.
 
     The temp file lives in the same directory so `os.replace` is a same-filesystem rename,
@@ -20,12 +20,28 @@ def atomic_open(path, mode="wb", **kwargs):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
     _fsync_directory(path.parent)
+
+
+TEMP_PATTERN = ".*.tmp"  # what atomic_open leaves behind when the process is killed mid-write
+
+
+def remove_temp_files(directory):
+    """Delete the temp files that killed writers left in `directory`; returns (count, bytes)."""
+    count = size = 0
+    for leftover in Path(directory).glob(TEMP_PATTERN):
+        with contextlib.suppress(OSError):
+            size += leftover.stat().st_size
+            leftover.unlink()
+            count += 1
+    return count, size
 
 
 def _fsync_directory(directory):

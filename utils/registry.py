@@ -106,6 +106,18 @@ class Registry:
             found.update(self._entries)
         return sorted(found, key=str.lower)
 
+    def declared(self, name, attribute):
+        """The literal value of class attribute `attribute` of the entry registered as `name`
+        (e.g. an experiment's `commands`), read from source without importing; None if absent."""
+        for path in self._source_files():
+            for registered, node in _registered_nodes(path, self.symbol):
+                if registered == name and isinstance(node, ast.ClassDef):
+                    for statement in node.body:
+                        if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                                and isinstance(statement.targets[0], ast.Name) and statement.targets[0].id == attribute):
+                            return ast.literal_eval(statement.value)
+        return None
+
     def _source_files(self):
         base = _ROOT / self.package.replace(".", "/")
         if base.with_suffix(".py").is_file():  # a single module, e.g. utils.meters
@@ -143,7 +155,17 @@ def _definition_site(obj):
 
 def _registered_names(path, symbol):
     """Names given to `@SYMBOL.register(...)` decorators in one source file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [name for name, _ in _registered_nodes(path, symbol)]
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(path):
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _registered_nodes(path, symbol):
+    """(name, class or function node) for each `@SYMBOL.register(...)` in one source file."""
+    tree = _parse(path)
     for node in ast.walk(tree):
         if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             continue
@@ -158,7 +180,7 @@ def _registered_names(path, symbol):
                 continue
             explicit = [a for a in decorator.args[:1] if isinstance(a, ast.Constant)]
             explicit += [k.value for k in decorator.keywords if k.arg == "name"]
-            yield explicit[0].value if explicit else node.name
+            yield (explicit[0].value if explicit else node.name), node
 
 
 # The project's registries: what `--experiment`, `--model`, `--dataset` and meter names

@@ -40,8 +40,10 @@ def name_run(cfg):
 
 def start_run(cfg):
     """Create the run dir, refuse to overwrite another run, log and save config.yaml."""
+    from utils.checkpoint import BEST, LAST
+
     run_dir = cfg.run_dir
-    if not cfg.resume and any((run_dir / name).exists() for name in ("last.pth", "best.pth")):
+    if not cfg.resume and any((run_dir / name).exists() for name in (LAST, BEST)):
         raise UsageError(
             f"{run_dir} already holds a run; continue it with --env={cfg.env} --resume, "
             f"or start a new one with another --env"

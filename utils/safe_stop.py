@@ -5,31 +5,28 @@ the epoch, writers close, the resume command is printed, exit 130 / 143. A secon
 stops at once; checkpoint writes are atomic, so even that leaves the previous last.pth whole.
 `q` in the live debugger stops the same way. An unexpected exception saves the last
 consistent state to emergency.pth (never over last.pth) and re-raises with its traceback.
-A non-finite loss stops the run and keeps the last good checkpoint untouched.
+A non-finite loss stops the run and keeps the last good checkpoint untouched. Fault
+injection for tests lives in utils/faults.py.
 """
 import bdb
 import logging
-import os
+import math
 import signal
 import sys
 
-from utils import checkpoint, debug
+from utils import debug
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
-# Fault injection for the test suite and for chaos drills: "STEP:WHAT[,STEP:WHAT]" makes the run, during
-# global step STEP (1-based, after the forward pass), send itself SIGINT or SIGTERM, raise
-# an error, or see a NaN loss; the same code paths as a real signal, crash or divergence.
-FAULT_VARIABLE = "RUNNER_FAULT_AT_STEP"
 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
 
-    def __init__(self, epoch, step, value):
+    def __init__(self, name, epoch, step, value):
         super().__init__(
-            f"loss is {value} at epoch {epoch + 1}, step {step + 1}; stopped without saving it. "
-            f"The last good checkpoint is kept: try a lower --lr, or resume from it"
+            f"{name} is {value} at epoch {epoch + 1}, step {step + 1}; stopped without saving it. "
+            f"The last good checkpoint is kept: try a lower learning rate, or resume from it"
         )
 
 
@@ -44,11 +41,13 @@ class Stopped(UserError):
 
 
 class SafeStop:
-    """Context manager around the training loop; `requested` tells the loop to stop."""
+    """Context manager around the training loop and the one place that decides to stop:
+    a signal, `q` in the live debugger or a non-finite loss. The loop asks `requested`
+    after each step (a distributed run can agree on it across ranks there)."""
 
-    def __init__(self, cfg, run_dir, snapshot, vis):
-        self.cfg, self.run_dir, self.snapshot, self.vis = cfg, run_dir, snapshot, vis
-        self.requested = None  # the signal number once a stop was asked for
+    def __init__(self, cfg, checkpoints, snapshot, close_outputs):
+        self.cfg, self.checkpoints, self.snapshot, self.close_outputs = cfg, checkpoints, snapshot, close_outputs
+        self.requested = None  # why a stop was asked for: a signal number or "debugger quit"
         self._previous = {}
 
     def _handle(self, signum, frame):
@@ -58,19 +57,18 @@ class SafeStop:
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.pth "
               f"(Ctrl+C again to stop at once)", file=sys.stderr, flush=True)
 
-    def during_step(self, global_step):
-        """Called by the loop in each step; fires an injected fault when one is due."""
-        fired = None
-        for fault in filter(None, os.environ.get(FAULT_VARIABLE, "").split(",")):
-            step, what = fault.split(":")
-            if int(step) != global_step:
-                continue
-            fired = what
-            if what in ("SIGINT", "SIGTERM"):
-                os.kill(os.getpid(), getattr(signal, what))  # handled before os.kill returns
-            elif what == "error":
-                raise RuntimeError(f"injected fault at step {global_step} ({FAULT_VARIABLE})")
-        return fired
+    def check_finite(self, scalars, epoch, step_in_epoch, names):
+        """Raise NonFiniteLoss if a returned loss (a key in `names`) is NaN or infinite."""
+        for name in names:
+            if name in scalars and not math.isfinite(scalars[name]):
+                raise NonFiniteLoss(name, epoch, step_in_epoch, scalars[name])
+
+    def debug_check(self, scope):
+        """The live-debugger check; `q` at its prompt asks for a stop like a signal does."""
+        try:
+            debug.check(self.cfg, scope)
+        except bdb.BdbQuit:
+            self.requested = "debugger quit"
 
     def __enter__(self):
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -82,23 +80,23 @@ class SafeStop:
             signal.signal(signum, handler)
         if kind is None and self.requested is None:
             return False
-        if kind is None or issubclass(kind, bdb.BdbQuit):
+        if kind is None:
             resume = f"python main.py train --env={self.cfg.env} --checkpoint-dir={self.cfg.checkpoint_dir} --resume"
-            checkpoint.save_checkpoint(self.snapshot(), self.run_dir / "last.pth")
-            self.vis.close()
+            path = self.checkpoints.save_last(self.snapshot())
+            self.close_outputs()
             code = {signal.SIGTERM: 143}.get(self.requested, 130)
-            reason = "debugger quit" if kind else signal.Signals(self.requested).name
-            raise Stopped(f"stopped ({reason}); saved {self.run_dir / 'last.pth'}. Resume: {resume}", code) from None
+            reason = self.requested if isinstance(self.requested, str) else signal.Signals(self.requested).name
+            raise Stopped(f"stopped ({reason}); saved {path}. Resume: {resume}", code) from None
         if issubclass(kind, (KeyboardInterrupt, NonFiniteLoss)):
-            self.vis.close()
+            self.close_outputs()
             return False
         if self.cfg.pdb_on_error:
             debug.post_mortem(error)
         try:
-            path = checkpoint.save_checkpoint(self.snapshot(), self.run_dir / "emergency.pth")
+            path = self.checkpoints.save_emergency(self.snapshot())
             log.error("unexpected %s; state before it saved to %s (resume: python main.py train --resume=%s)",
                       kind.__name__, path, path)
         except Exception as save_error:  # the original error matters more; report and go on
             log.error("could not save an emergency checkpoint: %s", save_error)
-        self.vis.close()
+        self.close_outputs()
         return False

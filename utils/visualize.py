@@ -88,3 +88,24 @@ def _connect_visdom(env):
         return None
     log.warning("no visdom server answered; plots are skipped. Start one with `python -m visdom.server`.")
     return None
+
+
+def save_grid(images, path, nrow=None):
+    """Write images (N, C, H, W) in [0, 1] as one PNG grid, atomically; returns the path.
+    `nrow` images per row (default: a near-square grid)."""
+    import math
+
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from utils.io import atomic_open
+
+    images = images.detach().float().cpu()
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(pixels).save(handle, format="PNG")
+    return path
+

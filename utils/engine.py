@@ -1,0 +1,353 @@
+"""The engine: the one training loop every experiment runs on.
+
+An experiment (experiments/<name>.py, a subclass of `Experiment`) says what a task means:
+its datasets, a builder of named stateful objects (models, optimizers, lr policies,
+tensors such as a GAN's fixed noise), one training step `(batch, objects, ctx) -> {name:
+scalar}`, optionally an evaluation returning metrics and image grids to show. The engine
+owns everything a long run needs, once: resume and the run dir, the deterministic loader
+of each epoch (starting mid-epoch on resume), progress bar and timing, TensorBoard curves of
+whatever a step returns, the --print-freq cadence, the live-debug trigger, safe stop and
+emergency save, the non-finite check, fault injection, and the checkpoint: {name:
+state_dict} + train state + RNG + config, written through one CheckpointManager.
+
+Read top to bottom: Experiment, TrainState, Context, Outputs, train, run_epoch, snapshot /
+restore, load_for_inference.
+"""
+import dataclasses
+import logging
+import math
+import sys
+import time
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+import configs
+from configs.loader import adopt_checkpoint_config
+from utils import checkpoint, faults, resume, runtime, seeding
+from utils.errors import UsageError
+from utils.lr_policy import LrPolicy
+from utils.precision import Precision
+from utils.registry import EXPERIMENTS, METERS
+from utils.safe_stop import SafeStop
+from utils.visualize import Visualizer, save_grid
+
+log = logging.getLogger(__name__)
+# Checkpoint keys the engine writes itself; an experiment's objects take any other name.
+ENGINE_KEYS = {"epoch", "step_in_epoch", "global_step", "best", "epoch_meters", "window", "rng", "config",
+               "experiment", "format_version"}
+
+
+class Experiment:
+    """What an experiment provides. `commands`, `aliases` and `defaults` must be literals in
+    the class body: `help` and the CLI read them from the source without importing torch."""
+
+    commands = {}  # {command: one-line doc}; "train" is the engine's, the others are methods
+    aliases = {}  # {other name: command}, e.g. the card's `test` for the gan's `generate`
+    defaults = {}  # option defaults of this experiment: schema < these < --config < flags
+    batch_names = ("images", "labels")  # the batch's parts, by name, at the debugger prompt
+    losses = ("loss",)  # returned scalars that must stay finite; the first feeds the lr policies
+    monitors = {}  # {metric: "min" | "max"}: what evaluate() returns that --monitor may pick
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def datasets(self):
+        """(train dataset, validation dataset or None); runs before the run dir exists, so
+        every check of data and options belongs here."""
+        raise NotImplementedError
+
+    def build(self, ctx):
+        """{name: object}: modules on ctx.device, optimizers, LrPolicy objects, tensors."""
+        raise NotImplementedError
+
+    def step(self, batch, objects, ctx):
+        """One training step on a batch already on the device; returns {name: scalar}."""
+        raise NotImplementedError
+
+    def evaluate(self, objects, ctx):
+        """Metrics after an epoch ({name: number}, including the monitored one), or None."""
+        return None
+
+    def images(self, objects, ctx):
+        """{tag: images (N, C, H, W) in [0, 1]} to show at the --print-freq cadence and at
+        each epoch end (TensorBoard and <run dir>/images/)."""
+        return {}
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where a run is: the counters, the best metric so far and this epoch's running means."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # steps of the next epoch already done
+    global_step: int = 0
+    best: Optional[dict] = None  # {"metric", "value", "epoch"}
+    meters: dict = dataclasses.field(default_factory=dict)  # name -> loss meter of this epoch
+    window: dict = dataclasses.field(default_factory=dict)  # name -> values since the last curve point
+
+    def as_checkpoint(self):
+        mid_epoch = self.step_in_epoch > 0
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "best": self.best, "window": {k: list(v) for k, v in self.window.items()},
+                "epoch_meters": {k: m.state_dict() for k, m in self.meters.items()} if mid_epoch else None}
+
+    @classmethod
+    def from_checkpoint(cls, state):
+        meters = {}
+        for name, meter_state in (state.get("epoch_meters") or {}).items():
+            meters[name] = METERS.build("loss")
+            meters[name].load_state_dict(meter_state)
+        return cls(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"], global_step=state["global_step"],
+                   best=state["best"], meters=meters, window={k: list(v) for k, v in state["window"].items()})
+
+
+@dataclasses.dataclass
+class Context:
+    """What the experiment's hooks receive besides their objects."""
+
+    cfg: object
+    device: torch.device
+    precision: Precision
+    state: TrainState
+    outputs: "Outputs"
+
+
+class Outputs:
+    """Everything a run writes (curves, image grids, checkpoints) goes through here, so one
+    `writes` flag (rank 0 under DDP) guards it."""
+
+    def __init__(self, run_dir, cfg, writes=True):
+        self.run_dir, self.cfg, self.writes = run_dir, cfg, writes
+        self.checkpoints = checkpoint.CheckpointManager(run_dir, cfg.keep_checkpoints, writes)
+        self.vis = None
+
+    def open(self, purge_step):
+        if self.writes:
+            self.vis = Visualizer(self.run_dir, self.cfg.visualizer, env=self.cfg.env, purge_step=purge_step)
+
+    def plot(self, name, value, step):
+        if self.vis:
+            self.vis.plot(name, value, step)
+
+    def table(self, name, header, rows, step):
+        if self.vis:
+            self.vis.table(name, header, rows, step)
+
+    def images(self, grids, step):
+        for tag, images in grids.items():
+            if self.vis:
+                self.vis.img(tag, images, step)
+            if self.writes:
+                save_grid(images, self.run_dir / "images" / f"{tag.replace('/', '_')}_step{step:07d}.png")
+
+    def flush(self):
+        if self.vis:
+            self.vis.flush()
+
+    def close(self):
+        if self.vis:
+            self.vis.close()
+
+
+def train(cfg):
+    """`python main.py train`: a new run, or --resume of one, of cfg.experiment."""
+    resumed = resume.load_resume_state(cfg)  # None for a fresh run
+    cfg = resumed["config"] if resumed else runtime.name_run(cfg)
+    experiment = EXPERIMENTS.get(cfg.experiment)(cfg)
+    if experiment.monitors and cfg.monitor not in experiment.monitors:
+        raise UsageError(f"--monitor={cfg.monitor} is not a metric of experiment {cfg.experiment}; "
+                         f"use one of {', '.join(experiment.monitors)}")
+    device = runtime.pick_device(cfg)
+    train_set, _ = experiment.datasets()
+    run_dir = runtime.start_run(cfg)  # only now: a run that cannot start leaves no folder
+    seeding.seed_everything(cfg.seed)
+    outputs = Outputs(run_dir, cfg)
+    outputs.checkpoints.remove_leftovers()
+    ctx = Context(cfg, device, Precision(cfg, device), TrainState(), outputs)
+    objects = experiment.build(ctx)
+    clashes = ENGINE_KEYS.intersection(objects) | ({"scaler"} & set(objects))
+    if clashes:
+        raise ValueError(f"experiment {cfg.experiment} names objects {sorted(clashes)}: the engine's own checkpoint keys")
+    objects["scaler"] = ctx.precision.scaler
+    if resumed is not None:
+        ctx.state = restore(resumed["state"], objects, source=str(resume.checkpoint_path(cfg)))
+    elif cfg.load_model_path:
+        load_weights(objects, cfg.load_model_path)
+    # Points at the saved step were logged before the checkpoint was written; later ones
+    # belong to work the resumed run redoes.
+    outputs.open(purge_step=ctx.state.global_step + 1 if resumed else None)
+    if ctx.state.global_step == 0:
+        outputs.images(experiment.images(objects, ctx), 0)
+
+    def snapshot():
+        return checkpoint_state(objects, ctx.state, cfg)
+
+    policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
+    with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
+        for epoch in range(ctx.state.epoch, cfg.max_epoch):
+            loader = runtime.make_loader(train_set, cfg, device, shuffle=True, epoch=epoch,
+                                         start=ctx.state.step_in_epoch * cfg.batch_size)
+            means, images_per_second = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
+            if stopper.requested:
+                break  # SafeStop saves last.pth (mid-epoch) on the way out
+            metrics = experiment.evaluate(objects, ctx)
+            lrs = {name: policy.step(means.get(experiment.losses[0], math.nan), metrics) for name, policy in policies.items()}
+            ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.meters = epoch + 1, 0, {}
+            improved = is_improvement(experiment.monitors, cfg.monitor, metrics, ctx.state.best)
+            if improved:
+                ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
+            report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metrics, lrs, improved)
+            outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved)
+    outputs.close()
+    best = ctx.state.best
+    summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
+               else "no finite validation metric" if experiment.monitors else f"{ctx.state.epoch} epochs")
+    print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
+
+
+def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
+    """One pass over `loader` (which may start mid-epoch); returns ({name: epoch mean},
+    images/s of the steps run in this call)."""
+    cfg, state = ctx.cfg, ctx.state
+    for obj in objects.values():
+        if isinstance(obj, torch.nn.Module):
+            obj.train()
+    images_done, data_wait = 0, 0.0
+    bar = tqdm(total=len(loader.sampler), desc=f"epoch {epoch + 1}/{cfg.max_epoch}", unit="img",
+               disable=not cfg.progress, leave=False, file=sys.stderr, mininterval=1.0)
+    started = tick = time.perf_counter()
+    for batch in loader:
+        data_wait += time.perf_counter() - tick
+        fault = faults.at_step(state.global_step + 1)
+        batch = ctx.precision.to_device(batch)
+        scalars = experiment.step(batch, objects, ctx)
+        values = {name: float(value) for name, value in scalars.items()}
+        if fault == "nan":
+            values[experiment.losses[0]] = math.nan
+        stopper.check_finite(values, epoch, state.step_in_epoch, experiment.losses)
+        state.step_in_epoch += 1
+        state.global_step += 1
+        size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
+        for name, value in values.items():
+            state.meters.setdefault(name, METERS.build("loss")).add_batch(value, size)
+            state.window.setdefault(name, []).append(value)
+        images_done += size
+        images_per_second = images_done / (time.perf_counter() - started)
+        bar.update(size)
+        bar.set_postfix({**{name: f"{meter.average():.4f}" for name, meter in state.meters.items()},
+                         "img_s": f"{images_per_second:.0f}"}, refresh=False)
+        if state.global_step % cfg.print_freq == 0:
+            for name, window in state.window.items():
+                if window:
+                    ctx.outputs.plot(f"train/{name}", sum(window) / len(window), state.global_step)
+            ctx.outputs.plot("train/images_per_second", images_per_second, state.global_step)
+            state.window = {}
+            ctx.outputs.images(experiment.images(objects, ctx), state.global_step)
+            parts = dict(zip(experiment.batch_names, batch)) if isinstance(batch, (tuple, list)) else {"batch": batch}
+            stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch, "state": state, "ctx": ctx})
+        if stopper.requested:
+            break
+        tick = time.perf_counter()
+    bar.close()
+    elapsed = time.perf_counter() - started
+    if images_done:
+        log.info("epoch %d: waited %.0f%% of %.1fs for data", epoch + 1, 100 * data_wait / max(elapsed, 1e-9), elapsed)
+    return {name: meter.average() for name, meter in state.meters.items()}, images_done / max(elapsed, 1e-9)
+
+
+def is_improvement(monitors, monitor, metrics, best):
+    if not monitors or metrics is None or math.isnan(metrics[monitor]):
+        return False
+    better = min if monitors[monitor] == "min" else max
+    return best is None or better(metrics[monitor], best["value"]) != best["value"]
+
+
+def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metrics, lrs, improved):
+    """Epoch-end curves, image grids and log line; written before the epoch's checkpoints, so
+    a run killed in between redoes and re-logs them (TensorBoard purges the first copy)."""
+    step, outputs = ctx.state.global_step, ctx.outputs
+    for name, value in means.items():
+        outputs.plot(f"train/epoch_{name}", value, step)
+    for name, value in (metrics or {}).items():
+        outputs.plot(name.replace("_", "/", 1), value, step)
+    for name, lr in lrs.items():
+        outputs.plot("lr" if len(lrs) == 1 else f"lr/{name}", lr, step)
+    outputs.plot("images_per_second", images_per_second, step)
+    outputs.images(experiment.images(objects, ctx), step)
+    outputs.flush()
+    parts = [f"train {' '.join(f'{k} {v:.4f}' for k, v in means.items())}"]
+    if metrics:
+        parts.append(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    parts += [" ".join(f"{'lr' if len(lrs) == 1 else 'lr ' + k} {v:.2e}" for k, v in lrs.items()),
+              f"{images_per_second:.0f} img/s"]
+    log.info("epoch %d: %s%s", epoch + 1, " | ".join(p for p in parts if p), " | best" if improved else "")
+
+
+# -- snapshot and restore -------------------------------------------------------------------
+def checkpoint_state(objects, state, cfg):
+    """Everything a bit-exact resume needs, as plain data (see utils/checkpoint.py)."""
+    saved = {}
+    for name, obj in objects.items():
+        if isinstance(obj, torch.nn.Module):
+            saved[name] = checkpoint.unwrap(obj).state_dict()
+        elif torch.is_tensor(obj):
+            saved[name] = obj.detach().cpu().clone()
+        elif isinstance(obj, torch.amp.GradScaler):
+            saved[name] = obj.state_dict() if obj.is_enabled() else None
+        else:
+            saved[name] = obj.state_dict()
+    return {**saved, **state.as_checkpoint(), "rng": seeding.rng_states(), "config": configs.as_dict(cfg),
+            "experiment": cfg.experiment}
+
+
+def restore(state, objects, source):
+    """Put a checkpoint's state back into live objects (in place); returns its TrainState."""
+    for name, obj in objects.items():
+        if name not in state:
+            raise UsageError(f"{source} has no {name!r}: it was not written by this experiment's train")
+        saved = state[name]
+        if isinstance(obj, torch.nn.Module):
+            checkpoint.load_weights(checkpoint.unwrap(obj), saved, source=source)
+        elif torch.is_tensor(obj):
+            obj.copy_(saved)
+        elif isinstance(obj, torch.amp.GradScaler):
+            if saved and obj.is_enabled():
+                obj.load_state_dict(saved)
+        else:
+            obj.load_state_dict(saved)
+    seeding.set_rng_states(state["rng"])
+    return TrainState.from_checkpoint(state)
+
+
+def load_weights(objects, path):
+    """--load-model-path for train: initial weights of the modules found in the checkpoint
+    (a runner checkpoint by object name, or a bare state_dict for a single model)."""
+    state = checkpoint.load_checkpoint(path)
+    modules = {name: obj for name, obj in objects.items() if isinstance(obj, torch.nn.Module)}
+    found = {name: state[name] for name in modules if isinstance(state.get(name), dict)}
+    if not found and len(modules) == 1:
+        found = {next(iter(modules)): state}  # a bare state_dict, as the book's model.save() writes
+    if not found:
+        raise UsageError(f"{path} holds none of {', '.join(modules)}; give a checkpoint of this experiment")
+    for name, weights in found.items():
+        checkpoint.load_weights(checkpoint.unwrap(modules[name]), weights, source=str(path))
+    log.info("initial weights of %s from %s", ", ".join(found), path)
+
+
+def load_for_inference(cfg):
+    """(cfg, device, checkpoint dict, path) for val/test/generate: the checkpoint from
+    --load-model-path, else <run dir>/best.pth or last.pth; the options that define the model
+    and the data split come from the checkpoint's saved config."""
+    if cfg.load_model_path:
+        path = cfg.load_model_path
+    elif cfg.env:
+        path = checkpoint.find_for_inference(cfg.run_dir)
+    else:
+        raise UsageError("give --load-model-path=<checkpoint.pth> or --env=<run name> (a folder under --checkpoint-dir)")
+    state = checkpoint.load_checkpoint(path)
+    if isinstance(state.get("config"), dict):
+        cfg = adopt_checkpoint_config(cfg, state["config"], source=str(path))
+    log.info("loaded %s", path)
+    return cfg, runtime.pick_device(cfg), state, path

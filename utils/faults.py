@@ -1,0 +1,46 @@
+"""Fault injection for the test suite and for chaos drills, through the real code paths.
+
+RUNNER_FAULT_AT_STEP="STEP:WHAT[,STEP:WHAT...]": during global step STEP (1-based, before the
+experiment's step runs) the run sends itself SIGINT or SIGTERM (handled as a real signal),
+raises an error (a crash), or sees a NaN in the step's losses (divergence).
+
+RUNNER_FAULT_AT_SAVE="N:WHAT[,...]": at the N-th checkpoint write of this process (1-based)
+the process kills itself with SIGKILL, as `kill -9` would: `kill` right after the file was
+renamed into place, `kill-before-rename` with the fully written temp file still beside it.
+"""
+import os
+import signal
+
+STEP_VARIABLE = "RUNNER_FAULT_AT_STEP"
+SAVE_VARIABLE = "RUNNER_FAULT_AT_SAVE"
+_saves = 0
+
+
+def _planned(variable, count):
+    for fault in filter(None, os.environ.get(variable, "").split(",")):
+        at, what = fault.split(":")
+        if int(at) == count:
+            yield what
+
+
+def at_step(global_step):
+    """Fire the faults due at `global_step`; returns "nan" when the step's losses must be NaN."""
+    fired = None
+    for what in _planned(STEP_VARIABLE, global_step):
+        fired = what
+        if what in ("SIGINT", "SIGTERM"):
+            os.kill(os.getpid(), getattr(signal, what))  # handled before os.kill returns
+        elif what == "error":
+            raise RuntimeError(f"injected fault at step {global_step} ({STEP_VARIABLE})")
+    return fired
+
+
+def at_save(stage):
+    """Called by the atomic checkpoint write at `stage` "written" (temp file complete) and
+    "renamed"; kills the process when a fault is planned there."""
+    global _saves
+    if stage == "written":
+        _saves += 1
+    for what in _planned(SAVE_VARIABLE, _saves):
+        if (what, stage) in (("kill-before-rename", "written"), ("kill", "renamed")):
+            os.kill(os.getpid(), signal.SIGKILL)
