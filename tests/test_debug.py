@@ -59,6 +59,10 @@ def test_prompt_opens_in_the_loop_and_q_saves_a_resumable_checkpoint(data):
     resumed = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, **{"max-epoch": 2, "batch-size": 2,
                                                                              "print-freq": 3, "resume": "true"}))
     assert resumed.returncode == 0, resumed.stderr
+    # The point logged at the stopping step survives the resume (it was logged before the save).
+    from test_resume import scalars
+
+    assert [step for step, _ in scalars(tmp_path / "runs" / "tiny", "train/loss")] == [3, 6, 9, 12, 15]
 
 
 def test_c_after_removing_the_file_continues_to_the_end(data):
@@ -88,8 +92,10 @@ def test_pdb_on_error_opens_post_mortem_then_saves_emergency_state(data):
     child = spawn(tmp_path, debug_file, env={"RUNNER_FAULT_AT_STEP": "4:error"}, **{"pdb-on-error": "true"})
     child.expect("post-mortem: RuntimeError: injected fault at step 4")
     child.expect("ipdb>")
-    child.sendline("p progress['global_step']")
-    child.expect("3")
+    child.sendline("up")  # from the fault injector to the engine's loop
+    child.expect("ipdb>")
+    child.sendline("p ('global step', state.global_step)")
+    child.expect(r"\('global step', 3\)")
     child.sendline("q")
     child.expect(pexpect.EOF)
     child.close()

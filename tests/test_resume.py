@@ -53,16 +53,24 @@ def test_stop_after_k_epochs_then_resume_equals_uninterrupted(setup):
     assert_same_training_state(load(tmp_path / "runs" / "split" / "last.pth"), reference)
 
 
-def test_sigint_mid_epoch_then_resume_equals_uninterrupted(setup):
-    tmp_path, reference = setup
+@pytest.fixture(scope="module")
+def sigint_run(setup):
+    """A run stopped by SIGINT mid-epoch 2 and resumed to the end: (stopped, state at the stop, resumed)."""
+    tmp_path, _ = setup
     stopped = run_cli("train", *flags(setup, "sigint"), env={"RUNNER_FAULT_AT_STEP": "11:SIGINT"})
+    state = load(tmp_path / "runs" / "sigint" / "last.pth") if stopped.returncode == 130 else None
+    resumed = run_cli("train", *flags(setup, "sigint", resume="true"))
+    return stopped, state, resumed
+
+
+def test_sigint_mid_epoch_then_resume_equals_uninterrupted(setup, sigint_run):
+    tmp_path, reference = setup
+    stopped, state, resumed = sigint_run
     assert stopped.returncode == 130, stopped.stderr
     assert "finishing this step, then saving last.pth" in stopped.stderr
     assert "Resume: python main.py train --env=sigint" in stopped.stderr
     assert "\nstopped (SIGINT); saved " in stopped.stderr and "error: stopped" not in stopped.stderr
-    state = load(tmp_path / "runs" / "sigint" / "last.pth")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
-    resumed = run_cli("train", *flags(setup, "sigint", resume="true"))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_training_state(load(tmp_path / "runs" / "sigint" / "last.pth"), reference)
 
@@ -75,11 +83,10 @@ def scalars(run_dir, tag):
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
-def test_tensorboard_continues_without_duplicates_and_with_the_same_values(setup):
+def test_tensorboard_continues_without_duplicates_and_with_the_same_values(setup, sigint_run):
     tmp_path, _ = setup
     run_dir = tmp_path / "runs" / "sigint"
-    if not (run_dir / "last.pth").exists():
-        pytest.skip("needs the SIGINT test's run")
+    assert sigint_run[2].returncode == 0, sigint_run[2].stderr
     assert [step for step, _ in scalars(run_dir, "train/loss")] == list(range(3, 25, 3))
     # The interrupted epoch's mean loss covers all its steps (meters are resumed too).
     reference_dir = tmp_path / "runs" / "reference"

@@ -171,13 +171,14 @@ def train(cfg):
     if clashes:
         raise ValueError(f"experiment {cfg.experiment} names objects {sorted(clashes)}: the engine's own checkpoint keys")
     objects["scaler"] = ctx.precision.scaler
-    if resumed is not None:
+    restored = resumed is not None and resumed["state"] is not None
+    if restored:
         ctx.state = restore(resumed["state"], objects, source=str(resume.checkpoint_path(cfg)))
     elif cfg.load_model_path:
         load_weights(objects, cfg.load_model_path)
     # Points at the saved step were logged before the checkpoint was written; later ones
-    # belong to work the resumed run redoes.
-    outputs.open(purge_step=ctx.state.global_step + 1 if resumed else None)
+    # belong to work the resumed run redoes (all of it when it restarts from scratch).
+    outputs.open(purge_step=(ctx.state.global_step + 1 if restored else 0) if resumed else None)
     if ctx.state.global_step == 0:
         outputs.images(experiment.images(objects, ctx), 0)
 
@@ -193,7 +194,9 @@ def train(cfg):
             if stopper.requested:
                 break  # SafeStop saves last.pth (mid-epoch) on the way out
             metrics = experiment.evaluate(objects, ctx)
-            lrs = {name: policy.step(means.get(experiment.losses[0], math.nan), metrics) for name, policy in policies.items()}
+            # "lr_policy" -> curve "lr", "lr_policy_g" -> "lr/g"
+            lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
+                   for name, policy in policies.items()}
             ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.meters = epoch + 1, 0, {}
             improved = is_improvement(experiment.monitors, cfg.monitor, metrics, ctx.state.best)
             if improved:
@@ -273,14 +276,14 @@ def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metr
     for name, value in (metrics or {}).items():
         outputs.plot(name.replace("_", "/", 1), value, step)
     for name, lr in lrs.items():
-        outputs.plot("lr" if len(lrs) == 1 else f"lr/{name}", lr, step)
+        outputs.plot(name.replace("_", "/", 1), lr, step)
     outputs.plot("images_per_second", images_per_second, step)
     outputs.images(experiment.images(objects, ctx), step)
     outputs.flush()
     parts = [f"train {' '.join(f'{k} {v:.4f}' for k, v in means.items())}"]
     if metrics:
         parts.append(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    parts += [" ".join(f"{'lr' if len(lrs) == 1 else 'lr ' + k} {v:.2e}" for k, v in lrs.items()),
+    parts += [" ".join(f"{name} {lr:.2e}" for name, lr in lrs.items()),
               f"{images_per_second:.0f} img/s"]
     log.info("epoch %d: %s%s", epoch + 1, " | ".join(p for p in parts if p), " | best" if improved else "")
 

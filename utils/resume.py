@@ -26,19 +26,28 @@ def checkpoint_path(cfg):
 
 
 def load_resume_state(cfg):
-    """None for a fresh run; else {"state": checkpoint dict, "config": merged Config}."""
+    """None for a fresh run; else {"state": checkpoint dict, or None to restart a run that
+    stopped before its first last.pth, "config": merged Config}."""
     if not cfg.resume:
         return None
     path = checkpoint_path(cfg)
-    if not path.is_file():
+    saved_config = path.parent / "config.yaml"
+    if not path.is_file() and cfg.resume == "last" and saved_config.is_file():
+        # Killed during its first epoch (perhaps after best.pth, which is written before
+        # last.pth): no state to continue, so run it again from the start with its own config.
+        log.info("no %s in %s yet (the run stopped in its first epoch): restarting it from its config.yaml",
+                 checkpoint.LAST, path.parent)
+        state, saved = None, configs.as_dict(configs.load_config({"config": str(saved_config)}))
+    elif not path.is_file():
         raise UsageError(f"nothing to resume: {path} does not exist (is --env or --checkpoint-dir right?)")
-    state = checkpoint.load_checkpoint(path)
-    saved = state.get("config")
-    if not isinstance(saved, dict) or "epoch" not in state:
-        raise UsageError(f"{path} holds weights only (no run state); start a new run with --load-model-path={path}")
-    if state.get("format_version", 1) < checkpoint.FORMAT_VERSION:
-        raise UsageError(f"{path} was written by an earlier runner (checkpoint format {state.get('format_version', 1)}) and "
-                         f"cannot be resumed; start a new run from its weights with --load-model-path={path}")
+    else:
+        state = checkpoint.load_checkpoint(path)
+        saved = state.get("config")
+        if not isinstance(saved, dict) or "epoch" not in state:
+            raise UsageError(f"{path} holds weights only (no run state); start a new run with --load-model-path={path}")
+        if state.get("format_version", 1) < checkpoint.FORMAT_VERSION:
+            raise UsageError(f"{path} was written by an earlier runner (checkpoint format {state.get('format_version', 1)}) "
+                             f"and cannot be resumed; start a new run from its weights with --load-model-path={path}")
     may_change = set(with_role("execution", "invocation"))
     changed = configs.changed_options(cfg)
     for key, value in changed.items():
@@ -54,5 +63,6 @@ def load_resume_state(cfg):
     # The run dir of a resumed run is the folder that holds the checkpoint.
     merged.update(resume=cfg.resume, env=path.parent.name, checkpoint_dir=str(path.parent.parent))
     merged_cfg = validate(Config(**merged))
-    log.info("resuming %s: epoch %d, step %d of the next epoch", path, state["epoch"], state.get("step_in_epoch", 0))
+    if state is not None:
+        log.info("resuming %s: epoch %d, step %d of the next epoch", path, state["epoch"], state.get("step_in_epoch", 0))
     return {"state": state, "config": merged_cfg}
