@@ -67,13 +67,13 @@ def generate(root=ROOT):
     return root
 
 
-def ensure(root=ROOT):
-    """Generate the sample unless a complete one is already there."""
+def ensure(root=ROOT, make=None, what="the smoke-demo sample"):
+    """Generate a sample with `make` (default: this one) unless a complete one is there."""
     if not (Path(root) / "COMPLETE").exists():
         import logging
 
-        logging.getLogger(__name__).info("generating the smoke-demo sample in %s", root)
-        generate(root)
+        logging.getLogger(__name__).info("generating %s in %s", what, root)
+        (make or generate)(root)
     return Path(root)
 
 

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from data.transforms import denormalize
-from models import build_model
+from models import build_model, check_takes
 from utils import checkpoint, runtime
 from utils.engine import Experiment, load_for_inference
 from utils.errors import UserError
 from utils.lr_policy import LrPolicy
+from utils.precision import Precision
 from utils.registry import DATASETS, EXPERIMENTS, METERS
 from utils.submission import write_submission
 
@@ -43,9 +44,9 @@ def build_optimizer(cfg, model):
 def predict(model, images, cfg, tta=False):
     """Log-probabilities (N x K, float32); with tta, of the average of the image's and its
     mirror's class probabilities."""
-    if cfg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(images.device.type, dtype=torch.float16, enabled=cfg.amp and images.device.type == "cuda"):
+    precision = Precision(cfg, images.device)
+    images = images.contiguous(memory_format=precision.memory_format)
+    with precision.autocast():
         log_probabilities = model(images).float().log_softmax(1)
         if tta:
             mirrored = model(images.flip(3)).float().log_softmax(1)
@@ -84,6 +85,7 @@ class Classify(Experiment):
     monitors = {"val_logloss": "min", "val_loss": "min", "val_accuracy": "max"}
 
     def datasets(self):
+        check_takes("model", self.cfg.model, ["num_classes"], "classifier")
         self.val_set = load_data(self.cfg, "val")
         return load_data(self.cfg, "train"), self.val_set
 

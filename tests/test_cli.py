@@ -23,6 +23,17 @@ def test_help_everywhere_lists_every_option_and_registered_name(args):
     assert "NAME" not in result.stdout and "SYNOPSIS" not in result.stdout  # not fire's help
 
 
+def test_help_lists_each_experiments_commands_and_defaults():
+    result = run_cli("help")
+    classify = result.stdout.split("\n  classify:\n")[1].split("\n  gan:\n")[0]
+    gan = result.stdout.split("\n  gan:\n")[1].split("\n  help ")[0]
+    assert [line.split()[0] for line in classify.splitlines() if line.startswith("    ") and line[4] != " "] == ["train", "val", "test"]
+    assert [line.split()[0] for line in gan.splitlines() if line.startswith("    ") and line[4] != " "] == \
+        ["train", "generate", "test", "defaults:"]
+    assert "    test      the same as generate" in gan
+    assert "defaults: --dataset='faces' --train-data-root='data/faces_sample' --model='NetG' --image-size=32" in result.stdout
+
+
 def test_help_and_config_errors_do_not_import_heavy_packages():
     code = (
         "import sys, main, contextlib, io\n"
@@ -45,6 +56,12 @@ def test_help_and_config_errors_do_not_import_heavy_packages():
         (["train", "--config=/nonexistent.yaml"], r"error: config file '/nonexistent.yaml' not found"),
         (["test"], r"error: give --load-model-path=<checkpoint.pth> or --env=<run name>"),
         (["train", "--resume"], r"error: --resume needs --env=<run name>"),
+        (["generate"], r"error: experiment classify has no command 'generate'; its commands: train, val, test "),
+        (["val", "--experiment=gan"], r"error: experiment gan has no command 'val'; its commands: train, generate, "
+                                      r"test \(= generate\)"),
+        (["train", "--model=NetG"], r"error: --model=NetG is not a classifier \(it takes no num_classes\)"),
+        (["train", "--experiment=gan", "--model=LeNet"], r"error: --model=LeNet is not a generator \(it takes no nz, ngf"),
+        (["generate", "--experiment=gann"], r"error: option --experiment: unknown experiment 'gann'.*closest: gan"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, message):

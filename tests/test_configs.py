@@ -5,7 +5,7 @@ import pytest
 
 from configs import dump_yaml, load_config
 from configs.loader import Text
-from configs.schema import FIELDS, GROUPS, Config
+from configs.schema import FIELDS, Config
 from utils.errors import UsageError
 
 
@@ -166,7 +166,35 @@ def test_presets_load(tmp_path):
         load_config(flags(config=str(preset)))
 
 
-def test_every_field_has_group_and_doc():
+def test_every_field_has_a_doc_and_option_refuses_unknown_groups_and_roles():
+    from configs.schema import option
+
     for field in dataclasses.fields(Config):
-        assert field.metadata["group"] in GROUPS
-        assert field.metadata["doc"].strip()
+        assert field.metadata["doc"].strip(), field.name
+    with pytest.raises(ValueError, match=r"option group 'nope' must be one of"):
+        option(1, "nope", "a doc")
+    with pytest.raises(ValueError, match=r"role 'sometimes' one of"):
+        option(1, "run", "a doc", role="sometimes")
+    assert option(1, "run", "a doc").metadata["role"] == "run"  # a new option is fixed on --resume unless declared
+
+
+def test_roles_answer_which_options_define_a_run():
+    from configs.schema import with_role
+
+    assert {"model", "num_classes", "image_size", "experiment", "netd", "nz", "ngf", "ndf"} == set(with_role("model"))
+    assert {"dataset", "train_data_root", "val_ratio", "seed"} == set(with_role("split"))
+    assert {"config", "resume"} == set(with_role("invocation"))
+    may_change = set(with_role("execution"))
+    assert {"max_epoch", "num_workers", "print_freq", "debug_file", "env", "load_model_path", "gen_num"} <= may_change
+    assert not may_change & {"lr", "batch_size", "optimizer", "lr1", "gan_loss", "amp"}
+
+
+def test_an_experiments_defaults_sit_between_the_schema_and_the_file(tmp_path):
+    cfg = load_config(flags(experiment="gan"))
+    assert (cfg.dataset, cfg.model, cfg.image_size, cfg.lr_policy) == ("faces", "NetG", 32, "constant")
+    path = write(tmp_path, "image_size: 64\n")
+    assert load_config(flags(experiment="gan", config=str(path))).image_size == 64
+    assert load_config(flags(experiment="gan", config=str(path), image_size="48")).image_size == 48
+    from configs import changed_options
+
+    assert changed_options(cfg) == {"experiment": "gan"}  # its own defaults are not "changes"

@@ -1,0 +1,73 @@
+"""A folder of images for the gan experiment (registered as `faces`), e.g. the book's anime
+faces: `data/faces/*.jpg` (flat) or `data/faces/<any class>/*.jpg` (torchvision's ImageFolder
+layout, one level of subfolders). Class labels are not used by the GAN; they are kept so that
+benchmarks can use them.
+
+Every image is resized (short side) to --image-size, centre-cropped and scaled to [-1, 1],
+the range of the generator's Tanh. There is no random augmentation, so an item depends on its
+index alone and any --num-workers gives the same bits.
+"""
+import logging
+from pathlib import Path
+
+import torch
+from torchvision.transforms import functional as F
+
+from data import face_sample
+from data.dogcat import load_rgb
+from utils.errors import UserError
+from utils.registry import DATASETS
+
+log = logging.getLogger(__name__)
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+LAYOUT = "image files (.jpg, .png, ...), directly or in subfolders"
+
+
+def list_images(root):
+    """[(path, class index)] sorted: files in `root` (class 0) and in its subfolders (one class each)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder {str(root)!r} does not exist; it should hold {LAYOUT}")
+    folders = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items = []
+    for label, folder in enumerate(f for f in folders if any(_is_image(p) for p in f.iterdir())):
+        items += [(path, label) for path in sorted(folder.iterdir()) if _is_image(path)]
+    if not items:
+        raise UserError(f"no images in {str(root)!r}: expected {LAYOUT}")
+    return items
+
+
+def _is_image(path):
+    return path.is_file() and path.suffix.lower() in EXTENSIONS and not path.name.startswith(".")
+
+
+def to_gan_tensor(image, size):
+    """Resize the short side to `size`, centre-crop `size` x `size`, scale to [-1, 1]."""
+    image = F.center_crop(F.resize(image, size, antialias=True), [size, size])
+    return F.normalize(F.to_tensor(image), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class Faces(torch.utils.data.Dataset):
+    """Items: (image tensor in [-1, 1], class index of its subfolder)."""
+
+    def __init__(self, items, image_size):
+        self.items, self.image_size = items, image_size
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key  # (epoch, index) from EpochSampler
+        path, label = self.items[index]
+        return to_gan_tensor(load_rgb(path), self.image_size), label
+
+
+@DATASETS.register("faces")
+def faces(cfg, split_name):
+    """All images of --train-data-root (the GAN has no validation or test split)."""
+    root = Path(cfg.train_data_root)
+    if root.resolve() == face_sample.ROOT:
+        face_sample.ensure(root)
+    if split_name != "train":
+        raise UserError(f"dataset faces has only a train split (asked for {split_name!r})")
+    return Faces(list_images(root), cfg.image_size)

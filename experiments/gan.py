@@ -1,0 +1,157 @@
+"""The book's chapter 7: a DCGAN that draws anime faces (registered as `gan`).
+
+    train:    alternate discriminator and generator steps (the engine: utils/engine.py)
+    generate: draw --gen-search-num noises, keep the --gen-num the discriminator scores
+              highest, write one grid PNG to --gen-img (`test` is the same command)
+
+Losses, on the discriminator's logits r = D(x) for real and f = D(G(z)) for generated images:
+  bce (DCGAN, Radford et al. 2016): D: BCE(r, 1) + BCE(f, 0)   G: BCE(f, 1)
+  rahinge (relativistic average hinge, Jolicoeur-Martineau 2018; the book's 2nd edition):
+      D: relu(1 - (r - mean f)) + relu(1 + (f - mean r))   G: relu(1 + (r - mean f)) + relu(1 - (f - mean r))
+A step trains D when global_step % --d-every == 0 and G when global_step % --g-every == 0.
+"""
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from models import check_takes
+from models.dcgan import layout
+from utils import checkpoint, seeding
+from utils.engine import Experiment, load_for_inference
+from utils.errors import UsageError
+from utils.lr_policy import LrPolicy
+from utils.registry import DATASETS, EXPERIMENTS, MODELS
+from utils.visualize import save_grid
+
+log = logging.getLogger(__name__)
+FIXED_NOISE = 5  # seeding stream of the fixed noise whose images are shown during training
+GRID_IMAGES = 64
+
+
+def build_nets(cfg, device):
+    """(generator, discriminator) of cfg's sizes on `device`."""
+    netg = MODELS.build(cfg.model, nz=cfg.nz, ngf=cfg.ngf, image_size=cfg.image_size).to(device)
+    netd = MODELS.build(cfg.netd, ndf=cfg.ndf, image_size=cfg.image_size).to(device)
+    params = sum(p.numel() for p in netg.parameters()), sum(p.numel() for p in netd.parameters())
+    log.info("generator %s %.2fM params, discriminator %s %.2fM params", cfg.model, params[0] / 1e6, cfg.netd, params[1] / 1e6)
+    return netg, netd
+
+
+def discriminator_loss(kind, real, fake):
+    if kind == "rahinge":
+        return F.relu(1 - (real - fake.mean())).mean() + F.relu(1 + (fake - real.mean())).mean()
+    return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+
+def generator_loss(kind, real, fake):
+    if kind == "rahinge":
+        return F.relu(1 + (real - fake.mean())).mean() + F.relu(1 - (fake - real.mean())).mean()
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+@EXPERIMENTS.register("gan")
+class Gan(Experiment):
+    """DCGAN: a generator and a discriminator trained against each other on a folder of images."""
+
+    commands = {
+        "train": "train generator and discriminator; writes <checkpoint-dir>/<env>/ (last.pth, images/, TensorBoard)",
+        "generate": "write a grid of the --gen-num best-scored of --gen-search-num generated images to --gen-img",
+    }
+    aliases = {"test": "generate"}
+    # The embedded smoke demo: 800 drawn 64 px faces, trained at 32 px on 2 CPU cores in a few
+    # minutes. configs/anime_gan.yaml holds the book's settings (96 px, GPU).
+    defaults = {"dataset": "faces", "train_data_root": "data/faces_sample", "model": "NetG", "image_size": 32,
+                "ngf": 32, "ndf": 32, "batch_size": 64, "max_epoch": 30, "g_every": 1, "lr_policy": "constant",
+                "print_freq": 50}
+    losses = ("loss_d", "loss_g")
+
+    def datasets(self):
+        layout(self.cfg.image_size)  # an unsupported size fails here, before the run dir exists
+        check_takes("model", self.cfg.model, ["nz", "ngf", "image_size"], "generator")
+        check_takes("netd", self.cfg.netd, ["ndf", "image_size"], "discriminator")
+        if self.cfg.lr_policy == "plateau":
+            raise UsageError("--lr-policy=plateau needs a validation metric and the gan has none; use constant, step or cosine")
+        dataset = DATASETS.build(self.cfg.dataset, self.cfg, "train")
+        log.info("train split: %d images", len(dataset))
+        return dataset, None
+
+    def build(self, ctx):
+        cfg = self.cfg
+        netg, netd = build_nets(cfg, ctx.device)
+        netd.to(memory_format=ctx.precision.memory_format)
+        optimizer_g = torch.optim.Adam(netg.parameters(), lr=cfg.lr1, betas=(cfg.beta1, 0.999))
+        optimizer_d = torch.optim.Adam(netd.parameters(), lr=cfg.lr2, betas=(cfg.beta1, 0.999))
+        generator = torch.Generator().manual_seed(seeding.derive_seed(cfg.seed, FIXED_NOISE))
+        fixed_noise = torch.randn(GRID_IMAGES, cfg.nz, 1, 1, generator=generator).to(ctx.device)
+        return {"netg": netg, "netd": netd, "optimizer_g": optimizer_g, "optimizer_d": optimizer_d,
+                "lr_policy_g": LrPolicy(optimizer_g, cfg), "lr_policy_d": LrPolicy(optimizer_d, cfg),
+                "fixed_noise": fixed_noise}
+
+    def step(self, batch, objects, ctx):
+        real, _ = batch
+        cfg, precision = self.cfg, ctx.precision
+        netg, netd = objects["netg"], objects["netd"]
+        scalars, stepped = {}, False
+        if ctx.state.global_step % cfg.d_every == 0:
+            noise = torch.randn(len(real), cfg.nz, 1, 1, device=ctx.device)
+            with precision.autocast():
+                with torch.no_grad():
+                    fake = netg(noise)
+                real_logits, fake_logits = netd(real), netd(fake.contiguous(memory_format=precision.memory_format))
+                loss_d = discriminator_loss(cfg.gan_loss, real_logits.float(), fake_logits.float())
+            objects["optimizer_d"].zero_grad(set_to_none=True)
+            precision.backward_and_step(loss_d, objects["optimizer_d"])
+            scalars.update(loss_d=loss_d.detach(), d_real=real_logits.detach().float().sigmoid().mean(),
+                           d_fake=fake_logits.detach().float().sigmoid().mean())
+            stepped = True
+        if ctx.state.global_step % cfg.g_every == 0:
+            noise = torch.randn(len(real), cfg.nz, 1, 1, device=ctx.device)
+            with precision.autocast():
+                fake_logits = netd(netg(noise).contiguous(memory_format=precision.memory_format)).float()
+                with torch.no_grad():
+                    real_logits = netd(real).float() if cfg.gan_loss == "rahinge" else None
+                loss_g = generator_loss(cfg.gan_loss, real_logits, fake_logits)
+            objects["optimizer_g"].zero_grad(set_to_none=True)
+            precision.backward_and_step(loss_g, objects["optimizer_g"])
+            scalars["loss_g"] = loss_g.detach()
+            stepped = True
+        if stepped:
+            precision.scaler.update()
+        return scalars
+
+    @torch.no_grad()
+    def images(self, objects, ctx):
+        """The fixed noise's images, drawn in eval mode (no batch-norm statistics change)."""
+        netg = objects["netg"]
+        was_training = netg.training
+        netg.eval()
+        fake = netg(objects["fixed_noise"]).float()
+        netg.train(was_training)
+        return {"generated": (fake + 1) / 2}
+
+    @torch.no_grad()
+    def generate(self):
+        """Draw --gen-search-num images, keep the --gen-num that D scores highest, save a grid."""
+        if self.cfg.gen_num > self.cfg.gen_search_num:
+            raise UsageError(f"--gen-num={self.cfg.gen_num} is more than --gen-search-num={self.cfg.gen_search_num}; "
+                             f"draw at least as many as you keep")
+        cfg, device, state, path = load_for_inference(self.cfg)
+        netg, netd = build_nets(cfg, device)
+        for name, net in (("netg", netg), ("netd", netd)):
+            if not isinstance(state.get(name), dict):
+                raise UsageError(f"{path} has no {name!r} weights: give a checkpoint written by `train --experiment=gan`")
+            checkpoint.load_weights(net, state[name], source=f"{path} ({name})")
+        netg.eval(), netd.eval()
+        # Noise from its own CPU generator: the same --seed draws the same picture on any device.
+        generator = torch.Generator().manual_seed(cfg.seed)
+        noise = torch.randn(cfg.gen_search_num, cfg.nz, 1, 1, generator=generator) * cfg.gen_std + cfg.gen_mean
+        images, scores = [], []
+        for chunk in noise.split(cfg.batch_size):
+            fake = netg(chunk.to(device))
+            images.append(fake.float().cpu())
+            scores.append(netd(fake).float().cpu())
+        best = torch.cat(scores).topk(cfg.gen_num).indices
+        save_grid((torch.cat(images)[best] + 1) / 2, cfg.gen_img)
+        print(f"wrote {cfg.gen_num} images (the best-scored of {cfg.gen_search_num}) to {cfg.gen_img}")
