@@ -43,9 +43,10 @@ def render_help(width=None):
     lines += [f"  help      {HELP_COMMAND}"]
     lines += [
         "",
-        "options: schema defaults < the experiment's defaults < --config=FILE.yaml < flags. Hyphens or",
-        "underscores alike (--batch-size or --batch_size); booleans take true/false/yes/no/1/0, a bare flag is true,",
-        "--no-<flag> is false; 'none' clears an option that may be empty.",
+        "options: schema defaults < the experiment's defaults < --config=FILE.yaml < flags.",
+        "Hyphens or underscores alike (--batch-size or --batch_size); booleans take",
+        "true/false/yes/no/1/0, a bare flag is true, --no-<flag> is false; 'none' clears an",
+        "option that may be empty.",
     ]
     fields = dataclasses.fields(Config)
     name_width = max(len(flag(f.name)) for f in fields)

@@ -80,6 +80,7 @@ class Gan(Experiment):
     def build(self, ctx):
         cfg = self.cfg
         netg, netd = build_nets(cfg, ctx.device)
+        netg.to(memory_format=ctx.precision.memory_format)
         netd.to(memory_format=ctx.precision.memory_format)
         optimizer_g = torch.optim.Adam(netg.parameters(), lr=cfg.lr1, betas=(cfg.beta1, 0.999))
         optimizer_d = torch.optim.Adam(netd.parameters(), lr=cfg.lr2, betas=(cfg.beta1, 0.999))

@@ -36,7 +36,7 @@ from utils.visualize import Visualizer, save_grid
 log = logging.getLogger(__name__)
 # Checkpoint keys the engine writes itself; an experiment's objects take any other name.
 ENGINE_KEYS = {"epoch", "step_in_epoch", "global_step", "best", "epoch_meters", "window", "rng", "config",
-               "experiment", "format_version"}
+               "experiment", "format_version", "scaler"}
 
 
 class Experiment:
@@ -167,7 +167,7 @@ def train(cfg):
     outputs.checkpoints.remove_leftovers()
     ctx = Context(cfg, device, Precision(cfg, device), TrainState(), outputs)
     objects = experiment.build(ctx)
-    clashes = ENGINE_KEYS.intersection(objects) | ({"scaler"} & set(objects))
+    clashes = ENGINE_KEYS.intersection(objects)
     if clashes:
         raise ValueError(f"experiment {cfg.experiment} names objects {sorted(clashes)}: the engine's own checkpoint keys")
     objects["scaler"] = ctx.precision.scaler
