@@ -159,13 +159,13 @@ def _registered_names(path, symbol):
 
 
 @functools.lru_cache(maxsize=None)
-def _parse(path):
-    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-
-
 def _registered_nodes(path, symbol):
-    """(name, class or function node) for each `@SYMBOL.register(...)` in one source file."""
-    tree = _parse(path)
+    """[(name, class or function node)] of each `@SYMBOL.register(...)` in one source file;
+    cached, since help asks about the same files many times."""
+    return list(_scan(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)), symbol))
+
+
+def _scan(tree, symbol):
     for node in ast.walk(tree):
         if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             continue
