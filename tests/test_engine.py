@@ -74,6 +74,29 @@ def test_an_lr_set_by_hand_is_kept_by_every_policy():
             assert lr == pytest.approx(expected), policy_name
 
 
+def test_cosine_stretches_smoothly_when_max_epoch_grows_on_resume():
+    def policy(max_epoch):
+        optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        cfg = types.SimpleNamespace(lr_policy="cosine", lr_decay=0.5, lr_step=1, max_epoch=max_epoch, monitor="val_loss",
+                                    experiment="classify")
+        return optimizer, LrPolicy(optimizer, cfg)
+
+    optimizer, first = policy(4)
+    for _ in range(2):
+        optimizer.step()
+        first.step(1.0, None)
+    resumed_optimizer, resumed = policy(8)
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    resumed.load_state_dict(first.state_dict())
+    lrs = [first.lr]
+    for _ in range(6):
+        resumed_optimizer.step()
+        lrs.append(resumed.step(1.0, None))
+    assert lrs[0] == pytest.approx(0.05)  # half-way through the first 4-epoch schedule
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(0, abs=1e-12)
+    assert lrs[2] > 0.001  # epoch 4 is no longer the end of the schedule
+
+
 def test_plateau_needs_a_metric():
     from utils.errors import UsageError
 

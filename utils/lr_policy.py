@@ -8,7 +8,8 @@ stays in force: it is the new starting point, never overwritten by a stored copy
 the epoch's mean *train* loss with the previous epoch's; we follow the code (train loss):
 lr *= lr_decay whenever the epoch's train loss is higher than the one before.
 `step`: torch's StepLR (lr *= lr_decay every lr_step epochs). `cosine`: torch's
-CosineAnnealingLR to 0 over max_epoch. `plateau`: torch's ReduceLROnPlateau on --monitor
+CosineAnnealingLR to 0 over max_epoch (a resume with a larger --max-epoch stretches the rest
+of the curve to the new end, without a jump). `plateau`: torch's ReduceLROnPlateau on --monitor
 (lr *= lr_decay after lr_step epochs without improvement). `constant`: never changes it.
 """
 import math
@@ -43,7 +44,7 @@ class LrPolicy:
     the epoch's mean of the experiment's main loss, `metrics` its evaluation (or None)."""
 
     def __init__(self, optimizer, cfg, monitor_mode=None):
-        self.optimizer, self.name, self.monitor = optimizer, cfg.lr_policy, cfg.monitor
+        self.optimizer, self.name, self.monitor, self.max_epoch = optimizer, cfg.lr_policy, cfg.monitor, cfg.max_epoch
         if self.name == "book":
             self.scheduler = BookDecay(optimizer, cfg.lr_decay)
         elif self.name == "step":
@@ -81,3 +82,5 @@ class LrPolicy:
             raise ValueError(f"checkpoint holds lr policy {state.get('name')!r}, this run uses {self.name!r}")
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.name == "cosine":
+            self.scheduler.T_max = self.max_epoch  # --max-epoch may change on resume
