@@ -52,7 +52,7 @@ def _run(command, args, flags):
     if command not in commands:
         listed = ", ".join(c if c == m else f"{c} (= {m})" for c, m in commands.items())
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {listed}"
-                         f" (pick another with --experiment; `python main.py help` lists them)")
+                         f"{_run_hint(cfg, command)}")
     if command == "train":
         from utils import engine
 
@@ -61,6 +61,19 @@ def _run(command, args, flags):
     from utils.registry import EXPERIMENTS
 
     getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
+
+
+def _run_hint(cfg, command):
+    """How to reach `command`: the experiment of the --env run when it has it, else help."""
+    from pathlib import Path
+
+    from configs.loader import read_yaml
+
+    saved = Path(cfg.checkpoint_dir) / (cfg.env or "") / "config.yaml"
+    experiment = str(read_yaml(saved).get("experiment") or "") if cfg.env and saved.is_file() else ""
+    if experiment and command in experiment_commands(experiment):
+        return f"; run {cfg.env} is a {experiment} run: add --experiment={experiment}"
+    return " (pick another with --experiment; `python main.py help` lists them)"
 
 
 def _command(name):

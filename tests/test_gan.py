@@ -97,6 +97,13 @@ def test_generate_writes_a_grid_of_gen_num_images_and_is_deterministic(reference
     assert (tmp_path / "c.png").read_bytes() != (tmp_path / "a.png").read_bytes()
 
 
+def test_generate_without_experiment_names_the_runs_experiment(reference):
+    result = run_cli("generate", f"--checkpoint-dir={reference[0] / 'runs'}", "--env=reference")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: experiment classify has no command 'generate'; its commands: train, val, "
+                                     "test; run reference is a gan run: add --experiment=gan")
+
+
 def test_generate_refuses_keeping_more_than_it_draws(reference, tmp_path):
     result = run_cli("generate", "--experiment=gan", f"--checkpoint-dir={reference[0] / 'runs'}", "--env=reference",
                      "--gen-num=8", "--gen-search-num=4", f"--gen-img={tmp_path / 'x.png'}")
