@@ -8,6 +8,7 @@ What classification means, and nothing else: the data, the model and its optimiz
 step (cross-entropy), the evaluation (loss, accuracy, Kaggle log loss, confusion counts).
 """
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +42,15 @@ def build_optimizer(cfg, model):
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def predict(model, images, cfg, tta=False):
-    """Log-probabilities (N x K, float32); with tta, of the average of the image's and its
-    mirror's class probabilities."""
-    precision = Precision(cfg, images.device)
-    images = images.contiguous(memory_format=precision.memory_format)
+def predict(model, images, precision, tta=False):
+    """Log-probabilities (N x K, float32) of a CPU or device batch; with tta, of the average
+    of the image's and its mirror's class probabilities."""
+    images = precision.to_device(images)
     with precision.autocast():
         log_probabilities = model(images).float().log_softmax(1)
         if tta:
             mirrored = model(images.flip(3)).float().log_softmax(1)
-            log_probabilities = torch.logaddexp(log_probabilities, mirrored) - torch.log(torch.tensor(2.0))
+            log_probabilities = torch.logaddexp(log_probabilities, mirrored) - math.log(2)
     return log_probabilities
 
 
@@ -59,9 +59,10 @@ def evaluate(model, loader, cfg, device, tta=False):
     """Loss (the training criterion), accuracy, Kaggle log loss and confusion counts of
     `model` on a labelled loader."""
     model.eval()
+    precision = Precision(cfg, device)
     loss_meter, confusion, logloss = METERS.build("loss"), METERS.build("confusion", cfg.num_classes), METERS.build("logloss")
     for images, labels in loader:
-        log_probabilities = predict(model, images.to(device), cfg, tta)
+        log_probabilities = predict(model, images, precision, tta)
         labels = labels.to(device)
         # Cross-entropy of the logits (nll of their log-softmax), unclipped: what training
         # minimises. val_logloss is Kaggle's metric on probabilities clipped to [1e-15, 1-1e-15].
@@ -149,9 +150,9 @@ class Classify(Experiment):
         if cfg.num_classes != 2:
             raise UserError(f"test writes P(class 1) for a 2-class model; this one has {cfg.num_classes} classes")
         dataset = load_data(cfg, "test")
-        ids, dog_probabilities = [], []
+        ids, dog_probabilities, precision = [], [], Precision(cfg, device)
         for images, batch_ids in runtime.make_loader(dataset, cfg, device, shuffle=False):
-            dog_probabilities += predict(model, images.to(device), cfg, cfg.tta)[:, 1].exp().tolist()
+            dog_probabilities += predict(model, images, precision, cfg.tta)[:, 1].exp().tolist()
             ids += batch_ids.tolist()
         rows = write_submission(cfg.result_file, ids, dog_probabilities, clip=cfg.clip)
         print(f"wrote {rows} rows to {cfg.result_file}")
