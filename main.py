@@ -20,6 +20,21 @@ def help(*args, **flags):  # noqa: A001 - the command is called help, as in the 
     print(render_help())
 
 
+def runs(*args, **flags):
+    """Print a table of the runs under --checkpoint-dir."""
+    from configs.loader import Text, load_config
+    from utils.errors import UsageError
+    from utils.runs import render
+
+    if args:
+        raise UsageError(f"unexpected argument {args[0]!r}: runs takes --checkpoint-dir=<folder> only")
+    unknown = sorted(set(flags) - {"checkpoint_dir", "checkpoint-dir"})
+    if unknown:
+        raise UsageError(f"runs takes --checkpoint-dir=<folder> only; got --{unknown[0].replace('_', '-')}")
+    cfg = load_config({key: Text(value) for key, value in flags.items()})
+    print(render(cfg.checkpoint_dir))
+
+
 def experiment_commands(name):
     """{command: method name} of experiment `name`, read from its source (no import)."""
     from utils.registry import EXPERIMENTS
@@ -35,7 +50,7 @@ def all_commands():
     found = {}
     for name in EXPERIMENTS.names():
         found.update(experiment_commands(name))
-    return [*found, "help"]
+    return [*found, "runs", "help"]
 
 
 def _run(command, args, flags):
@@ -87,30 +102,52 @@ def _command(name):
 def main(argv=None):
     """Run the CLI on `argv` (default sys.argv[1:]) and return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in HELP_TOKENS or any(token in ("-h", "--help") for token in argv):
-        help()
-        return 0
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`python main.py runs | head`): say nothing more, exit as a
+        # process killed by SIGPIPE would (128 + 13), without a traceback at interpreter exit.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv):
     from utils.errors import UserError, did_you_mean
 
+    if not argv or argv[0] in HELP_TOKENS or any(token in ("-h", "--help") for token in argv):
+        from configs.help import render_help
+
+        print(render_help(command=argv[0] if argv and argv[0] not in HELP_TOKENS else None))
+        return 0
     commands = all_commands()
     if argv[0] not in commands:
         hint = did_you_mean(argv[0], commands)
         print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(commands)}.", file=sys.stderr)
+        return 2
+    # fire reads `-lr=0.1` as `--lr=0.1`; a one-dash option is more often a typo than a
+    # habit, and taking it silently would hide the next typo too.
+    single = next((token for token in argv[1:] if len(token) > 1 and token[0] == "-" and token[1] != "-"
+                   and not token[1].isdigit()), None)
+    if single:
+        print(f"error: option {single} has one dash; options take two: -{single}", file=sys.stderr)
         return 2
 
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     as_text = fire.decorators.SetParseFn(str)  # the schema types values, not fire
-    table = {name: as_text(_command(name)) for name in commands if name != "help"}
+    table = {name: as_text(_command(name)) for name in commands if name not in ("help", "runs")}
     table["help"] = help
+    table["runs"] = as_text(runs)
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:
         print(f"{error.prefix}{error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; nothing was written", file=sys.stderr)
         return 130
     except fire.core.FireExit as exit_:
         return exit_.code

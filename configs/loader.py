@@ -129,10 +129,18 @@ def read_yaml(path):
     TextLoader.add_constructor("tag:yaml.org,2002:str", scalar)
 
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"config file {str(path)!r} is a folder; give a .yaml file (presets live in configs/*.yaml)")
     if not file.is_file():
         raise UsageError(f"config file {str(path)!r} not found (check --config; presets live in configs/*.yaml)")
+    raw = file.read_bytes()
     try:
-        data = yaml.load(file.read_text(encoding="utf-8"), Loader=TextLoader)  # noqa: S506 - safe subclass
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=TextLoader)  # noqa: S506 - safe subclass
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -277,11 +285,14 @@ def describe(cfg):
     return lines
 
 
-def dump_yaml(cfg):
-    """The resolved config as YAML, grouped and commented; `--config` of it gives `cfg` back."""
+def dump_yaml(cfg, path=None):
+    """The resolved config as YAML, grouped and commented; `--config` of it gives `cfg` back
+    (the run saved at `path` in its header's reproduce command)."""
     import yaml
 
-    out = ["# Resolved config of this run. Reproduce it: python main.py train --config=<this file>"]
+    where = path or "<this file>"
+    again = f"{cfg.env}-again" if cfg.env else "<new name>"
+    out = [f"# Resolved config of this run. Reproduce it in a new run dir: python main.py train --config={where} --env={again}"]
     for group in GROUPS:
         out.append(f"\n# -- {group}")
         for name, f in FIELDS.items():

@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 
 from data import sample, transforms
+from data.readable import load_rgb, split_readable
 from data.sampling import augmentation_rng
 from utils import seeding
-from utils.errors import UserError
+from utils.errors import UserError, plural
 from utils.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,7 @@ TEST_LAYOUT = "<n>.jpg files (the Kaggle test.zip unpacked)"
 def scan(folder, pattern, layout):
     """[(match, path)] for entries of `folder` whose name matches `pattern`, sorted by name."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"data folder {str(folder)!r} does not exist; it should hold {layout}")
+    check_folder(folder, layout)
     found, skipped = [], []
     for entry in sorted(folder.iterdir()):
         match = pattern.fullmatch(entry.name)
@@ -43,7 +43,8 @@ def scan(folder, pattern, layout):
         else:
             skipped.append(entry.name)
     if skipped:
-        log.warning("skipped %d entries in %s that are not %s (e.g. %s)", len(skipped), folder, layout, ", ".join(skipped[:3]))
+        log.warning("skipped %s in %s that %s not %s (e.g. %s)", plural(len(skipped), "entry"), folder,
+                    "is" if len(skipped) == 1 else "are", layout, ", ".join(skipped[:3]))
     if not found:
         nested = [d for d in skipped if (folder / d).is_dir()]
         hint = f"; did you mean {folder / nested[0]}?" if nested else ""
@@ -51,24 +52,50 @@ def scan(folder, pattern, layout):
     return found
 
 
+def check_folder(folder, layout):
+    """UserError unless `folder` is an existing directory (a file is told apart from nothing)."""
+    folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"data folder {str(folder)!r} is a file, not a folder; give the folder that holds {layout}")
+    if not folder.is_dir():
+        raise UserError(f"data folder {str(folder)!r} does not exist; it should hold {layout}")
+
+
 @functools.lru_cache(maxsize=8)
-def _list_train(folder):
+def _list_train(folder, skip_bad_images, workers):
     items = [(path, CLASSES.index(m.group(1).lower()), int(m.group(2))) for m, path in scan(folder, TRAIN_NAME, TRAIN_LAYOUT)]
     items.sort(key=lambda item: (item[1], item[2], item[0].name))
-    return tuple((path, label) for path, label, _ in items)
+    items = [(path, label) for path, label, _ in items]
+    skipped = []
+    if skip_bad_images:
+        items, skipped = split_readable(items, workers)
+    return tuple(items), tuple(skipped)
 
 
 def list_train(folder):
-    """[(path, label)] sorted by (label, number): the order the split is drawn from. One
-    listing per folder and process: `train` builds its train and val splits from the same one."""
-    return list(_list_train(Path(folder).resolve()))
+    """[(path, label)] sorted by (label, number): the order the split is drawn from."""
+    return train_listing(folder)[0]
+
+
+def train_listing(folder, skip_bad_images=False, workers=2):
+    """(list_train's items, [(path, why unreadable)] they leave out with --skip-bad-images).
+    One listing per folder and process: `train` builds its train and val splits from it."""
+    items, skipped = _list_train(Path(folder).resolve(), skip_bad_images, workers)
+    return list(items), list(skipped)
 
 
 def list_test(folder):
     """[(path, id)] sorted by numeric id."""
+    return test_listing(folder)[0]
+
+
+def test_listing(folder, skip_bad_images=False, workers=2):
+    """(list_test's items, [(path, why unreadable)] they leave out with --skip-bad-images)."""
     items = [(path, int(m.group(1))) for m, path in scan(folder, TEST_NAME, TEST_LAYOUT)]
     items.sort(key=lambda item: (item[1], item[0].name))
-    return items
+    if skip_bad_images:
+        return split_readable(items, workers)
+    return items, []
 
 
 def split(items, val_ratio, seed):
@@ -83,21 +110,13 @@ def split(items, val_ratio, seed):
     return train, val
 
 
-def load_rgb(path):
-    """Open any image (grayscale, RGBA, CMYK, palette) as RGB."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise UserError(f"cannot read image {str(path)!r}: {error}") from None
-
-
 class DogCat(torch.utils.data.Dataset):
     """Items: (image tensor, label) for train/val, (image tensor, id) for test."""
 
-    def __init__(self, items, image_size, augment, seed):
+    def __init__(self, items, image_size, augment, seed, skipped=()):
         self.items, self.image_size, self.augment, self.seed = items, image_size, augment, seed
         self.targets = [target for _, target in items]
+        self.skipped = list(skipped)  # [(path, reason)] left out by --skip-bad-images
 
     def __len__(self):
         return len(self.items)
@@ -122,16 +141,22 @@ def dogcat(cfg, split_name):
             sample.ensure(root.parent)
         if not root.is_dir() and (root.parent / "test1").is_dir():
             root = root.parent / "test1"  # Kaggle's first competition named it test1/
-        return DogCat(list_test(root), cfg.image_size, augment=False, seed=cfg.seed)
+        items, skipped = test_listing(root, cfg.skip_bad_images, cfg.num_workers)
+        return DogCat(items, cfg.image_size, augment=False, seed=cfg.seed, skipped=skipped)
     root = Path(cfg.train_data_root)
     if _is_default_sample(root):
         sample.ensure(root.parent)
-    train_items, val_items = split(list_train(root), cfg.val_ratio, cfg.seed)
+    items, skipped = train_listing(root, cfg.skip_bad_images, cfg.num_workers)
+    train_items, val_items = split(items, cfg.val_ratio, cfg.seed)
     if split_name == "train":
-        return DogCat(train_items, cfg.image_size, augment=True, seed=cfg.seed)
+        if not train_items:
+            raise UserError(f"--val-ratio={cfg.val_ratio} leaves no training images of the {len(items)} in {root}; "
+                            f"lower --val-ratio")
+        return DogCat(train_items, cfg.image_size, augment=True, seed=cfg.seed, skipped=skipped)
     if not val_items:
-        raise UserError(f"--val-ratio={cfg.val_ratio} leaves no validation images in {root}")
-    return DogCat(val_items, cfg.image_size, augment=False, seed=cfg.seed)
+        raise UserError(f"--val-ratio={cfg.val_ratio} leaves no validation images of the {len(items)} in {root}; "
+                        f"raise --val-ratio")
+    return DogCat(val_items, cfg.image_size, augment=False, seed=cfg.seed, skipped=skipped)
 
 
 def _is_default_sample(root):

@@ -14,7 +14,8 @@ import torch
 from torchvision.transforms import functional as F
 
 from data import face_sample
-from data.dogcat import load_rgb
+from data.dogcat import check_folder
+from data.readable import load_rgb, split_readable
 from utils.errors import UserError
 from utils.registry import DATASETS
 
@@ -26,8 +27,7 @@ LAYOUT = "image files (.jpg, .png, ...), directly or in subfolders"
 def list_images(root):
     """[(path, class index)] sorted: files in `root` (class 0) and in its subfolders (one class each)."""
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"data folder {str(root)!r} does not exist; it should hold {LAYOUT}")
+    check_folder(root, LAYOUT)
     folders = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     items = []
     for label, folder in enumerate(f for f in folders if any(_is_image(p) for p in f.iterdir())):
@@ -50,8 +50,9 @@ def to_gan_tensor(image, size):
 class Faces(torch.utils.data.Dataset):
     """Items: (image tensor in [-1, 1], class index of its subfolder)."""
 
-    def __init__(self, items, image_size):
+    def __init__(self, items, image_size, skipped=()):
         self.items, self.image_size = items, image_size
+        self.skipped = list(skipped)  # [(path, reason)] left out by --skip-bad-images
 
     def __len__(self):
         return len(self.items)
@@ -70,4 +71,9 @@ def faces(cfg, split_name):
         face_sample.ensure(root)
     if split_name != "train":
         raise UserError(f"dataset faces has only a train split (asked for {split_name!r})")
-    return Faces(list_images(root), cfg.image_size)
+    items, skipped = list_images(root), []
+    if cfg.skip_bad_images:
+        items, skipped = split_readable(items, cfg.num_workers)
+        if not items:
+            raise UserError(f"no readable images in {str(root)!r}: all {len(skipped)} were skipped")
+    return Faces(items, cfg.image_size, skipped)

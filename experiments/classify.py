@@ -9,15 +9,18 @@ step (cross-entropy), the evaluation (loss, accuracy, Kaggle log loss, confusion
 """
 import logging
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from data import readable
+from data.dogcat import TEST_NAME as TEST_ID
 from data.transforms import denormalize
 from models import build_model, check_takes
 from utils import checkpoint, runtime
 from utils.engine import Experiment, load_for_inference
-from utils.errors import UserError
+from utils.errors import UsageError, UserError, plural
 from utils.lr_policy import LrPolicy
 from utils.precision import Precision
 from utils.registry import DATASETS, EXPERIMENTS, METERS
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 def load_data(cfg, split):
     """The dataset of `split` (train | val | test) built by the --dataset registry entry."""
     dataset = DATASETS.build(cfg.dataset, cfg, split)
-    log.info("%s split: %d images", split, len(dataset))
+    log.info("%s split: %s", split, plural(len(dataset), "image"))
     return dataset
 
 
@@ -88,7 +91,12 @@ class Classify(Experiment):
     def datasets(self):
         check_takes("model", self.cfg.model, ["num_classes"], "classifier")
         self.val_set = load_data(self.cfg, "val")
-        return load_data(self.cfg, "train"), self.val_set
+        train_set = load_data(self.cfg, "train")
+        labels = set(getattr(train_set, "targets", ())) | set(getattr(self.val_set, "targets", ()))
+        if labels and max(labels) >= self.cfg.num_classes:
+            raise UsageError(f"the data has labels up to {max(labels)} ({max(labels) + 1} classes) but "
+                             f"--num-classes={self.cfg.num_classes}; use --num-classes={max(labels) + 1}")
+        return train_set, self.val_set
 
     def build(self, ctx):
         model = build_model(self.cfg)
@@ -134,10 +142,11 @@ class Classify(Experiment):
         """Print accuracy, log loss and the confusion matrix of a checkpoint on the val split."""
         model, cfg, device = self.load_model()
         dataset = load_data(cfg, "val")
+        readable.report(dataset.skipped if hasattr(dataset, "skipped") else [])
         metrics = evaluate(model, runtime.make_loader(dataset, cfg, device, shuffle=False), cfg, device, tta=cfg.tta)
         names = ["cat", "dog"] if cfg.dataset == "dogcat" else [str(k) for k in range(cfg.num_classes)]
         width = max(len(n) for n in names) + 2
-        lines = [f"val: {len(dataset)} images  accuracy {metrics['val_accuracy']:.4f}  log loss {metrics['val_logloss']:.4f}",
+        lines = [f"val: {plural(len(dataset), 'image')}  accuracy {metrics['val_accuracy']:.4f}  log loss {metrics['val_logloss']:.4f}",
                  "confusion (rows = truth, columns = predicted):",
                  " " * width + "".join(f"{n:>{width}}" for n in names)]
         lines += [f"{names[k]:<{width}}" + "".join(f"{c:>{width}}" for c in row) for k, row in enumerate(metrics["confusion"])]
@@ -146,6 +155,7 @@ class Classify(Experiment):
     @torch.inference_mode()
     def test(self):
         """Write the Kaggle submission csv (id,label = P(dog)) for the test folder."""
+        runtime.check_output_file(self.cfg.result_file, "--result-file")
         model, cfg, device = self.load_model()
         if cfg.num_classes != 2:
             raise UserError(f"test writes P(class 1) for a 2-class model; this one has {cfg.num_classes} classes")
@@ -154,5 +164,12 @@ class Classify(Experiment):
         for images, batch_ids in runtime.make_loader(dataset, cfg, device, shuffle=False):
             dog_probabilities += predict(model, images, precision, cfg.tta)[:, 1].exp().tolist()
             ids += batch_ids.tolist()
+        skipped = getattr(dataset, "skipped", [])
+        if skipped:
+            # Kaggle wants a row for every id: an unreadable image gets the uninformed 0.5.
+            readable.report(skipped)
+            log.warning("the %s got P(dog)=0.5 in the csv", plural(len(skipped), "unreadable test image"))
+            ids += [int(TEST_ID.fullmatch(Path(path).name).group(1)) for path, _ in skipped]
+            dog_probabilities += [0.5] * len(skipped)
         rows = write_submission(cfg.result_file, ids, dog_probabilities, clip=cfg.clip)
-        print(f"wrote {rows} rows to {cfg.result_file}")
+        print(f"wrote {plural(rows, 'row')} to {cfg.result_file}")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from models import check_takes
 from models.dcgan import layout
-from utils import checkpoint, seeding
+from utils import checkpoint, runtime, seeding
 from utils.engine import Experiment, load_for_inference
 from utils.errors import UsageError
 from utils.lr_policy import LrPolicy
@@ -138,6 +138,7 @@ class Gan(Experiment):
         if self.cfg.gen_num > self.cfg.gen_search_num:
             raise UsageError(f"--gen-num={self.cfg.gen_num} is more than --gen-search-num={self.cfg.gen_search_num}; "
                              f"draw at least as many as you keep")
+        runtime.check_output_file(self.cfg.gen_img, "--gen-img")
         cfg, device, state, path = load_for_inference(self.cfg)
         netg, netd = build_nets(cfg, device)
         for name, net in (("netg", netg), ("netd", netd)):

@@ -10,13 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args, cwd=ROOT, timeout=300, env=None, input=None):
-    """Run `python main.py ARGS` in a subprocess; returns CompletedProcess (text)."""
+def run_cli(*args, cwd=ROOT, timeout=300, env=None, input=None, **popen):
+    """Run `python main.py ARGS` in a subprocess; returns CompletedProcess (text). `popen`
+    goes to subprocess.run (e.g. preexec_fn)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *map(str, args)],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
+        stdin=None if input is not None else subprocess.DEVNULL, **popen,
     )
 
 

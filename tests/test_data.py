@@ -102,10 +102,11 @@ def test_bundled_sample_is_deterministic_kaggle_layout(tmp_path):
     sample.generate(tmp_path / "a")
     sample.generate(tmp_path / "b")
     names = sorted(p.name for p in (tmp_path / "a" / "train").iterdir())
-    assert "cat.0.jpg" in names and "dog.149.jpg" in names and ".DS_Store" in names
+    assert "cat.0.jpg" in names and "dog.149.jpg" in names
+    assert ".DS_Store" not in names and "Thumbs.db" not in names  # the demo warns about nothing of its own
     for name in ("train/cat.7.jpg", "test/5.jpg"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     cfg = SimpleNamespace(train_data_root=str(tmp_path / "a" / "train"), val_ratio=0.3, seed=0, image_size=32,
-                          test_data_root=str(tmp_path / "a" / "test"))
+                          test_data_root=str(tmp_path / "a" / "test"), skip_bad_images=False, num_workers=0)
     assert len(dogcat.dogcat(cfg, "train")) == 210 and len(dogcat.dogcat(cfg, "val")) == 90
     assert len(dogcat.dogcat(cfg, "test")) == sample.TEST_IMAGES

@@ -11,6 +11,7 @@ A reader refuses files from a newer format instead of misreading them.
 """
 import logging
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from utils.io import atomic_open, remove_temp_files
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 LAST, BEST, EMERGENCY = "last.pth", "best.pth", "emergency.pth"
+WEIGHTS_KIND = "weights"  # the "kind" of best.pth: weights, config and metrics, no run state
 
 
 def save_checkpoint(state, path):
@@ -29,9 +31,38 @@ def save_checkpoint(state, path):
 
     state = dict(state, format_version=FORMAT_VERSION)
     with atomic_open(path, "wb", before_replace=lambda: faults.at_save("written")) as handle:
-        torch.save(state, handle)
+        stream = _RecordingWriter(handle)
+        try:
+            torch.save(state, stream)
+        except RuntimeError:
+            # torch reports a failed write as "[enforce fail at inline_container.cc] unexpected
+            # pos"; the OS error it swallowed (no space left, ...) is the one to tell.
+            if stream.error is not None:
+                raise stream.error from None
+            raise
     faults.at_save("renamed")
     return Path(path)
+
+
+class _RecordingWriter:
+    """A file object for torch.save that keeps the OSError of a failed write."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data):
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self):
+        try:
+            self.handle.flush()
+        except OSError as error:
+            self.error = error
+            raise
 
 
 class CheckpointManager:
@@ -52,14 +83,15 @@ class CheckpointManager:
             log.info("removed %d unfinished checkpoint temp file(s) (%.1f MB) left by a killed run in %s",
                      count, size / 1e6, self.run_dir)
 
-    def save_epoch_end(self, state, epoch, improved):
+    def save_epoch_end(self, state, epoch, improved, weights=None):
         """The checkpoints of a finished epoch. best.pth is written *before* last.pth: a kill
         between the two leaves last.pth one epoch behind, and resuming redoes that epoch
-        deterministically; the other order could leave a stale best.pth behind a newer last.pth."""
+        deterministically; the other order could leave a stale best.pth behind a newer last.pth.
+        best.pth holds `weights()` when given (weights, config, metrics: for inference only)."""
         if not self.writes:
             return
         if improved:
-            save_checkpoint(state, self.run_dir / BEST)
+            save_checkpoint(weights() if weights is not None else state, self.run_dir / BEST)
         save_checkpoint(state, self.run_dir / LAST)
         if self.keep_epochs > 0:
             save_checkpoint(state, self.run_dir / f"epoch_{epoch}.pth")
@@ -80,10 +112,32 @@ class CheckpointManager:
 
 def find_for_inference(run_dir):
     """best.pth, else last.pth of a run dir; UserError naming where it looked."""
+    run_dir = Path(run_dir)
     for name in (BEST, LAST):
-        if (Path(run_dir) / name).exists():
-            return Path(run_dir) / name
-    raise UserError(f"no checkpoint in {run_dir} (looked for {BEST}, {LAST}); check --env and --checkpoint-dir")
+        if (run_dir / name).exists():
+            return run_dir / name
+    if (run_dir / EMERGENCY).exists():
+        raise UserError(f"no checkpoint in {run_dir} but {EMERGENCY}, the state saved when the run crashed; "
+                        f"use it with --load-model-path={run_dir / EMERGENCY}, or resume it with "
+                        f"train --resume={run_dir / EMERGENCY}")
+    raise UserError(f"no checkpoint in {run_dir} (looked for {BEST}, {LAST}){run_hint(run_dir) or '; check --env and --checkpoint-dir'}")
+
+
+def run_hint(run_dir):
+    """'; did you mean --env=X?' (the closest run names) when `run_dir` is no run, else ''."""
+    from utils.errors import close_matches, plural
+
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        return ""
+    parent = run_dir.parent
+    runs = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    if not runs:
+        return f"; there are no runs in {parent}"
+    near = close_matches(run_dir.name, runs)
+    if near:
+        return "; did you mean " + " or ".join(f"--env={name}" for name in near) + "? (`python main.py runs` lists them)"
+    return f"; {parent} holds {plural(len(runs), 'other run')}: `python main.py runs{'' if str(parent) == 'checkpoints' else ' --checkpoint-dir=' + str(parent)}` lists them"
 
 
 def unwrap(module):
@@ -101,10 +155,18 @@ def load_checkpoint(path):
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {str(path)!r} is a folder; give a .pth file in it (best.pth, last.pth)")
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} not found")
+    kind = _file_kind(path)
+    if kind != "torch":
+        raise UserError(f"{str(path)!r} is not a checkpoint ({kind}); give a .pth file written by torch.save, "
+                        f"e.g. <run dir>/best.pth")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about weights_only on legacy files; we say it once, below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # weights_only refuses arbitrary objects; we never retry with weights_only=False on a
         # file we did not write, because unpickling can run any code.
@@ -124,6 +186,18 @@ def load_checkpoint(path):
             f"{FORMAT_VERSION}. Update the runner to load it."
         )
     return state
+
+
+def _file_kind(path):
+    """"torch" for a file torch.save may have written (a zip archive, or a legacy or plain
+    pickle), else what it is instead."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch's zip format; pickle protocol 2+
+        return "torch"
+    return f"it starts with bytes {head.hex()}, not a torch file or a pickle"
 
 
 def model_state(state):

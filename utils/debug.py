@@ -25,8 +25,9 @@ _PROMPT = "__import__('ipdb').set_trace()\npass\n"
 _warned = set()
 
 
-def check(cfg, scope):
-    """Open ipdb with the names of `scope` if cfg.debug_file exists and a human can answer."""
+def check(cfg, scope, before_prompt=None):
+    """Open ipdb with the names of `scope` if cfg.debug_file exists and a human can answer;
+    `before_prompt` runs first (the engine clears its progress bar there)."""
     path = cfg.debug_file
     if not path or not os.path.exists(path):
         return
@@ -35,6 +36,8 @@ def check(cfg, scope):
             _warned.add(path)
             log.warning("debug file %s exists but stdin is not a terminal; ignoring it (remove it to silence this)", path)
         return
+    if before_prompt is not None:
+        before_prompt()
     names = ", ".join(scope)
     example = next((name for name in scope if name.startswith("loss")), next(iter(scope)))
     optimizer = next((name for name in scope if name.startswith("optimizer")), "optimizer")

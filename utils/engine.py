@@ -14,8 +14,12 @@ Read top to bottom: Experiment, TrainState, Context, Outputs, train, run_epoch, 
 restore, load_for_inference.
 """
 import dataclasses
+import json
 import logging
 import math
+import os
+import shutil
+import socket
 import sys
 import time
 from typing import Optional
@@ -25,12 +29,15 @@ from tqdm import tqdm
 
 import configs
 from configs.loader import adopt_checkpoint_config
-from utils import checkpoint, faults, resume, runtime, seeding
-from utils.errors import UsageError
+from configs.schema import FIELDS
+from data import readable
+from utils import checkpoint, faults, resume, runs, runtime, seeding
+from utils.errors import UsageError, UserError
+from utils.io import atomic_open
 from utils.lr_policy import LrPolicy
 from utils.precision import Precision
 from utils.registry import EXPERIMENTS, METERS
-from utils.safe_stop import SafeStop
+from utils.safe_stop import SafeStop, Stopped
 from utils.visualize import Visualizer, save_grid
 
 log = logging.getLogger(__name__)
@@ -146,25 +153,47 @@ class Outputs:
         if self.vis:
             self.vis.flush()
 
+    def write_status(self, state, status, error=None):
+        """<run dir>/status.json: what `python main.py runs` shows without loading a checkpoint.
+        status: running (pid on host), finished, stopped (resumable), crashed (error)."""
+        if not self.writes:
+            return
+        record = {"status": status, "experiment": self.cfg.experiment, "model": self.cfg.model,
+                  "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "max_epoch": self.cfg.max_epoch,
+                  "global_step": state.global_step, "best": state.best, "error": error,
+                  "pid": os.getpid(), "host": socket.gethostname(), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with atomic_open(self.run_dir / runs.STATUS, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=1)
+
     def close(self):
         if self.vis:
             self.vis.close()
+            self.vis = None
 
 
 def train(cfg):
     """`python main.py train`: a new run, or --resume of one, of cfg.experiment."""
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
     cfg = resumed["config"] if resumed else runtime.name_run(cfg)
+    if resumed and resumed["state"] is not None and resumed["state"]["epoch"] >= cfg.max_epoch:
+        done = resumed["state"]["epoch"]
+        print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
+              f"Train it further: python main.py train --env={cfg.env}{_checkpoint_dir_flag(cfg)} --resume "
+              f"--max-epoch={done + max(1, done // 2)}")
+        return
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)
     if experiment.monitors and cfg.monitor not in experiment.monitors:
         raise UsageError(f"--monitor={cfg.monitor} is not a metric of experiment {cfg.experiment}; "
                          f"use one of {', '.join(experiment.monitors)}")
     device = runtime.pick_device(cfg)
-    train_set, _ = experiment.datasets()
-    run_dir = runtime.start_run(cfg)  # only now: a run that cannot start leaves no folder
+    # Everything that can fail on bad input runs before the run dir exists: the data, the
+    # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
+    train_set, val_set = experiment.datasets()
+    if len(train_set) == 0:
+        raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
+    runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir")
     seeding.seed_everything(cfg.seed)
-    outputs = Outputs(run_dir, cfg)
-    outputs.checkpoints.remove_leftovers()
+    outputs = Outputs(cfg.run_dir, cfg)
     ctx = Context(cfg, device, Precision(cfg, device), TrainState(), outputs)
     objects = experiment.build(ctx)
     clashes = ENGINE_KEYS.intersection(objects)
@@ -176,6 +205,33 @@ def train(cfg):
         ctx.state = restore(resumed["state"], objects, source=str(resume.checkpoint_path(cfg)))
     elif cfg.load_model_path:
         load_weights(objects, cfg.load_model_path)
+    run_dir, created = runtime.start_run(cfg)
+    try:
+        _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored)
+    except BaseException as error:
+        outputs.close()
+        if created and not any(run_dir.glob("*.pth")):
+            # A new run that ended before writing any checkpoint holds nothing to resume or
+            # evaluate: it leaves no folder behind, like a run that cannot start.
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            outputs.write_status(ctx.state, "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed",
+                                 error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise
+    best = ctx.state.best
+    summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
+               else "no finite validation metric" if experiment.monitors else f"{ctx.state.epoch} epochs")
+    print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
+    print("next: " + " | ".join(next_commands(cfg, experiment)))
+
+
+def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored):
+    """The epochs of train(), once its run dir exists."""
+    outputs = ctx.outputs
+    outputs.checkpoints.remove_leftovers()
+    skipped = {str(path): reason for dataset in (train_set, val_set) for path, reason in getattr(dataset, "skipped", ())}
+    readable.report(sorted(skipped.items()), run_dir)
+    outputs.write_status(ctx.state, "running")
     # Points at the saved step were logged before the checkpoint was written; later ones
     # belong to work the resumed run redoes (all of it when it restarts from scratch).
     outputs.open(purge_step=(ctx.state.global_step + 1 if restored else 0) if resumed else None)
@@ -188,7 +244,7 @@ def train(cfg):
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
     with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
         for epoch in range(ctx.state.epoch, cfg.max_epoch):
-            loader = runtime.make_loader(train_set, cfg, device, shuffle=True, epoch=epoch,
+            loader = runtime.make_loader(train_set, cfg, ctx.device, shuffle=True, epoch=epoch,
                                          start=ctx.state.step_in_epoch * cfg.batch_size)
             means, images_per_second = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
             if stopper.requested:
@@ -202,12 +258,23 @@ def train(cfg):
             if improved:
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
             report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metrics, lrs, improved)
-            outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved)
+            outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
+                                               weights=lambda: inference_state(objects, ctx.state, cfg, metrics))
+            outputs.write_status(ctx.state, "running")
     outputs.close()
-    best = ctx.state.best
-    summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
-               else "no finite validation metric" if experiment.monitors else f"{ctx.state.epoch} epochs")
-    print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
+    outputs.write_status(ctx.state, "finished")
+
+
+def _checkpoint_dir_flag(cfg):
+    return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"
+
+
+def next_commands(cfg, experiment):
+    """The commands that use a finished run, with its real --env (train's last line)."""
+    chosen = "" if cfg.experiment == FIELDS["experiment"].default else f" --experiment={cfg.experiment}"
+    commands = [f"python main.py {name}{chosen} --env={cfg.env}{_checkpoint_dir_flag(cfg)}"
+                for name in type(experiment).commands if name != "train"]
+    return commands + [f"tensorboard --logdir {cfg.checkpoint_dir}"]
 
 
 def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
@@ -218,8 +285,10 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
         if isinstance(obj, torch.nn.Module):
             obj.train()
     images_done, data_wait = 0, 0.0
+    # A bar only on a terminal: redirected to a file its frames would fill it (report_epoch
+    # logs a plain line per epoch either way).
     bar = tqdm(total=len(loader.sampler), desc=f"epoch {epoch + 1}/{cfg.max_epoch}", unit="img",
-               disable=not cfg.progress, leave=False, file=sys.stderr, mininterval=1.0)
+               disable=not (cfg.progress and sys.stderr.isatty()), leave=False, file=sys.stderr, mininterval=1.0)
     started = tick = time.perf_counter()
     for batch in loader:
         data_wait += time.perf_counter() - tick
@@ -239,8 +308,7 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
         images_done += size
         images_per_second = images_done / (time.perf_counter() - started)
         bar.update(size)
-        bar.set_postfix({**{name: f"{meter.average():.4f}" for name, meter in state.meters.items()},
-                         "img_s": f"{images_per_second:.0f}"}, refresh=False)
+        bar.set_postfix({name: f"{meter.average():.4f}" for name, meter in state.meters.items()}, refresh=False)
         if state.global_step % cfg.print_freq == 0:
             for name, window in state.window.items():
                 if window:
@@ -249,7 +317,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
             state.window = {}
             ctx.outputs.images(experiment.images(objects, ctx), state.global_step)
             parts = dict(zip(experiment.batch_names, batch)) if isinstance(batch, (tuple, list)) else {"batch": batch}
-            stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch, "state": state, "ctx": ctx})
+            stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch, "state": state, "ctx": ctx},
+                                before_prompt=bar.clear)
         if stopper.requested:
             break
         tick = time.perf_counter()
@@ -303,6 +372,14 @@ def checkpoint_state(objects, state, cfg):
             saved[name] = obj.state_dict()
     return {**saved, **state.as_checkpoint(), "rng": seeding.rng_states(), "config": configs.as_dict(cfg),
             "experiment": cfg.experiment}
+
+
+def inference_state(objects, state, cfg, metrics):
+    """best.pth: what inference needs and nothing more (the weights of every module, the
+    config, the metrics of that epoch); last.pth stays complete for resume."""
+    weights = {name: checkpoint.unwrap(obj).state_dict() for name, obj in objects.items() if isinstance(obj, torch.nn.Module)}
+    return {**weights, "kind": checkpoint.WEIGHTS_KIND, "epoch": state.epoch, "global_step": state.global_step,
+            "best": state.best, "metrics": metrics, "config": configs.as_dict(cfg), "experiment": cfg.experiment}
 
 
 def restore(state, objects, source):

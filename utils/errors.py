@@ -11,6 +11,30 @@ class UserError(Exception):
     exit_code = 1
     prefix = "error: "  # how main.py introduces the one-line message
 
+    def __init__(self, message=""):
+        super().__init__(_from_worker(str(message)))
+
+
+WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+
+
+def _from_worker(message):
+    """The user's one line inside the text a DataLoader worker re-raises with ("Caught UserError
+    in DataLoader worker process 0. Original Traceback ... utils.errors.UserError: <line>"):
+    torch rebuilds the exception from that whole text in the main process."""
+    if WORKER_TRACEBACK not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    name, _, text = last.partition(": ")
+    return text if name.split(".")[-1].endswith("Error") and text else last
+
+
+def plural(count, word, many=None):
+    """'1 image', '2 images', '1 entry', '3 entries'."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {many or (word[:-1] + 'ies' if word.endswith('y') else word + 's')}"
+
 
 class UsageError(UserError):
     """A bad command line, config file or option value; exit code 2, as argparse does."""

@@ -1,8 +1,16 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written checkpoint or csv."""
+"""Atomic file writes: a reader (or a crash) never sees a half-written checkpoint or csv, and a
+write that fails (full disk, read-only folder, a path that is a folder) is one line naming
+the file and the OS's reason, with the previous file untouched and no temp file left."""
 import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+from utils.errors import UserError
+
+
+class OutputError(UserError):
+    """A file could not be written; the message names it, the reason and what was kept."""
 
 
 @contextlib.contextmanager
@@ -10,12 +18,18 @@ def atomic_open(path, mode="wb", before_replace=None, **kwargs):
     """Open a temp file beside `path`; on clean exit flush, fsync and rename it over `path`.
 
     The temp file lives in the same directory so `os.replace` is a same-filesystem rename,
-    which POSIX makes atomic. On an exception the temp file is removed and `path` is untouched.
+    which POSIX makes atomic. On an exception the temp file is removed and `path` is untouched;
+    an OSError becomes an OutputError. The file gets the mode the umask gives a new file
+    (mkstemp's own 0600 would hide results from the group that shares a machine).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp_name = None
     try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder, not a file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -23,11 +37,31 @@ def atomic_open(path, mode="wb", before_replace=None, **kwargs):
         if before_replace is not None:
             before_replace()
         os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
+    except BaseException as error:
+        if temp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+        if isinstance(error, OSError):
+            kept = f"the previous {path.name} is kept" if path.is_file() else "nothing was written"
+            reason = (error.strerror or str(error)).lower()
+            if isinstance(error, (FileExistsError, NotADirectoryError)) or (error.filename and error.filename != str(path)
+                                                                             and Path(error.filename) in path.parents):
+                reason = f"{reason} ({error.filename})" if error.filename else reason
+            raise OutputError(f"cannot write {path}: {reason}; {kept}") from None
         raise
     _fsync_directory(path.parent)
+
+
+def current_umask():
+    """The process umask, read without changing it where Linux allows (os.umask can only set)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 TEMP_PATTERN = ".*.tmp"  # what atomic_open leaves behind when the process is killed mid-write

@@ -39,12 +39,15 @@ def load_resume_state(cfg):
                  checkpoint.LAST, path.parent)
         state, saved = None, configs.as_dict(configs.load_config({"config": str(saved_config)}))
     elif not path.is_file():
-        raise UsageError(f"nothing to resume: {path} does not exist (is --env or --checkpoint-dir right?)")
+        hint = checkpoint.run_hint(path.parent) if cfg.resume == "last" else ""
+        raise UsageError(f"nothing to resume: {path} does not exist{hint or ' (is --env or --checkpoint-dir right?)'}")
     else:
         state = checkpoint.load_checkpoint(path)
         saved = state.get("config")
-        if not isinstance(saved, dict) or "epoch" not in state:
-            raise UsageError(f"{path} holds weights only (no run state); start a new run with --load-model-path={path}")
+        if not isinstance(saved, dict) or "epoch" not in state or state.get("kind") == checkpoint.WEIGHTS_KIND:
+            hint = f" (resume {path.parent / checkpoint.LAST})" if path.name == checkpoint.BEST else ""
+            raise UsageError(f"{path} holds weights only (no run state){hint}; or start a new run from them with "
+                             f"--load-model-path={path}")
         if state.get("format_version", 1) < checkpoint.FORMAT_VERSION:
             raise UsageError(f"{path} was written by an earlier runner (checkpoint format {state.get('format_version', 1)}) "
                              f"and cannot be resumed; start a new run from its weights with --load-model-path={path}")
@@ -63,6 +66,8 @@ def load_resume_state(cfg):
     # The run dir of a resumed run is the folder that holds the checkpoint.
     merged.update(resume=cfg.resume, env=path.parent.name, checkpoint_dir=str(path.parent.parent))
     merged_cfg = validate(Config(**merged))
-    if state is not None:
-        log.info("resuming %s: epoch %d, step %d of the next epoch", path, state["epoch"], state.get("step_in_epoch", 0))
+    if state is not None and state["epoch"] < merged_cfg.max_epoch:
+        step = state.get("step_in_epoch", 0)
+        where = f"after step {step} of epoch {state['epoch'] + 1}" if step else f"at the start of epoch {state['epoch'] + 1}"
+        log.info("resuming %s %s of %d", path, where, merged_cfg.max_epoch)
     return {"state": state, "config": merged_cfg}

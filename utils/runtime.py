@@ -38,8 +38,35 @@ def name_run(cfg):
     return dataclasses.replace(cfg, env=env)
 
 
+def check_output_dir(folder, option):
+    """UserError unless files can be created in `folder` (made if missing): checked before
+    a run or a prediction starts, so a bad path costs seconds, not an epoch."""
+    folder = Path(folder)
+    blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{option}: cannot create folder {str(folder)!r}: {str(blocker)!r} is a file, not a folder")
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    try:
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserError(f"{option}: cannot write in {str(existing)!r}: {(error.strerror or str(error)).lower()}") from None
+
+
+def check_output_file(path, option):
+    """UserError unless `path` can be written as a file: not a folder, in a writable folder."""
+    path = Path(path)
+    if path.is_dir():
+        example = {"--result-file": "result.csv", "--gen-img": "result.png"}.get(option, "out")
+        raise UserError(f"{option}={path} is a folder; give a file name, e.g. {option}={path / example}")
+    check_output_dir(path.parent, option)
+
+
 def start_run(cfg):
-    """Create the run dir, refuse to overwrite another run, log and save config.yaml."""
+    """Create the run dir, refuse to overwrite another run, log and save config.yaml.
+    Returns (run dir, whether this call created it)."""
     from utils.checkpoint import BEST, LAST
 
     run_dir = cfg.run_dir
@@ -48,13 +75,24 @@ def start_run(cfg):
             f"{run_dir} already holds a run; continue it with --env={cfg.env} --resume, "
             f"or start a new one with another --env"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create run folder {str(run_dir)!r}: {(error.strerror or str(error)).lower()}") from None
     for line in configs.describe(cfg):
         log.info("%s", line)
-    with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as handle:
-        handle.write(configs.dump_yaml(cfg))
+    try:
+        with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as handle:
+            handle.write(configs.dump_yaml(cfg, run_dir / "config.yaml"))
+    except BaseException:
+        if created:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     log.info("run dir %s", run_dir)
-    return run_dir
+    return run_dir, created
 
 
 def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):

@@ -57,16 +57,29 @@ class SafeStop:
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.pth "
               f"(Ctrl+C again to stop at once)", file=sys.stderr, flush=True)
 
+    def _latest(self):
+        """Which checkpoint a stop leaves as the newest on disk."""
+        import time
+
+        from utils.checkpoint import LAST
+
+        last = self.checkpoints.run_dir / LAST
+        if not last.is_file():
+            return f"no checkpoint on disk yet in {self.checkpoints.run_dir}"
+        written = time.strftime("%H:%M:%S", time.localtime(last.stat().st_mtime))
+        resume = f"python main.py train --env={self.cfg.env} --checkpoint-dir={self.cfg.checkpoint_dir} --resume"
+        return f"the latest checkpoint is {last} (written {written}); resume it: {resume}"
+
     def check_finite(self, scalars, epoch, step_in_epoch, names):
         """Raise NonFiniteLoss if a returned loss (a key in `names`) is NaN or infinite."""
         for name in names:
             if name in scalars and not math.isfinite(scalars[name]):
                 raise NonFiniteLoss(name, epoch, step_in_epoch, scalars[name])
 
-    def debug_check(self, scope):
+    def debug_check(self, scope, before_prompt=None):
         """The live-debugger check; `q` at its prompt asks for a stop like a signal does."""
         try:
-            debug.check(self.cfg, scope)
+            debug.check(self.cfg, scope, before_prompt)
         except bdb.BdbQuit:
             self.requested = "debugger quit"
 
@@ -87,7 +100,12 @@ class SafeStop:
             code = {signal.SIGTERM: 143}.get(self.requested, 130)
             reason = self.requested if isinstance(self.requested, str) else signal.Signals(self.requested).name
             raise Stopped(f"stopped ({reason}); saved {path}. Resume: {resume}", code) from None
-        if issubclass(kind, (KeyboardInterrupt, NonFiniteLoss)):
+        if issubclass(kind, KeyboardInterrupt) and self.requested is not None:
+            self.close_outputs()
+            raise Stopped(f"interrupted again: stopped at once, and this stop wrote nothing; {self._latest()}", 130) from None
+        if issubclass(kind, (KeyboardInterrupt, UserError)):
+            # A user's mistake (a non-finite loss, an unreadable image, a full disk): the
+            # checkpoints on disk are the last good state; an emergency save adds nothing.
             self.close_outputs()
             return False
         if self.cfg.pdb_on_error:

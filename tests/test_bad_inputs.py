@@ -1,0 +1,238 @@
+"""The catalogue of bad inputs: each one is answered by one line that names the fix, the
+documented exit code (2 usage or config, 1 runtime), no traceback and no warning noise, and
+leaves every file that was already there byte-identical, with nothing new (no run folder of a
+run that failed to start, no temp file).
+
+All cases run in one workspace (cwd), which holds tiny data, a finished run `runs/done`, a run
+that holds only emergency.pth, a result.csv, broken files of every kind and a read-only copy of
+all that. A case may name files it is allowed to change (status.json and TensorBoard events of a
+resume that fails on a full disk); everything else is compared by content.
+"""
+import hashlib
+import os
+import pickle
+import re
+import resource
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import make_dogcat, run_cli
+
+TINY = ("--train-data-root=data/train", "--test-data-root=data/test", "--checkpoint-dir=runs", "--model=LeNet",
+        "--image-size=16", "--batch-size=4", "--num-workers=0", "--max-epoch=1", "--print-freq=2", "--progress=false",
+        "--debug-file=", "--lr=0.01")
+LOG_LINE = re.compile(r"\d\d:\d\d:\d\d (INFO|WARNING) ")
+
+
+def flags(*extra, **options):
+    """TINY with some options replaced (`**{"num-workers": 2}`) and `extra` appended."""
+    chosen = [f for f in TINY if f.split("=")[0][2:] not in options]
+    return [*chosen, *(f"--{key}={value}" for key, value in options.items()), *extra]
+
+
+def make_read_only(path):
+    """Make `path` read-only for this process (a read-only bind mount as root, chmod
+    otherwise); returns the undo, or None when this machine cannot do either."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return lambda: path.chmod(0o755)
+    mounted = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode == 0
+    if mounted and subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True).returncode == 0:
+        return lambda: subprocess.run(["umount", str(path)], check=True)
+    if mounted:
+        subprocess.run(["umount", str(path)])
+    return None
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    make_dogcat(root / "data")
+    result = run_cli("train", *flags("--env=done"), cwd=root)
+    assert result.returncode == 0, result.stderr
+    done = root / "runs" / "done"
+    crashed = root / "runs" / "crashed"
+    crashed.mkdir()
+    shutil.copy(done / "last.pth", crashed / "emergency.pth")
+    shutil.copy(done / "config.yaml", crashed / "config.yaml")
+    (root / "result.csv").write_text("id,label\n1,0.500000\n")
+    (root / "afile").write_text("a file, not a folder\n")
+    rng = np.random.default_rng(7)
+    (root / "random.pth").write_bytes(b"\x13" + rng.bytes(4095))  # not 0x80 (pickle) or PK (zip)
+    (root / "empty.pth").write_bytes(b"")
+    (root / "pickle.pth").write_bytes(pickle.dumps({"model": OSError("not plain data")}))
+    (root / "truncated.pth").write_bytes((done / "last.pth").read_bytes()[:5000])
+    (root / "latin1.yaml").write_bytes("# r\xe9sum\xe9\nlr: 0.1\n".encode("latin-1"))
+    (root / "broken.yaml").write_text("lr: [0.1\n")
+    (root / "typo.yaml").write_text("lr: 0.1\nbatch_sise: 8\n")
+    (root / "empty_folder").mkdir()
+    (root / "out").mkdir()
+    for name, content in {"text": b"this is not a jpeg", "zero": b"",
+                          "truncated": (root / "data" / "train" / "cat.3.jpg").read_bytes()[:300]}.items():
+        bad = root / f"data_{name}"
+        shutil.copytree(root / "data", bad)
+        (bad / "train" / "dog.5.jpg").write_bytes(content)
+    (root / "ro").mkdir()
+    shutil.copytree(root / "runs", root / "ro" / "runs")
+    shutil.copy(root / "result.csv", root / "ro" / "result.csv")
+    undo = make_read_only(root / "ro")
+    yield root
+    if undo:
+        undo()
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def limit_file_size(size):
+    """preexec_fn: writes past `size` bytes fail with EFBIG ('file too large'), the same OSError
+    path as a full disk (ENOSPC), without needing a small filesystem."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return apply
+
+
+# (id, command line, exit code, the one line (regex), files the case may change)
+CASES = [
+    # -- the config: exit 2 before torch is imported
+    ("unknown option", ["train", "--lrr=0.1"], 2, r"unknown option --lrr; did you mean --lr or --lr2 or --lr1\?"),
+    ("wrong type", ["train", "--batch-size=32.0"], 2, r"option --batch-size expects an integer, got '32.0'"),
+    ("below minimum", ["train", "--batch-size=0"], 2, r"option --batch-size must be >= 1; got 0"),
+    ("not a choice", ["train", "--optimizer=adamm"], 2, r"option --optimizer must be one of adam, adamw, sgd; got 'adamm'; did you mean adam"),
+    ("unknown model", ["train", "--model=resnet34"], 2, r"option --model: unknown model 'resnet34'.*ResNet34"),
+    ("positional", ["train", "ResNet34"], 2, r"unexpected argument 'ResNet34': options are written --name=value"),
+    ("unknown command", ["trian"], 2, r"unknown command 'trian'; did you mean train\?"),
+    ("single dash", ["train", "-lr=0.1"], 2, r"option -lr=0.1 has one dash; options take two: --lr=0.1"),
+    ("config missing", ["train", "--config=nope.yaml"], 2, r"config file 'nope.yaml' not found"),
+    ("config folder", ["train", "--config=out"], 2, r"config file 'out' is a folder; give a .yaml file"),
+    ("config not utf-8", ["train", "--config=latin1.yaml"], 2, r"latin1.yaml:1: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"),
+    ("config syntax", ["train", "--config=broken.yaml"], 2, r"broken.yaml:2:1: invalid YAML"),
+    ("config typo", ["train", "--config=typo.yaml"], 2, r"typo.yaml: unknown option --batch-sise; did you mean --batch-size\?"),
+    ("val ratio 1", ["train", "--val-ratio=1"], 2, r"option --val-ratio must be below 1"),
+    ("clip too big", ["test", "--clip=0.7"], 2, r"option --clip must be below 0.5"),
+    ("bad device", ["train", "--device=gpu"], 2, r"option --device must be auto, cpu, cuda, cuda:N or mps; got 'gpu'"),
+    ("env escapes", ["train", "--env=../x"], 2, r"option --env names a folder under --checkpoint-dir"),
+    ("gpu contradiction", ["train", "--use-gpu=true", "--device=cpu"], 2, r"--use-gpu=true contradicts --device=cpu"),
+    ("resume needs env", ["train", "--resume"], 2, r"--resume needs --env=<run name>"),
+    ("command of another experiment", ["generate"], 2, r"experiment classify has no command 'generate'"),
+    ("gan has no val", ["val", "--experiment=gan"], 2, r"experiment gan has no command 'val'"),
+    # -- the run: exit 2 for a contradiction, before a run folder exists
+    ("resume unknown run", ["train", "--checkpoint-dir=runs", "--env=dnoe", "--resume"], 2,
+     r"nothing to resume: runs/dnoe/last.pth does not exist; did you mean --env=done\?"),
+    ("resume changes lr", ["train", "--checkpoint-dir=runs", "--env=done", "--resume", "--lr=0.5"], 2,
+     r"--lr=0.5 would change the resumed run \(it has 0.01\)"),
+    ("resume best.pth", ["train", "--resume=runs/done/best.pth"], 2,
+     r"runs/done/best.pth holds weights only \(no run state\) \(resume runs/done/last.pth\)"),
+    ("run exists", ["train", *flags("--env=done")], 2, r"runs/done already holds a run; continue it with --env=done --resume"),
+    ("num classes below labels", ["train", *flags("--env=new", "--num-classes=1")], 2,
+     r"the data has labels up to 1 \(2 classes\) but --num-classes=1; use --num-classes=2"),
+    ("not a classifier", ["train", *flags("--env=new", "--model=NetG")], 2, r"--model=NetG is not a classifier"),
+    ("unknown torchvision model", ["train", *flags("--env=new", "--model=torchvision.resnet999")], 2,
+     r"torchvision has no classification model 'resnet999'"),
+    ("gan image size", ["train", "--experiment=gan", "--image-size=33", "--env=new", "--checkpoint-dir=runs"], 2,
+     r"--image-size=33"),
+    # -- data: exit 1, nothing written
+    ("data missing", ["train", *flags("--env=new", "--train-data-root=nowhere")], 1,
+     r"data folder '.*nowhere' does not exist; it should hold cat.<n>.jpg"),
+    ("data is a file", ["train", *flags("--env=new", "--train-data-root=afile")], 1,
+     r"data folder '.*afile' is a file, not a folder"),
+    ("data empty", ["train", *flags("--env=new", "--train-data-root=empty_folder")], 1, r"no images in '.*empty_folder'"),
+    ("no train images", ["train", *flags("--env=new", "--val-ratio=0.99")], 1,
+     r"--val-ratio=0.99 leaves no training images of the 24 in .*; lower --val-ratio"),
+    ("no val images", ["train", *flags("--env=new", "--val-ratio=0.01")], 1,
+     r"--val-ratio=0.01 leaves no validation images of the 24 in .*; raise --val-ratio"),
+    ("text as jpg", ["train", *flags("--env=new", "--train-data-root=data_text/train")], 1,
+     r"cannot read image '.*data_text/train/dog.5.jpg': .*add --skip-bad-images"),
+    ("text as jpg, 2 workers", ["train", *flags("--env=new", "--train-data-root=data_text/train", **{"num-workers": 2})], 1,
+     r"cannot read image '.*data_text/train/dog.5.jpg': .*add --skip-bad-images"),
+    ("zero-byte jpg, 2 workers", ["train", *flags("--env=new", "--train-data-root=data_zero/train", **{"num-workers": 2})], 1,
+     r"cannot read image '.*data_zero/train/dog.5.jpg'"),
+    ("truncated jpg, 2 workers", ["train", *flags("--env=new", "--train-data-root=data_truncated/train", **{"num-workers": 2})], 1,
+     r"cannot read image '.*data_truncated/train/dog.5.jpg': (image file is truncated|Truncated File Read)"),
+    # -- models and weights
+    ("pretrained missing", ["train", *flags("--env=new", "--pretrained=missing.pth")], 1, r"missing.pth"),
+    ("weights of another model", ["train", *flags("--env=new", "--model=SqueezeNet", "--load-model-path=runs/done/best.pth")], 1,
+     r"runs/done/best.pth does not fit model SqueezeNet: .*Was it trained with another --model"),
+    ("random bytes", ["test", "--load-model-path=random.pth"], 1, r"'random.pth' is not a checkpoint \(it starts with bytes"),
+    ("empty checkpoint", ["test", "--load-model-path=empty.pth"], 1, r"'empty.pth' is not a checkpoint \(the file is empty\)"),
+    ("pickled object", ["test", "--load-model-path=pickle.pth"], 1,
+     r"checkpoint 'pickle.pth' holds Python objects that need unsafe unpickling; refused"),
+    ("truncated checkpoint", ["test", "--load-model-path=truncated.pth"], 1, r"checkpoint 'truncated.pth' is unreadable"),
+    ("checkpoint is a folder", ["test", "--load-model-path=runs/done"], 1, r"checkpoint 'runs/done' is a folder; give a .pth file"),
+    ("unknown run", ["val", "--checkpoint-dir=runs", "--env=dnoe"], 1, r"no checkpoint in runs/dnoe .*; did you mean --env=done\?"),
+    ("only emergency.pth", ["test", "--checkpoint-dir=runs", "--env=crashed"], 1,
+     r"no checkpoint in runs/crashed but emergency.pth, the state saved when the run crashed; use it with "
+     r"--load-model-path=runs/crashed/emergency.pth"),
+    # -- outputs: exit 1, previous files kept
+    ("result file is a folder", ["test", "--checkpoint-dir=runs", "--env=done", "--result-file=out"], 1,
+     r"--result-file=out is a folder; give a file name, e.g. --result-file=out/result.csv"),
+    ("result under a file", ["test", "--checkpoint-dir=runs", "--env=done", "--result-file=afile/result.csv"], 1,
+     r"--result-file: cannot create folder 'afile': 'afile' is a file, not a folder"),
+    ("checkpoint dir is a file", ["train", *flags("--env=new", "--checkpoint-dir=afile")], 1,
+     r"--checkpoint-dir: cannot create folder 'afile/new': 'afile' is a file, not a folder"),
+    ("gen-img is a folder", ["generate", "--experiment=gan", "--load-model-path=x.pth", "--gen-img=out"], 1,
+     r"--gen-img=out is a folder; give a file name, e.g. --gen-img=out/result.png"),
+]
+READ_ONLY = [
+    ("read-only checkpoint dir", ["train", *flags("--env=new", "--checkpoint-dir=ro/runs")], 1,
+     r"--checkpoint-dir: cannot write in 'ro/runs': (read-only file system|permission denied)"),
+    ("read-only run on resume", ["train", *flags("--env=done", "--checkpoint-dir=ro/runs", "--resume", "--max-epoch=2")], 1,
+     r"--checkpoint-dir: cannot write in 'ro/runs/done': (read-only file system|permission denied)"),
+    ("read-only result folder", ["test", "--checkpoint-dir=runs", "--env=done", "--test-data-root=data/test",
+                                 "--result-file=ro/result.csv"], 1,
+     r"--result-file: cannot write in 'ro': (read-only file system|permission denied)"),
+]
+
+
+def check(ws, args, code, message, may_change=(), **run):
+    before = snapshot(ws)
+    result = run_cli(*args, cwd=ws, **run)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    assert lines and all(LOG_LINE.match(line) for line in lines[:-1]), result.stderr  # one line, after the log
+    assert re.fullmatch(rf"error: .*{message}.*", lines[-1]), lines[-1]
+    after = snapshot(ws)
+    changed = {name for name in set(before) | set(after) if before.get(name) != after.get(name)}
+    assert {name for name in changed if not any(re.fullmatch(p, name) for p in may_change)} == set()
+    return result
+
+
+@pytest.mark.parametrize("args, code, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input(ws, args, code, message):
+    check(ws, args, code, message)
+
+
+@pytest.mark.parametrize("args, code, message", [case[1:] for case in READ_ONLY], ids=[case[0] for case in READ_ONLY])
+def test_read_only_output(ws, args, code, message):
+    probe = ws / "ro" / "probe"
+    try:
+        probe.write_text("x")
+        probe.unlink()
+        if os.geteuid() == 0:
+            pytest.skip("this machine can make no read-only folder for root (no bind mount)")
+    except OSError:
+        pass
+    check(ws, args, code, message)
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(ws):
+    # best.pth (epoch 2 improves or not) or last.pth is the first write past the limit.
+    result = check(ws, ["train", *flags("--env=done", "--resume", "--max-epoch=2")], 1,
+                   r"cannot write runs/done/(best|last).pth: file too large; the previous (best|last).pth is kept",
+                   may_change=[r"runs/done/(status.json|config.yaml|events.out.tfevents.*)"],
+                   preexec_fn=limit_file_size(100_000))
+    assert "emergency" not in result.stderr
+
+
+def test_full_disk_while_writing_the_csv_keeps_the_previous_one(ws):
+    check(ws, ["test", "--checkpoint-dir=runs", "--env=done", "--test-data-root=data/test", "--num-workers=0",
+               "--result-file=result.csv"], 1,
+          r"cannot write result.csv: file too large; the previous result.csv is kept", preexec_fn=limit_file_size(40))

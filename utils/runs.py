@@ -1,0 +1,108 @@
+"""`python main.py runs`: a table of the runs under --checkpoint-dir, read from each run's
+status.json (written by the engine at start, after every epoch and at the end), so listing a
+hundred runs loads no checkpoint. Runs written before status.json existed are read from
+their last.pth (memory-mapped: the tensors are not read).
+"""
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from utils.errors import UserError
+
+STATUS = "status.json"
+COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated")
+
+
+def find_runs(checkpoint_dir):
+    """Run dirs under `checkpoint_dir`: sub-folders holding a config.yaml or a checkpoint."""
+    root = Path(checkpoint_dir)
+    if root.is_file():
+        raise UserError(f"--checkpoint-dir={checkpoint_dir} is a file, not a folder of runs")
+    if not root.is_dir():
+        raise UserError(f"--checkpoint-dir={checkpoint_dir} does not exist: no runs yet (train one: python main.py train --env=<name>)")
+    return sorted(p for p in root.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or any(p.glob("*.pth"))))
+
+
+def describe_run(run_dir):
+    """{column: text} of one run."""
+    run_dir = Path(run_dir)
+    record = _status(run_dir)
+    best = record.get("best")
+    size = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file())
+    return {
+        "env": run_dir.name,
+        "experiment": str(record.get("experiment") or "?"),
+        "model": str(record.get("model") or "?"),
+        "epochs": f"{record.get('epoch', '?')}/{record.get('max_epoch', '?')}",
+        "best": f"{best['metric']} {best['value']:.4f} (epoch {best['epoch']})" if best else "-",
+        "state": _state(record),
+        "size": _size(size),
+        "updated": record.get("updated") or time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_dir.stat().st_mtime)),
+    }
+
+
+def _status(run_dir):
+    try:
+        return json.loads((run_dir / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return _status_from_files(run_dir)
+
+
+def _status_from_files(run_dir):
+    """What a run without status.json (an older runner's) says about itself."""
+    from configs.loader import read_yaml
+    from utils.errors import UsageError
+
+    record = {}
+    try:
+        saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+        record.update(experiment=saved.get("experiment") or "classify", model=saved.get("model"),
+                      max_epoch=saved.get("max_epoch"))
+    except UsageError:
+        pass
+    last = run_dir / "last.pth"
+    if last.is_file():
+        import torch
+
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+            record.update(epoch=state.get("epoch"), best=state.get("best"))
+        except Exception:  # noqa: BLE001 - an unreadable file is a state to show, not a crash
+            record["status"] = "unreadable"
+    if "status" not in record:
+        done = record.get("epoch") is not None and str(record.get("epoch")) == str(record.get("max_epoch"))
+        record["status"] = "crashed" if (run_dir / "emergency.pth").is_file() else "finished" if done else \
+            "stopped" if last.is_file() else "no checkpoint"
+    return record
+
+
+def _state(record):
+    status = record.get("status", "?")
+    if status == "running" and record.get("host") == socket.gethostname():
+        try:
+            os.kill(int(record["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return "killed"  # ended without a word (SIGKILL, power): resume from last.pth
+    return status
+
+
+def _size(count):
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def render(checkpoint_dir):
+    """The table as text, newest run last."""
+    rows = [describe_run(run) for run in find_runs(checkpoint_dir)]
+    if not rows:
+        return f"no runs in {checkpoint_dir} yet (train one: python main.py train --env=<name>)"
+    rows.sort(key=lambda row: row["updated"])
+    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in COLUMNS}
+    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip()]
+    lines += ["  ".join(row[c].ljust(widths[c]) for c in COLUMNS).rstrip() for row in rows]
+    return "\n".join(lines)
