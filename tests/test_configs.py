@@ -182,7 +182,7 @@ def test_roles_answer_which_options_define_a_run():
     from configs.schema import with_role
 
     assert {"model", "num_classes", "image_size", "experiment", "netd", "nz", "ngf", "ndf"} == set(with_role("model"))
-    assert {"dataset", "train_data_root", "val_ratio", "seed"} == set(with_role("split"))
+    assert {"dataset", "train_data_root", "val_ratio", "seed", "skip_bad_images"} == set(with_role("split"))
     assert {"config", "resume"} == set(with_role("invocation"))
     may_change = set(with_role("execution"))
     assert {"max_epoch", "num_workers", "print_freq", "debug_file", "env", "load_model_path", "gen_num"} <= may_change

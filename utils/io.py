@@ -9,8 +9,9 @@ from pathlib import Path
 from utils.errors import UserError
 
 
-class OutputError(UserError):
-    """A file could not be written; the message names it, the reason and what was kept."""
+class OutputError(UserError, OSError):
+    """A file could not be written; the message names it, the reason and what was kept.
+    Still an OSError, for code that handles any failed write."""
 
 
 @contextlib.contextmanager
@@ -41,7 +42,7 @@ def atomic_open(path, mode="wb", before_replace=None, **kwargs):
         if temp_name is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
-        if isinstance(error, OSError):
+        if isinstance(error, OSError) and not isinstance(error, OutputError):
             kept = f"the previous {path.name} is kept" if path.is_file() else "nothing was written"
             reason = (error.strerror or str(error)).lower()
             if isinstance(error, (FileExistsError, NotADirectoryError)) or (error.filename and error.filename != str(path)
