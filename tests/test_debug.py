@@ -1,5 +1,6 @@
 """Live debugging through a real pseudo-terminal (pexpect): prompt, `q`, `c`, no-TTY runs."""
 import os
+import re
 import sys
 import time
 
@@ -101,3 +102,17 @@ def test_pdb_on_error_opens_post_mortem_then_saves_emergency_state(data):
     child.close()
     assert child.exitstatus == 1
     assert torch.load(tmp_path / "runs" / "tiny" / "emergency.pth", weights_only=True)["global_step"] == 3
+
+
+def test_the_progress_bar_is_cleared_before_the_prompt(data):
+    tmp_path, debug_file = data
+    child = spawn(tmp_path, debug_file, progress="true")  # a terminal: the bar is drawn
+    child.expect("live debug")
+    shown = child.before.replace("\r\n", "\n")
+    assert "epoch 1/2" in shown  # the bar was there
+    assert "epoch 1/2" not in re.split(r"\r", shown)[-1]  # and the banner starts on a cleared line
+    child.expect("ipdb>")
+    child.sendline("q")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130

@@ -1,7 +1,8 @@
 """Fault injection for the test suite and for chaos drills, through the real code paths.
 
 RUNNER_FAULT_AT_STEP="STEP:WHAT[,STEP:WHAT...]": during global step STEP (1-based, before the
-experiment's step runs) the run sends itself SIGINT or SIGTERM (handled as a real signal),
+experiment's step runs) the run sends itself SIGINT or SIGTERM (handled as a real signal) or
+SIGKILL (no chance to save: `kill -9`, a lost machine),
 raises an error (a crash), or sees a NaN in the step's losses (divergence).
 
 RUNNER_FAULT_AT_SAVE="N:WHAT[,...]": at the N-th checkpoint write of this process (1-based)
@@ -28,7 +29,7 @@ def at_step(global_step):
     fired = None
     for what in _planned(STEP_VARIABLE, global_step):
         fired = what
-        if what in ("SIGINT", "SIGTERM"):
+        if what in ("SIGINT", "SIGTERM", "SIGKILL"):
             os.kill(os.getpid(), getattr(signal, what))  # handled before os.kill returns
         elif what == "error":
             raise RuntimeError(f"injected fault at step {global_step} ({STEP_VARIABLE})")
