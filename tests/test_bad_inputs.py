@@ -236,3 +236,38 @@ def test_full_disk_while_writing_the_csv_keeps_the_previous_one(ws):
     check(ws, ["test", "--checkpoint-dir=runs", "--env=done", "--test-data-root=data/test", "--num-workers=0",
                "--result-file=result.csv"], 1,
           r"cannot write result.csv: file too large; the previous result.csv is kept", preexec_fn=limit_file_size(40))
+
+
+def test_skip_bad_images_leaves_them_out_alike_for_any_workers_and_on_resume(tmp_path):
+    from conftest import tiny_flags
+    import torch
+
+    data = tmp_path / "data"
+    make_dogcat(data, per_class=12, test_images=7)
+    (data / "train" / "dog.5.jpg").write_bytes(b"")
+    (data / "train" / "cat.2.jpg").write_text("not an image")
+    (data / "train" / "cat.7.jpg").write_bytes((data / "train" / "cat.8.jpg").read_bytes()[:300])
+    (data / "test" / "3.jpg").write_bytes(b"")
+
+    def train(env, **options):
+        result = run_cli("train", *tiny_flags(data, tmp_path, env=env, **{"skip-bad-images": "true", "max-epoch": 2, **options}))
+        assert result.returncode == 0, result.stderr
+        return result
+
+    result = train("w0")
+    told = [line for line in result.stderr.splitlines() if "--skip-bad-images: skipped" in line]
+    assert len(told) == 1 and "skipped 3 unreadable images: cat.2.jpg (" in told[0], result.stderr
+    listed = (tmp_path / "runs" / "w0" / "skipped_images.txt").read_text().splitlines()
+    assert [line.split("\t")[0].rsplit("/", 1)[1] for line in listed] == ["cat.2.jpg", "cat.7.jpg", "dog.5.jpg"]
+    assert "empty file (0 bytes)" in listed[2]
+    train("w2", **{"num-workers": 2})
+    train("part", **{"max-epoch": 1})
+    train("part", **{"resume": "true"})
+    weights = [torch.load(tmp_path / "runs" / env / "last.pth", weights_only=True)["model"] for env in ("w0", "w2", "part")]
+    assert all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0])
+
+    result = run_cli("test", "--env=w0", f"--checkpoint-dir={tmp_path / 'runs'}", f"--test-data-root={data / 'test'}",
+                     f"--result-file={tmp_path / 'r.csv'}")
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(rows) == 8 and "3,0.500000" in rows  # Kaggle wants every id: the unreadable one is a coin flip

@@ -152,5 +152,7 @@ def test_second_sigint_stops_at_once_and_leaves_the_last_checkpoint_whole(setup)
     result = run_cli("train", *flags(setup, "twice"), env={"RUNNER_FAULT_AT_STEP": "11:SIGINT,11:SIGINT"})
     assert result.returncode == 130, result.stderr
     assert "interrupted" in result.stderr and "saved" not in result.stderr
+    assert (f"interrupted again: stopped at once, and this stop wrote nothing; the latest checkpoint is "
+            f"{tmp_path / 'runs' / 'twice' / 'last.pth'} (written ") in result.stderr
     state = load(tmp_path / "runs" / "twice" / "last.pth")  # the epoch-1 checkpoint, intact
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 8)

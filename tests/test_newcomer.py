@@ -1,0 +1,153 @@
+"""A newcomer's first hour: the README's commands in the order written, on a fresh copy of the
+repository, and the messages that tell them what to do next."""
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT, make_dogcat, run_cli, tiny_flags
+
+
+def readme_commands():
+    """`main.py` command lines of the README's Set-up and demo sections, in order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Set-up")[1].split("## Real data")[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.splitlines():
+            line = line.split("#")[0].split("&&")[-1].strip()
+            if "main.py" in line:
+                words = shlex.split(line)
+                commands.append(words[words.index("main.py") + 1:])
+    return commands
+
+
+def fresh_copy(target):
+    """The tracked files of the repository (no generated data, no runs, no venv)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    return target
+
+
+def test_readme_commands_work_in_the_order_written(tmp_path):
+    commands = readme_commands()
+    assert [c[:1] for c in commands] == [["train"], ["test"], ["val"], ["runs"], ["train"], ["generate"]]
+    repo = fresh_copy(tmp_path / "repo")
+    told = []
+    for args in commands:
+        if args[0] == "train":
+            args = [*args, "--max-epoch=1", "--progress=false"]
+        result = subprocess.run([sys.executable, str(repo / "main.py"), *args], cwd=repo, capture_output=True, text=True,
+                                timeout=600, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+        assert "WARNING" not in result.stderr, result.stderr  # the demo warns about nothing of its own
+        if args[0] == "train":
+            told += result.stdout.strip().splitlines()[-1].removeprefix("next: ").split(" | ")
+        elif any(arg.startswith("--env=") for arg in args):
+            assert f"python main.py {shlex.join(args)}" in told, told  # train said to run exactly this
+    assert (repo / "result.csv").read_text().count("\n") == 61
+    assert (repo / "result.png").is_file()
+
+
+def test_train_says_what_next_and_config_yaml_reproduces_the_run(tmp_path):
+    make_dogcat(tmp_path / "data")
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="first"))
+    assert result.returncode == 0, result.stderr
+    runs = tmp_path / "runs"
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"next: python main.py val --env=first --checkpoint-dir={runs} | "
+        f"python main.py test --env=first --checkpoint-dir={runs} | tensorboard --logdir {runs}")
+    header = (runs / "first" / "config.yaml").read_text().splitlines()[0]
+    command = header.split("Reproduce it in a new run dir: ")[1]
+    assert command == f"python main.py train --config={runs}/first/config.yaml --env=first-again"
+    again = run_cli(*shlex.split(command)[2:])
+    assert again.returncode == 0, again.stderr
+    first, second = (torch.load(runs / env / "last.pth", weights_only=True) for env in ("first", "first-again"))
+    assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+
+    # --resume of a finished run: exit 0, and how to go on
+    finished = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="first", resume="true"))
+    assert finished.returncode == 0, finished.stderr
+    assert (f"run first has finished: 1 of --max-epoch=1 epochs done, nothing to resume. Train it further: "
+            f"python main.py train --env=first --checkpoint-dir={runs} --resume --max-epoch=2") in finished.stdout
+
+    # best.pth is for inference: weights, config and metrics; last.pth is complete
+    best, last = (torch.load(runs / "first" / name, weights_only=True) for name in ("best.pth", "last.pth"))
+    assert set(best) == {"model", "kind", "epoch", "global_step", "best", "metrics", "config", "experiment", "format_version"}
+    assert {"optimizer", "lr_policy", "rng", "window"} <= set(last)
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert best["metrics"]["val_logloss"] == best["best"]["value"]
+
+
+def test_runs_lists_every_run_with_its_state(tmp_path):
+    make_dogcat(tmp_path / "data")
+    data = tmp_path / "data"
+    assert run_cli("train", *tiny_flags(data, tmp_path, env="done")).returncode == 0
+    stopped = run_cli("train", *tiny_flags(data, tmp_path, env="stopped", **{"max-epoch": 3}),
+                      env={"RUNNER_FAULT_AT_STEP": "7:SIGINT"})
+    assert stopped.returncode == 130, stopped.stderr
+    nan = run_cli("train", *tiny_flags(data, tmp_path, env="nan", **{"max-epoch": 3}), env={"RUNNER_FAULT_AT_STEP": "7:nan"})
+    assert nan.returncode == 1, nan.stderr
+    killed = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train",
+                               *tiny_flags(data, tmp_path, env="killed", **{"max-epoch": 3})],
+                              env=dict(os.environ, RUNNER_FAULT_AT_STEP="7:SIGKILL"), cwd=ROOT)
+    killed.wait(timeout=300)
+    table = run_cli("runs", f"--checkpoint-dir={tmp_path / 'runs'}")
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line for line in table.stdout.strip().splitlines()[1:]}
+    assert table.stdout.split()[:8] == ["env", "experiment", "model", "epochs", "best", "state", "size", "updated"]
+    assert re.match(r"done +classify +LeNet +1/1 +val_logloss \d\.\d{4} \(epoch 1\) +finished +\d+\.\d [KM]B", rows["done"])
+    assert re.match(r"stopped +classify +LeNet +1/3 +val_logloss .* stopped ", rows["stopped"])
+    assert re.match(r"nan +classify +LeNet +1/3 .* crashed ", rows["nan"])  # last.pth of epoch 1 kept
+    assert re.match(r"killed +classify +LeNet +1/3 .* killed ", rows["killed"])
+    assert set(rows) == {"done", "stopped", "nan", "killed"}
+
+
+def test_help_of_a_command_starts_with_that_command():
+    for command, first in (("train", "--experiment"), ("test", "--env"), ("generate", "--experiment")):
+        result = run_cli(command, "--help")
+        lines = result.stdout.splitlines()
+        assert lines[0] == f"python main.py {command}:", lines[:3]
+        options = [line.split()[0] for line in lines[: lines.index("usage: python main.py <command> [--experiment=<name>] [--option=value ...]")]
+                   if line.startswith("    --")]
+        assert options[0] == first, options
+    assert "--result-file" in run_cli("test", "--help").stdout.split("usage:")[0]
+    assert "--result-file" not in run_cli("train", "--help").stdout.split("usage:")[0]
+
+
+def test_a_closed_pipe_ends_quietly():
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, COLUMNS="80"))
+    process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and stderr == "", stderr
+
+
+def test_output_files_follow_the_umask(tmp_path):
+    make_dogcat(tmp_path / "data")
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path), preexec_fn=lambda: os.umask(0o002))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "tiny"
+    for name in ("config.yaml", "last.pth", "best.pth", "status.json"):
+        assert oct((run_dir / name).stat().st_mode & 0o777) == oct(0o664), name
+    result = run_cli("test", "--env=tiny", f"--checkpoint-dir={tmp_path / 'runs'}", f"--test-data-root={tmp_path / 'data/test'}",
+                     f"--result-file={tmp_path / 'r.csv'}", preexec_fn=lambda: os.umask(0o027))
+    assert result.returncode == 0, result.stderr
+    assert oct((tmp_path / "r.csv").stat().st_mode & 0o777) == oct(0o640)
+
+
+def test_no_progress_bar_frames_without_a_terminal(tmp_path):
+    make_dogcat(tmp_path / "data")
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, progress="true"))
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "img/s]" not in result.stderr
+    assert re.search(r"INFO epoch 1: train loss \d\.\d{4} accuracy .* img/s", result.stderr)  # a plain line per epoch
