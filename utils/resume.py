@@ -68,6 +68,6 @@ def load_resume_state(cfg):
     merged_cfg = validate(Config(**merged))
     if state is not None and state["epoch"] < merged_cfg.max_epoch:
         step = state.get("step_in_epoch", 0)
-        where = f"after step {step} of epoch {state['epoch'] + 1}" if step else f"at the start of epoch {state['epoch'] + 1}"
-        log.info("resuming %s %s of %d", path, where, merged_cfg.max_epoch)
+        where = f", from its step {step + 1} ({step} done)" if step else ", from its start"
+        log.info("resuming %s: epoch %d/%d%s", path, state["epoch"] + 1, merged_cfg.max_epoch, where)
     return {"state": state, "config": merged_cfg}
