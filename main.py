@@ -103,7 +103,9 @@ def main(argv=None):
     """Run the CLI on `argv` (default sys.argv[1:]) and return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe could not be handled
+        return code
     except BrokenPipeError:
         # The reader went away (`python main.py runs | head`): say nothing more, exit as a
         # process killed by SIGPIPE would (128 + 13), without a traceback at interpreter exit.
