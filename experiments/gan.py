@@ -19,7 +19,7 @@ from models import check_takes
 from models.dcgan import layout
 from utils import checkpoint, runtime, seeding
 from utils.engine import Experiment, load_for_inference
-from utils.errors import UsageError
+from utils.errors import UsageError, plural
 from utils.lr_policy import LrPolicy
 from utils.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.visualize import save_grid
@@ -74,7 +74,7 @@ class Gan(Experiment):
         if self.cfg.lr_policy == "plateau":
             raise UsageError("--lr-policy=plateau needs a validation metric and the gan has none; use constant, step or cosine")
         dataset = DATASETS.build(self.cfg.dataset, self.cfg, "train")
-        log.info("train split: %d images", len(dataset))
+        log.info("train split: %s", plural(len(dataset), "image"))
         return dataset, None
 
     def build(self, ctx):

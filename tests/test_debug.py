@@ -111,6 +111,7 @@ def test_the_progress_bar_is_cleared_before_the_prompt(data):
     shown = child.before.replace("\r\n", "\n")
     assert "epoch 1/2" in shown  # the bar was there
     assert "epoch 1/2" not in re.split(r"\r", shown)[-1]  # and the banner starts on a cleared line
+    assert "img/s" in shown and "img_s" not in shown  # the speed once, as tqdm's rate
     child.expect("ipdb>")
     child.sendline("q")
     child.expect(pexpect.EOF)

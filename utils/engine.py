@@ -13,6 +13,7 @@ state_dict} + train state + RNG + config, written through one CheckpointManager.
 Read top to bottom: Experiment, TrainState, Context, Outputs, train, run_epoch, snapshot /
 restore, load_for_inference.
 """
+import contextlib
 import dataclasses
 import json
 import logging
@@ -215,8 +216,9 @@ def train(cfg):
             # evaluate: it leaves no folder behind, like a run that cannot start.
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
-            outputs.write_status(ctx.state, "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed",
-                                 error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+            with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+                outputs.write_status(ctx.state, "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed",
+                                     error=str(error).splitlines()[0] if str(error) else type(error).__name__)
         raise
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
