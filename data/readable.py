@@ -27,7 +27,7 @@ def load_rgb(path):
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot read image {str(path)!r}: {error or type(error).__name__}; {SKIP_HINT}") from None
+        raise UserError(f"cannot read image {str(path)!r}: {_reason(path, error)}; {SKIP_HINT}") from None
 
 
 def problem(path):
@@ -35,14 +35,26 @@ def problem(path):
     from PIL import Image
 
     try:
-        if Path(path).stat().st_size == 0:
-            return "empty file (0 bytes)"
         with Image.open(path) as image:
             image.draft("RGB", (image.width // 8 or 1, image.height // 8 or 1))
             image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return str(error) or type(error).__name__
+        return _reason(path, error)
     return None
+
+
+def _reason(path, error):
+    """What is wrong with the image file, in words (Pillow's own text repeats the path)."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        if Path(path).stat().st_size == 0:
+            return "empty file (0 bytes)"
+    except OSError as stat_error:
+        return (stat_error.strerror or str(stat_error)).lower()
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image format Pillow reads"
+    return str(error) or type(error).__name__
 
 
 def split_readable(items, workers=2):

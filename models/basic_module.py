@@ -39,10 +39,19 @@ class BasicModule(torch.nn.Module):
         if weights is None:
             if str(path) == "hub":
                 raise UserError(f"--pretrained=hub downloads torchvision weights: use --model=torchvision.<name>; {self.model_name} takes a local weights file")
-            weights = checkpoint.model_state(checkpoint.load_checkpoint(path))
+            weights = pretrained_weights(path)
         missing, unexpected, mismatched = checkpoint.load_weights(self, weights, str(path), strict=False)
         if len(missing) == len(self.state_dict()):
             raise UserError(f"--pretrained={path}: no weight in it matches model {self.model_name}")
         if mismatched or missing:
             log.info("pretrained %s: kept fresh init for %d tensors (e.g. %s)", path, len(missing) + len(mismatched), (mismatched + missing)[0])
         return self
+
+
+def pretrained_weights(path):
+    """The model weights in the --pretrained file `path`, or a one-line error that names the option."""
+    if not Path(path).is_file():
+        state = "a folder" if Path(path).is_dir() else "no such file"
+        raise UserError(f"--pretrained={path}: {state}; give a local weights file (.pth), "
+                        f"or hub with a --model=torchvision.<name> (online)")
+    return checkpoint.model_state(checkpoint.load_checkpoint(path))

@@ -6,7 +6,7 @@ that is a clear error after a short timeout, not a hang.
 """
 import socket
 
-from models.basic_module import BasicModule
+from models.basic_module import BasicModule, pretrained_weights
 from utils import checkpoint
 from utils.errors import UserError
 from utils.registry import MODELS
@@ -60,7 +60,7 @@ class TorchvisionModel(BasicModule):
         return self.net(x)
 
     def load_pretrained(self, path):
-        weights = checkpoint.model_state(checkpoint.load_checkpoint(path))
+        weights = pretrained_weights(path)
         if not any(key.startswith("net.") for key in weights):  # torchvision's own state_dict
             weights = {f"net.{key}": value for key, value in weights.items()}
         return super().load_pretrained(path, weights=weights)

@@ -59,10 +59,14 @@ def ws(tmp_path_factory):
     crashed.mkdir()
     shutil.copy(done / "last.pth", crashed / "emergency.pth")
     shutil.copy(done / "config.yaml", crashed / "config.yaml")
+    corrupt = root / "runs" / "corrupt"
+    corrupt.mkdir()
+    shutil.copy(done / "config.yaml", corrupt / "config.yaml")
     (root / "result.csv").write_text("id,label\n1,0.500000\n")
     (root / "afile").write_text("a file, not a folder\n")
     rng = np.random.default_rng(7)
     (root / "random.pth").write_bytes(b"\x13" + rng.bytes(4095))  # not 0x80 (pickle) or PK (zip)
+    shutil.copy(root / "random.pth", corrupt / "last.pth")
     (root / "empty.pth").write_bytes(b"")
     (root / "pickle.pth").write_bytes(pickle.dumps({"model": OSError("not plain data")}))
     (root / "truncated.pth").write_bytes((done / "last.pth").read_bytes()[:5000])
@@ -149,21 +153,26 @@ CASES = [
     ("no val images", ["train", *flags("--env=new", "--val-ratio=0.01")], 1,
      r"--val-ratio=0.01 leaves no validation images of the 24 in .*; raise --val-ratio"),
     ("text as jpg", ["train", *flags("--env=new", "--train-data-root=data_text/train")], 1,
-     r"cannot read image '.*data_text/train/dog.5.jpg': .*add --skip-bad-images"),
+     r"cannot read image '.*data_text/train/dog.5.jpg': not an image format Pillow reads; fix or delete it, or add "
+     r"--skip-bad-images to leave unreadable files out"),
     ("text as jpg, 2 workers", ["train", *flags("--env=new", "--train-data-root=data_text/train", **{"num-workers": 2})], 1,
      r"cannot read image '.*data_text/train/dog.5.jpg': .*add --skip-bad-images"),
     ("zero-byte jpg, 2 workers", ["train", *flags("--env=new", "--train-data-root=data_zero/train", **{"num-workers": 2})], 1,
-     r"cannot read image '.*data_zero/train/dog.5.jpg'"),
+     r"cannot read image '.*data_zero/train/dog.5.jpg': empty file \(0 bytes\); fix or delete it"),
     ("truncated jpg, 2 workers", ["train", *flags("--env=new", "--train-data-root=data_truncated/train", **{"num-workers": 2})], 1,
      r"cannot read image '.*data_truncated/train/dog.5.jpg': (image file is truncated|Truncated File Read)"),
     # -- models and weights
-    ("pretrained missing", ["train", *flags("--env=new", "--pretrained=missing.pth")], 1, r"missing.pth"),
+    ("pretrained missing", ["train", *flags("--env=new", "--pretrained=missing.pth")], 1,
+     r"--pretrained=missing.pth: no such file; give a local weights file \(.pth\), or hub with a --model=torchvision"),
+    ("pretrained hub for our model", ["train", *flags("--env=new", "--pretrained=hub")], 1,
+     r"--pretrained=hub downloads torchvision weights: use --model=torchvision.<name>"),
     ("weights of another model", ["train", *flags("--env=new", "--model=SqueezeNet", "--load-model-path=runs/done/best.pth")], 1,
      r"runs/done/best.pth does not fit model SqueezeNet: .*Was it trained with another --model"),
     ("random bytes", ["test", "--load-model-path=random.pth"], 1, r"'random.pth' is not a checkpoint \(it starts with bytes"),
     ("empty checkpoint", ["test", "--load-model-path=empty.pth"], 1, r"'empty.pth' is not a checkpoint \(the file is empty\)"),
     ("pickled object", ["test", "--load-model-path=pickle.pth"], 1,
-     r"checkpoint 'pickle.pth' holds Python objects that need unsafe unpickling; refused"),
+     r"checkpoint 'pickle.pth' holds Python objects that need unsafe unpickling; refused, since that could run any "
+     r"code \(torch's safe loader: Unsupported .*\). Re-save only tensors/plain data"),
     ("truncated checkpoint", ["test", "--load-model-path=truncated.pth"], 1, r"checkpoint 'truncated.pth' is unreadable"),
     ("checkpoint is a folder", ["test", "--load-model-path=runs/done"], 1, r"checkpoint 'runs/done' is a folder; give a .pth file"),
     ("unknown run", ["val", "--checkpoint-dir=runs", "--env=dnoe"], 1, r"no checkpoint in runs/dnoe .*; did you mean --env=done\?"),
@@ -177,6 +186,14 @@ CASES = [
      r"--result-file: cannot create folder 'afile': 'afile' is a file, not a folder"),
     ("checkpoint dir is a file", ["train", *flags("--env=new", "--checkpoint-dir=afile")], 1,
      r"--checkpoint-dir: cannot create folder 'afile/new': 'afile' is a file, not a folder"),
+    ("runs of a file", ["runs", "--checkpoint-dir=afile"], 1, r"--checkpoint-dir=afile is a file, not a folder of runs"),
+    ("runs with a training option", ["runs", "--lr=1"], 2, r"runs takes --checkpoint-dir=<folder> only; got --lr"),
+    ("resume a corrupt last.pth", ["train", "--checkpoint-dir=runs", "--env=corrupt", "--resume"], 1,
+     r"'runs/corrupt/last.pth' is not a checkpoint \(it starts with bytes 13"),
+    ("not a generator", ["train", "--experiment=gan", "--model=LeNet", "--env=new", "--checkpoint-dir=runs"], 2,
+     r"--model=LeNet is not a generator \(it takes no nz, ngf"),
+    ("gen-num above search", ["generate", "--experiment=gan", "--gen-num=600", "--load-model-path=x.pth"], 2,
+     r"--gen-num=600 is more than --gen-search-num=512; draw at least as many as you keep"),
     ("gen-img is a folder", ["generate", "--experiment=gan", "--load-model-path=x.pth", "--gen-img=out"], 1,
      r"--gen-img=out is a folder; give a file name, e.g. --gen-img=out/result.png"),
 ]

@@ -170,10 +170,9 @@ def load_checkpoint(path):
     except pickle.UnpicklingError as error:
         # weights_only refuses arbitrary objects; we never retry with weights_only=False on a
         # file we did not write, because unpickling can run any code.
-        first = str(error).strip().splitlines()
         raise UserError(
-            f"checkpoint {str(path)!r} holds Python objects that need unsafe unpickling; refused "
-            f"({first[-1] if first else 'weights_only load failed'}). Re-save only tensors/plain data."
+            f"checkpoint {str(path)!r} holds Python objects that need unsafe unpickling; refused, since that "
+            f"could run any code ({_unsafe_name(error)}). Re-save only tensors/plain data"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise UserError(f"checkpoint {str(path)!r} is unreadable (truncated or not a torch file): {error}") from None
@@ -186,6 +185,15 @@ def load_checkpoint(path):
             f"{FORMAT_VERSION}. Update the runner to load it."
         )
     return state
+
+
+def _unsafe_name(error):
+    """What torch's weights_only loader refused, in its own words (e.g. 'Unsupported global:
+    GLOBAL builtins.OSError'), without its paragraph of advice."""
+    import re
+
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
+    return f"torch's safe loader: {found.group(1).strip()}" if found else "torch's safe loader refused it"
 
 
 def _file_kind(path):
