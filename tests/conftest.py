@@ -65,3 +65,38 @@ def tiny_flags(data_root, tmp_path, **extra):
     }
     flags.update(extra)
     return [f"--{key}={value}" for key, value in flags.items()]
+
+
+class ForkedCli:
+    """Like run_cli, but each command is a fork of one process that has imported torch
+    already (tests/cli_server.py): a second or so per command instead of five."""
+
+    def __init__(self):
+        self.server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cli_server.py")], cwd=ROOT,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, *args, cwd=ROOT, env=None):
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            out, err = Path(folder) / "out", Path(folder) / "err"
+            request = {"args": list(map(str, args)), "cwd": str(cwd), "out": str(out), "err": str(err),
+                       "env": dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))}
+            self.server.stdin.write(json.dumps(request) + "\n")
+            self.server.stdin.flush()
+            answer = self.server.stdout.readline()
+            if not answer:
+                raise RuntimeError("tests/cli_server.py died; run it by hand to see why")
+            return subprocess.CompletedProcess(args, json.loads(answer)["code"], out.read_text(), err.read_text())
+
+    def close(self):
+        self.server.stdin.close()
+        self.server.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def forked_cli():
+    cli = ForkedCli()
+    yield cli
+    cli.close()

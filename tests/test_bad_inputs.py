@@ -1,7 +1,9 @@
 """The catalogue of bad inputs: each one is answered by one line that names the fix, the
 documented exit code (2 usage or config, 1 runtime), no traceback and no warning noise, and
 leaves every file that was already there byte-identical, with nothing new (no run folder of a
-run that failed to start, no temp file).
+run that failed to start, no temp file). The commands run as forks of one process that has
+imported torch (tests/cli_server.py), which behave as `python main.py` does and take a second
+instead of five; the cases that need a resource limit run as plain subprocesses.
 
 All cases run in one workspace (cwd), which holds tiny data, a finished run `runs/done`, a run
 that holds only emergency.pth, a result.csv, broken files of every kind and a read-only copy of
@@ -208,9 +210,9 @@ READ_ONLY = [
 ]
 
 
-def check(ws, args, code, message, may_change=(), **run):
+def check(ws, args, code, message, may_change=(), cli=run_cli, **run):
     before = snapshot(ws)
-    result = run_cli(*args, cwd=ws, **run)
+    result = cli(*args, cwd=ws, **run)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
@@ -223,12 +225,12 @@ def check(ws, args, code, message, may_change=(), **run):
 
 
 @pytest.mark.parametrize("args, code, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_bad_input(ws, args, code, message):
-    check(ws, args, code, message)
+def test_bad_input(ws, forked_cli, args, code, message):
+    check(ws, args, code, message, cli=forked_cli)
 
 
 @pytest.mark.parametrize("args, code, message", [case[1:] for case in READ_ONLY], ids=[case[0] for case in READ_ONLY])
-def test_read_only_output(ws, args, code, message):
+def test_read_only_output(ws, forked_cli, args, code, message):
     probe = ws / "ro" / "probe"
     try:
         probe.write_text("x")
@@ -237,7 +239,7 @@ def test_read_only_output(ws, args, code, message):
             pytest.skip("this machine can make no read-only folder for root (no bind mount)")
     except OSError:
         pass
-    check(ws, args, code, message)
+    check(ws, args, code, message, cli=forked_cli)
 
 
 def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(ws):
