@@ -11,7 +11,7 @@ import re
 import typing
 from pathlib import Path
 
-from configs.schema import FIELDS, GROUPS, Config, with_role
+from configs.schema import FIELDS, GROUPS, Config, inherited, with_role
 from utils.errors import UsageError, did_you_mean
 
 _TRUE = {"true", "yes", "on", "1", "y"}
@@ -257,15 +257,16 @@ def changed_options(cfg):
 
 
 def adopt_checkpoint_config(cfg, saved, source):
-    """The Config for val/test/generate of a checkpoint whose saved config is `saved`: options
-    of role model and split come from the checkpoint unless given; a given model option that
-    contradicts the checkpoint is an error (the weights would not fit)."""
+    """The Config for val/test/generate of a checkpoint whose saved config is `saved`: the
+    inherited options (role model and split, and --test-data-root) come from the checkpoint
+    unless given; a given model option that contradicts the checkpoint is an error (the
+    weights would not fit)."""
     trained_by = saved.get("experiment", cfg.experiment)
     if trained_by != cfg.experiment:
         raise UsageError(f"{source} was trained by experiment {trained_by!r}; add --experiment={trained_by}")
     changed = changed_options(cfg)
     adopted = {}
-    for key in with_role("model", "split"):
+    for key in inherited():
         if key not in saved:
             continue
         if key in changed and changed[key] != saved[key]:

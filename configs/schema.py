@@ -22,16 +22,22 @@ GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "test", "g
 #               checkpoint unless given
 #   execution   how or where the run executes or reports: may change on --resume
 #   invocation  how this command was called (--config, --resume): may change, never saved
+# `inherited` (default: true for model and split) marks what val/test/generate take from the
+# checkpoint's config unless given; test_data_root is an execution option that is inherited.
 ROLES = ("run", "model", "split", "execution", "invocation")
 
 
-def option(default, group, doc, *, role="run", choices=None, registry=None, path=False, bare=None, minimum=None):
+def option(default, group, doc, *, role="run", choices=None, registry=None, path=False, bare=None, minimum=None,
+           inherited=None):
     """A schema field. `role` is one of ROLES (see above), `registry` names a registry the
     value must be registered in, `path` expands `~`, `bare` is the value of the flag given
-    without `=value`, `minimum` is an inclusive lower bound for numbers."""
+    without `=value`, `minimum` is an inclusive lower bound for numbers, `inherited` says
+    whether val/test/generate take it from the checkpoint's config."""
     if group not in GROUPS or role not in ROLES:
         raise ValueError(f"option group {group!r} must be one of {GROUPS} and role {role!r} one of {ROLES}")
-    metadata = dict(group=group, doc=doc, role=role, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum)
+    inherited = role in ("model", "split") if inherited is None else inherited
+    metadata = dict(group=group, doc=doc, role=role, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum,
+                    inherited=inherited)
     return field(default=default, metadata=metadata)
 
 
@@ -53,7 +59,7 @@ class Config:
     # -- data -------------------------------------------------------------------------------
     dataset: str = option("dogcat", "data", "dataset (DATASETS registry)", role="split", registry="datasets")
     train_data_root: str = option("data/sample/train", "data", "folder of cat.<n>.jpg / dog.<n>.jpg (Kaggle train/); gan: a folder of images", role="split", path=True)
-    test_data_root: str = option("data/sample/test", "data", "folder of <n>.jpg to predict (Kaggle test/ or test1/)", role="execution", path=True)
+    test_data_root: str = option("data/sample/test", "data", "folder of <n>.jpg to predict (Kaggle test/ or test1/); test takes the run's unless given", role="execution", path=True, inherited=True)
     val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", role="split", minimum=0.0)
     image_size: int = option(224, "data", "side of the square crop fed to the model", role="model", minimum=8)
     batch_size: int = option(32, "data", "images per step", minimum=1)
@@ -122,6 +128,11 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def inherited():
+    """Names of the options val/test/generate take from the checkpoint's config unless given."""
+    return [name for name, f in FIELDS.items() if f.metadata["inherited"]]
 
 
 def with_role(*roles):

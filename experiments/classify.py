@@ -168,7 +168,8 @@ class Classify(Experiment):
         if skipped:
             # Kaggle wants a row for every id: an unreadable image gets the uninformed 0.5.
             readable.report(skipped)
-            log.warning("the %s got P(dog)=0.5 in the csv", plural(len(skipped), "unreadable test image"))
+            log.warning("%s got P(dog)=0.5 in the csv (Kaggle wants a row for every id)",
+                        plural(len(skipped), "unreadable test image"))
             ids += [int(TEST_ID.fullmatch(Path(path).name).group(1)) for path, _ in skipped]
             dog_probabilities += [0.5] * len(skipped)
         rows = write_submission(cfg.result_file, ids, dog_probabilities, clip=cfg.clip)

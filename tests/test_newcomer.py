@@ -75,6 +75,11 @@ def test_train_says_what_next_and_config_yaml_reproduces_the_run(tmp_path):
     first, second = (torch.load(runs / env / "last.pth", weights_only=True) for env in ("first", "first-again"))
     assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
 
+    # test --env predicts the run's own --test-data-root (7 images here, not the demo's 60)
+    tested = run_cli("test", "--env=first", f"--checkpoint-dir={runs}", f"--result-file={tmp_path / 'r.csv'}")
+    assert tested.returncode == 0, tested.stderr
+    assert tested.stdout.strip() == f"wrote 7 rows to {tmp_path / 'r.csv'}"
+
     # --resume of a finished run: exit 0, and how to go on
     finished = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="first", resume="true"))
     assert finished.returncode == 0, finished.stderr
