@@ -106,10 +106,11 @@ def render_help(width=None, command=None):
     lines += [
         "",
         "examples:",
-        "  python main.py train                                  # the embedded smoke demo",
+        "  python main.py train --env=demo                       # the embedded smoke demo",
         "  python main.py train --config=configs/dogcat.yaml --model=ResNet34 --lr=1e-3",
         "  python main.py test --load-model-path=checkpoints/<env>/best.pth",
         "  python main.py train --experiment=gan                  # the DCGAN on its embedded sample",
         "  python main.py generate --experiment=gan --env=<run>   # best-scored faces -> result.png",
+        "  python main.py runs                                   # every run: epochs, best, state, size",
     ]
     return "\n".join(lines)
