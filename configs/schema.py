@@ -86,7 +86,7 @@ class Config:
     # -- logging ----------------------------------------------------------------------------
     print_freq: int = option(20, "logging", "steps between train-loss points, image grids and debug-file checks", role="execution", minimum=1)
     visualizer: str = option("tensorboard", "logging", "tensorboard (event files in the run dir) | visdom (needs a server) | none", role="execution", choices=("tensorboard", "visdom", "none"))
-    progress: bool = option(True, "logging", "tqdm progress bar per epoch (stderr)", role="execution")
+    progress: bool = option(True, "logging", "tqdm progress bar per epoch on stderr when it is a terminal (else a log line per epoch)", role="execution")
 
     # -- debug ------------------------------------------------------------------------------
     debug_file: str = option("/tmp/debug", "debug", "touch this file to enter ipdb in the training loop; '' = never check", role="execution", path=True)
