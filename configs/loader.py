@@ -263,7 +263,11 @@ def adopt_checkpoint_config(cfg, saved, source):
     weights would not fit)."""
     trained_by = saved.get("experiment", cfg.experiment)
     if trained_by != cfg.experiment:
-        raise UsageError(f"{source} was trained by experiment {trained_by!r}; add --experiment={trained_by}")
+        from utils.registry import EXPERIMENTS
+
+        commands = ", ".join(EXPERIMENTS.declared(trained_by, "commands") or {})
+        raise UsageError(f"{source} was trained by experiment {trained_by!r}; add --experiment={trained_by} "
+                         f"(its commands: {commands})")
     changed = changed_options(cfg)
     adopted = {}
     for key in inherited():

@@ -196,6 +196,8 @@ CASES = [
      r"--model=LeNet is not a generator \(it takes no nz, ngf"),
     ("gen-num above search", ["generate", "--experiment=gan", "--gen-num=600", "--load-model-path=x.pth"], 2,
      r"--gen-num=600 is more than --gen-search-num=512; draw at least as many as you keep"),
+    ("generate a classify run", ["generate", "--experiment=gan", "--checkpoint-dir=runs", "--env=done"], 2,
+     r"runs/done/best.pth was trained by experiment 'classify'; add --experiment=classify \(its commands: train, val, test\)"),
     ("gen-img is a folder", ["generate", "--experiment=gan", "--load-model-path=x.pth", "--gen-img=out"], 1,
      r"--gen-img=out is a folder; give a file name, e.g. --gen-img=out/result.png"),
 ]

@@ -33,7 +33,7 @@ from configs.loader import adopt_checkpoint_config
 from configs.schema import FIELDS
 from data import readable
 from utils import checkpoint, faults, resume, runs, runtime, seeding
-from utils.errors import UsageError, UserError
+from utils.errors import UsageError, UserError, plural
 from utils.io import atomic_open
 from utils.lr_policy import LrPolicy
 from utils.precision import Precision
@@ -222,7 +222,7 @@ def train(cfg):
         raise
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
-               else "no finite validation metric" if experiment.monitors else f"{ctx.state.epoch} epochs")
+               else "no finite validation metric" if experiment.monitors else plural(ctx.state.epoch, "epoch"))
     print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
     print("next: " + " | ".join(next_commands(cfg, experiment)))
 
