@@ -130,8 +130,10 @@ def run_hint(run_dir):
     run_dir = Path(run_dir)
     if run_dir.is_dir():
         return ""
+    from utils.runs import is_run
+
     parent = run_dir.parent
-    runs = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    runs = sorted(p.name for p in parent.iterdir() if is_run(p)) if parent.is_dir() else []
     if not runs:
         return f"; there are no runs in {parent}"
     near = close_matches(run_dir.name, runs)

@@ -179,8 +179,7 @@ def train(cfg):
     if resumed and resumed["state"] is not None and resumed["state"]["epoch"] >= cfg.max_epoch:
         done = resumed["state"]["epoch"]
         print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
-              f"Train it further: python main.py train --env={cfg.env}{_checkpoint_dir_flag(cfg)} --resume "
-              f"--max-epoch={done + max(1, done // 2)}")
+              f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
         return
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)
     if experiment.monitors and cfg.monitor not in experiment.monitors:
@@ -267,14 +266,10 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     outputs.write_status(ctx.state, "finished")
 
 
-def _checkpoint_dir_flag(cfg):
-    return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"
-
-
 def next_commands(cfg, experiment):
     """The commands that use a finished run, with its real --env (train's last line)."""
     chosen = "" if cfg.experiment == FIELDS["experiment"].default else f" --experiment={cfg.experiment}"
-    commands = [f"python main.py {name}{chosen} --env={cfg.env}{_checkpoint_dir_flag(cfg)}"
+    commands = [f"python main.py {name}{chosen} --env={cfg.env}{runtime.checkpoint_dir_flag(cfg)}"
                 for name in type(experiment).commands if name != "train"]
     return commands + [f"tensorboard --logdir {cfg.checkpoint_dir}"]
 

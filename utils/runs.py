@@ -22,7 +22,12 @@ def find_runs(checkpoint_dir):
         raise UserError(f"--checkpoint-dir={checkpoint_dir} is a file, not a folder of runs")
     if not root.is_dir():
         raise UserError(f"--checkpoint-dir={checkpoint_dir} does not exist: no runs yet (train one: python main.py train --env=<name>)")
-    return sorted(p for p in root.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or any(p.glob("*.pth"))))
+    return sorted(p for p in root.iterdir() if is_run(p))
+
+
+def is_run(folder):
+    """Whether `folder` is a run dir: it holds a config.yaml or a checkpoint."""
+    return folder.is_dir() and ((folder / "config.yaml").is_file() or any(folder.glob("*.pth")))
 
 
 def describe_run(run_dir):

@@ -25,6 +25,18 @@ def pick_device(cfg):
     return torch.device(cfg.device)
 
 
+def checkpoint_dir_flag(cfg):
+    """' --checkpoint-dir=D' for a command about cfg's run, or '' for the default folder."""
+    from configs.schema import FIELDS
+
+    return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"
+
+
+def resume_command(cfg):
+    """The command that continues the run of `cfg`."""
+    return f"python main.py train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
+
+
 def name_run(cfg):
     """cfg with env set: the given --env, or <experiment>-<model>-<YYYYmmdd-HHMMSS>."""
     if cfg.env:

@@ -14,7 +14,7 @@ import math
 import signal
 import sys
 
-from utils import debug
+from utils import debug, runtime
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,7 @@ class SafeStop:
         if not last.is_file():
             return f"no checkpoint on disk yet in {self.checkpoints.run_dir}"
         written = time.strftime("%H:%M:%S", time.localtime(last.stat().st_mtime))
-        resume = f"python main.py train --env={self.cfg.env} --checkpoint-dir={self.cfg.checkpoint_dir} --resume"
-        return f"the latest checkpoint is {last} (written {written}); resume it: {resume}"
+        return f"the latest checkpoint is {last} (written {written}); resume it: {runtime.resume_command(self.cfg)}"
 
     def check_finite(self, scalars, epoch, step_in_epoch, names):
         """Raise NonFiniteLoss if a returned loss (a key in `names`) is NaN or infinite."""
@@ -94,12 +93,11 @@ class SafeStop:
         if kind is None and self.requested is None:
             return False
         if kind is None:
-            resume = f"python main.py train --env={self.cfg.env} --checkpoint-dir={self.cfg.checkpoint_dir} --resume"
             path = self.checkpoints.save_last(self.snapshot())
             self.close_outputs()
             code = {signal.SIGTERM: 143}.get(self.requested, 130)
             reason = self.requested if isinstance(self.requested, str) else signal.Signals(self.requested).name
-            raise Stopped(f"stopped ({reason}); saved {path}. Resume: {resume}", code) from None
+            raise Stopped(f"stopped ({reason}); saved {path}. Resume: {runtime.resume_command(self.cfg)}", code) from None
         if issubclass(kind, KeyboardInterrupt) and self.requested is not None:
             self.close_outputs()
             raise Stopped(f"interrupted again: stopped at once, and this stop wrote nothing; {self._latest()}", 130) from None
