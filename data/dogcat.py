@@ -19,7 +19,7 @@ from PIL import Image
 from data import sample, transforms
 from data.readable import load_rgb, split_readable
 from data.sampling import augmentation_rng
-from utils import seeding
+from data.sampling import stratified_split as split
 from utils.errors import UserError, plural
 from utils.registry import DATASETS
 
@@ -96,18 +96,6 @@ def test_listing(folder, skip_bad_images=False, workers=2):
     if skip_bad_images:
         return split_readable(items, workers)
     return items, []
-
-
-def split(items, val_ratio, seed):
-    """Stratified, seeded (train, val) split: round(val_ratio * n_class) images per class."""
-    train, val = [], []
-    for label in sorted({label for _, label in items}):
-        members = [item for item in items if item[1] == label]
-        order = seeding.rng(seed, seeding.SPLIT, label).permutation(len(members))
-        n_val = int(round(val_ratio * len(members)))
-        val += [members[i] for i in sorted(order[:n_val])]
-        train += [members[i] for i in sorted(order[n_val:])]
-    return train, val
 
 
 class DogCat(torch.utils.data.Dataset):

@@ -37,3 +37,15 @@ def augmentation_rng(seed, key):
     """The generator a sample's augmentation draws from; `key` is (epoch, index) or index."""
     epoch, index = key if isinstance(key, tuple) else (0, key)
     return seeding.rng(seed, seeding.AUGMENT, epoch, index)
+
+
+def stratified_split(items, val_ratio, seed):
+    """Stratified, seeded (train, val) split: round(val_ratio * n_class) images per class."""
+    train, val = [], []
+    for label in sorted({label for _, label in items}):
+        members = [item for item in items if item[1] == label]
+        order = seeding.rng(seed, seeding.SPLIT, label).permutation(len(members))
+        n_val = int(round(val_ratio * len(members)))
+        val += [members[i] for i in sorted(order[:n_val])]
+        train += [members[i] for i in sorted(order[n_val:])]
+    return train, val
