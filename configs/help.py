@@ -22,7 +22,7 @@ def _show_default(value):
 
 # What `<command> --help` shows first, before every option.
 COMMAND_OPTIONS = {
-    "train": ("experiment", "env", "resume", "config", "train_data_root", "model", "max_epoch", "batch_size", "lr",
+    "train": ("experiment", "env", "resume", "config", "dataset", "train_data_root", "model", "max_epoch", "batch_size", "lr",
               "device", "num_workers", "checkpoint_dir"),
     "val": ("env", "load_model_path", "checkpoint_dir", "tta", "batch_size", "num_workers", "device", "skip_bad_images"),
     "test": ("env", "load_model_path", "checkpoint_dir", "test_data_root", "result_file", "clip", "tta", "batch_size",

@@ -57,18 +57,19 @@ class Config:
     resume: str = option("", "run", "continue a run: bare flag = <run dir>/last.pth, or a checkpoint path", role="invocation", path=True, bare="last")
 
     # -- data -------------------------------------------------------------------------------
-    dataset: str = option("dogcat", "data", "dataset (DATASETS registry)", role="split", registry="datasets")
-    train_data_root: str = option("data/sample/train", "data", "folder of cat.<n>.jpg / dog.<n>.jpg (Kaggle train/); gan: a folder of images", role="split", path=True)
-    test_data_root: str = option("data/sample/test", "data", "folder of <n>.jpg to predict (Kaggle test/ or test1/); test takes the run's unless given", role="execution", path=True, inherited=True)
+    dataset: str = option("dogcat", "data", "dataset (DATASETS registry): dogcat | cifar10 | mnist | imagefolder; gan: faces", role="split", registry="datasets")
+    train_data_root: str = option("data/sample/train", "data", "dogcat: folder of cat.<n>.jpg / dog.<n>.jpg (Kaggle train/); cifar10 / mnist: the folder holding cifar-10-batches-py/ or MNIST/raw/; imagefolder: <root>/<class>/<image>; gan: a folder of images", role="split", path=True)
+    test_data_root: Optional[str] = option(None, "data", "what `test` predicts; default: dogcat: test/ (or test1/) beside --train-data-root; cifar10 / mnist: the official test split under --train-data-root; imagefolder: give a folder of images (any names, nested) or one image; test takes the run's unless given", role="execution", path=True, inherited=True)
+    download: bool = option(False, "data", "cifar10 / mnist: let torchvision download the data set into --train-data-root when it is missing (online only)", role="execution")
     val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", role="split", minimum=0.0)
-    image_size: int = option(224, "data", "side of the square crop fed to the model", role="model", minimum=8)
+    image_size: Optional[int] = option(None, "data", "side of the square image fed to the model; default: the data's (cifar10 32, mnist 28, dogcat / imagefolder 224)", role="model", minimum=8)
     batch_size: int = option(32, "data", "images per step", minimum=1)
     skip_bad_images: bool = option(False, "data", "leave out unreadable images (empty, truncated, not an image), found by decoding each once at start; listed in <run dir>/skipped_images.txt", role="split")
     num_workers: int = option(2, "data", "data-loading worker processes (0 = load in the main process)", role="execution", minimum=0)
 
     # -- model ------------------------------------------------------------------------------
     model: str = option("SqueezeNet", "model", "architecture (MODELS registry), e.g. ResNet34, torchvision.resnet18; gan: the generator", role="model", registry="models")
-    num_classes: int = option(2, "model", "output classes (2 for Dogs vs. Cats: cat 0, dog 1)", role="model", minimum=1)
+    num_classes: Optional[int] = option(None, "model", "output classes; default: the data's (dogcat 2: cat 0, dog 1; cifar10 / mnist 10; imagefolder: its class folders)", role="model", minimum=1)
     pretrained: str = option("", "model", "'' = random init; a local weights file; 'hub' = download torchvision's (online only)", path=True)
     load_model_path: Optional[str] = option(None, "model", "checkpoint to load: initial weights for train, the model for val/test/generate", role="execution", path=True)
 

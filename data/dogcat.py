@@ -19,7 +19,8 @@ from PIL import Image
 from data import sample, transforms
 from data.readable import load_rgb, split_readable
 from data.sampling import augmentation_rng
-from data.sampling import stratified_split as split
+from data.sampling import split_part
+from data.sampling import stratified_split as split  # noqa: F401 - data.dogcat.split, as before
 from utils.errors import UserError, plural
 from utils.registry import DATASETS
 
@@ -29,6 +30,7 @@ TRAIN_NAME = re.compile(r"(cat|dog)\.(\d+)\.(jpe?g|png)", re.IGNORECASE)
 TEST_NAME = re.compile(r"(\d+)\.(jpe?g|png)", re.IGNORECASE)
 TRAIN_LAYOUT = "cat.<n>.jpg / dog.<n>.jpg files (the Kaggle train.zip unpacked)"
 TEST_LAYOUT = "<n>.jpg files (the Kaggle test.zip unpacked)"
+DEFAULT_SIZE = 224  # the side ImageNet models are built for
 
 
 def scan(folder, pattern, layout):
@@ -99,7 +101,11 @@ def test_listing(folder, skip_bad_images=False, workers=2):
 
 
 class DogCat(torch.utils.data.Dataset):
-    """Items: (image tensor, label) for train/val, (image tensor, id) for test."""
+    """Items: (image tensor, label) for train/val, (image tensor, id) for test; any image
+    files (data/imagefolder.py uses it too)."""
+
+    classes = list(CLASSES)
+    channels = 3
 
     def __init__(self, items, image_size, augment, seed, skipped=()):
         self.items, self.image_size, self.augment, self.seed = items, image_size, augment, seed
@@ -119,32 +125,30 @@ class DogCat(torch.utils.data.Dataset):
             tensor = transforms.eval_transform(image, self.image_size)
         return tensor, target
 
+    def denormalize(self, batch):
+        """Images back in [0, 1] for display."""
+        return transforms.denormalize(batch)
+
 
 @DATASETS.register("dogcat")
 def dogcat(cfg, split_name):
     """The `split_name` (train | val | test) part of the Dogs vs. Cats data."""
+    size = cfg.image_size or DEFAULT_SIZE
     if split_name == "test":
-        root = Path(cfg.test_data_root)
+        # Kaggle's zips unpack train/ and test/ side by side.
+        root = Path(cfg.test_data_root or Path(cfg.train_data_root).parent / "test")
         if _is_default_sample(root):
             sample.ensure(root.parent)
         if not root.is_dir() and (root.parent / "test1").is_dir():
             root = root.parent / "test1"  # Kaggle's first competition named it test1/
         items, skipped = test_listing(root, cfg.skip_bad_images, cfg.num_workers)
-        return DogCat(items, cfg.image_size, augment=False, seed=cfg.seed, skipped=skipped)
+        return DogCat(items, size, augment=False, seed=cfg.seed, skipped=skipped)
     root = Path(cfg.train_data_root)
     if _is_default_sample(root):
         sample.ensure(root.parent)
     items, skipped = train_listing(root, cfg.skip_bad_images, cfg.num_workers)
-    train_items, val_items = split(items, cfg.val_ratio, cfg.seed)
-    if split_name == "train":
-        if not train_items:
-            raise UserError(f"--val-ratio={cfg.val_ratio} leaves no training images of the {len(items)} in {root}; "
-                            f"lower --val-ratio")
-        return DogCat(train_items, cfg.image_size, augment=True, seed=cfg.seed, skipped=skipped)
-    if not val_items:
-        raise UserError(f"--val-ratio={cfg.val_ratio} leaves no validation images of the {len(items)} in {root}; "
-                        f"raise --val-ratio")
-    return DogCat(val_items, cfg.image_size, augment=False, seed=cfg.seed, skipped=skipped)
+    chosen = split_part(items, split_name, cfg.val_ratio, cfg.seed, root)
+    return DogCat(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=skipped)
 
 
 def _is_default_sample(root):

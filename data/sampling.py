@@ -9,6 +9,7 @@ was already consumed without loading it (mid-epoch resume).
 import torch
 
 from utils import seeding
+from utils.errors import UserError
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -49,3 +50,14 @@ def stratified_split(items, val_ratio, seed):
         val += [members[i] for i in sorted(order[:n_val])]
         train += [members[i] for i in sorted(order[n_val:])]
     return train, val
+
+
+def split_part(items, split_name, val_ratio, seed, source):
+    """The train or val part of stratified_split(items), or a one-line error naming the
+    fix when --val-ratio leaves it empty (`source` says where the images are)."""
+    train, val = stratified_split(items, val_ratio, seed)
+    chosen = train if split_name == "train" else val
+    if not chosen:
+        where, fix = ("training", "lower") if split_name == "train" else ("validation", "raise")
+        raise UserError(f"--val-ratio={val_ratio} leaves no {where} images of the {len(items)} in {source}; {fix} --val-ratio")
+    return chosen

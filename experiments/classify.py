@@ -1,12 +1,20 @@
-"""Image classification (Dogs vs. Cats and any dataset of the DATASETS registry).
+"""Image classification: Dogs vs. Cats, CIFAR-10, MNIST, any image-folder tree (--dataset).
 
     train: fit on the train split, validate every epoch (the engine: utils/engine.py)
-    val:   metrics of a checkpoint on the same validation split
-    test:  P(dog) for every test image -> Kaggle submission csv
+    val:   metrics of a checkpoint on the same validation split, per class and confused
+    test:  predict the test split and write a csv, by data set:
+             dogcat          id,label = P(dog)              (Kaggle's Dogs vs. Cats)
+             cifar10, mnist  id,label = class name, id = 1-based position in the official
+                             test split (Kaggle's CIFAR-10 and Digit Recognizer numbering);
+                             its labels also give the accuracy and the per-class table
+             imagefolder     path,label,probability         (any images, paths as given)
 
 What classification means, and nothing else: the data, the model and its optimizer, one
-step (cross-entropy), the evaluation (loss, accuracy, Kaggle log loss, confusion counts).
+step (cross-entropy), the evaluation (loss, accuracy, top-5 when there are more than 5
+classes, Kaggle log loss, confusion counts). --num-classes and --image-size come from the
+data unless given; a given --num-classes that differs from the data's is an error.
 """
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -18,13 +26,13 @@ from data import readable
 from data.dogcat import TEST_NAME as TEST_ID
 from data.transforms import denormalize
 from models import build_model, check_takes
-from utils import checkpoint, runtime
+from utils import checkpoint, runtime, tables
 from utils.engine import Experiment, load_for_inference
 from utils.errors import UsageError, UserError, plural
 from utils.lr_policy import LrPolicy
 from utils.precision import Precision
 from utils.registry import DATASETS, EXPERIMENTS, METERS
-from utils.submission import write_submission
+from utils.submission import write_csv, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +66,14 @@ def predict(model, images, precision, tta=False):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, cfg, device, tta=False):
-    """Loss (the training criterion), accuracy, Kaggle log loss and confusion counts of
-    `model` on a labelled loader."""
+def evaluate(model, loader, cfg, device, tta=False, predicted=None):
+    """Loss (the training criterion), accuracy, top-5 accuracy (more than 5 classes), Kaggle
+    log loss and confusion counts of `model` on a labelled loader; the predicted class of
+    each image is appended to `predicted` when given."""
     model.eval()
     precision = Precision(cfg, device)
     loss_meter, confusion, logloss = METERS.build("loss"), METERS.build("confusion", cfg.num_classes), METERS.build("logloss")
+    top5, seen = 0, 0
     for images, labels in loader:
         log_probabilities = predict(model, images, precision, tta)
         labels = labels.to(device)
@@ -73,8 +83,21 @@ def evaluate(model, loader, cfg, device, tta=False):
         probabilities = log_probabilities.exp()
         confusion.add(probabilities, labels)
         logloss.add(probabilities, labels)
-    return {"val_loss": loss_meter.average(), "val_accuracy": confusion.accuracy(),
-            "val_logloss": logloss.value(), "confusion": confusion.value().tolist()}
+        if cfg.num_classes > 5:
+            top5 += int((log_probabilities.topk(5, 1).indices == labels[:, None]).any(1).sum())
+        seen += len(labels)
+        if predicted is not None:
+            predicted += log_probabilities.argmax(1).tolist()
+    metrics = {"val_loss": loss_meter.average(), "val_accuracy": confusion.accuracy(), "val_logloss": logloss.value()}
+    if cfg.num_classes > 5:
+        metrics["val_top5"] = top5 / seen if seen else math.nan
+    return {**metrics, "confusion": confusion.value().tolist()}
+
+
+def class_names(dataset, cfg, info=None):
+    """The names of the classes: the checkpoint's, else the data set's, else 0..K-1."""
+    names = (info or {}).get("classes") or getattr(dataset, "classes", None)
+    return list(names) if names and len(names) == cfg.num_classes else [str(k) for k in range(cfg.num_classes)]
 
 
 @EXPERIMENTS.register("classify")
@@ -83,8 +106,8 @@ class Classify(Experiment):
 
     commands = {
         "train": "train a model; writes <checkpoint-dir>/<env>/ (config.yaml, last.pth, best.pth, TensorBoard events)",
-        "val": "print accuracy, log loss and the confusion matrix of a checkpoint on the validation split",
-        "test": "predict the test folder and write the Kaggle submission csv (id,label = P(dog))",
+        "val": "print accuracy, log loss, per-class accuracy and the confusion matrix of a checkpoint on the validation split",
+        "test": "predict the test split and write the csv (dogcat: Kaggle's id,label = P(dog); cifar10 / mnist: id,label = class; imagefolder: path,label,probability)",
     }
     monitors = {"val_logloss": "min", "val_loss": "min", "val_accuracy": "max"}
 
@@ -92,11 +115,17 @@ class Classify(Experiment):
         check_takes("model", self.cfg.model, ["num_classes"], "classifier")
         self.val_set = load_data(self.cfg, "val")
         train_set = load_data(self.cfg, "train")
-        labels = set(getattr(train_set, "targets", ())) | set(getattr(self.val_set, "targets", ()))
-        if labels and max(labels) >= self.cfg.num_classes:
-            raise UsageError(f"the data has labels up to {max(labels)} ({max(labels) + 1} classes) but "
-                             f"--num-classes={self.cfg.num_classes}; use --num-classes={max(labels) + 1}")
+        self.classes = list(train_set.classes)
+        given = self.cfg.num_classes
+        if given is not None and given != len(self.classes):
+            shown = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
+            raise UsageError(f"--num-classes={given} but the data has {len(self.classes)} classes ({shown}); "
+                             f"drop --num-classes (it comes from the data) or use --num-classes={len(self.classes)}")
+        self.cfg = dataclasses.replace(self.cfg, num_classes=len(self.classes), image_size=train_set.image_size)
         return train_set, self.val_set
+
+    def checkpoint_info(self):
+        return {"classes": self.classes}
 
     def build(self, ctx):
         model = build_model(self.cfg)
@@ -121,42 +150,43 @@ class Classify(Experiment):
         loader = runtime.make_loader(self.val_set, self.cfg, ctx.device, shuffle=False)
         metrics = evaluate(objects["model"], loader, self.cfg, ctx.device)
         confusion = metrics.pop("confusion")
-        ctx.outputs.table("val/confusion", ["truth \\ predicted"] + [str(k) for k in range(len(confusion))],
-                          [[str(k)] + row for k, row in enumerate(confusion)], ctx.state.global_step)
+        ctx.outputs.table("val/confusion", ["truth \\ predicted"] + self.classes,
+                          [[name] + row for name, row in zip(self.classes, confusion)], ctx.state.global_step)
         return metrics
 
     def images(self, objects, ctx):
         if ctx.state.global_step:
             return {}  # the input grid, once, at the start of a run
         count = min(16, len(self.val_set))
-        return {"inputs": denormalize(torch.stack([self.val_set[index][0] for index in range(count)]))}
+        denormalize_batch = getattr(self.val_set, "denormalize", denormalize)
+        return {"inputs": denormalize_batch(torch.stack([self.val_set[index][0] for index in range(count)]))}
 
     def load_model(self):
-        """(model in eval mode, cfg adopted from the checkpoint, device) for val and test."""
+        """(model in eval mode, cfg adopted from the checkpoint, device, the checkpoint's
+        info) for val and test."""
         cfg, device, state, path = load_for_inference(self.cfg)
         model = build_model(cfg)
         checkpoint.load_weights(model, checkpoint.model_state(state), source=str(path))
-        return model.to(device).eval(), cfg, device
+        return model.to(device).eval(), cfg, device, state.get("info") or {}
 
     def val(self):
-        """Print accuracy, log loss and the confusion matrix of a checkpoint on the val split."""
-        model, cfg, device = self.load_model()
+        """Print accuracy, log loss, per-class accuracy and the confusion matrix of a
+        checkpoint on the val split."""
+        model, cfg, device, info = self.load_model()
+        check_tta(cfg)
         dataset = load_data(cfg, "val")
         readable.report(dataset.skipped if hasattr(dataset, "skipped") else [])
         metrics = evaluate(model, runtime.make_loader(dataset, cfg, device, shuffle=False), cfg, device, tta=cfg.tta)
-        names = ["cat", "dog"] if cfg.dataset == "dogcat" else [str(k) for k in range(cfg.num_classes)]
-        width = max(len(n) for n in names) + 2
-        lines = [f"val: {plural(len(dataset), 'image')}  accuracy {metrics['val_accuracy']:.4f}  log loss {metrics['val_logloss']:.4f}",
-                 "confusion (rows = truth, columns = predicted):",
-                 " " * width + "".join(f"{n:>{width}}" for n in names)]
-        lines += [f"{names[k]:<{width}}" + "".join(f"{c:>{width}}" for c in row) for k, row in enumerate(metrics["confusion"])]
-        print("\n".join(lines))
+        print(tables.report("val", len(dataset), class_names(dataset, cfg, info), metrics))
 
     @torch.inference_mode()
     def test(self):
-        """Write the Kaggle submission csv (id,label = P(dog)) for the test folder."""
+        """Predict the test split and write its csv (see the module docstring for the format)."""
         runtime.check_output_file(self.cfg.result_file, "--result-file")
-        model, cfg, device = self.load_model()
+        model, cfg, device, info = self.load_model()
+        check_tta(cfg)
+        if cfg.dataset != "dogcat":
+            return self.test_classes(model, cfg, device, info)
         if cfg.num_classes != 2:
             raise UserError(f"test writes P(class 1) for a 2-class model; this one has {cfg.num_classes} classes")
         dataset = load_data(cfg, "test")
@@ -174,3 +204,35 @@ class Classify(Experiment):
             dog_probabilities += [0.5] * len(skipped)
         rows = write_submission(cfg.result_file, ids, dog_probabilities, clip=cfg.clip)
         print(f"wrote {plural(rows, 'row')} to {cfg.result_file}")
+
+    def test_classes(self, model, cfg, device, info):
+        """K-class test: a labelled split (cifar10, mnist) -> id,label + accuracy and the
+        per-class table; image files (imagefolder) -> path,label,probability."""
+        dataset = load_data(cfg, "test")
+        names = class_names(dataset, cfg, info)
+        loader = runtime.make_loader(dataset, cfg, device, shuffle=False)
+        if hasattr(dataset, "positions"):  # a labelled split in a torchvision format
+            predicted = []
+            metrics = evaluate(model, loader, cfg, device, tta=cfg.tta, predicted=predicted)
+            rows = [(position + 1, names[label]) for position, label in zip(dataset.positions, predicted)]
+            write_csv(cfg.result_file, ["id", "label"], rows)
+            print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
+            print(tables.report("test", len(dataset), names, metrics))
+            return
+        rows, precision = [], Precision(cfg, device)
+        for images, positions in loader:
+            best = predict(model, images, precision, cfg.tta).exp().max(1)
+            rows += [(str(dataset.paths[position]), names[label], f"{probability:.6f}")
+                     for position, label, probability in zip(positions.tolist(), best.indices.tolist(), best.values.tolist())]
+        readable.report(getattr(dataset, "skipped", []))
+        write_csv(cfg.result_file, ["path", "label", "probability"], rows)
+        print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
+
+
+def check_tta(cfg):
+    """--tta averages over a horizontal flip, which is wrong where training never flips."""
+    from utils.registry import DATASETS
+
+    if cfg.tta and not getattr(DATASETS.get(cfg.dataset), "flip", True):
+        raise UsageError(f"--tta averages each image with its mirror image, which {cfg.dataset} never trains on "
+                         f"(a mirrored digit is another shape); drop --tta")

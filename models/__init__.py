@@ -22,11 +22,42 @@ def check_takes(option, name, arguments, kind):
         raise UsageError(f"{flag(option)}={name} is not a {kind} (it takes no {', '.join(missing)}); pick another {flag(option)}")
 
 
+def data_channels(dataset):
+    """Channels of the images of the data set registered as `dataset` (1 for MNIST, else 3)."""
+    from utils.registry import DATASETS
+
+    return getattr(DATASETS.get(dataset), "channels", 3)
+
+
 def build_model(cfg):
-    """The model named by cfg.model with cfg.num_classes outputs, weights per --pretrained."""
+    """The model named by cfg.model with cfg.num_classes outputs, taking the data's channels
+    at cfg.image_size, weights per --pretrained. A model that cannot take that input fails
+    here in one line (a forward pass of one blank image), not in the first training step."""
+    import inspect
+
+    import torch
+
+    from configs.loader import flag
+    from utils.errors import UsageError
     from utils.registry import MODELS
 
-    model = MODELS.build(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained)
+    channels, size = data_channels(cfg.dataset), cfg.image_size
+    parameters = inspect.signature(MODELS.get(cfg.model)).parameters
+    extra = {"image_size": size} if "image_size" in parameters else {}
+    if "in_channels" in parameters:
+        extra["in_channels"] = channels
+    elif channels != 3:
+        raise UsageError(f"--model={cfg.model} takes RGB images only (it has no in_channels argument) and "
+                         f"{cfg.dataset} is grey; pick a model that takes in_channels, e.g. LeNet or torchvision.resnet18")
+    model = MODELS.build(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, **extra)
     params = sum(p.numel() for p in model.parameters())
-    log.info("model %s, %.2fM params", cfg.model, params / 1e6)
-    return model
+    log.info("model %s, %.2fM params, input %d x %d x %d", cfg.model, params / 1e6, channels, size, size)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, size, size))
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        raise UsageError(f"{flag('model')}={cfg.model} cannot take {channels} x {size} x {size} images ({reason}); "
+                         f"use a larger --image-size or another --model") from None
+    return model.train(was_training)

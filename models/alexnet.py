@@ -9,10 +9,10 @@ from utils.registry import MODELS
 class AlexNet(BasicModule):
     """AlexNet with adaptive pooling, so any --image-size of at least 63 works."""
 
-    def __init__(self, num_classes=2, pretrained=""):
+    def __init__(self, num_classes=2, pretrained="", in_channels=3):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),

@@ -1,7 +1,9 @@
-"""LeNet-5 style CNN (LeCun et al., 1998), widened for RGB; tiny and fast on any CPU.
+"""LeNet-5 style CNN (LeCun et al., 1998); tiny and fast on any CPU.
 
-Handy for MNIST-sized inputs, quick experiments and the test suite. Adaptive pooling makes
-any --image-size of at least 16 work.
+The network of the PyTorch tutorials: 1 x 28 x 28 MNIST digits and 3 x 32 x 32 CIFAR-10
+images (in_channels comes from the data). The first convolution pads by 2, as LeNet-5 saw
+its 28 px digits padded to 32, so both sizes reach the 5 x 5 feature maps of the original;
+adaptive pooling makes any --image-size of at least 16 work.
 """
 from torch import nn
 
@@ -13,10 +15,10 @@ from utils.registry import MODELS
 class LeNet(BasicModule):
     """Two conv + pool stages and three fully connected layers (with dropout)."""
 
-    def __init__(self, num_classes=2, pretrained=""):
+    def __init__(self, num_classes=2, pretrained="", in_channels=3):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(5),
         )

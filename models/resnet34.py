@@ -28,10 +28,10 @@ class ResidualBlock(nn.Module):
 class ResNet34(BasicModule):
     """ResNet-34 with adaptive average pooling, so any --image-size works."""
 
-    def __init__(self, num_classes=2, pretrained=""):
+    def __init__(self, num_classes=2, pretrained="", in_channels=3):
         super().__init__()
         self.pre = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
         )
         widths, depths = (64, 128, 256, 512), (3, 4, 6, 3)
         layers, in_channels = [], 64

@@ -32,10 +32,10 @@ class Fire(nn.Module):
 class SqueezeNet(BasicModule):
     """SqueezeNet 1.1: AlexNet-level accuracy with 1.2M parameters; fast on a CPU."""
 
-    def __init__(self, num_classes=2, pretrained=""):
+    def __init__(self, num_classes=2, pretrained="", in_channels=3):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 3, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 64, 3, stride=2), nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, ceil_mode=True), Fire(64, 16, 64), Fire(128, 16, 64),
             nn.MaxPool2d(3, 2, ceil_mode=True), Fire(128, 32, 128), Fire(256, 32, 128),
             nn.MaxPool2d(3, 2, ceil_mode=True), Fire(256, 48, 192), Fire(384, 48, 192), Fire(384, 64, 256), Fire(512, 64, 256),

@@ -3,7 +3,17 @@
 --pretrained=<file> loads local weights (head re-initialised when its shape differs);
 --pretrained=hub downloads torchvision's default weights, which needs internet: offline,
 that is a clear error after a short timeout, not a hang.
+
+Small images (--image-size <= 64, e.g. CIFAR-10's 32 px): a ResNet-family net (one with
+`conv1` and `maxpool`, e.g. resnet18, resnext50_32x4d, wide_resnet50_2) gets the CIFAR stem of
+He et al. 2016 (section 4.2): a 3 x 3 stride-1 conv1 and no max-pool. The ImageNet stem (7 x 7
+stride 2, then a stride-2 max-pool) would shrink 32 px to 8 before the first block and to 1 x 1
+in the last stage; with the small stem the last stage sees 4 x 4, the usual 93-95 % CIFAR-10
+ResNet-18 recipe. Pretrained weights still load for every other layer (conv1 starts fresh,
+logged). Grey data (MNIST): the first convolution takes 1 channel; pretrained RGB filters are
+summed over their channels, which answers a grey image as the RGB net answers its grey copy.
 """
+import logging
 import socket
 
 from models.basic_module import BasicModule, pretrained_weights
@@ -11,11 +21,13 @@ from utils import checkpoint
 from utils.errors import UserError
 from utils.registry import MODELS
 
+log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 20
+SMALL_IMAGE = 64  # up to this side, ResNets get the CIFAR stem (see above)
 
 
 @MODELS.register("torchvision.*")
-def torchvision_model(arch, num_classes=2, pretrained=""):
+def torchvision_model(arch, num_classes=2, pretrained="", in_channels=3, image_size=224):
     """Build torchvision.models.<arch> with `num_classes` outputs."""
     import torchvision
     from torch import nn
@@ -42,6 +54,13 @@ def torchvision_model(arch, num_classes=2, pretrained=""):
     else:
         net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
+    if image_size <= SMALL_IMAGE and isinstance(getattr(net, "conv1", None), nn.Conv2d) and hasattr(net, "maxpool"):
+        old = net.conv1
+        net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=old.bias is not None)
+        net.maxpool = nn.Identity()
+        log.info("torchvision.%s at %d px: 3x3 stride-1 conv1 and no max-pool (the CIFAR stem)", arch, image_size)
+    if in_channels != 3:
+        _replace_first_conv(net, in_channels, nn)
     model = TorchvisionModel(net, f"torchvision.{arch}")
     if pretrained and pretrained != "hub":
         model.load_pretrained(pretrained)
@@ -76,4 +95,23 @@ def _replace_head(net, num_classes, nn):
                 return
             if isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and child.out_channels == 1000:
                 setattr(parent, name, nn.Conv2d(child.in_channels, num_classes, 1))
+                return
+
+
+def _replace_first_conv(net, in_channels, nn):
+    """Make the first convolution take `in_channels`; RGB filters summed over channels."""
+    import torch
+
+    for parent in net.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                 child.dilation, child.groups, child.bias is not None)
+                with torch.no_grad():
+                    # The summed filter spread over the new channels: the same response to a
+                    # grey image whatever in_channels is.
+                    conv.weight.copy_(child.weight.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
+                setattr(parent, name, conv)
                 return

@@ -100,3 +100,94 @@ def forked_cli():
     cli = ForkedCli()
     yield cli
     cli.close()
+
+
+# -- the classic data sets in their real on-disk formats, tiny ------------------------------
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def class_image(label, rng, size, channels):
+    """An image whose class shows: class k has its own brightness (and colour) level."""
+    level = 20 + 23 * label
+    pixels = np.clip(level + rng.normal(0, 8, (size, size, channels)), 0, 255)
+    if channels == 3:
+        pixels[..., label % 3] = np.clip(pixels[..., label % 3] + 30, 0, 255)
+    return pixels.astype(np.uint8)
+
+
+def make_cifar10(root, per_class=5, test_per_class=2, seed=0):
+    """<root>/cifar-10-batches-py/ in CIFAR-10's python format (pickled dicts of an N x 3072
+    uint8 array and labels; bytes keys, as python-3 pickles of the real files have): the train
+    images split over data_batch_1 and data_batch_2. Returns the test labels, in order."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(labels):
+        images = np.stack([class_image(label, rng, 32, 3) for label in labels])
+        return {b"batch_label": b"tiny", b"labels": list(labels), b"data": images.transpose(0, 3, 1, 2).reshape(len(labels), -1),
+                b"filenames": [f"{k}.png".encode() for k in range(len(labels))]}
+
+    train_labels = [label for _ in range(per_class) for label in range(10)]
+    half = len(train_labels) // 2
+    for name, labels in (("data_batch_1", train_labels[:half]), ("data_batch_2", train_labels[half:])):
+        (folder / name).write_bytes(pickle.dumps(batch(labels), protocol=2))
+    test_labels = [int(v) for v in rng.permutation([label for _ in range(test_per_class) for label in range(10)])]
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(test_labels), protocol=2))
+    meta = {"num_cases_per_batch": half, "label_names": CIFAR_CLASSES, "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return test_labels
+
+
+def idx_bytes(array):
+    """An array of uint8 in the idx format: 0, 0, type 0x08, ndim, the dimensions (big endian), the values."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def make_mnist(root, per_class=5, test_per_class=2, seed=0):
+    """<root>/MNIST/raw/ in MNIST's idx format; the test files gzipped (as distributed).
+    Returns the test labels, in order."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    train_labels = np.array([label for _ in range(per_class) for label in range(10)], dtype=np.uint8)
+    test_labels = rng.permutation(np.array([label for _ in range(test_per_class) for label in range(10)], dtype=np.uint8))
+    for prefix, labels in (("train", train_labels), ("t10k", test_labels)):
+        images = np.stack([class_image(int(label), rng, 28, 1)[..., 0] for label in labels])
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            data = idx_bytes(array)
+            if prefix == "t10k":
+                (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / f"{prefix}-{kind}-ubyte").write_bytes(data)
+    return [int(v) for v in test_labels]
+
+
+def make_imagefolder(root, classes=("daisy", "rose", "tulip"), per_class=6, seed=0):
+    """<root>/train/<class>/... (one class nested a level deeper, a hidden folder and a
+    non-image file that must be ignored) and <root>/photos/ (test images with any names,
+    nested). Returns {test path relative to root: true class}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    train = Path(root) / "train"
+    for label, name in enumerate(classes):
+        folder = train / name / ("summer" if label == 1 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            Image.fromarray(class_image(3 * label, rng, 24, 3)).save(folder / f"{name}_{index}.{'png' if index % 2 else 'jpg'}")
+    (train / ".ipynb_checkpoints").mkdir()
+    (train / classes[0] / "notes.txt").write_text("not an image")
+    photos = Path(root) / "photos"
+    (photos / "trip").mkdir(parents=True)
+    truth = {}
+    for index, label in enumerate([0, 1, 2, 2, 1]):
+        path = (photos / "trip" if index % 2 else photos) / f"IMG {index}.JPG"
+        Image.fromarray(class_image(3 * label, rng, 24, 3)).save(path, format="JPEG")
+        truth[path.relative_to(root).as_posix()] = classes[label]
+    return truth

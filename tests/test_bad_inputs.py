@@ -22,7 +22,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import make_dogcat, run_cli
+from conftest import make_cifar10, make_dogcat, run_cli
 
 TINY = ("--train-data-root=data/train", "--test-data-root=data/test", "--checkpoint-dir=runs", "--model=LeNet",
         "--image-size=16", "--batch-size=4", "--num-workers=0", "--max-epoch=1", "--print-freq=2", "--progress=false",
@@ -76,6 +76,8 @@ def ws(tmp_path_factory):
     (root / "broken.yaml").write_text("lr: [0.1\n")
     (root / "typo.yaml").write_text("lr: 0.1\nbatch_sise: 8\n")
     (root / "empty_folder").mkdir()
+    make_cifar10(root / "cifar_broken")
+    (root / "cifar_broken" / "cifar-10-batches-py" / "data_batch_2").write_text("not a pickle")
     (root / "out").mkdir()
     for name, content in {"text": b"this is not a jpeg", "zero": b"",
                           "truncated": (root / "data" / "train" / "cat.3.jpg").read_bytes()[:300]}.items():
@@ -137,8 +139,11 @@ CASES = [
     ("resume best.pth", ["train", "--resume=runs/done/best.pth"], 2,
      r"runs/done/best.pth holds weights only \(no run state\) \(resume runs/done/last.pth\)"),
     ("run exists", ["train", *flags("--env=done")], 2, r"runs/done already holds a run; continue it with --env=done --resume"),
-    ("num classes below labels", ["train", *flags("--env=new", "--num-classes=1")], 2,
-     r"the data has labels up to 1 \(2 classes\) but --num-classes=1; use --num-classes=2"),
+    ("num classes unlike the data", ["train", *flags("--env=new", "--num-classes=1")], 2,
+     r"--num-classes=1 but the data has 2 classes \(cat, dog\); drop --num-classes \(it comes from the data\) or use "
+     r"--num-classes=2"),
+    ("model too big for the images", ["train", *flags("--env=new", "--model=AlexNet")], 2,
+     r"--model=AlexNet cannot take 3 x 16 x 16 images \(.*\); use a larger --image-size or another --model"),
     ("not a classifier", ["train", *flags("--env=new", "--model=NetG")], 2, r"--model=NetG is not a classifier"),
     ("unknown torchvision model", ["train", *flags("--env=new", "--model=torchvision.resnet999")], 2,
      r"torchvision has no classification model 'resnet999'"),
@@ -150,6 +155,18 @@ CASES = [
     ("data is a file", ["train", *flags("--env=new", "--train-data-root=afile")], 1,
      r"data folder '.*afile' is a file, not a folder"),
     ("data empty", ["train", *flags("--env=new", "--train-data-root=empty_folder")], 1, r"no images in '.*empty_folder'"),
+    ("cifar10 missing", ["train", *flags("--env=new", "--dataset=cifar10", "--train-data-root=data")], 1,
+     r"CIFAR-10 not found: expected data/cifar-10-batches-py/ with data_batch_1 ... data_batch_5 and batches.meta "
+     r"\(cifar-10-python.tar.gz unpacked\) \(missing data_batch_1\); add --download to fetch it \(cifar-10-python.tar.gz, "
+     r"163 MB, from https://www.cs.toronto.edu/~kriz/cifar.html\) or copy the files there"),
+    ("cifar10 batch not a pickle", ["train", *flags("--env=new", "--dataset=cifar10", "--train-data-root=cifar_broken")], 1,
+     r"CIFAR-10: .*cifar_broken/cifar-10-batches-py/data_batch_2 is not a python pickle of a CIFAR batch \(.*\)"),
+    ("mnist in the cifar folder", ["train", *flags("--env=new", "--dataset=mnist", "--train-data-root=cifar_broken")], 1,
+     r"MNIST not found: expected cifar_broken/MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte "
+     r"\(missing train-images-idx3-ubyte\); add --download"),
+    ("imagefolder without class folders", ["train", *flags("--env=new", "--dataset=imagefolder", "--train-data-root=data/test")], 1,
+     r"no class folders in 'data/test': --dataset=imagefolder expects <root>/<class>/<image> \(e.g. <root>/daisy/1.jpg\); "
+     r"it holds 7 images directly: move them into one folder per class"),
     ("no train images", ["train", *flags("--env=new", "--val-ratio=0.99")], 1,
      r"--val-ratio=0.99 leaves no training images of the 24 in .*; lower --val-ratio"),
     ("no val images", ["train", *flags("--env=new", "--val-ratio=0.01")], 1,
@@ -168,7 +185,8 @@ CASES = [
      r"--pretrained=missing.pth: no such file; give a local weights file \(.pth\), or hub with a --model=torchvision"),
     ("pretrained hub for our model", ["train", *flags("--env=new", "--pretrained=hub")], 1,
      r"--pretrained=hub downloads torchvision weights: use --model=torchvision.<name>"),
-    ("weights of another model", ["train", *flags("--env=new", "--model=SqueezeNet", "--load-model-path=runs/done/best.pth")], 1,
+    ("weights of another model", ["train", *flags("--env=new", "--model=SqueezeNet", "--load-model-path=runs/done/best.pth",
+                                                  **{"image-size": 64})], 1,
      r"runs/done/best.pth does not fit model SqueezeNet: .*Was it trained with another --model"),
     ("random bytes", ["test", "--load-model-path=random.pth"], 1, r"'random.pth' is not a checkpoint \(it starts with bytes"),
     ("empty checkpoint", ["test", "--load-model-path=empty.pth"], 1, r"'empty.pth' is not a checkpoint \(the file is empty\)"),

@@ -88,7 +88,7 @@ def test_train_says_what_next_and_config_yaml_reproduces_the_run(tmp_path):
 
     # best.pth is for inference: weights, config and metrics; last.pth is complete
     best, last = (torch.load(runs / "first" / name, weights_only=True) for name in ("best.pth", "last.pth"))
-    assert set(best) == {"model", "kind", "epoch", "global_step", "best", "metrics", "config", "experiment", "format_version"}
+    assert set(best) == {"model", "kind", "epoch", "global_step", "best", "metrics", "config", "experiment", "format_version", "info"}
     assert {"optimizer", "lr_policy", "rng", "window"} <= set(last)
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     assert best["metrics"]["val_logloss"] == best["best"]["value"]

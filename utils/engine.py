@@ -63,8 +63,14 @@ class Experiment:
 
     def datasets(self):
         """(train dataset, validation dataset or None); runs before the run dir exists, so
-        every check of data and options belongs here."""
+        every check of data and options belongs here. It may replace self.cfg with options
+        resolved from the data (e.g. --num-classes), which the run then uses and saves."""
         raise NotImplementedError
+
+    def checkpoint_info(self):
+        """Plain data about the run's data kept in every checkpoint under "info" (e.g. the
+        class names, so `test` can name predictions without the train folder)."""
+        return {}
 
     def build(self, ctx):
         """{name: object}: modules on ctx.device, optimizers, LrPolicy objects, tensors."""
@@ -189,6 +195,7 @@ def train(cfg):
     # Everything that can fail on bad input runs before the run dir exists: the data, the
     # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
     train_set, val_set = experiment.datasets()
+    cfg = experiment.cfg  # with the options resolved from the data
     if len(train_set) == 0:
         raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
     runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir")
@@ -240,7 +247,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
         outputs.images(experiment.images(objects, ctx), 0)
 
     def snapshot():
-        return checkpoint_state(objects, ctx.state, cfg)
+        return {**checkpoint_state(objects, ctx.state, cfg), "info": experiment.checkpoint_info()}
 
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
     with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
@@ -260,7 +267,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
             report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metrics, lrs, improved)
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
-                                               weights=lambda: inference_state(objects, ctx.state, cfg, metrics))
+                                               weights=lambda: {**inference_state(objects, ctx.state, cfg, metrics),
+                                                                "info": experiment.checkpoint_info()})
             outputs.write_status(ctx.state, "running")
     outputs.close()
     outputs.write_status(ctx.state, "finished")

@@ -1,4 +1,5 @@
-"""The Kaggle submission file: `id,label` with label = P(dog), one row per test image."""
+"""The csv files `test` writes: Kaggle's Dogs vs. Cats submission (`id,label` with label =
+P(dog), one row per test image) and any table of rows (`write_csv`), always atomically."""
 import csv
 import io
 
@@ -13,12 +14,17 @@ def write_submission(path, ids, dog_probabilities, clip=0.0):
     images for a bounded loss on wrong ones. Returns the number of rows written.
     """
     rows = sorted(zip(ids, dog_probabilities), key=lambda row: int(row[0]))
+    return write_csv(path, ["id", "label"],
+                     [(int(image_id), f"{min(max(float(probability), clip), 1.0 - clip):.6f}") for image_id, probability in rows])
+
+
+def write_csv(path, header, rows):
+    """Write `header` and `rows` as csv (RFC 4180 quoting, \\n line ends, UTF-8), atomically:
+    the file appears complete or not at all. Returns the number of rows written."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["id", "label"])
-    for image_id, probability in rows:
-        probability = min(max(float(probability), clip), 1.0 - clip)
-        writer.writerow([int(image_id), f"{probability:.6f}"])
+    writer.writerow(header)
+    writer.writerows(rows)
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(text.getvalue())
     return len(rows)

@@ -1,0 +1,170 @@
+"""Data sets held in memory as uint8 arrays: the torchvision on-disk formats (CIFAR-10's python
+pickle batches, MNIST's idx files) and any set like them.
+
+Adding one is one file with one decorator: subclass `ArrayDataset`, set the class attributes
+below and write `read(root, train)`; see data/mnist.py. The shared parts live here:
+
+- where the files are: `--train-data-root` is the folder torchvision's own class takes as
+  `root` (the one holding `cifar-10-batches-py/` or `MNIST/raw/`), and the official test
+  split lives there too, so `--test-data-root` defaults to it;
+- the validation split: stratified and seeded (data.sampling.stratified_split) over the
+  official train split, the same rule as Dogs vs. Cats;
+- augmentation as a function of (seed, epoch, index): pad-and-crop and a horizontal flip,
+  drawn from the sample's own generator, so resume and any --num-workers give the same bits;
+- normalisation with the data set's per-channel mean and std.
+"""
+import functools
+import logging
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.sampling import augmentation_rng, split_part
+from utils.errors import UserError, plural
+
+log = logging.getLogger(__name__)
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class FormatError(Exception):
+    """A data file that exists but is not in the expected format (the message says how)."""
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Items: (normalised float image C x H x W, label). Subclasses set:
+
+    title     the name users know ("CIFAR-10")
+    folder    where the files lie under the root ("cifar-10-batches-py")
+    files     {"train": [...], "test": [...]}: file names in `folder`, for error messages
+    size      native side in pixels; channels: 1 (grey) or 3 (RGB)
+    mean, std per-channel normalisation (of the official train split)
+    pad       train-time zero padding before a random crop back to `size` (0 = no crop)
+    flip      train-time random horizontal flip
+    fetch     what --download says it fetches ("cifar-10-python.tar.gz, 163 MB")
+
+    and implement `read(root, train)` -> (images uint8 N x H x W x C, labels int N, class
+    names), raising FormatError for a file in the wrong format; plus `download(root)`.
+    """
+
+    title, folder, files, fetch = "", "", {}, ""
+    size, channels = 32, 3
+    mean, std = (0.5,), (0.5,)
+    pad, flip = 0, False
+
+    def __init__(self, cfg, split):
+        root = Path(cfg.train_data_root if split != "test" else cfg.test_data_root or cfg.train_data_root)
+        train = split != "test"
+        images, labels, self.classes = load(type(self), root, train, cfg.download)
+        self.images, self.seed = images, cfg.seed
+        self.image_size = cfg.image_size or self.size
+        self.augment = split == "train"
+        positions = list(range(len(labels)))
+        if train:
+            items = [(position, int(label)) for position, label in zip(positions, labels)]
+            chosen = split_part(items, split, cfg.val_ratio, cfg.seed, f"the {self.title} train split")
+            positions = [position for position, _ in chosen]
+        self.positions = positions  # index in the split's files: the test csv's id is this + 1
+        self.targets = [int(labels[position]) for position in positions]
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key
+        image = self.images[self.positions[index]]  # H x W x C uint8
+        if self.augment:
+            image = self.augmented(image, augmentation_rng(self.seed, key))
+        # np.array: a writable, contiguous copy (the arrays are read-only; a flip is a view).
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)
+        if self.image_size != self.size:
+            from torchvision.transforms import functional as F
+
+            tensor = F.resize(tensor, [self.image_size, self.image_size], antialias=True)
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (tensor - mean) / std, self.targets[index]
+
+    def augmented(self, image, rng):
+        """Zero-pad by `pad` and crop back at a random offset, then flip half the time
+        (the standard CIFAR recipe of He et al. 2016, section 4.2)."""
+        if self.pad:
+            padded = np.pad(image, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
+            top, left = (int(v) for v in rng.integers(0, 2 * self.pad + 1, size=2))
+            image = padded[top:top + image.shape[0], left:left + image.shape[1]]
+        if self.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        return image
+
+    def denormalize(self, batch):
+        """Images back in [0, 1] for display."""
+        mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1)
+        return (batch * std + mean).clamp(0, 1)
+
+    @classmethod
+    def read(cls, root, train):
+        raise NotImplementedError
+
+    @classmethod
+    def download(cls, root):
+        raise NotImplementedError
+
+    @classmethod
+    def layout(cls, root, train):
+        """Where the files of a split go, for the 'not found' message."""
+        names = cls.files["train" if train else "test"] + cls.files.get("both", [])
+        return f"{Path(root) / cls.folder}/ with {', '.join(names)}"
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cached(cls, root, train):
+    return cls.read(root, train)
+
+
+def load(cls, root, train, download=False):
+    """(images, labels, class names) of the train or test split of `cls` under `root`;
+    one read per process (train and val share it). Missing files are downloaded with
+    --download, else a one-line error says which files go where."""
+    root = Path(root)
+    if root.is_file():
+        raise UserError(f"--{'train' if train else 'test'}-data-root={root} is a file; give the folder that holds "
+                        f"{cls.folder}/ ({cls.title})")
+    missing = [name for name in cls.files["train" if train else "test"] + cls.files.get("both", [])
+               if not _exists(root / cls.folder / name)]
+    if missing and download:
+        _download(cls, root)
+        missing = []
+    if missing:
+        hint = ""
+        if root.name == Path(cls.folder).parts[-1] or (root / Path(cls.folder).name).exists():
+            hint = f" (give the folder that holds {cls.folder}/, not the folder itself)"
+        elif root.parent.name and (root.parent / cls.folder).is_dir():
+            hint = f"; did you mean --train-data-root={root.parent}?"
+        raise UserError(f"{cls.title} not found: expected {cls.layout(root, train)} (missing {missing[0]}){hint}; "
+                        f"add --download to fetch it ({cls.fetch}) or copy the files there")
+    try:
+        images, labels, classes = _read_cached(cls, root.resolve(), train)
+    except FormatError as error:
+        raise UserError(f"{cls.title}: {error}") from None
+    log.info("%s %s split: %s in %s", cls.title, "train" if train else "test", plural(len(labels), "image"), root / cls.folder)
+    return images, labels, classes
+
+
+def _exists(path):
+    # MNIST's files may stay gzipped (torchvision downloads the .gz and unpacks it beside).
+    return path.is_file() or path.with_name(path.name + ".gz").is_file()
+
+
+def _download(cls, root):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        cls.download(root)
+    except (OSError, RuntimeError) as error:  # URLError, timeouts; torchvision's md5 failures
+        raise UserError(f"could not download {cls.title} into {root} ({str(error).splitlines()[0]}); offline? "
+                        f"fetch {cls.fetch} on a machine with internet and unpack it so that "
+                        f"{cls.layout(root, True)} exists") from None
+    finally:
+        socket.setdefaulttimeout(previous)
