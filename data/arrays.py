@@ -120,7 +120,9 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 @functools.lru_cache(maxsize=4)
 def _read_cached(cls, root, train):
-    return cls.read(root, train)
+    images, labels, classes = cls.read(root, train)
+    log.info("%s %s split: %s in %s", cls.title, "train" if train else "test", plural(len(labels), "image"), root / cls.folder)
+    return images, labels, classes
 
 
 def load(cls, root, train, download=False):
@@ -148,7 +150,6 @@ def load(cls, root, train, download=False):
         images, labels, classes = _read_cached(cls, root.resolve(), train)
     except FormatError as error:
         raise UserError(f"{cls.title}: {error}") from None
-    log.info("%s %s split: %s in %s", cls.title, "train" if train else "test", plural(len(labels), "image"), root / cls.folder)
     return images, labels, classes
 
 

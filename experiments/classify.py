@@ -100,6 +100,16 @@ def class_names(dataset, cfg, info=None):
     return list(names) if names and len(names) == cfg.num_classes else [str(k) for k in range(cfg.num_classes)]
 
 
+def infer_classes(train_set, val_set, given, dataset):
+    """Class names 0..K-1 for a data set that does not name its classes: K from its labels
+    (or --num-classes when it has none to show)."""
+    labels = set(getattr(train_set, "targets", ())) | set(getattr(val_set, "targets", ()))
+    count = max(labels) + 1 if labels else given
+    if count is None:
+        raise UsageError(f"--dataset={dataset} names no classes and shows no labels; give --num-classes")
+    return [str(k) for k in range(count)]
+
+
 @EXPERIMENTS.register("classify")
 class Classify(Experiment):
     """Image classification: Dogs vs. Cats (Kaggle layout) and other labelled image sets."""
@@ -115,13 +125,14 @@ class Classify(Experiment):
         check_takes("model", self.cfg.model, ["num_classes"], "classifier")
         self.val_set = load_data(self.cfg, "val")
         train_set = load_data(self.cfg, "train")
-        self.classes = list(train_set.classes)
         given = self.cfg.num_classes
+        self.classes = list(getattr(train_set, "classes", None) or infer_classes(train_set, self.val_set, given, self.cfg.dataset))
         if given is not None and given != len(self.classes):
             shown = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
             raise UsageError(f"--num-classes={given} but the data has {len(self.classes)} classes ({shown}); "
                              f"drop --num-classes (it comes from the data) or use --num-classes={len(self.classes)}")
-        self.cfg = dataclasses.replace(self.cfg, num_classes=len(self.classes), image_size=train_set.image_size)
+        size = getattr(train_set, "image_size", None) or self.cfg.image_size or 224
+        self.cfg = dataclasses.replace(self.cfg, num_classes=len(self.classes), image_size=size)
         return train_set, self.val_set
 
     def checkpoint_info(self):
@@ -219,13 +230,16 @@ class Classify(Experiment):
             print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
             print(tables.report("test", len(dataset), names, metrics))
             return
+        # Image files (imagefolder): a batch's second part indexes dataset.paths. A data set
+        # without paths names its items by that second part itself (an id).
+        paths = getattr(dataset, "paths", None)
         rows, precision = [], Precision(cfg, device)
-        for images, positions in loader:
+        for images, keys in loader:
             best = predict(model, images, precision, cfg.tta).exp().max(1)
-            rows += [(str(dataset.paths[position]), names[label], f"{probability:.6f}")
-                     for position, label, probability in zip(positions.tolist(), best.indices.tolist(), best.values.tolist())]
+            rows += [(str(paths[key]) if paths is not None else key, names[label], f"{probability:.6f}")
+                     for key, label, probability in zip(keys.tolist(), best.indices.tolist(), best.values.tolist())]
         readable.report(getattr(dataset, "skipped", []))
-        write_csv(cfg.result_file, ["path", "label", "probability"], rows)
+        write_csv(cfg.result_file, ["path" if paths is not None else "id", "label", "probability"], rows)
         print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
 
 

@@ -286,3 +286,20 @@ def test_bad_options_for_these_data_sets_fail_in_one_line_before_a_run_exists(tr
         line = fails("train", "--dataset=cifar10", root, "--checkpoint-dir=runs", "--env=wrong", "--model=AlexNet")
         assert line.startswith("error: --model=AlexNet cannot take 3 x 32 x 32 images (")
         assert line.endswith("); use a larger --image-size or another --model")
+
+
+def test_the_readme_example_adds_a_data_set_in_one_file(tmp_path):
+    """The README's data/fashion_mnist.py, run as written: a new --dataset in one class."""
+    from conftest import ROOT
+    from utils.registry import DATASETS
+
+    readme = (ROOT / "README.md").read_text()
+    source = re.search(r"```python\n(# data/fashion_mnist.py\n.*?)```", readme, re.S).group(1)
+    namespace = {}
+    exec(compile(source, "data/fashion_mnist.py", "exec"), namespace)
+    make_mnist(tmp_path)
+    (tmp_path / "MNIST").rename(tmp_path / "FashionMNIST")
+    train = DATASETS.build("fashion_mnist", cfg(tmp_path), "train")
+    assert train.classes[9] == "Ankle boot" and train[(0, 0)][0].shape == (1, 28, 28)
+    with pytest.raises(UserError, match=r"^Fashion-MNIST not found: expected .*/FashionMNIST/raw/ with"):
+        DATASETS.build("fashion_mnist", cfg(tmp_path / "nothing"), "train")
