@@ -60,6 +60,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         self.images, self.seed = images, cfg.seed
         self.image_size = cfg.image_size or self.size
         self.augment = split == "train"
+        self._mean, self._std = torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
         positions = list(range(len(labels)))
         if train:
             items = [(position, int(label)) for position, label in zip(positions, labels)]
@@ -82,9 +83,7 @@ class ArrayDataset(torch.utils.data.Dataset):
             from torchvision.transforms import functional as F
 
             tensor = F.resize(tensor, [self.image_size, self.image_size], antialias=True)
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
-        return (tensor - mean) / std, self.targets[index]
+        return (tensor - self._mean) / self._std, self.targets[index]
 
     def augmented(self, image, rng):
         """Zero-pad by `pad` and crop back at a random offset, then flip half the time
@@ -99,9 +98,9 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def denormalize(self, batch):
         """Images back in [0, 1] for display."""
-        mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1)
-        return (batch * std + mean).clamp(0, 1)
+        from data.transforms import denormalize
+
+        return denormalize(batch, self.mean, self.std)
 
     @classmethod
     def read(cls, root, train):

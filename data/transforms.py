@@ -17,10 +17,11 @@ def to_tensor(image):
     return F.normalize(F.to_tensor(image), MEAN, STD)
 
 
-def denormalize(batch):
-    """Undo `to_tensor`'s normalisation: images back in [0, 1] for display."""
-    mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1)
+def denormalize(batch, mean=MEAN, std=STD):
+    """Undo a normalisation by per-channel `mean` and `std` (default: `to_tensor`'s):
+    images back in [0, 1] for display."""
+    mean = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
     return (batch * std + mean).clamp(0, 1)
 
 

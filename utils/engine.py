@@ -247,7 +247,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
         outputs.images(experiment.images(objects, ctx), 0)
 
     def snapshot():
-        return {**checkpoint_state(objects, ctx.state, cfg), "info": experiment.checkpoint_info()}
+        return checkpoint_state(objects, ctx.state, cfg, experiment.checkpoint_info())
 
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
     with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
@@ -267,8 +267,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
             report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metrics, lrs, improved)
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
-                                               weights=lambda: {**inference_state(objects, ctx.state, cfg, metrics),
-                                                                "info": experiment.checkpoint_info()})
+                                               weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
+                                                                               experiment.checkpoint_info()))
             outputs.write_status(ctx.state, "running")
     outputs.close()
     outputs.write_status(ctx.state, "finished")
@@ -363,8 +363,9 @@ def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metr
 
 
 # -- snapshot and restore -------------------------------------------------------------------
-def checkpoint_state(objects, state, cfg):
-    """Everything a bit-exact resume needs, as plain data (see utils/checkpoint.py)."""
+def checkpoint_state(objects, state, cfg, info=None):
+    """Everything a bit-exact resume needs, as plain data (see utils/checkpoint.py), with the
+    experiment's `info` about its data."""
     saved = {}
     for name, obj in objects.items():
         if isinstance(obj, torch.nn.Module):
@@ -376,15 +377,16 @@ def checkpoint_state(objects, state, cfg):
         else:
             saved[name] = obj.state_dict()
     return {**saved, **state.as_checkpoint(), "rng": seeding.rng_states(), "config": configs.as_dict(cfg),
-            "experiment": cfg.experiment}
+            "experiment": cfg.experiment, "info": info or {}}
 
 
-def inference_state(objects, state, cfg, metrics):
+def inference_state(objects, state, cfg, metrics, info=None):
     """best.pth: what inference needs and nothing more (the weights of every module, the
     config, the metrics of that epoch); last.pth stays complete for resume."""
     weights = {name: checkpoint.unwrap(obj).state_dict() for name, obj in objects.items() if isinstance(obj, torch.nn.Module)}
     return {**weights, "kind": checkpoint.WEIGHTS_KIND, "epoch": state.epoch, "global_step": state.global_step,
-            "best": state.best, "metrics": metrics, "config": configs.as_dict(cfg), "experiment": cfg.experiment}
+            "best": state.best, "metrics": metrics, "config": configs.as_dict(cfg), "experiment": cfg.experiment,
+            "info": info or {}}
 
 
 def restore(state, objects, source):
