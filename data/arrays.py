@@ -15,7 +15,6 @@ below and write `read(root, train)`; see data/mnist.py. The shared parts live he
 """
 import functools
 import logging
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from data.sampling import augmentation_rng, split_part
 from utils.errors import UserError, plural
+from utils.io import network_timeout
 
 log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 30
@@ -111,10 +111,14 @@ class ArrayDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     @classmethod
+    def required(cls, train):
+        """The files a split needs in `folder` (before any is read)."""
+        return cls.files["train" if train else "test"] + cls.files.get("both", [])
+
+    @classmethod
     def layout(cls, root, train):
         """Where the files of a split go, for the 'not found' message."""
-        names = cls.files["train" if train else "test"] + cls.files.get("both", [])
-        return f"{Path(root) / cls.folder}/ with {', '.join(names)}"
+        return f"{Path(root) / cls.folder}/ with {', '.join(cls.required(train))}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -132,8 +136,7 @@ def load(cls, root, train, download=False):
     if root.is_file():
         raise UserError(f"--{'train' if train else 'test'}-data-root={root} is a file; give the folder that holds "
                         f"{cls.folder}/ ({cls.title})")
-    missing = [name for name in cls.files["train" if train else "test"] + cls.files.get("both", [])
-               if not _exists(root / cls.folder / name)]
+    missing = [name for name in cls.required(train) if not _exists(root / cls.folder / name)]
     if missing and download:
         _download(cls, root)
         missing = []
@@ -158,13 +161,10 @@ def _exists(path):
 
 
 def _download(cls, root):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        cls.download(root)
+        with network_timeout(DOWNLOAD_TIMEOUT_S):
+            cls.download(root)
     except (OSError, RuntimeError) as error:  # URLError, timeouts; torchvision's md5 failures
         raise UserError(f"could not download {cls.title} into {root} ({str(error).splitlines()[0]}); offline? "
                         f"fetch {cls.fetch} on a machine with internet and unpack it so that "
                         f"{cls.layout(root, True)} exists") from None
-    finally:
-        socket.setdefaulttimeout(previous)

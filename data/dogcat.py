@@ -105,7 +105,6 @@ class DogCat(torch.utils.data.Dataset):
     files (data/imagefolder.py uses it too)."""
 
     classes = list(CLASSES)
-    channels = 3
 
     def __init__(self, items, image_size, augment, seed, skipped=()):
         self.items, self.image_size, self.augment, self.seed = items, image_size, augment, seed

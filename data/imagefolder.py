@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from data.dogcat import DogCat
+from data.dogcat import DEFAULT_SIZE, DogCat
 from data.readable import split_readable
 from data.sampling import split_part
 from utils.errors import UserError, plural
@@ -26,7 +26,6 @@ from utils.registry import DATASETS
 log = logging.getLogger(__name__)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 LAYOUT = "<root>/<class>/<image> (e.g. <root>/daisy/1.jpg)"
-DEFAULT_SIZE = 224
 
 
 def images_under(folder):

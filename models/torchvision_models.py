@@ -14,11 +14,10 @@ logged). Grey data (MNIST): the first convolution takes 1 channel; pretrained RG
 summed over their channels, which answers a grey image as the RGB net answers its grey copy.
 """
 import logging
-import socket
 
 from models.basic_module import BasicModule, pretrained_weights
-from utils import checkpoint
 from utils.errors import UserError
+from utils.io import network_timeout
 from utils.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,14 @@ def torchvision_model(arch, num_classes=2, pretrained="", in_channels=3, image_s
         raise UsageError(f"torchvision has no classification model {arch!r}{did_you_mean(arch, available)}")
     if pretrained == "hub":
         weights = torchvision.models.get_model_weights(arch).DEFAULT
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
-            net = torchvision.models.get_model(arch, weights=weights)
+            with network_timeout(DOWNLOAD_TIMEOUT_S):
+                net = torchvision.models.get_model(arch, weights=weights)
         except OSError as error:  # URLError, timeouts and refused connections are OSErrors
             raise UserError(
                 f"could not download {arch} weights ({error}); offline? Download {weights.url} on a "
                 f"machine with internet and pass --pretrained=<that file>"
             ) from None
-        finally:
-            socket.setdefaulttimeout(previous)
         _replace_head(net, num_classes, nn)
     else:
         net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)

@@ -87,3 +87,17 @@ def _fsync_directory(directory):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def network_timeout(seconds):
+    """Downloads inside (torchvision's weights and data sets) give up after `seconds` without
+    an answer, so offline is a clear error soon, not a hang; the previous default returns."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
