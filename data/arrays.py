@@ -145,7 +145,7 @@ def load(cls, root, train, download=False):
         if root.name == Path(cls.folder).parts[-1] or (root / Path(cls.folder).name).exists():
             hint = f" (give the folder that holds {cls.folder}/, not the folder itself)"
         elif root.parent.name and (root.parent / cls.folder).is_dir():
-            hint = f"; did you mean --train-data-root={root.parent}?"
+            hint = f"; did you mean --{'train' if train else 'test'}-data-root={root.parent}?"
         raise UserError(f"{cls.title} not found: expected {cls.layout(root, train)} (missing {missing[0]}){hint}; "
                         f"add --download to fetch it ({cls.fetch}) or copy the files there")
     try:
