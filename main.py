@@ -5,7 +5,8 @@ with test as another name for generate); `help` lists them. fire dispatches the 
 every value reaches us as text (fire's literal guessing is switched off with
 SetParseFn(str)) and the config schema types it. `train` is the engine's (utils/engine.py),
 the other commands are the experiment's methods. Exit codes: 0 ok, 1 runtime failure,
-2 usage or config error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+2 usage or config error, 130 interrupted (SIGINT), 143 terminated (SIGTERM), 128 + N stopped
+by --requeue-signal N. Under torchrun every process runs this same command (utils/distributed.py).
 """
 import logging
 import sys
@@ -55,7 +56,7 @@ def all_commands():
 
 def _run(command, args, flags):
     from configs.loader import Text, load_config
-    from utils.errors import UsageError
+    from utils.errors import UsageError, UserError
 
     if args:
         raise UsageError(
@@ -68,14 +69,24 @@ def _run(command, args, flags):
         listed = ", ".join(c if c == m else f"{c} (= {m})" for c, m in commands.items())
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {listed}"
                          f"{_run_hint(cfg, command)}")
-    if command == "train":
-        from utils import engine
+    from utils import distributed
 
-        engine.train(cfg)
-        return
-    from utils.registry import EXPERIMENTS
+    distributed.setup(cfg)  # joins the process group under torchrun; nothing otherwise
+    try:
+        if command == "train":
+            from utils import engine
 
-    getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
+            engine.train(cfg)
+            return
+        from utils.registry import EXPERIMENTS
+
+        getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
+    except UserError as error:
+        if getattr(error, "agreed", False):
+            distributed.leave_together()
+        raise
+    finally:
+        distributed.shutdown()
 
 
 def _run_hint(cfg, command):
@@ -146,7 +157,12 @@ def _main(argv):
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:
-        print(f"{error.prefix}{error}", file=sys.stderr)
+        from utils import distributed
+
+        # Under torchrun rank 0 says what every rank agreed on (a stop, a NaN); another
+        # rank's own error names its rank.
+        if str(error) and (distributed.is_main() or not getattr(error, "agreed", False)):
+            print(f"{distributed.rank_prefix()}{error.prefix}{error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)

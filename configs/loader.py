@@ -216,7 +216,7 @@ def validate(cfg):
 
     for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
         value = getattr(cfg, name)
-        if meta["choices"] and value not in meta["choices"]:
+        if meta["choices"] and value is not None and value not in meta["choices"]:
             hint = did_you_mean(str(value), meta["choices"])
             raise UsageError(f"option {flag(name)} must be one of {', '.join(meta['choices'])}; got {value!r}{hint}")
         if meta["minimum"] is not None and value is not None and value < meta["minimum"]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "test", "gan", "performance")
+GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "test", "gan", "distributed", "performance")
 
 # What an option means for a run, which answers "which options define a run" in one place:
 #   run         (the default) defines what is computed: fixed on --resume
@@ -63,7 +63,7 @@ class Config:
     download: bool = option(False, "data", "cifar10 / mnist: let torchvision download the data set into --train-data-root when it is missing (online only)", role="execution")
     val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", role="split", minimum=0.0)
     image_size: Optional[int] = option(None, "data", "side of the square image fed to the model; default: the data's (cifar10 32, mnist 28, dogcat / imagefolder 224)", role="model", minimum=8)
-    batch_size: int = option(32, "data", "images per step", minimum=1)
+    batch_size: int = option(32, "data", "images per step of each process; under torchrun the global batch is N x this (logged at start)", minimum=1)
     skip_bad_images: bool = option(False, "data", "leave out unreadable images (empty, truncated, not an image), found by decoding each once at start; listed in <run dir>/skipped_images.txt", role="split")
     num_workers: int = option(2, "data", "data-loading worker processes (0 = load in the main process)", role="execution", minimum=0)
 
@@ -114,6 +114,10 @@ class Config:
     gen_search_num: int = option(512, "gan", "noises drawn; the discriminator keeps the best --gen-num", role="execution", minimum=1)
     gen_mean: float = option(0.0, "gan", "mean of the generation noise", role="execution")
     gen_std: float = option(1.0, "gan", "standard deviation of the generation noise", role="execution", minimum=0.0)
+
+    # -- distributed (torchrun --nproc_per_node=N main.py train ...) ------------------------
+    sync_bn: bool = option(False, "distributed", "under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) instead of each process's own")
+    requeue_signal: Optional[str] = option(None, "distributed", "also save last.pth and exit (128 + its number) on this signal, e.g. USR1 from SLURM's --signal, so a requeued job resumes; SIGTERM always does", role="execution", choices=("USR1", "USR2"))
 
     # -- performance ------------------------------------------------------------------------
     amp: bool = option(False, "performance", "mixed precision on CUDA (ignored on CPU)")

@@ -5,6 +5,14 @@ from (seed, epoch) alone, and a dataset seeds each sample's augmentation from (s
 index), so the bits a model sees do not depend on worker count, on how many epochs this
 process has run, or on whether the run was resumed. `start` skips the part of an epoch that
 was already consumed without loading it (mid-epoch resume).
+
+Under N processes (torchrun) the epoch's one global order is cut into global batches of
+N x batch_size; rank r takes the r-th batch_size slice of each, and the last, partial
+global batch is split as evenly as possible, so every rank runs the same number of steps.
+`start` counts images of the global order, so a run resumed under another number of
+processes continues the same order from the same image. When fewer images than processes
+remain at the end of an epoch, they are left out of that epoch (no rank may step alone).
+Evaluation (shuffle=False) gives each rank a contiguous share with no padding.
 """
 import torch
 
@@ -13,11 +21,13 @@ from utils.errors import UserError
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Keys of one epoch: shuffled by (seed, epoch) for training, in order otherwise."""
+    """Keys of one epoch for one rank: shuffled by (seed, epoch) for training, in order
+    otherwise (see the module docstring for the split between ranks)."""
 
-    def __init__(self, size, seed, shuffle, epoch=0, start=0):
+    def __init__(self, size, seed, shuffle, epoch=0, start=0, rank=0, world=1, batch_size=1):
         self.size, self.seed, self.shuffle = size, seed, shuffle
         self.epoch, self.start = epoch, start
+        self.rank, self.world, self.batch_size = rank, world, batch_size
 
     def set_epoch(self, epoch, start=0):
         self.epoch, self.start = epoch, start
@@ -27,11 +37,27 @@ class EpochSampler(torch.utils.data.Sampler):
             return list(range(self.size))
         return seeding.rng(self.seed, seeding.ORDER, self.epoch).permutation(self.size).tolist()
 
+    def indices(self):
+        """This rank's positions of the epoch, from `start` on."""
+        order = self.order()
+        if self.world == 1:
+            return order[self.start:]
+        if not self.shuffle:
+            share = order[self.start:]
+            return share[self.rank * len(share) // self.world:(self.rank + 1) * len(share) // self.world]
+        mine, step = [], self.batch_size * self.world
+        for first in range(self.start, self.size, step):
+            chunk = order[first:first + step]
+            if len(chunk) < self.world:
+                break  # too few left for every rank to take one
+            mine += chunk[self.rank * len(chunk) // self.world:(self.rank + 1) * len(chunk) // self.world]
+        return mine
+
     def __iter__(self):
-        return iter([(self.epoch, index) for index in self.order()[self.start:]])
+        return iter([(self.epoch, index) for index in self.indices()])
 
     def __len__(self):
-        return self.size - self.start
+        return len(self.indices())
 
 
 def augmentation_rng(seed, key):

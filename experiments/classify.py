@@ -19,6 +19,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +27,7 @@ from data import readable
 from data.dogcat import TEST_NAME as TEST_ID
 from data.transforms import denormalize
 from models import build_model, check_takes
-from utils import checkpoint, runtime, tables
+from utils import checkpoint, distributed, runtime, tables
 from utils.engine import Experiment, load_for_inference
 from utils.errors import UsageError, UserError, plural
 from utils.lr_policy import LrPolicy
@@ -69,11 +70,14 @@ def predict(model, images, precision, tta=False):
 def evaluate(model, loader, cfg, device, tta=False, predicted=None):
     """Loss (the training criterion), accuracy, top-5 accuracy (more than 5 classes), Kaggle
     log loss and confusion counts of `model` on a labelled loader; the predicted class of
-    each image is appended to `predicted` when given."""
-    model.eval()
+    each image is appended to `predicted` when given. Under torchrun each rank reads its
+    own share of the split (runtime.make_loader) and the sums and counts are added over
+    ranks: every rank returns the metrics of the whole split, each image counted once, and
+    `predicted` gets the whole split's classes in order."""
+    model = checkpoint.unwrap(model).eval()  # no DDP collective per batch: ranks' shares differ in size
     precision = Precision(cfg, device)
     loss_meter, confusion, logloss = METERS.build("loss"), METERS.build("confusion", cfg.num_classes), METERS.build("logloss")
-    top5, seen = 0, 0
+    top5, mine = 0, []
     for images, labels in loader:
         log_probabilities = predict(model, images, precision, tta)
         labels = labels.to(device)
@@ -85,13 +89,22 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
         logloss.add(probabilities, labels)
         if cfg.num_classes > 5:
             top5 += int((log_probabilities.topk(5, 1).indices == labels[:, None]).any(1).sum())
-        seen += len(labels)
-        if predicted is not None:
-            predicted += log_probabilities.argmax(1).tolist()
-    metrics = {"val_loss": loss_meter.average(), "val_accuracy": confusion.accuracy(), "val_logloss": logloss.value()}
-    if cfg.num_classes > 5:
-        metrics["val_top5"] = top5 / seen if seen else math.nan
-    return {**metrics, "confusion": confusion.value().tolist()}
+        mine += log_probabilities.argmax(1).tolist()
+    k = cfg.num_classes
+    totals = distributed.sum_values([loss_meter.sum, logloss.total, top5, *confusion.conf.reshape(-1).tolist()])
+    loss_sum, logloss_sum, top5 = totals[:3]
+    counts = np.array(totals[3:], dtype=np.int64).reshape(k, k)
+    seen = int(counts.sum())
+    nan = math.nan
+    metrics = {"val_loss": loss_sum / seen if seen else nan,
+               "val_accuracy": float(np.trace(counts) / seen) if seen else nan,
+               "val_logloss": logloss_sum / seen if seen else nan}
+    if k > 5:
+        metrics["val_top5"] = top5 / seen if seen else nan
+    if predicted is not None:
+        for part in distributed.gather_objects(mine):  # contiguous shares: rank order is split order
+            predicted += part
+    return {**metrics, "confusion": counts.tolist()}
 
 
 def class_names(dataset, cfg, info=None):
@@ -186,9 +199,11 @@ class Classify(Experiment):
         model, cfg, device, info = self.load_model()
         check_tta(cfg)
         dataset = load_data(cfg, "val")
-        readable.report(dataset.skipped if hasattr(dataset, "skipped") else [])
+        if distributed.is_main():
+            readable.report(dataset.skipped if hasattr(dataset, "skipped") else [])
         metrics = evaluate(model, runtime.make_loader(dataset, cfg, device, shuffle=False), cfg, device, tta=cfg.tta)
-        print(tables.report("val", len(dataset), class_names(dataset, cfg, info), metrics))
+        if distributed.is_main():
+            print(tables.report("val", len(dataset), class_names(dataset, cfg, info), metrics))
 
     @torch.inference_mode()
     def test(self):
@@ -205,6 +220,10 @@ class Classify(Experiment):
         for images, batch_ids in runtime.make_loader(dataset, cfg, device, shuffle=False):
             dog_probabilities += predict(model, images, precision, cfg.tta)[:, 1].exp().tolist()
             ids += batch_ids.tolist()
+        parts = distributed.gather_objects((ids, dog_probabilities))  # every rank's share, for rank 0
+        if not distributed.is_main():
+            return
+        ids, dog_probabilities = [i for part, _ in parts for i in part], [p for _, part in parts for p in part]
         skipped = getattr(dataset, "skipped", [])
         if skipped:
             # Kaggle wants a row for every id: an unreadable image gets the uninformed 0.5.
@@ -225,6 +244,8 @@ class Classify(Experiment):
         if hasattr(dataset, "positions"):  # a labelled split in a torchvision format
             predicted = []
             metrics = evaluate(model, loader, cfg, device, tta=cfg.tta, predicted=predicted)
+            if not distributed.is_main():
+                return
             rows = [(position + 1, names[label]) for position, label in zip(dataset.positions, predicted)]
             write_csv(cfg.result_file, ["id", "label"], rows)
             print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
@@ -238,6 +259,9 @@ class Classify(Experiment):
             best = predict(model, images, precision, cfg.tta).exp().max(1)
             rows += [(str(paths[key]) if paths is not None else key, names[label], f"{probability:.6f}")
                      for key, label, probability in zip(keys.tolist(), best.indices.tolist(), best.values.tolist())]
+        rows = [row for part in distributed.gather_objects(rows) for row in part]
+        if not distributed.is_main():
+            return
         readable.report(getattr(dataset, "skipped", []))
         write_csv(cfg.result_file, ["path" if paths is not None else "id", "label", "probability"], rows)
         print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")

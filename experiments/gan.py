@@ -9,6 +9,15 @@ Losses, on the discriminator's logits r = D(x) for real and f = D(G(z)) for gene
   rahinge (relativistic average hinge, Jolicoeur-Martineau 2018; the book's 2nd edition):
       D: relu(1 - (r - mean f)) + relu(1 + (f - mean r))   G: relu(1 + (r - mean f)) + relu(1 - (f - mean r))
 A step trains D when global_step % --d-every == 0 and G when global_step % --g-every == 0.
+
+Under torchrun (DDP) each rank draws its own noise, and BatchNorm buffers are not broadcast
+before each forward (broadcast_buffers = False): the discriminator runs twice per D step
+(real, then generated images), and DDP's copy of rank 0's buffers between the two forwards
+would overwrite statistics the first one just used. In training mode BatchNorm normalises
+with the batch's own statistics, so this changes nothing a step computes: each rank's
+batch-norm layers see that rank's batch, as in the book's single-GPU DCGAN. The running
+statistics (used in eval mode: the image grids and `generate`) are rank 0's, copied to every
+rank at each epoch end. --sync-bn (CUDA) normalises over the global batch instead.
 """
 import logging
 
@@ -17,7 +26,7 @@ import torch.nn.functional as F
 
 from models import check_takes
 from models.dcgan import layout
-from utils import checkpoint, runtime, seeding
+from utils import checkpoint, distributed, runtime, seeding
 from utils.engine import Experiment, load_for_inference
 from utils.errors import UsageError, plural
 from utils.lr_policy import LrPolicy
@@ -66,6 +75,7 @@ class Gan(Experiment):
                 "ngf": 32, "ndf": 32, "batch_size": 64, "max_epoch": 30, "g_every": 1, "lr_policy": "constant",
                 "print_freq": 50}
     losses = ("loss_d", "loss_g")
+    broadcast_buffers = False  # see the module docstring
 
     def datasets(self):
         layout(self.cfg.image_size)  # an unsupported size fails here, before the run dir exists
@@ -125,7 +135,7 @@ class Gan(Experiment):
     @torch.no_grad()
     def images(self, objects, ctx):
         """The fixed noise's images, drawn in eval mode (no batch-norm statistics change)."""
-        netg = objects["netg"]
+        netg = checkpoint.unwrap(objects["netg"])  # rank 0 only: no DDP collective here
         was_training = netg.training
         netg.eval()
         fake = netg(objects["fixed_noise"]).float()
@@ -138,6 +148,8 @@ class Gan(Experiment):
         if self.cfg.gen_num > self.cfg.gen_search_num:
             raise UsageError(f"--gen-num={self.cfg.gen_num} is more than --gen-search-num={self.cfg.gen_search_num}; "
                              f"draw at least as many as you keep")
+        if not distributed.is_main():
+            return  # one picture: rank 0 draws it
         runtime.check_output_file(self.cfg.gen_img, "--gen-img")
         cfg, device, state, path = load_for_inference(self.cfg)
         netg, netd = build_nets(cfg, device)

@@ -5,7 +5,8 @@ scalars (loss, ...), cfg, epoch and state in scope. `c` continues (delete the fi
 or it fires again), `q` saves last.pth and stops the run cleanly.
 
 Without a terminal on stdin (CI, nohup, a scheduler) an existing debug file is reported once
-and ignored: a leftover /tmp/debug must never stall an unattended run.
+and ignored: a leftover /tmp/debug must never stall an unattended run. Under torchrun rank 0
+alone checks the file and opens the prompt; the other ranks wait for it (utils/safe_stop.py).
 """
 import logging
 import os
@@ -25,17 +26,22 @@ _PROMPT = "__import__('ipdb').set_trace()\npass\n"
 _warned = set()
 
 
-def check(cfg, scope, before_prompt=None):
-    """Open ipdb with the names of `scope` if cfg.debug_file exists and a human can answer;
-    `before_prompt` runs first (the engine clears its progress bar there)."""
+def wanted(cfg):
+    """Whether the debug file exists and stdin is a terminal (warned once when it is not)."""
     path = cfg.debug_file
     if not path or not os.path.exists(path):
-        return
+        return False
     if not sys.stdin.isatty():
         if path not in _warned:
             _warned.add(path)
             log.warning("debug file %s exists but stdin is not a terminal; ignoring it (remove it to silence this)", path)
-        return
+        return False
+    return True
+
+
+def prompt(cfg, scope, before_prompt=None):
+    """The ipdb prompt itself; `q` there raises bdb.BdbQuit out of this call."""
+    path = cfg.debug_file
     if before_prompt is not None:
         before_prompt()
     names = ", ".join(scope)

@@ -10,6 +10,12 @@ whatever a step returns, the --print-freq cadence, the live-debug trigger, safe 
 emergency save, the non-finite check, fault injection, and the checkpoint: {name:
 state_dict} + train state + RNG + config, written through one CheckpointManager.
 
+Under torchrun (utils/distributed.py) the same code runs in every process: modules are
+wrapped in DistributedDataParallel, each rank loads its part of every global batch, one
+all-reduce after each step agrees on the step's means, image count and stop decision, and
+rank 0 alone writes (Outputs.writes); checkpoints keep the unwrapped modules' state dicts
+and every rank's RNG state.
+
 Read top to bottom: Experiment, TrainState, Context, Outputs, train, run_epoch, snapshot /
 restore, load_for_inference.
 """
@@ -32,7 +38,7 @@ import configs
 from configs.loader import adopt_checkpoint_config
 from configs.schema import FIELDS
 from data import readable
-from utils import checkpoint, faults, resume, runs, runtime, seeding
+from utils import checkpoint, distributed, faults, resume, runs, runtime, seeding
 from utils.errors import UsageError, UserError, plural
 from utils.io import atomic_open
 from utils.lr_policy import LrPolicy
@@ -43,8 +49,8 @@ from utils.visualize import Visualizer, save_grid
 
 log = logging.getLogger(__name__)
 # Checkpoint keys the engine writes itself; an experiment's objects take any other name.
-ENGINE_KEYS = {"epoch", "step_in_epoch", "global_step", "best", "epoch_meters", "window", "rng", "config",
-               "experiment", "format_version", "scaler"}
+ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "best", "epoch_meters", "window", "rng",
+               "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler"}
 
 
 class Experiment:
@@ -57,6 +63,9 @@ class Experiment:
     batch_names = ("images", "labels")  # the batch's parts, by name, at the debugger prompt
     losses = ("loss",)  # returned scalars that must stay finite; the first feeds the lr policies
     monitors = {}  # {metric: "min" | "max"}: what evaluate() returns that --monitor may pick
+    # Under torchrun: whether DDP copies rank 0's module buffers (BatchNorm statistics) to
+    # every rank before each forward. The engine makes them equal at each epoch end anyway.
+    broadcast_buffers = True
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -81,12 +90,15 @@ class Experiment:
         raise NotImplementedError
 
     def evaluate(self, objects, ctx):
-        """Metrics after an epoch ({name: number}, including the monitored one), or None."""
+        """Metrics after an epoch ({name: number}, including the monitored one), or None.
+        Runs on every rank (runtime.make_loader gives each its share of the data); the
+        metrics must be those of the whole split on every rank."""
         return None
 
     def images(self, objects, ctx):
         """{tag: images (N, C, H, W) in [0, 1]} to show at the --print-freq cadence and at
-        each epoch end (TensorBoard and <run dir>/images/)."""
+        each epoch end (TensorBoard and <run dir>/images/); called on rank 0 only, so no
+        collective may run here (use checkpoint.unwrap(module) for a DDP-wrapped one)."""
         return {}
 
 
@@ -96,6 +108,7 @@ class TrainState:
 
     epoch: int = 0  # epochs finished
     step_in_epoch: int = 0  # steps of the next epoch already done
+    samples_in_epoch: int = 0  # images of the next epoch's global order already consumed
     global_step: int = 0
     best: Optional[dict] = None  # {"metric", "value", "epoch"}
     meters: dict = dataclasses.field(default_factory=dict)  # name -> loss meter of this epoch
@@ -103,17 +116,21 @@ class TrainState:
 
     def as_checkpoint(self):
         mid_epoch = self.step_in_epoch > 0
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "samples_in_epoch": self.samples_in_epoch,
+                "global_step": self.global_step,
                 "best": self.best, "window": {k: list(v) for k, v in self.window.items()},
                 "epoch_meters": {k: m.state_dict() for k, m in self.meters.items()} if mid_epoch else None}
 
     @classmethod
-    def from_checkpoint(cls, state):
+    def from_checkpoint(cls, state, batch_size):
         meters = {}
         for name, meter_state in (state.get("epoch_meters") or {}).items():
             meters[name] = METERS.build("loss")
             meters[name].load_state_dict(meter_state)
-        return cls(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"], global_step=state["global_step"],
+        # Checkpoints from before distributed training ran one process: steps x batch images.
+        samples = state.get("samples_in_epoch", state["step_in_epoch"] * batch_size)
+        return cls(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"], samples_in_epoch=samples,
+                   global_step=state["global_step"],
                    best=state["best"], meters=meters, window={k: list(v) for k, v in state["window"].items()})
 
 
@@ -181,11 +198,13 @@ class Outputs:
 def train(cfg):
     """`python main.py train`: a new run, or --resume of one, of cfg.experiment."""
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
-    cfg = resumed["config"] if resumed else runtime.name_run(cfg)
+    # Rank 0 names a new run (its clock, its look at the folder) for every rank.
+    cfg = resumed["config"] if resumed else distributed.broadcast_object(runtime.name_run(cfg))
     if resumed and resumed["state"] is not None and resumed["state"]["epoch"] >= cfg.max_epoch:
         done = resumed["state"]["epoch"]
-        print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
-              f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
+        if distributed.is_main():
+            print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
+                  f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
         return
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)
     if experiment.monitors and cfg.monitor not in experiment.monitors:
@@ -198,9 +217,9 @@ def train(cfg):
     cfg = experiment.cfg  # with the options resolved from the data
     if len(train_set) == 0:
         raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
-    runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir")
-    seeding.seed_everything(cfg.seed)
-    outputs = Outputs(cfg.run_dir, cfg)
+    distributed.on_main(lambda: runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir"))
+    seeding.seed_everything(cfg.seed)  # the same initial weights on every rank
+    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main())
     ctx = Context(cfg, device, Precision(cfg, device), TrainState(), outputs)
     objects = experiment.build(ctx)
     clashes = ENGINE_KEYS.intersection(objects)
@@ -209,10 +228,17 @@ def train(cfg):
     objects["scaler"] = ctx.precision.scaler
     restored = resumed is not None and resumed["state"] is not None
     if restored:
-        ctx.state = restore(resumed["state"], objects, source=str(resume.checkpoint_path(cfg)))
+        ctx.state = restore(resumed["state"], objects, source=str(resume.checkpoint_path(cfg)), cfg=cfg)
     elif cfg.load_model_path:
         load_weights(objects, cfg.load_model_path)
-    run_dir, created = runtime.start_run(cfg)
+    for name, obj in objects.items():
+        if isinstance(obj, torch.nn.Module):
+            objects[name] = distributed.wrap(obj, device, type(experiment).broadcast_buffers, cfg.sync_bn)
+    if distributed.world_size() > 1 and not restored:
+        # Dropout masks, a GAN's noise: each rank draws its own, from (seed, rank).
+        seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank()))
+    run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg)) or (cfg.run_dir, False)
+    describe_world(cfg, resumed["state"] if restored else None)
     try:
         _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored)
     except BaseException as error:
@@ -226,6 +252,8 @@ def train(cfg):
                 outputs.write_status(ctx.state, "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed",
                                      error=str(error).splitlines()[0] if str(error) else type(error).__name__)
         raise
+    if not distributed.is_main():
+        return
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
                else "no finite validation metric" if experiment.monitors else plural(ctx.state.epoch, "epoch"))
@@ -238,12 +266,13 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     outputs = ctx.outputs
     outputs.checkpoints.remove_leftovers()
     skipped = {str(path): reason for dataset in (train_set, val_set) for path, reason in getattr(dataset, "skipped", ())}
-    readable.report(sorted(skipped.items()), run_dir)
+    if outputs.writes:
+        readable.report(sorted(skipped.items()), run_dir)
     outputs.write_status(ctx.state, "running")
     # Points at the saved step were logged before the checkpoint was written; later ones
     # belong to work the resumed run redoes (all of it when it restarts from scratch).
     outputs.open(purge_step=(ctx.state.global_step + 1 if restored else 0) if resumed else None)
-    if ctx.state.global_step == 0:
+    if ctx.state.global_step == 0 and outputs.writes:
         outputs.images(experiment.images(objects, ctx), 0)
 
     def snapshot():
@@ -253,15 +282,16 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
         for epoch in range(ctx.state.epoch, cfg.max_epoch):
             loader = runtime.make_loader(train_set, cfg, ctx.device, shuffle=True, epoch=epoch,
-                                         start=ctx.state.step_in_epoch * cfg.batch_size)
+                                         start=ctx.state.samples_in_epoch)
             means, images_per_second = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
             if stopper.requested:
                 break  # SafeStop saves last.pth (mid-epoch) on the way out
+            distributed.sync_buffers(obj for obj in objects.values() if isinstance(obj, torch.nn.Module))
             metrics = experiment.evaluate(objects, ctx)
             # "lr_policy" -> curve "lr", "lr_policy_g" -> "lr/g"
             lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
                    for name, policy in policies.items()}
-            ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.meters = epoch + 1, 0, {}
+            ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.samples_in_epoch, ctx.state.meters = epoch + 1, 0, 0, {}
             improved = is_improvement(experiment.monitors, cfg.monitor, metrics, ctx.state.best)
             if improved:
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
@@ -272,6 +302,20 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             outputs.write_status(ctx.state, "running")
     outputs.close()
     outputs.write_status(ctx.state, "finished")
+
+
+def describe_world(cfg, state):
+    """Log the global batch under torchrun, and what changes when a run resumes under
+    another number of processes than it was saved with."""
+    world = distributed.world_size()
+    if world > 1:
+        log.info("global batch %d = %d processes x --batch-size %d", world * cfg.batch_size, world, cfg.batch_size)
+    saved = (state or {}).get("world_size", 1)
+    if state is not None and saved != world and distributed.is_main():
+        log.warning("resuming a run saved by %s with %s: the global batch changes from %d to %d images; the epoch's "
+                    "image order continues where it stopped (image %d), but the steps are not those of an "
+                    "uninterrupted run", plural(saved, "process", "processes"), plural(world, "process", "processes"),
+                    saved * cfg.batch_size, world * cfg.batch_size, state.get("samples_in_epoch", 0))
 
 
 def next_commands(cfg, experiment):
@@ -292,21 +336,25 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
     images_done, data_wait = 0, 0.0
     # A bar only on a terminal: redirected to a file its frames would fill it (report_epoch
     # logs a plain line per epoch either way).
-    bar = tqdm(total=len(loader.sampler), desc=f"epoch {epoch + 1}/{cfg.max_epoch}", unit="img",
-               disable=not (cfg.progress and sys.stderr.isatty()), leave=False, file=sys.stderr, mininterval=1.0)
+    sampler = loader.sampler
+    bar = tqdm(total=sampler.size - sampler.start, desc=f"epoch {epoch + 1}/{cfg.max_epoch}", unit="img",
+               disable=not (cfg.progress and sys.stderr.isatty() and distributed.is_main()), leave=False,
+               file=sys.stderr, mininterval=1.0)
     started = tick = time.perf_counter()
     for batch in loader:
         data_wait += time.perf_counter() - tick
         fault = faults.at_step(state.global_step + 1)
         batch = ctx.precision.to_device(batch)
         scalars = experiment.step(batch, objects, ctx)
-        values = {name: float(value) for name, value in scalars.items()}
-        if fault == "nan":
-            values[experiment.losses[0]] = math.nan
+        values = dict(scalars, **{experiment.losses[0]: math.nan} if fault == "nan" else {})
+        size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
+        # Means over every rank's images, the global batch size and the stop decision: the
+        # same numbers on every rank (in one process: the step's own).
+        values, size, stopper.requested = distributed.agree_step(values, size, stopper.pending)
         stopper.check_finite(values, epoch, state.step_in_epoch, experiment.losses)
         state.step_in_epoch += 1
         state.global_step += 1
-        size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
+        state.samples_in_epoch += size
         for name, value in values.items():
             state.meters.setdefault(name, METERS.build("loss")).add_batch(value, size)
             state.window.setdefault(name, []).append(value)
@@ -320,7 +368,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
                     ctx.outputs.plot(f"train/{name}", sum(window) / len(window), state.global_step)
             ctx.outputs.plot("train/images_per_second", images_per_second, state.global_step)
             state.window = {}
-            ctx.outputs.images(experiment.images(objects, ctx), state.global_step)
+            if ctx.outputs.writes:
+                ctx.outputs.images(experiment.images(objects, ctx), state.global_step)
             parts = dict(zip(experiment.batch_names, batch)) if isinstance(batch, (tuple, list)) else {"batch": batch}
             stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch, "state": state, "ctx": ctx},
                                 before_prompt=bar.clear)
@@ -352,7 +401,8 @@ def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metr
     for name, lr in lrs.items():
         outputs.plot(name.replace("_", "/", 1), lr, step)
     outputs.plot("images_per_second", images_per_second, step)
-    outputs.images(experiment.images(objects, ctx), step)
+    if outputs.writes:
+        outputs.images(experiment.images(objects, ctx), step)
     outputs.flush()
     parts = [f"train {' '.join(f'{k} {v:.4f}' for k, v in means.items())}"]
     if metrics:
@@ -365,7 +415,8 @@ def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metr
 # -- snapshot and restore -------------------------------------------------------------------
 def checkpoint_state(objects, state, cfg, info=None):
     """Everything a bit-exact resume needs, as plain data (see utils/checkpoint.py), with the
-    experiment's `info` about its data."""
+    experiment's `info` about its data. Under torchrun every rank must call it (it gathers
+    each rank's RNG state: "rng" is rank 0's, "rng_ranks" all of them)."""
     saved = {}
     for name, obj in objects.items():
         if isinstance(obj, torch.nn.Module):
@@ -376,7 +427,9 @@ def checkpoint_state(objects, state, cfg, info=None):
             saved[name] = obj.state_dict() if obj.is_enabled() else None
         else:
             saved[name] = obj.state_dict()
-    return {**saved, **state.as_checkpoint(), "rng": seeding.rng_states(), "config": configs.as_dict(cfg),
+    rng = distributed.gather_objects(seeding.rng_states())  # a collective under torchrun
+    ranks = {"rng_ranks": rng, "world_size": len(rng)} if len(rng) > 1 else {}
+    return {**saved, **state.as_checkpoint(), "rng": rng[0], **ranks, "config": configs.as_dict(cfg),
             "experiment": cfg.experiment, "info": info or {}}
 
 
@@ -389,8 +442,10 @@ def inference_state(objects, state, cfg, metrics, info=None):
             "info": info or {}}
 
 
-def restore(state, objects, source):
-    """Put a checkpoint's state back into live objects (in place); returns its TrainState."""
+def restore(state, objects, source, cfg):
+    """Put a checkpoint's state back into live objects (in place); returns its TrainState.
+    Each rank takes its own saved RNG state; a rank the saved run did not have (resumed
+    under more processes) draws from (seed, rank, global step)."""
     for name, obj in objects.items():
         if name not in state:
             raise UsageError(f"{source} has no {name!r}: it was not written by this experiment's train")
@@ -404,8 +459,12 @@ def restore(state, objects, source):
                 obj.load_state_dict(saved)
         else:
             obj.load_state_dict(saved)
-    seeding.set_rng_states(state["rng"])
-    return TrainState.from_checkpoint(state)
+    saved_rng = state.get("rng_ranks") or [state["rng"]]
+    if distributed.rank() < len(saved_rng):
+        seeding.set_rng_states(saved_rng[distributed.rank()])
+    else:
+        seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank(), state["global_step"]))
+    return TrainState.from_checkpoint(state, cfg.batch_size)
 
 
 def load_weights(objects, path):

@@ -1,9 +1,11 @@
 """Fault injection for the test suite and for chaos drills, through the real code paths.
 
 RUNNER_FAULT_AT_STEP="STEP:WHAT[,STEP:WHAT...]": during global step STEP (1-based, before the
-experiment's step runs) the run sends itself SIGINT or SIGTERM (handled as a real signal) or
-SIGKILL (no chance to save: `kill -9`, a lost machine),
-raises an error (a crash), or sees a NaN in the step's losses (divergence).
+experiment's step runs) the run sends itself SIGINT, SIGTERM or SIGUSR1/2 (handled as real
+signals; USR1/2 stop the run under --requeue-signal and kill it otherwise) or SIGKILL (no
+chance to save: `kill -9`, a lost machine), raises an error (a crash), or sees a NaN in the
+step's losses (divergence). Under torchrun "STEP:WHAT@RANK" fires on that rank only (the
+others learn of it through the agreed stop).
 
 RUNNER_FAULT_AT_SAVE="N:WHAT[,...]": at the N-th checkpoint write of this process (1-based)
 the process kills itself with SIGKILL, as `kill -9` would: `kill` right after the file was
@@ -20,7 +22,8 @@ _saves = 0
 def _planned(variable, count):
     for fault in filter(None, os.environ.get(variable, "").split(",")):
         at, what = fault.split(":")
-        if int(at) == count:
+        what, _, rank = what.partition("@")
+        if int(at) == count and (not rank or int(rank) == int(os.environ.get("RANK", 0))):
             yield what
 
 
@@ -29,7 +32,7 @@ def at_step(global_step):
     fired = None
     for what in _planned(STEP_VARIABLE, global_step):
         fired = what
-        if what in ("SIGINT", "SIGTERM", "SIGKILL"):
+        if what in ("SIGINT", "SIGTERM", "SIGKILL", "SIGUSR1", "SIGUSR2"):
             os.kill(os.getpid(), getattr(signal, what))  # handled before os.kill returns
         elif what == "error":
             raise RuntimeError(f"injected fault at step {global_step} ({STEP_VARIABLE})")

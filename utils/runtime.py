@@ -13,16 +13,23 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(cfg):
-    """torch.device for --device (auto = CUDA when present)."""
+    """torch.device for --device (auto = CUDA when present); under torchrun with N
+    processes, CUDA means this process's GPU, cuda:<LOCAL_RANK>."""
     import torch
 
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from utils import distributed
+
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device={cfg.device} but this machine has no usable CUDA GPU; use --device=auto or cpu")
     if cfg.device == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device=mps but MPS is not available here; use --device=auto or cpu")
-    return torch.device(cfg.device)
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
+        return torch.device("cuda", distributed.local_rank())
+    return device
 
 
 def checkpoint_dir_flag(cfg):
@@ -33,8 +40,17 @@ def checkpoint_dir_flag(cfg):
 
 
 def resume_command(cfg):
-    """The command that continues the run of `cfg`."""
-    return f"python main.py train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
+    """The command that continues the run of `cfg` (under torchrun: with torchrun)."""
+    import os
+
+    from utils import distributed
+
+    launcher = "python"
+    if distributed.world_size() > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
+        launcher = (f"torchrun --nproc_per_node={per_node}" if per_node == distributed.world_size()
+                    else "torchrun <the same torchrun options>")
+    return f"{launcher} main.py train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
 
 
 def name_run(cfg):
@@ -108,13 +124,16 @@ def start_run(cfg):
 
 
 def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
-    """DataLoader over `dataset` with our deterministic sampler and no global-RNG use."""
+    """DataLoader over this rank's part of `dataset` (all of it in a single process) with
+    our deterministic sampler and no global-RNG use; `start` counts images of the epoch's
+    global order already consumed."""
     import torch
 
     from data.sampling import EpochSampler
-    from utils import seeding
+    from utils import distributed, seeding
 
-    sampler = EpochSampler(len(dataset), cfg.seed, shuffle=shuffle, epoch=epoch, start=start)
+    sampler = EpochSampler(len(dataset), cfg.seed, shuffle=shuffle, epoch=epoch, start=start,
+                           rank=distributed.rank(), world=distributed.world_size(), batch_size=cfg.batch_size)
     pin = device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory
     return torch.utils.data.DataLoader(
         dataset,

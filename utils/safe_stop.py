@@ -7,6 +7,17 @@ stops at once; checkpoint writes are atomic, so even that leaves the previous la
 consistent state to emergency.pth (never over last.pth) and re-raises with its traceback.
 A non-finite loss stops the run and keeps the last good checkpoint untouched. Fault
 injection for tests lives in utils/faults.py.
+
+--requeue-signal=USR1 adds a signal that stops the same way (exit 128 + its number), for a
+cluster scheduler's warning before a time limit (SLURM's --signal).
+
+Under torchrun every stop is collective: a signal only marks this rank's stop as pending,
+and the engine's one all-reduce after each step (utils/distributed.agree_step) turns the
+pending stops of all ranks into one decision that every rank acts on at the same step; the
+snapshot then gathers every rank's RNG state and rank 0 writes the one last.pth. After an
+unexpected exception under torchrun no emergency.pth is written: the other ranks are gone or
+stuck in a collective, so no consistent state exists beyond last.pth; torchrun ends the
+job and --resume continues from last.pth.
 """
 import bdb
 import logging
@@ -14,7 +25,7 @@ import math
 import signal
 import sys
 
-from utils import debug, runtime
+from utils import debug, distributed, runtime
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -22,6 +33,8 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
+
+    agreed = True  # seen by every rank in the agreed means of the step
 
     def __init__(self, name, epoch, step, value):
         super().__init__(
@@ -34,6 +47,7 @@ class Stopped(UserError):
     """The run was stopped on request and can be resumed."""
 
     prefix = ""  # not an error: the user asked for it
+    agreed = True  # every rank stops alike; rank 0 alone says so
 
     def __init__(self, message, exit_code):
         super().__init__(message)
@@ -42,19 +56,22 @@ class Stopped(UserError):
 
 class SafeStop:
     """Context manager around the training loop and the one place that decides to stop:
-    a signal, `q` in the live debugger or a non-finite loss. The loop asks `requested`
-    after each step (a distributed run can agree on it across ranks there)."""
+    a signal, `q` in the live debugger or a non-finite loss. A signal sets `pending`; the
+    loop turns it into `requested` after each step (agreed by every rank under torchrun)
+    and stops when that is set."""
 
     def __init__(self, cfg, checkpoints, snapshot, close_outputs):
         self.cfg, self.checkpoints, self.snapshot, self.close_outputs = cfg, checkpoints, snapshot, close_outputs
-        self.requested = None  # why a stop was asked for: a signal number or "debugger quit"
+        self.pending = None  # a stop this process was asked for: a signal number or "requeue"
+        self.requested = None  # the stop decided: a signal number, "requeue" or "debugger quit"
         self._previous = {}
+        self._requeue = getattr(signal, f"SIG{cfg.requeue_signal}") if cfg.requeue_signal else None
 
     def _handle(self, signum, frame):
-        if self.requested is not None and signum == signal.SIGINT:
+        if (self.pending is not None or self.requested is not None) and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl+C: stop now (atomic writes keep files whole)
-        self.requested = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.pth "
+        self.pending = "requeue" if signum == self._requeue else signum
+        print(f"\n{distributed.rank_prefix()}{signal.Signals(signum).name}: finishing this step, then saving last.pth "
               f"(Ctrl+C again to stop at once)", file=sys.stderr, flush=True)
 
     def _latest(self):
@@ -76,29 +93,43 @@ class SafeStop:
                 raise NonFiniteLoss(name, epoch, step_in_epoch, scalars[name])
 
     def debug_check(self, scope, before_prompt=None):
-        """The live-debugger check; `q` at its prompt asks for a stop like a signal does."""
-        try:
-            debug.check(self.cfg, scope, before_prompt)
-        except bdb.BdbQuit:
+        """The live-debugger check (rank 0's, the others wait); `q` at its prompt asks for a
+        stop like a signal does."""
+        if not distributed.decide_debug(distributed.is_main() and debug.wanted(self.cfg)):
+            return
+        quit_ = None
+        if distributed.is_main():
+            try:
+                debug.prompt(self.cfg, scope, before_prompt)
+                quit_ = False
+            except bdb.BdbQuit:
+                quit_ = True
+        if distributed.wait_for_debugger(quit_):
             self.requested = "debugger quit"
 
     def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        signals = [signal.SIGINT, signal.SIGTERM] + ([self._requeue] if self._requeue else [])
+        for signum in signals:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, kind, error, traceback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if kind is None:
+            # The loop ended (all epochs, or an agreed stop): one more agreement takes in a
+            # signal that came after the last step, the same on every rank.
+            self.requested = distributed.agree_stop(self.requested or self.pending)
         if kind is None and self.requested is None:
             return False
         if kind is None:
             path = self.checkpoints.save_last(self.snapshot())
             self.close_outputs()
-            code = {signal.SIGTERM: 143}.get(self.requested, 130)
-            reason = self.requested if isinstance(self.requested, str) else signal.Signals(self.requested).name
+            signum = self._requeue if self.requested == "requeue" else self.requested
+            code = 130 if isinstance(signum, str) else 128 + int(signum)
+            reason = signum if isinstance(signum, str) else signal.Signals(signum).name
             raise Stopped(f"stopped ({reason}); saved {path}. Resume: {runtime.resume_command(self.cfg)}", code) from None
-        if issubclass(kind, KeyboardInterrupt) and self.requested is not None:
+        if issubclass(kind, KeyboardInterrupt) and (self.requested or self.pending) is not None:
             self.close_outputs()
             raise Stopped(f"interrupted again: stopped at once, and this stop wrote nothing; {self._latest()}", 130) from None
         if issubclass(kind, (KeyboardInterrupt, UserError)):
@@ -108,6 +139,9 @@ class SafeStop:
             return False
         if self.cfg.pdb_on_error:
             debug.post_mortem(error)
+        if distributed.active():
+            self.close_outputs()
+            return False
         try:
             path = self.checkpoints.save_emergency(self.snapshot())
             log.error("unexpected %s; state before it saved to %s (resume: python main.py train --resume=%s)",

@@ -9,6 +9,8 @@ import numpy as np
 
 # Stream ids keep independent uses of one user seed apart (split vs order vs augmentation).
 SPLIT, ORDER, AUGMENT, LOADER = 1, 2, 3, 4
+# 5: the gan's fixed noise (experiments/gan.py); RANK: per-rank streams under torchrun.
+RANK = 6
 
 
 def rng(*keys):

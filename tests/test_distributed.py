@@ -1,0 +1,229 @@
+"""Distributed data parallel on torchrun: 2 processes on gloo, CPU.
+
+Each torchrun launch costs seconds (two processes import torch on two cores), so one
+uninterrupted 2-process run is shared by the tests that compare against it.
+"""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, make_dogcat, run_cli, tiny_flags
+from data.sampling import EpochSampler
+from test_resume import assert_same_training_state
+from utils import distributed
+
+# 28 train images, 12 val, 9 test; global batch 2 x 4 = 8: steps of 8, 8, 8, 4 images.
+FLAGS = {"max-epoch": 2, "image-size": 16}
+STEPS_PER_EPOCH = 4
+
+
+def torchrun(*args, env=None, nproc=2):
+    """`torchrun --standalone --nproc_per_node=NPROC main.py ARGS` (CompletedProcess, text)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+         str(ROOT / "main.py"), *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def processes_mentioning(text):
+    """pids of live processes whose command line contains `text` (orphaned workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Tiny data and an uninterrupted 2-process run of 2 epochs."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    make_dogcat(tmp_path / "data", per_class=20, test_images=9)
+    result = torchrun("train", *tiny_flags(tmp_path / "data", tmp_path, env="reference", **FLAGS))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, result
+
+
+def flags(tmp_path, env, **extra):
+    return tiny_flags(tmp_path / "data", tmp_path, env=env, **{**FLAGS, **extra})
+
+
+def test_two_processes_train_end_to_end_with_one_set_of_run_files(reference):
+    tmp_path, result = reference
+    run_dir = tmp_path / "runs" / "reference"
+    assert sorted(p.name for p in tmp_path.joinpath("runs").iterdir()) == ["reference"]
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert [n for n in names if not n.startswith("events.")] == ["best.pth", "config.yaml", "images", "last.pth",
+                                                                 "status.json"]
+    assert len([n for n in names if n.startswith("events.")]) == 1  # one TensorBoard writer
+    assert len(list((run_dir / "images").iterdir())) == 1  # the input grid, once
+    assert "global batch 8 = 2 processes x --batch-size 4" in result.stderr
+    assert "distributed: 2 processes on 1 node (gloo on cpu)" in result.stderr
+    assert result.stdout.count("trained reference") == 1  # rank 0 reports; rank 1 only warns
+    assert "INFO [rank 1]" not in result.stderr
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    state = load(run_dir / "last.pth")
+    assert state["epoch"] == 2 and state["global_step"] == 2 * STEPS_PER_EPOCH
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])  # own dropout streams
+    assert not any(key.startswith("module.") for key in state["model"])  # unwrapped: loads in one process
+    from models import build_model
+    from configs import load_config
+
+    model = build_model(load_config({"model": "LeNet", "num_classes": 2, "image_size": 16}))
+    model.load_state_dict(load(run_dir / "best.pth")["model"])
+
+
+def test_sigterm_to_one_rank_stops_both_at_one_step_then_resume_is_bit_exact(reference):
+    """SIGTERM to rank 1 alone in step 6 (epoch 2, step 2): both ranks finish that step, one
+    last.pth, exit 143, no process left; resumed under 2 processes it ends where the
+    uninterrupted run ended, bit for bit."""
+    tmp_path, _ = reference
+    cut = torchrun("train", *flags(tmp_path, "cut"), env={"RUNNER_FAULT_AT_STEP": f"{STEPS_PER_EPOCH + 2}:SIGTERM@1"})
+    assert cut.returncode != 0
+    # torchrun lists the ranks that exited before it noticed the first: all with 143.
+    assert set(re.findall(r"exitcode\s*: (-?\d+)", cut.stderr)) == {"143"}, cut.stderr[-3000:]
+    assert "[rank 1] SIGTERM: finishing this step" in cut.stderr
+    assert cut.stderr.count("stopped (SIGTERM); saved") == 1
+    assert "Resume: torchrun --nproc_per_node=2 main.py train --env=cut" in cut.stderr
+    assert processes_mentioning(str(tmp_path / "runs")) == []
+    run_dir = tmp_path / "runs" / "cut"
+    assert sorted(p.name for p in run_dir.glob("*.pth")) == ["best.pth", "last.pth"]
+    assert not list(run_dir.glob("*.tmp*"))
+    stopped = load(run_dir / "last.pth")
+    assert (stopped["epoch"], stopped["step_in_epoch"], stopped["samples_in_epoch"]) == (1, 2, 16)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
+    shutil.copytree(run_dir, tmp_path / "runs" / "cut-one")  # for the resume under one process below
+
+    resumed = torchrun("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training_state(load(tmp_path / "runs" / "reference" / "last.pth"), load(run_dir / "last.pth"))
+    for rank in range(2):
+        assert torch.equal(load(tmp_path / "runs" / "reference" / "last.pth")["rng_ranks"][rank]["torch"],
+                           load(run_dir / "last.pth")["rng_ranks"][rank]["torch"])
+
+    # Another number of processes: supported, the epoch's image order continues, and it says so.
+    single = run_cli("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=cut-one", "--resume")
+    assert single.returncode == 0, single.stderr
+    assert ("resuming a run saved by 2 processes with 1 process: the global batch changes from 8 to 4 images; "
+            "the epoch's image order continues where it stopped (image 16)") in single.stderr
+    finished = load(tmp_path / "runs" / "cut-one" / "last.pth")
+    assert (finished["epoch"], finished["global_step"]) == (2, 6 + 3)  # 12 images left: 3 steps of 4
+
+
+def test_val_and_test_under_two_processes_equal_one_process(reference, forked_cli):
+    """The metrics the 2-process run computed on its shares equal a single process's `val`
+    of the same checkpoint; `test` under 2 processes writes the single process's csv."""
+    tmp_path, _ = reference
+    run = [f"--checkpoint-dir={tmp_path / 'runs'}", "--env=reference"]
+    best = load(tmp_path / "runs" / "reference" / "best.pth")
+    val = forked_cli("val", *run, "--num-workers=0")
+    assert val.returncode == 0, val.stderr
+    assert f"val: 12 images  accuracy {best['metrics']['val_accuracy']:.4f}  log loss {best['metrics']['val_logloss']:.4f}" \
+        in val.stdout
+
+    one = forked_cli("test", *run, f"--result-file={tmp_path / 'one.csv'}")
+    two = torchrun("test", *run, f"--result-file={tmp_path / 'two.csv'}")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote 9 rows") == 1
+    rows = [list(csv.reader(open(tmp_path / name))) for name in ("one.csv", "two.csv")]
+    assert [row[0] for row in rows[1]] == ["id"] + [str(i) for i in range(1, 10)]  # complete, sorted
+    for a, b in zip(rows[0][1:], rows[1][1:]):
+        assert a[0] == b[0] and float(a[1]) == pytest.approx(float(b[1]), abs=1e-6)
+
+
+def test_nan_on_one_rank_stops_every_rank_without_saving_it(reference):
+    tmp_path, _ = reference
+    result = torchrun("train", *flags(tmp_path, "nan"), env={"RUNNER_FAULT_AT_STEP": f"{STEPS_PER_EPOCH + 1}:nan@1"})
+    assert set(re.findall(r"exitcode\s*: (-?\d+)", result.stderr)) == {"1"}, result.stderr[-3000:]
+    assert result.stderr.count("loss is nan at epoch 2, step 1") == 1  # rank 0 says it for both
+    assert load(tmp_path / "runs" / "nan" / "last.pth")["epoch"] == 1  # the last good state, untouched
+    assert processes_mentioning(str(tmp_path / "runs" / "nan")) == []
+
+
+def test_gan_trains_under_two_processes(tmp_path):
+    result = torchrun("train", "--experiment=gan", f"--checkpoint-dir={tmp_path}", "--env=gan", "--max-epoch=1",
+                      "--batch-size=16", "--ngf=8", "--ndf=8", "--num-workers=0", "--progress=false", "--debug-file=",
+                      "--print-freq=100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load(tmp_path / "gan" / "last.pth")
+    assert state["global_step"] == 25  # 800 faces in global batches of 32
+    assert not any(key.startswith("module.") for key in state["netd"])
+    assert sorted(p.name for p in (tmp_path / "gan" / "images").iterdir()) == [
+        "generated_step0000000.png", "generated_step0000025.png"]
+
+
+# -- without torchrun ---------------------------------------------------------------------
+@pytest.mark.parametrize("size,batch,world,start", [(28, 4, 2, 0), (29, 4, 3, 5), (7, 2, 4, 0), (30, 3, 2, 12)])
+def test_ranks_split_each_global_batch_of_one_epoch_order(size, batch, world, start):
+    order = EpochSampler(size, 3, shuffle=True, epoch=2).order()
+    shares = [[index for _, index in EpochSampler(size, 3, True, 2, start, rank, world, batch)] for rank in range(world)]
+    steps = -(-len(shares[0]) // batch)
+    assert all(-(-len(share) // batch) == steps for share in shares)  # every rank runs the same steps
+    taken = [index for step in range(steps) for share in shares for index in share[step * batch:(step + 1) * batch]]
+    left_out = (size - start) % (batch * world)
+    kept = size - (left_out if left_out < world else 0)
+    assert taken == order[start:kept]  # the global order, each image once, fewer than `world` left out
+
+
+def test_resume_under_another_world_size_continues_the_same_global_order():
+    before = [EpochSampler(30, 1, True, 0, 0, rank, 3, 2) for rank in range(3)]
+    consumed = 2 * 3 * 2  # two steps of 3 ranks x 2 images
+    after = [index for _, index in EpochSampler(30, 1, True, 0, consumed, 0, 1, 2)]
+    assert after == EpochSampler(30, 1, True, 0).order()[consumed:]
+    assert sorted(index for sampler in before for _, index in list(sampler)[:4]) == \
+        sorted(EpochSampler(30, 1, True, 0).order()[:consumed])
+
+
+@pytest.mark.parametrize("size,world", [(12, 2), (9, 2), (5, 3), (2, 3)])
+def test_evaluation_shares_cover_the_split_once_without_padding(size, world):
+    shares = [[index for _, index in EpochSampler(size, 0, False, rank=rank, world=world, batch_size=4)]
+              for rank in range(world)]
+    assert [index for share in shares for index in share] == list(range(size))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_one_process_agrees_with_itself():
+    values, size, stop = distributed.agree_step({"loss": torch.tensor(0.25)}, 4, None)
+    assert (values, size, stop) == ({"loss": 0.25}, 4, None)
+    assert distributed.sum_values([1, 2.5]) == [1, 2.5]
+    assert distributed.gather_objects("x") == ["x"]
+
+
+def test_sync_bn_on_cpu_under_torchrun_is_refused_before_joining(tmp_path, forked_cli):
+    """A launch with --sync-bn on CPU fails in one line before it waits for any peer."""
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    result = forked_cli("train", f"--checkpoint-dir={tmp_path}", "--sync-bn", "--device=cpu", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("error: --sync-bn needs CUDA: SyncBatchNorm does not run on CPU; "
+                                                      "drop --sync-bn (each process then normalises its own batch)")
+    assert not any(tmp_path.iterdir())
+
+
+def test_requeue_signal_saves_and_exits_with_its_code_then_resumes(tmp_path, forked_cli):
+    make_dogcat(tmp_path / "data", per_class=6, test_images=2)
+    run = tiny_flags(tmp_path / "data", tmp_path, env="requeue", **{"max-epoch": 2, "requeue-signal": "USR1"})
+    stopped = forked_cli("train", *run, env={"RUNNER_FAULT_AT_STEP": "3:SIGUSR1"})
+    assert stopped.returncode == 138, stopped.stderr  # 128 + SIGUSR1, as 143 is 128 + SIGTERM
+    assert "stopped (SIGUSR1); saved" in stopped.stderr
+    assert load(tmp_path / "runs" / "requeue" / "last.pth")["step_in_epoch"] == 1  # 2 steps per epoch, stopped in step 3
+    resumed = forked_cli("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=requeue", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load(tmp_path / "runs" / "requeue" / "last.pth")["epoch"] == 2
