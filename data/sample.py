@@ -71,14 +71,22 @@ def generate(root=ROOT):
 
 
 def ensure(root=ROOT, make=None, what="the smoke-demo sample"):
-    """Generate a sample with `make` (default: this one) unless a complete one is there."""
-    stale = make is None and any((Path(root) / "train" / junk).exists() for junk in OLD_JUNK)
-    if stale or not (Path(root) / "COMPLETE").exists():
-        import logging
+    """Generate a sample with `make` (default: this one) unless a complete one is there.
+    Processes started together (torchrun) take turns on a lock file beside the sample:
+    the first generates it, the others find it complete."""
+    import fcntl
 
-        logging.getLogger(__name__).info("generating %s in %s", what, root)
-        (make or generate)(root)
-    return Path(root)
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stale = make is None and any((root / "train" / junk).exists() for junk in OLD_JUNK)
+        if stale or not (root / "COMPLETE").exists():
+            import logging
+
+            logging.getLogger(__name__).info("generating %s in %s", what, root)
+            (make or generate)(root)
+    return root
 
 
 if __name__ == "__main__":

@@ -227,3 +227,20 @@ def test_requeue_signal_saves_and_exits_with_its_code_then_resumes(tmp_path, for
     resumed = forked_cli("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=requeue", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert load(tmp_path / "runs" / "requeue" / "last.pth")["epoch"] == 2
+
+
+def test_processes_started_together_generate_the_demo_sample_once(tmp_path):
+    """torchrun starts every process on the default data at once: they take turns on a lock,
+    and the sample they use is the one a single process generates, complete."""
+    script = (f"import logging, sys; sys.path.insert(0, {str(ROOT)!r}); logging.basicConfig(level=logging.INFO); "
+              f"from data import sample; sample.ensure(sys.argv[1])")
+    together = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "both")], stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    logs = [process.communicate(timeout=120)[1] for process in together]
+    assert [process.returncode for process in together] == [0, 0]
+    assert sum(log.count("generating the smoke-demo sample") for log in logs) == 1, logs
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "one")], check=True, timeout=120)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) == 2 * 150 + 60 + 1
+    for name in files:
+        assert (tmp_path / "both" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
