@@ -86,6 +86,8 @@ def setup(cfg):
         raise UsageError(f"--device={cfg.device}: under torchrun each process takes cuda:<LOCAL_RANK>; "
                          f"use --device=auto or cuda (and CUDA_VISIBLE_DEVICES to pick the GPUs)")
     device = runtime.pick_device(cfg)
+    if device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--device={cfg.device}: distributed training runs on CUDA (nccl) or CPU (gloo); use --device=auto or cpu")
     if cfg.sync_bn and device.type != "cuda":
         raise UsageError("--sync-bn needs CUDA: SyncBatchNorm does not run on CPU; drop --sync-bn "
                          "(each process then normalises its own batch)")
@@ -95,8 +97,6 @@ def setup(cfg):
                             f"start at most that many processes per node (--nproc_per_node)")
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type not in ("cuda", "cpu"):
-        raise UsageError(f"--device={cfg.device}: distributed training runs on CUDA (nccl) or CPU (gloo); use --device=auto or cpu")
     dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     _objects_group = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
     _human_group = dist.new_group(backend="gloo", timeout=HUMAN_WAIT)
@@ -207,11 +207,10 @@ def agree_step(values, size, pending):
 
     names = list(values)
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    parts = [torch.as_tensor(values[name], dtype=torch.float64, device=device).reshape(()) * size for name in names]
-    flags = [float(pending == reason) for reason in STOP_REASONS]
-    vector = torch.stack(parts + [torch.tensor(float(size), dtype=torch.float64, device=device)]) if parts \
-        else torch.tensor([float(size)], dtype=torch.float64, device=device)
-    vector = torch.cat([vector, torch.tensor(flags, dtype=torch.float64, device=device)])
+    # [value x size for each name..., size, one count per stop reason]: sums over ranks.
+    sums = [torch.as_tensor(values[name], dtype=torch.float64, device=device).reshape(1) * size for name in names]
+    counts = [float(size)] + [float(pending == reason) for reason in STOP_REASONS]
+    vector = torch.cat(sums + [torch.tensor(counts, dtype=torch.float64, device=device)])
     dist.all_reduce(vector)
     totals = vector.tolist()
     total_size = int(totals[len(names)])
