@@ -47,11 +47,11 @@ class Stopped(UserError):
     """The run was stopped on request and can be resumed."""
 
     prefix = ""  # not an error: the user asked for it
-    agreed = True  # every rank stops alike; rank 0 alone says so
 
-    def __init__(self, message, exit_code):
+    def __init__(self, message, exit_code, agreed=True):
         super().__init__(message)
         self.exit_code = exit_code
+        self.agreed = agreed  # every rank stops alike (rank 0 alone says so), or this rank alone
 
 
 class SafeStop:
@@ -131,7 +131,8 @@ class SafeStop:
             raise Stopped(f"stopped ({reason}); saved {path}. Resume: {runtime.resume_command(self.cfg)}", code) from None
         if issubclass(kind, KeyboardInterrupt) and (self.requested or self.pending) is not None:
             self.close_outputs()
-            raise Stopped(f"interrupted again: stopped at once, and this stop wrote nothing; {self._latest()}", 130) from None
+            raise Stopped(f"interrupted again: stopped at once, and this stop wrote nothing; {self._latest()}", 130,
+                          agreed=False) from None
         if issubclass(kind, (KeyboardInterrupt, UserError)):
             # A user's mistake (a non-finite loss, an unreadable image, a full disk): the
             # checkpoints on disk are the last good state; an emergency save adds nothing.
