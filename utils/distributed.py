@@ -72,6 +72,11 @@ def is_main():
     return rank() == 0
 
 
+def per_node():
+    """Processes on this machine (torchrun's --nproc_per_node)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+
+
 def setup(cfg):
     """Join the process group when torchrun launched more than one process (idempotent)."""
     global _objects_group, _human_group
@@ -87,7 +92,8 @@ def setup(cfg):
                          f"use --device=auto or cuda (and CUDA_VISIBLE_DEVICES to pick the GPUs)")
     device = runtime.pick_device(cfg)
     if device.type not in ("cuda", "cpu"):
-        raise UsageError(f"--device={cfg.device}: distributed training runs on CUDA (nccl) or CPU (gloo); use --device=auto or cpu")
+        raise UsageError(f"--device={cfg.device}: distributed training runs on CUDA (nccl) or CPU (gloo); "
+                         f"use --device=auto or cpu")
     if cfg.sync_bn and device.type != "cuda":
         raise UsageError("--sync-bn needs CUDA: SyncBatchNorm does not run on CPU; drop --sync-bn "
                          "(each process then normalises its own batch)")
@@ -108,7 +114,7 @@ def setup(cfg):
         for handler in root.handlers:
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [rank {rank()}] %(message)s", "%H:%M:%S"))
             handler.addFilter(lambda record: record.levelno >= logging.ERROR or not record.name.startswith("data"))
-    nodes = world_size() // int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+    nodes = world_size() // per_node()
     log.info("distributed: %d processes on %d node%s (%s on %s)", world_size(), nodes, "s" if nodes > 1 else "", backend,
              device.type)
 

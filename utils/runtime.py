@@ -41,15 +41,12 @@ def checkpoint_dir_flag(cfg):
 
 def resume_command(cfg):
     """The command that continues the run of `cfg` (under torchrun: with torchrun)."""
-    import os
-
     from utils import distributed
 
-    launcher = "python"
+    launcher, per_node = "python", distributed.per_node()
     if distributed.world_size() > 1:
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
-        launcher = (f"torchrun --nproc_per_node={per_node}" if per_node == distributed.world_size()
-                    else "torchrun <the same torchrun options>")
+        one_node = per_node == distributed.world_size()
+        launcher = f"torchrun --nproc_per_node={per_node}" if one_node else "torchrun <the same torchrun options>"
     return f"{launcher} main.py train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
 
 
