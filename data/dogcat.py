@@ -14,10 +14,9 @@ import re
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from data import sample, transforms
-from data.readable import load_rgb, split_readable
+from data.readable import load_rgb, split_readable  # noqa: F401 - dogcat.load_rgb, as before
 from data.sampling import augmentation_rng
 from data.sampling import split_part
 from data.sampling import stratified_split as split  # noqa: F401 - data.dogcat.split, as before
@@ -101,10 +100,12 @@ def test_listing(folder, skip_bad_images=False, workers=2):
 
 
 class DogCat(torch.utils.data.Dataset):
-    """Items: (image tensor, label) for train/val, (image tensor, id) for test; any image
-    files (data/imagefolder.py uses it too)."""
+    """Items: (uint8 image tensor, label) for train/val, (uint8 image tensor, id) for test;
+    any image files (data/imagefolder.py uses it too). Batches are normalised on the device
+    with `mean` and `std` (utils/precision.py)."""
 
     classes = list(CLASSES)
+    mean, std = transforms.MEAN, transforms.STD
 
     def __init__(self, items, image_size, augment, seed, skipped=()):
         self.items, self.image_size, self.augment, self.seed = items, image_size, augment, seed
@@ -117,12 +118,9 @@ class DogCat(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index = key[1] if isinstance(key, tuple) else key
         path, target = self.items[index]
-        image = load_rgb(path)
         if self.augment:
-            tensor = transforms.train_transform(image, self.image_size, augmentation_rng(self.seed, key))
-        else:
-            tensor = transforms.eval_transform(image, self.image_size)
-        return tensor, target
+            return transforms.train_image(path, self.image_size, augmentation_rng(self.seed, key)), target
+        return transforms.eval_image(path, self.image_size), target
 
     def denormalize(self, batch):
         """Images back in [0, 1] for display."""

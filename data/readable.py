@@ -8,6 +8,7 @@ the main process, so the list (and with it the split, the data order, resume and
 (Pillow's draft mode), which still reads every byte, so a truncated file is caught at a
 fraction of the cost of a full decode.
 """
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,11 +22,20 @@ LIST_NAME = "skipped_images.txt"
 
 def load_rgb(path):
     """Open any image (grayscale, RGBA, CMYK, palette) as RGB; one-line UserError if it cannot be read."""
+    with open_image(path) as image:
+        return image.convert("RGB")
+
+
+@contextlib.contextmanager
+def open_image(path):
+    """The opened (not yet decoded) image at `path`. Pillow decodes lazily, so whatever the
+    body does with the pixels is covered too: a file that cannot be read is a one-line
+    UserError naming it."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            yield image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UserError(f"cannot read image {str(path)!r}: {_reason(path, error)}; {SKIP_HINT}") from None
 

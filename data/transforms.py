@@ -2,24 +2,33 @@
 
 Train: random resized crop (scale 0.08-1, aspect 3/4-4/3, the Inception/torchvision recipe)
 and horizontal flip. Eval: resize the short side to size/0.875 and centre-crop `size`
-(the standard 256 -> 224 ratio). Both end in ImageNet normalisation.
+(the standard 256 -> 224 ratio).
+
+Both give uint8 (3, size, size) tensors: the crop's box is resized straight from the stored
+image in one antialiased (bilinear) pass, and a JPEG whose box spans at least twice the
+output is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's draft mode), which
+skips most of the decoding. Batches of them are channels_last from the start (`collate`). Normalisation (float, minus mean, over std) happens once per
+batch on the run's device (utils/precision.py): workers hand over 4x fewer bytes and do no
+float work. benchmarks/pipeline.py measures this against the book's PIL pipeline.
 """
 import math
 
+import numpy as np
 import torch
-from torchvision.transforms import functional as F
+import torch.nn.functional as F
 
-MEAN = (0.485, 0.456, 0.406)
+from data.readable import open_image
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet's, which the book's Normalize uses
 STD = (0.229, 0.224, 0.225)
-
-
-def to_tensor(image):
-    return F.normalize(F.to_tensor(image), MEAN, STD)
+EVAL_RATIO = 0.875  # eval: the centre crop is 87.5 % of the short side (224 of 256)
 
 
 def denormalize(batch, mean=MEAN, std=STD):
-    """Undo a normalisation by per-channel `mean` and `std` (default: `to_tensor`'s):
-    images back in [0, 1] for display."""
+    """Images back in [0, 1] for display: a uint8 batch divided by 255, a float batch
+    un-normalised by per-channel `mean` and `std` (default: ImageNet's)."""
+    if batch.dtype == torch.uint8:
+        return batch.float() / 255
     mean = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
     std = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
     return (batch * std + mean).clamp(0, 1)
@@ -47,14 +56,60 @@ def crop_box(width, height, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_transform(image, size, rng):
-    top, left, h, w = crop_box(*image.size, rng)
-    image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
-    if rng.random() < 0.5:
-        image = F.hflip(image)
-    return to_tensor(image)
+def train_image(path, size, rng):
+    """uint8 (3, size, size): a random resized crop of the image at `path`, mirrored half
+    the time; all randomness from `rng`."""
+    with open_image(path) as image:
+        top, left, h, w = crop_box(*image.size, rng)
+        crop = resized_box(image, (left, top, left + w, top + h), size)
+    return crop.flip(-1) if rng.random() < 0.5 else crop
 
 
-def eval_transform(image, size):
-    image = F.resize(image, int(round(size / 0.875)), antialias=True)
-    return to_tensor(F.center_crop(image, [size, size]))
+def eval_image(path, size):
+    """uint8 (3, size, size): the image at `path` resized to a short side of size / 0.875,
+    centre-cropped to `size` (one resize of the centre box)."""
+    with open_image(path) as image:
+        width, height = image.size
+        side = size * min(width, height) / round(size / EVAL_RATIO)  # the crop's side in stored pixels
+        left, top = (width - side) / 2, (height - side) / 2
+        return resized_box(image, (left, top, left + side, top + side), size)
+
+
+def resized_box(image, box, size):
+    """`box` (left, top, right, bottom in the stored image's pixels) of an opened, not yet
+    decoded PIL image, resized to a uint8 (3, size, size) RGB tensor whose storage is
+    (size, size, 3), as the pixels come (see `collate`).
+
+    A JPEG is decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) at which the box still
+    spans `size` pixels each way, so the downscale that follows loses nothing it would have
+    kept. The box is resized with torch's antialiased bilinear kernel for uint8 pixels in
+    that layout: the same filter as Pillow's BILINEAR (within 3 levels of 255), in a third
+    of Pillow's time (benchmarks/pipeline.py)."""
+    width, height = image.size
+    shortest = min(box[2] - box[0], box[3] - box[1])
+    scale = 1
+    while scale < 8 and shortest >= 2 * scale * size:
+        scale *= 2
+    if scale > 1:
+        image.draft("RGB", (width // scale, height // scale))  # a no-op for other formats
+    x_scale, y_scale = image.width / width, image.height / height
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    pixels = torch.from_numpy(np.array(image))  # (H, W, 3)
+    left, top = min(round(box[0] * x_scale), image.width - 1), min(round(box[1] * y_scale), image.height - 1)
+    right, bottom = max(left + 1, round(box[2] * x_scale)), max(top + 1, round(box[3] * y_scale))
+    crop = pixels[top:bottom, left:right].permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def collate(items):
+    """The DataLoader's default_collate, except that uint8 images whose storage is
+    (H, W, C) (as `resized_box` makes them) are stacked as (N, H, W, C) and handed on as an
+    (N, C, H, W) view: a channels_last batch without a transposing copy."""
+    from torch.utils.data import default_collate
+
+    first = items[0]
+    if isinstance(first, (tuple, list)) and torch.is_tensor(first[0]) and first[0].dtype == torch.uint8 and first[0].dim() == 3:
+        images = torch.stack([item[0].permute(1, 2, 0) for item in items]).permute(0, 3, 1, 2)
+        return [images, *default_collate([tuple(item[1:]) for item in items])]
+    return default_collate(items)

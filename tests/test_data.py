@@ -110,3 +110,57 @@ def test_bundled_sample_is_deterministic_kaggle_layout(tmp_path):
                           test_data_root=str(tmp_path / "a" / "test"), skip_bad_images=False, num_workers=0)
     assert len(dogcat.dogcat(cfg, "train")) == 210 and len(dogcat.dogcat(cfg, "val")) == 90
     assert len(dogcat.dogcat(cfg, "test")) == sample.TEST_IMAGES
+
+
+def photo(path, width, height, seed=0):
+    """A smooth, photo-like JPEG (colour gradients): decoders agree on it closely."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    coarse.save(path, quality=95)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_jpeg_decoded_at_a_smaller_dct_scale_shows_the_same_crop(tmp_path, augment):
+    from torchvision.transforms import functional as F
+
+    from data import transforms
+    from data.sampling import augmentation_rng
+
+    photo(tmp_path / "cat.0.jpg", 1600, 1200)
+    size = 64  # every box of this image spans >= 2 x 64 pixels: decoded at 1/2 to 1/8 scale
+    with Image.open(tmp_path / "cat.0.jpg") as image:
+        full = image.convert("RGB")
+    if augment:
+        rng = augmentation_rng(3, (0, 0))
+        top, left, h, w = transforms.crop_box(*full.size, rng)
+        reference = full.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            reference = reference.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        fast = transforms.train_image(tmp_path / "cat.0.jpg", size, augmentation_rng(3, (0, 0)))
+    else:  # the centre crop of the image resized to a short side of size / 0.875 = 73: 1052 of 1200 px
+        side = 1200 * size / 73
+        left, top = (1600 - side) / 2, (1200 - side) / 2
+        reference = full.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+        fast = transforms.eval_image(tmp_path / "cat.0.jpg", size)
+    assert fast.dtype == torch.uint8 and fast.shape == (3, size, size)
+    difference = (fast.float() - F.pil_to_tensor(reference).float()).abs()
+    assert difference.mean() < 2.0, difference.mean()  # of 255: a box off by the scale would differ by tens
+
+
+def test_uint8_batches_are_normalised_on_the_device_as_the_book_normalises_images(tmp_path):
+    from torchvision.transforms import functional as F
+
+    from data import transforms
+    from utils.precision import Precision
+
+    photo(tmp_path / "cat.0.jpg", 300, 200)
+    data = dogcat.DogCat([(tmp_path / "cat.0.jpg", 0)], image_size=32, augment=False, seed=0)
+    image, _ = data[0]
+    cfg = SimpleNamespace(amp=False, channels_last=True)
+    batch = Precision(cfg, torch.device("cpu"), data).to_device(image[None])
+    book = F.normalize(F.to_tensor(F.to_pil_image(image)), transforms.MEAN, transforms.STD)
+    assert batch.dtype == torch.float32 and batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(batch[0], book, atol=1e-5)
+    assert torch.allclose(data.denormalize(batch), image.float() / 255, atol=1e-5)
+    with pytest.raises(ValueError, match="names no mean and std"):
+        Precision(cfg, torch.device("cpu")).to_device(image[None])

@@ -127,6 +127,7 @@ def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
     import torch
 
     from data.sampling import EpochSampler
+    from data.transforms import collate
     from utils import distributed, seeding
 
     sampler = EpochSampler(len(dataset), cfg.seed, shuffle=shuffle, epoch=epoch, start=start,
@@ -139,6 +140,7 @@ def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
         num_workers=cfg.num_workers,
         pin_memory=pin,
         drop_last=False,  # keep the last partial batch: every val/test image counts
+        collate_fn=collate,  # uint8 images as channels_last batches (data/transforms.py)
         # Our own generator: DataLoader draws its base seed from it instead of the global RNG,
         # so creating a loader never shifts dropout or init randomness.
         generator=torch.Generator().manual_seed(seeding.derive_seed(cfg.seed, seeding.LOADER)),
