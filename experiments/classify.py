@@ -31,7 +31,7 @@ from utils import checkpoint, distributed, runtime, tables
 from utils.engine import Experiment, load_for_inference
 from utils.errors import UsageError, UserError, plural
 from utils.lr_policy import LrPolicy
-from utils.precision import Precision
+from utils.precision import Precision, for_inference
 from utils.registry import DATASETS, EXPERIMENTS, METERS
 from utils.submission import write_csv, write_submission
 
@@ -74,8 +74,9 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
     own share of the split (runtime.make_loader) and the sums and counts are added over
     ranks: every rank returns the metrics of the whole split, each image counted once, and
     `predicted` gets the whole split's classes in order."""
-    model = checkpoint.unwrap(model).eval()  # no DDP collective per batch: ranks' shares differ in size
-    precision = Precision(cfg, device)
+    precision = Precision(cfg, device, getattr(loader, "dataset", None))
+    # Unwrapped: no DDP collective per batch, as ranks' shares differ in size.
+    model = for_inference(checkpoint.unwrap(model), precision.memory_format)
     loss_meter, confusion, logloss = METERS.build("loss"), METERS.build("confusion", cfg.num_classes), METERS.build("logloss")
     top5, mine = 0, []
     for images, labels in loader:
@@ -191,7 +192,7 @@ class Classify(Experiment):
         cfg, device, state, path = load_for_inference(self.cfg)
         model = build_model(cfg)
         checkpoint.load_weights(model, checkpoint.model_state(state), source=str(path))
-        return model.to(device).eval(), cfg, device, state.get("info") or {}
+        return for_inference(model.to(device), Precision(cfg, device).memory_format), cfg, device, state.get("info") or {}
 
     def val(self):
         """Print accuracy, log loss, per-class accuracy and the confusion matrix of a
@@ -216,7 +217,7 @@ class Classify(Experiment):
         if cfg.num_classes != 2:
             raise UserError(f"test writes P(class 1) for a 2-class model; this one has {cfg.num_classes} classes")
         dataset = load_data(cfg, "test")
-        ids, dog_probabilities, precision = [], [], Precision(cfg, device)
+        ids, dog_probabilities, precision = [], [], Precision(cfg, device, dataset)
         for images, batch_ids in runtime.make_loader(dataset, cfg, device, shuffle=False):
             dog_probabilities += predict(model, images, precision, cfg.tta)[:, 1].exp().tolist()
             ids += batch_ids.tolist()
@@ -254,7 +255,7 @@ class Classify(Experiment):
         # Image files (imagefolder): a batch's second part indexes dataset.paths. A data set
         # without paths names its items by that second part itself (an id).
         paths = getattr(dataset, "paths", None)
-        rows, precision = [], Precision(cfg, device)
+        rows, precision = [], Precision(cfg, device, dataset)
         for images, keys in loader:
             best = predict(model, images, precision, cfg.tta).exp().max(1)
             rows += [(str(paths[key]) if paths is not None else key, names[label], f"{probability:.6f}")

@@ -220,7 +220,7 @@ def train(cfg):
     distributed.on_main(lambda: runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir"))
     seeding.seed_everything(cfg.seed)  # the same initial weights on every rank
     outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main())
-    ctx = Context(cfg, device, Precision(cfg, device), TrainState(), outputs)
+    ctx = Context(cfg, device, Precision(cfg, device, train_set), TrainState(), outputs)
     objects = experiment.build(ctx)
     clashes = ENGINE_KEYS.intersection(objects)
     if clashes:
