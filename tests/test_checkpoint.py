@@ -98,3 +98,38 @@ def test_csv_is_atomic_sorted_and_clipped(tmp_path):
             handle.write("id,label\n1,")
             raise RuntimeError("interrupted")
     assert path.read_text().startswith("id,label\n1,0.990000")
+
+
+def test_an_epoch_end_written_in_the_background_holds_the_state_of_that_moment(tmp_path, monkeypatch):
+    import threading
+
+    manager = checkpoint.CheckpointManager(tmp_path)
+    weights = torch.zeros(4)
+    started, release, writers = threading.Event(), threading.Event(), []
+    real_save = checkpoint.save_checkpoint
+
+    def slow_save(state, path):  # the write waits until training has moved the live tensors on
+        writers.append(threading.current_thread().name)
+        started.set()
+        release.wait(10)
+        return real_save(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
+    manager.save_epoch_end({"model": {"w": weights}, "epoch": 1}, 1, improved=True, weights=lambda: {"model": {"w": weights}})
+    assert started.wait(10)
+    weights += 5  # the next epoch trains on
+    assert not (tmp_path / "last.pth").exists()
+    release.set()
+    manager.wait()
+    assert writers == ["checkpoint-writer", "checkpoint-writer"]  # best.pth, then last.pth, off the main thread
+    for name in ("best.pth", "last.pth"):
+        assert torch.equal(torch.load(tmp_path / name, weights_only=True)["model"]["w"], torch.zeros(4))
+
+
+def test_a_background_write_that_failed_is_raised_by_the_next_save(tmp_path):
+    manager = checkpoint.CheckpointManager(tmp_path / "run")
+    (tmp_path / "run").write_text("a file where the run folder should be")
+    manager.save_epoch_end({"epoch": 1}, 1, improved=False)  # returns at once; the thread fails
+    with pytest.raises(UserError, match=r"cannot write .*last.pth"):
+        manager.wait()  # what the next save, a stop or the end of the run calls first
+    manager.wait()  # reported once

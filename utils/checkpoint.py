@@ -11,6 +11,7 @@ A reader refuses files from a newer format instead of misreading them.
 """
 import logging
 import pickle
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -73,6 +74,18 @@ class CheckpointManager:
 
     def __init__(self, run_dir, keep_epochs=0, writes=True):
         self.run_dir, self.keep_epochs, self.writes = Path(run_dir), keep_epochs, writes
+        self._writer = None  # the thread writing the last epoch end's files, if any
+        self._error = None  # what stopped it
+
+    def wait(self):
+        """Return once the epoch end's files are on disk; raise the error that stopped their
+        write (a full disk, say) if one did. Every other save, and the end of a run, calls it."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def remove_leftovers(self):
         """Delete temp files of writes that a kill interrupted (a run starts or resumes)."""
@@ -83,15 +96,37 @@ class CheckpointManager:
             log.info("removed %d unfinished checkpoint temp file(s) (%.1f MB) left by a killed run in %s",
                      count, size / 1e6, self.run_dir)
 
-    def save_epoch_end(self, state, epoch, improved, weights=None):
+    def save_epoch_end(self, state, epoch, improved, weights=None, background=True):
         """The checkpoints of a finished epoch. best.pth is written *before* last.pth: a kill
         between the two leaves last.pth one epoch behind, and resuming redoes that epoch
         deterministically; the other order could leave a stale best.pth behind a newer last.pth.
-        best.pth holds `weights()` when given (weights, config, metrics: for inference only)."""
+        best.pth holds `weights()` when given (weights, config, metrics: for inference only).
+
+        With `background`, the files are written by a thread while the next epoch trains:
+        the tensors are copied first (the live ones keep changing), which costs a memory
+        copy instead of a write and an fsync of the whole state (benchmarks/checkpoint_cost.py).
+        The thread is not a daemon: the process does not end before the files are whole."""
         if not self.writes:
             return
-        if improved:
-            save_checkpoint(weights() if weights is not None else state, self.run_dir / BEST)
+        self.wait()
+        best = (weights() if weights is not None else state) if improved else None
+        if not background:
+            self._write_epoch_end(state, best, epoch)
+            return
+        state, best = detached_copy(state), detached_copy(best)
+        self._writer = threading.Thread(target=self._write_in_background, args=(state, best, epoch),
+                                        name="checkpoint-writer")
+        self._writer.start()
+
+    def _write_in_background(self, state, best, epoch):
+        try:
+            self._write_epoch_end(state, best, epoch)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread by wait()
+            self._error = error
+
+    def _write_epoch_end(self, state, best, epoch):
+        if best is not None:
+            save_checkpoint(best, self.run_dir / BEST)
         save_checkpoint(state, self.run_dir / LAST)
         if self.keep_epochs > 0:
             save_checkpoint(state, self.run_dir / f"epoch_{epoch}.pth")
@@ -101,13 +136,29 @@ class CheckpointManager:
 
     def save_last(self, state):
         if self.writes:
+            self.wait()  # an epoch end's last.pth still being written must not land after this one
             save_checkpoint(state, self.run_dir / LAST)
         return self.run_dir / LAST
 
     def save_emergency(self, state):
         if self.writes:
+            self.wait()
             save_checkpoint(state, self.run_dir / EMERGENCY)
         return self.run_dir / EMERGENCY
+
+
+def detached_copy(value):
+    """`value` (dicts, lists, tuples of tensors and plain data) with every tensor copied to
+    the CPU, so the copy no longer changes with the training that goes on."""
+    import torch
+
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: detached_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(detached_copy(item) for item in value)
+    return value
 
 
 def find_for_inference(run_dir):

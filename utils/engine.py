@@ -242,6 +242,8 @@ def train(cfg):
     try:
         _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored)
     except BaseException as error:
+        with contextlib.suppress(Exception):  # the error that stopped the run matters more than a write's
+            outputs.checkpoints.wait()
         outputs.close()
         if created and not any(run_dir.glob("*.pth")):
             # A new run that ended before writing any checkpoint holds nothing to resume or
@@ -300,6 +302,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
                                                                                experiment.checkpoint_info()))
             outputs.write_status(ctx.state, "running")
+    outputs.checkpoints.wait()  # "finished" means every file is whole on disk
     outputs.close()
     outputs.write_status(ctx.state, "finished")
 
