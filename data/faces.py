@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import torch
-from torchvision.transforms import functional as F
 
 from data import face_sample
 from data.dogcat import check_folder
@@ -43,6 +42,10 @@ def _is_image(path):
 
 def to_gan_tensor(image, size):
     """Resize the short side to `size`, centre-crop `size` x `size`, scale to [-1, 1]."""
+    # Imported here: torchvision's import pulls in torch._dynamo (about 1.5 s), which no
+    # other command (classify's train / val / test included) needs at all.
+    from torchvision.transforms import functional as F
+
     image = F.center_crop(F.resize(image, size, antialias=True), [size, size])
     return F.normalize(F.to_tensor(image), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 

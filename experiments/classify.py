@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from data import readable
 from data.dogcat import TEST_NAME as TEST_ID
 from data.transforms import denormalize
-from models import build_model, check_takes
+from models import build_for_weights, build_model, check_takes
 from utils import checkpoint, distributed, runtime, tables
 from utils.engine import Experiment, load_for_inference
 from utils.errors import UsageError, UserError, plural
@@ -172,8 +172,9 @@ class Classify(Experiment):
         return {"loss": loss.detach(), "accuracy": accuracy}
 
     def evaluate(self, objects, ctx):
-        loader = runtime.make_loader(self.val_set, self.cfg, ctx.device, shuffle=False)
-        metrics = evaluate(objects["model"], loader, self.cfg, ctx.device)
+        if getattr(self, "val_loader", None) is None:  # one for the run: its workers persist
+            self.val_loader = runtime.make_loader(self.val_set, self.cfg, ctx.device, shuffle=False)
+        metrics = evaluate(objects["model"], self.val_loader, self.cfg, ctx.device)
         confusion = metrics.pop("confusion")
         ctx.outputs.table("val/confusion", ["truth \\ predicted"] + self.classes,
                           [[name] + row for name, row in zip(self.classes, confusion)], ctx.state.global_step)
@@ -190,7 +191,7 @@ class Classify(Experiment):
         """(model in eval mode, cfg adopted from the checkpoint, device, the checkpoint's
         info) for val and test."""
         cfg, device, state, path = load_for_inference(self.cfg)
-        model = build_model(cfg)
+        model = build_for_weights(cfg, device)
         checkpoint.load_weights(model, checkpoint.model_state(state), source=str(path))
         return for_inference(model.to(device), Precision(cfg, device).memory_format), cfg, device, state.get("info") or {}
 

@@ -61,3 +61,20 @@ def build_model(cfg):
         raise UsageError(f"{flag('model')}={cfg.model} cannot take {channels} x {size} x {size} images ({reason}); "
                          f"use a larger --image-size or another --model") from None
     return model.train(was_training)
+
+
+def build_for_weights(cfg, device):
+    """build_model's model, on `device`, for weights that are loaded into it next (val, test,
+    generate). It is built on the meta device, so no time goes into a random initialisation
+    the checkpoint overwrites (0.3 s for ResNet34), then given uninitialised memory; a model
+    with non-persistent buffers, which no checkpoint holds, is built as usual."""
+    import dataclasses
+
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(cfg, pretrained=""))
+    saved = set(model.state_dict())
+    if any(name not in saved for name, _ in model.named_buffers()):
+        return build_model(cfg).to(device)
+    return model.to_empty(device=device)
