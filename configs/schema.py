@@ -120,7 +120,9 @@ class Config:
     requeue_signal: Optional[str] = option(None, "distributed", "also save last.pth and exit (128 + its number) on this signal, e.g. USR1 from SLURM's --signal, so a requeued job resumes; SIGTERM always does", role="execution", choices=("USR1", "USR2"))
 
     # -- performance ------------------------------------------------------------------------
-    amp: bool = option(False, "performance", "mixed precision on CUDA (ignored on CPU)")
+    amp: bool = option(False, "performance", "mixed precision: bfloat16 autocast where the device has it (Ampere+ GPUs, CPUs with AVX512-BF16 / AMX), else float16 + loss scaling on CUDA; a CPU without bfloat16 keeps float32")
+    amp_dtype: str = option("auto", "performance", "what --amp autocasts to: auto (see --amp) | bfloat16 | float16 (CUDA only)", choices=("auto", "bfloat16", "float16"))
+    compile: bool = option(False, "performance", "torch.compile the models (first steps slower while it compiles; falls back to eager with a warning when it cannot); resume is not bit-exact across --compile", role="execution")
     channels_last: bool = option(True, "performance", "NHWC memory format for image batches and conv weights: faster convolutions on CPU (oneDNN) and on tensor-core GPUs; false = the classic NCHW")
     pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA", role="execution")
 

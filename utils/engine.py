@@ -42,7 +42,7 @@ from utils import checkpoint, distributed, faults, resume, runs, runtime, seedin
 from utils.errors import UsageError, UserError, plural
 from utils.io import atomic_open
 from utils.lr_policy import LrPolicy
-from utils.precision import Precision
+from utils.precision import Precision, compiled
 from utils.registry import EXPERIMENTS, METERS
 from utils.safe_stop import SafeStop, Stopped
 from utils.visualize import Visualizer, save_grid
@@ -234,6 +234,8 @@ def train(cfg):
     for name, obj in objects.items():
         if isinstance(obj, torch.nn.Module):
             objects[name] = distributed.wrap(obj, device, type(experiment).broadcast_buffers, cfg.sync_bn)
+            if cfg.compile and any(p.requires_grad for p in obj.parameters()):
+                objects[name] = compiled(objects[name])
     if distributed.world_size() > 1 and not restored:
         # Dropout masks, a GAN's noise: each rank draws its own, from (seed, rank).
         seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank()))
@@ -282,9 +284,12 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
 
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
     with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
+        # One loader for the run: its workers stay up between epochs (persistent_workers), and
+        # each epoch only tells the sampler, which runs in this process, which order to give.
+        loader = runtime.make_loader(train_set, cfg, ctx.device, shuffle=True, epoch=ctx.state.epoch,
+                                     start=ctx.state.samples_in_epoch)
         for epoch in range(ctx.state.epoch, cfg.max_epoch):
-            loader = runtime.make_loader(train_set, cfg, ctx.device, shuffle=True, epoch=epoch,
-                                         start=ctx.state.samples_in_epoch)
+            loader.sampler.set_epoch(epoch, start=ctx.state.samples_in_epoch)
             means, images_per_second = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
             if stopper.requested:
                 break  # SafeStop saves last.pth (mid-epoch) on the way out
@@ -410,8 +415,10 @@ def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metr
     parts = [f"train {' '.join(f'{k} {v:.4f}' for k, v in means.items())}"]
     if metrics:
         parts.append(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    memory = runtime.resident_megabytes()
+    outputs.plot("memory/resident_mb", memory, step)
     parts += [" ".join(f"{name} {lr:.2e}" for name, lr in lrs.items()),
-              f"{images_per_second:.0f} img/s"]
+              f"{images_per_second:.0f} img/s", f"rss {memory:.0f} MB"]
     log.info("epoch %d: %s%s", epoch + 1, " | ".join(p for p in parts if p), " | best" if improved else "")
 
 

@@ -1,14 +1,59 @@
-"""Precision and memory format, decided once per run and handed to the experiment's step.
+"""Precision, memory format and compilation, decided once per run and handed to the
+experiment's step.
 
-On CUDA with --amp: float16 autocast and a GradScaler (about 2x on tensor-core GPUs); on
-CPU both are off whatever the flag says (CPU float16 autocast is slower, not faster).
---channels-last moves 4-D image batches to NHWC, which recent GPUs' convolutions prefer.
+--amp: autocast in bfloat16 where the device computes it natively (CUDA GPUs of compute
+capability 8.0 and up, CPUs with AVX512-BF16 or AMX), else in float16 with a GradScaler on
+CUDA; a CPU without native bfloat16 (emulated, slower than float32) keeps float32 and says
+so. --amp-dtype forces one. --channels-last (default on) keeps 4-D image batches and conv
+weights NHWC, which oneDNN on CPUs and tensor cores on GPUs prefer. --compile runs the
+modules through torch.compile, and without it when it cannot compile them.
 """
 import logging
 
 import torch
 
+from utils.errors import UsageError
+
 log = logging.getLogger(__name__)
+_told = set()  # warnings already logged by this process (Precision is built per command part)
+
+
+def tell_once(message):
+    if message not in _told:
+        _told.add(message)
+        log.warning("%s", message)
+
+
+def native_bfloat16(device):
+    """Whether `device` computes bfloat16 natively (autocast to it is then a speed-up)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def autocast_dtype(cfg, device):
+    """The dtype --amp autocasts to on `device` (see the module docstring), or None: float32."""
+    if not cfg.amp:
+        return None
+    wanted = getattr(cfg, "amp_dtype", "auto")
+    if device.type not in ("cuda", "cpu"):
+        tell_once(f"--amp: no mixed precision on {device.type}; training in float32")
+        return None
+    if wanted == "float16" and device.type == "cpu":
+        tell_once("--amp-dtype=float16 on a CPU is slower than float32 (no float16 arithmetic); training in float32")
+        return None
+    if wanted == "bfloat16" and device.type == "cuda" and not native_bfloat16(device):
+        raise UsageError("--amp-dtype=bfloat16 but this GPU has no bfloat16 arithmetic (compute capability 8.0+); "
+                         "use --amp-dtype=float16 or auto")
+    if wanted == "auto" and not native_bfloat16(device):
+        if device.type == "cuda":
+            return torch.float16
+        tell_once("--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where autocast is slower than "
+                  "float32; training in float32 (--amp-dtype=bfloat16 forces it)")
+        return None
+    return torch.float16 if wanted == "float16" else torch.bfloat16
 
 
 class Precision:
@@ -16,9 +61,11 @@ class Precision:
 
     def __init__(self, cfg, device, data=None):
         self.device = device
-        self.amp = cfg.amp and device.type == "cuda"
+        self.dtype = autocast_dtype(cfg, device)
+        self.amp = self.dtype is not None
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        # float16's narrow range needs the loss scaled; bfloat16 has float32's exponent.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         # A data set of uint8 images (data/transforms.py) names its per-channel mean and std;
         # (x / 255 - mean) / std = (x - 255 mean) * 1 / (255 std), one pass over the batch.
         mean, std = getattr(data, "mean", None), getattr(data, "std", None)
@@ -28,8 +75,8 @@ class Precision:
             self.factor = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
 
     def autocast(self):
-        """The forward-pass context: float16 autocast under --amp on CUDA, else a no-op."""
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        """The forward-pass context: autocast to `dtype` under --amp, else a no-op."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.amp)
 
     def backward_and_step(self, loss, optimizer):
         """Backward through the (scaled) loss and step `optimizer`; call `scaler.update()`
@@ -80,3 +127,26 @@ def for_inference(model, memory_format=torch.contiguous_format):
         log.debug("evaluating %s unfolded: torch.fx cannot trace it (%s)", type(model).__name__, error)
         return model
     return folded.to(memory_format=memory_format)
+
+
+def compiled(module):
+    """`module` under torch.compile (--compile), falling back to the module itself, with one
+    warning, when its first call fails to compile (no C++ compiler, an unsupported op).
+    checkpoint.unwrap finds the module inside, so checkpoints keep plain state dicts."""
+    optimised = torch.compile(module)
+    compiled_forward = optimised.forward
+
+    def forward(*args, **kwargs):
+        try:
+            result = compiled_forward(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any compile failure; the eager module still works
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            tell_once(f"--compile: torch.compile could not compile {type(module).__name__} ({type(error).__name__}: "
+                      f"{first_line[:200]}); running it uncompiled")
+            optimised.forward = module.__call__
+            return module(*args, **kwargs)
+        optimised.forward = compiled_forward  # compiled once: later calls skip this check
+        return result
+
+    optimised.forward = forward
+    return optimised

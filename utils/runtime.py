@@ -2,6 +2,9 @@
 directory, log and save the resolved config, build data loaders."""
 import dataclasses
 import logging
+import os
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -144,7 +147,10 @@ def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
         # Our own generator: DataLoader draws its base seed from it instead of the global RNG,
         # so creating a loader never shifts dropout or init randomness.
         generator=torch.Generator().manual_seed(seeding.derive_seed(cfg.seed, seeding.LOADER)),
-        persistent_workers=False,
+        # Workers that live as long as the loader: a run keeps one train loader (and the
+        # classify experiment one val loader) for all its epochs, so no epoch waits for
+        # worker processes to start and fill the first batches.
+        persistent_workers=cfg.num_workers > 0,
         worker_init_fn=_ignore_sigint,
     )
 
@@ -155,3 +161,14 @@ def _ignore_sigint(worker_id):
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def resident_megabytes():
+    """This process's resident memory (RSS) in MB now (its peak where /proc is missing):
+    logged each epoch, so a leak shows as a climb (benchmarks/memory.py)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+        return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
