@@ -111,5 +111,7 @@ def collate(items):
     first = items[0]
     if isinstance(first, (tuple, list)) and torch.is_tensor(first[0]) and first[0].dtype == torch.uint8 and first[0].dim() == 3:
         images = torch.stack([item[0].permute(1, 2, 0) for item in items]).permute(0, 3, 1, 2)
+        if len(first) == 2 and isinstance(first[1], int):  # (image, label or id): the common case, directly
+            return [images, torch.tensor([item[1] for item in items])]
         return [images, *default_collate([tuple(item[1:]) for item in items])]
     return default_collate(items)

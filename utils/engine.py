@@ -368,8 +368,9 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
             state.window.setdefault(name, []).append(value)
         images_done += size
         images_per_second = images_done / (time.perf_counter() - started)
-        bar.update(size)
-        bar.set_postfix({name: f"{meter.average():.4f}" for name, meter in state.meters.items()}, refresh=False)
+        if not bar.disable:  # formatting the means costs a little every step; only a shown bar needs them
+            bar.update(size)
+            bar.set_postfix({name: f"{meter.average():.4f}" for name, meter in state.meters.items()}, refresh=False)
         if state.global_step % cfg.print_freq == 0:
             for name, window in state.window.items():
                 if window:

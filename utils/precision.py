@@ -69,7 +69,7 @@ class Precision:
         # A data set of uint8 images (data/transforms.py) names its per-channel mean and std;
         # (x / 255 - mean) / std = (x - 255 mean) * 1 / (255 std), one pass over the batch.
         mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-        self.offset = self.factor = None
+        self.offset = self.factor = self._row_patterns = None
         if mean is not None and std is not None:
             self.offset = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
             self.factor = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
@@ -92,9 +92,11 @@ class Precision:
         # vectorise, so the (N, H, W, C) storage is taken as rows of W x C values and each
         # row gets the (mean, std) pattern repeated W times: 3.5x faster on a CPU.
         count, channels, height, width = images.shape
+        if self._row_patterns is None or self._row_patterns[0].numel() != width * channels:
+            self._row_patterns = (self.offset.view(channels).repeat(width), self.factor.view(channels).repeat(width))
+        offset, factor = self._row_patterns
         rows = images.permute(0, 2, 3, 1).reshape(count * height, width * channels)
-        rows = rows.float().sub_(self.offset.view(channels).repeat(width)).mul_(self.factor.view(channels).repeat(width))
-        return rows.view(count, height, width, channels).permute(0, 3, 1, 2)
+        return rows.float().sub_(offset).mul_(factor).view(count, height, width, channels).permute(0, 3, 1, 2)
 
     def to_device(self, batch):
         """A batch (tensor, or tuple/list of them) on the run's device; 4-D tensors (images)
