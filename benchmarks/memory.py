@@ -73,7 +73,7 @@ def main():
             _, seconds = run([*common, f"--env=again{attempt}", "--resume"], fault=f"{stop + 1}:SIGTERM")
             resumed = min(resumed, seconds)
         print(f"restart: start + 1 step + save: fresh {fresh:.2f} s, resumed at step {stop - steps} of epoch 2 "
-              f"({stop - steps} x {args.batch_size} images skipped) {resumed:.2f} s: +{resumed - fresh:.2f} s")
+              f"({stop - steps} x {args.batch_size} images skipped) {resumed:.2f} s: {resumed - fresh:+.2f} s")
 
 
 if __name__ == "__main__":
