@@ -1,7 +1,7 @@
 """The training loop's overhead: the runner's loop against the bare ceiling, side by side.
 
     .venv/bin/python benchmarks/train_throughput.py [--models SqueezeNet,ResNet34,LeNet]
-        [--device cpu] [--threads 2] [--rounds 3] [--seconds 8] [--workers 0]
+        [--device cpu] [--threads 2] [--rounds 7] [--seconds 4] [--workers 0]
 
 For each model, with the same batch, image size, threads, memory format and initial
 weights, in one process:
@@ -12,10 +12,12 @@ weights, in one process:
           (with its accuracy), the per-step agreement, meters, the --print-freq curve and
           debug-file check; everything the loop does except decoding JPEGs
           (benchmarks/pipeline.py measures that)
-The two alternate for --rounds rounds of about --seconds each; the best round of each is
-compared: runner img/s / bare img/s (goal >= 0.97).
+The two alternate for --rounds rounds of about --seconds (at least 3 steps) each; the
+ratio runner img/s / bare img/s of each pair of rounds is taken, and their median printed
+(goal >= 0.97).
 """
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -70,7 +72,7 @@ def runner_round(cfg, device, experiment, outputs, data, seconds, epoch):
     if cfg.model not in runner_round.objects:
         runner_round.objects[cfg.model] = experiment.build(ctx)
     objects = runner_round.objects[cfg.model]
-    steps = max(2, int(seconds * runner_round.speed.get(cfg.model, 1.0) / cfg.batch_size))
+    steps = max(3, int(seconds * runner_round.speed.get(cfg.model, 1.0) / cfg.batch_size))
     data.length = min(len(data.images), steps * cfg.batch_size)  # this round's epoch
     with SafeStop(cfg, outputs.checkpoints, lambda: None, lambda: None) as stopper:
         loader = engine.runtime.make_loader(data, cfg, device, shuffle=True, epoch=epoch)
@@ -83,7 +85,7 @@ runner_round.objects, runner_round.speed = {}, {}
 
 def bare_round(cfg, device, model, optimizer, batches, seconds):
     images_done, started = 0, time.perf_counter()
-    steps = max(2, int(seconds * runner_round.speed.get(cfg.model, 1.0) / cfg.batch_size))
+    steps = max(3, int(seconds * runner_round.speed.get(cfg.model, 1.0) / cfg.batch_size))
     for index in range(steps):
         images, labels = batches[index % len(batches)]
         loss = torch.nn.functional.cross_entropy(model(images), labels)
@@ -109,11 +111,11 @@ def measure(name, args, run_dir):
     bare_round(cfg, device, bare["model"], bare["optimizer"], batches, 0)
     runner_round(cfg, device, experiment, outputs, data, 0, epoch=0)
     runner_round.speed[name] = bare_round(cfg, device, bare["model"], bare["optimizer"], batches, 0)
-    best = {"bare": 0.0, "runner": 0.0}
+    speeds = {"bare": [], "runner": []}
     for round_ in range(args.rounds):
-        best["bare"] = max(best["bare"], bare_round(cfg, device, bare["model"], bare["optimizer"], batches, args.seconds))
-        best["runner"] = max(best["runner"], runner_round(cfg, device, experiment, outputs, data, args.seconds, round_ + 1))
-    return size, batch, best
+        speeds["bare"].append(bare_round(cfg, device, bare["model"], bare["optimizer"], batches, args.seconds))
+        speeds["runner"].append(runner_round(cfg, device, experiment, outputs, data, args.seconds, round_ + 1))
+    return size, batch, speeds
 
 
 def main():
@@ -121,8 +123,8 @@ def main():
     parser.add_argument("--models", default="SqueezeNet,ResNet34,LeNet")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,12 +132,17 @@ def main():
 
     logging.basicConfig(level=logging.WARNING)
     print(f"device {args.device}, {args.threads} threads, channels_last, {args.workers} loader workers, "
-          f"best of {args.rounds} rounds of ~{args.seconds:.0f} s")
+          f"{args.rounds} rounds of ~{args.seconds:.0f} s (at least 3 steps) each", flush=True)
     with tempfile.TemporaryDirectory() as run_dir:
         for name in args.models.split(","):
-            size, batch, best = measure(name, args, Path(run_dir))
-            print(f"  {name:11s} {size:3d} px, batch {batch:2d}: bare {best['bare']:8.1f} img/s, runner "
-                  f"{best['runner']:8.1f} img/s, runner / bare = {best['runner'] / best['bare']:.3f}", flush=True)
+            size, batch, speeds = measure(name, args, Path(run_dir))
+            # Each round's runner / bare pair ran back to back: their ratio cancels the drift
+            # of a shared machine's speed, which moves both alike.
+            ratios = sorted(runner / bare for runner, bare in zip(speeds["runner"], speeds["bare"]))
+            print(f"  {name:11s} {size:3d} px, batch {batch:2d}: bare {statistics.median(speeds['bare']):8.1f} img/s, "
+                  f"runner {statistics.median(speeds['runner']):8.1f} img/s (medians); runner / bare = "
+                  f"{statistics.median(ratios):.3f} (median of {len(ratios)} paired rounds; range "
+                  f"{ratios[0]:.3f}-{ratios[-1]:.3f})", flush=True)
 
 
 if __name__ == "__main__":
