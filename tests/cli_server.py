@@ -4,13 +4,17 @@ cwd, environment, stdin from /dev/null, stdout and stderr to files, the exit cod
 or 1 with a traceback for an uncaught exception). Each child starts from the same pristine
 state, since the server itself never runs a command.
 
-Protocol: one JSON object per line on stdin {"args", "cwd", "env", "out", "err"}; the
-answer is one line on stdout with the exit code. Used by tests/test_bad_inputs.py, whose
-catalogue would otherwise spend most of its time importing torch.
+Protocol: one JSON object per line on stdin {"args", "cwd", "env", "out", "err", "timeout"};
+the answer is one line on stdout {"code", "timed_out"}. A child still running after
+`timeout` seconds is killed (SIGKILL) and reported as timed out. conftest.run_cli sends every
+command here unless a test needs a process of its own (a umask set before exec, stdin text),
+since importing torch takes 3-5 s of each command on 2 cores.
 """
 import json
 import os
+import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -54,6 +58,20 @@ def child(request):
         os._exit(code if isinstance(code, int) else 1)
 
 
+def wait(pid, timeout):
+    """(exit code, timed out?) of child `pid`, killed once `timeout` seconds have passed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status), True
+        time.sleep(0.02)
+
+
 def serve():
     for line in sys.stdin:
         request = json.loads(line)
@@ -62,9 +80,8 @@ def serve():
         pid = os.fork()
         if pid == 0:
             child(request)
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        sys.stdout.write(json.dumps({"code": code}) + "\n")
+        code, timed_out = wait(pid, request.get("timeout"))
+        sys.stdout.write(json.dumps({"code": code, "timed_out": timed_out}) + "\n")
         sys.stdout.flush()
 
 

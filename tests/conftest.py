@@ -11,14 +11,43 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args, cwd=ROOT, timeout=300, env=None, input=None, **popen):
-    """Run `python main.py ARGS` in a subprocess; returns CompletedProcess (text). `popen`
-    goes to subprocess.run (e.g. preexec_fn)."""
+    """Run `python main.py ARGS`; returns CompletedProcess (text). It runs as a fork of one
+    process that imported torch already (ForkedCli), which behaves as a fresh `python
+    main.py` would, unless the test needs a process of its own: `input` text on stdin, or
+    `popen` arguments for subprocess.run (e.g. preexec_fn)."""
+    if input is None and not popen:
+        return _shared_cli()(*args, cwd=cwd, env=env, timeout=timeout)
+    return run_process(*args, cwd=cwd, timeout=timeout, env=env, input=input, **popen)
+
+
+def run_process(*args, cwd=ROOT, timeout=300, env=None, input=None, **popen):
+    """`python main.py ARGS` in a new interpreter (subprocess.run); returns CompletedProcess."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *map(str, args)],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, input=input,
         stdin=None if input is not None else subprocess.DEVNULL, **popen,
     )
+
+
+def typed(program="main", cwd=ROOT):
+    """How the runner, started with this interpreter in `cwd`, prints a command that runs
+    `program` ("main" for `python main.py`, or "tensorboard", ...): utils.runtime.program,
+    so that it works as printed whether the venv is activated or not."""
+    from utils import runtime
+
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runtime.main_command() if program == "main" else runtime.program(program)
+    finally:
+        os.chdir(before)
+
+
+def next_lines(stdout):
+    """The commands train prints after its `next:` line, one per line."""
+    lines = stdout.strip().splitlines()
+    return [line.strip() for line in lines[lines.index("next:") + 1:]]
 
 
 def make_image(kind, rng, size=24):
@@ -75,31 +104,46 @@ class ForkedCli:
         self.server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cli_server.py")], cwd=ROOT,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def __call__(self, *args, cwd=ROOT, env=None):
+    def __call__(self, *args, cwd=ROOT, env=None, timeout=300):
         import json
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
             out, err = Path(folder) / "out", Path(folder) / "err"
             request = {"args": list(map(str, args)), "cwd": str(cwd), "out": str(out), "err": str(err),
-                       "env": dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))}
+                       "env": dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), "timeout": timeout}
             self.server.stdin.write(json.dumps(request) + "\n")
             self.server.stdin.flush()
             answer = self.server.stdout.readline()
             if not answer:
                 raise RuntimeError("tests/cli_server.py died; run it by hand to see why")
-            return subprocess.CompletedProcess(args, json.loads(answer)["code"], out.read_text(), err.read_text())
+            answer = json.loads(answer)
+            if answer["timed_out"]:
+                raise subprocess.TimeoutExpired(["main.py", *map(str, args)], timeout, out.read_text(), err.read_text())
+            return subprocess.CompletedProcess(args, answer["code"], out.read_text(), err.read_text())
 
     def close(self):
         self.server.stdin.close()
         self.server.wait(timeout=60)
 
 
+_SERVER = []  # the one ForkedCli of this pytest process, started on first use
+
+
+def _shared_cli():
+    if not _SERVER:
+        _SERVER.append(ForkedCli())
+    return _SERVER[0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _SERVER:
+        _SERVER.pop().close()
+
+
 @pytest.fixture(scope="session")
 def forked_cli():
-    cli = ForkedCli()
-    yield cli
-    cli.close()
+    return _shared_cli()
 
 
 # -- the classic data sets in their real on-disk formats, tiny ------------------------------
