@@ -20,7 +20,7 @@ from pathlib import Path
 from data.dogcat import DEFAULT_SIZE, DogCat
 from data.readable import split_readable
 from data.sampling import split_part
-from utils.errors import UserError, plural
+from utils.errors import UsageError, UserError, plural
 from utils.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def imagefolder(cfg, split_name):
 
 def _test_set(cfg, size):
     if not cfg.test_data_root:
-        raise UserError("--dataset=imagefolder: give --test-data-root=<a folder of images (any names, nested) or one image>")
+        raise UsageError("--dataset=imagefolder: give --test-data-root=<a folder of images (any names, nested) or one image>")
     root = Path(cfg.test_data_root)
     if root.is_file():
         paths = [root]
@@ -109,4 +109,5 @@ def _test_set(cfg, size):
         items, bad = split_readable(items, cfg.num_workers)
     dataset = DogCat(items, size, augment=False, seed=cfg.seed, skipped=bad)
     dataset.paths, dataset.image_size = paths, size  # a batch's targets index into paths
+    dataset.classes = None  # any images: the class names come from the checkpoint (or the train folder)
     return dataset

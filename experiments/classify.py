@@ -108,6 +108,19 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
     return {**metrics, "confusion": counts.tolist()}
 
 
+def balanced_sample(targets, count):
+    """Up to `count` indices taking each class in turn (the first image of every class, then
+    the second, ...), so a grid of a split sorted by class shows every class, not only cats."""
+    by_class = {}
+    for index, target in enumerate(targets):
+        by_class.setdefault(target, []).append(index)
+    queues = [by_class[target] for target in sorted(by_class)]
+    chosen = []
+    for rank in range(max(map(len, queues), default=0)):
+        chosen += [queue[rank] for queue in queues if rank < len(queue)]
+    return chosen[:count]
+
+
 def class_names(dataset, cfg, info=None):
     """The names of the classes: the checkpoint's, else the data set's, else 0..K-1."""
     names = (info or {}).get("classes") or getattr(dataset, "classes", None)
@@ -183,24 +196,28 @@ class Classify(Experiment):
     def images(self, objects, ctx):
         if ctx.state.global_step:
             return {}  # the input grid, once, at the start of a run
-        count = min(16, len(self.val_set))
         denormalize_batch = getattr(self.val_set, "denormalize", denormalize)
-        return {"inputs": denormalize_batch(torch.stack([self.val_set[index][0] for index in range(count)]))}
+        chosen = balanced_sample(getattr(self.val_set, "targets", range(len(self.val_set))), 16)
+        return {"inputs": denormalize_batch(torch.stack([self.val_set[index][0] for index in chosen]))}
 
-    def load_model(self):
-        """(model in eval mode, cfg adopted from the checkpoint, device, the checkpoint's
-        info) for val and test."""
+    def load_model(self, split):
+        """(model in eval mode, cfg adopted from the checkpoint, device, the checkpoint's info,
+        the dataset of `split`) for val and test. The data is checked before the model is
+        built; a bare weights file (the book's model.save()) gets the options a run resolves
+        from its data (--num-classes, --image-size) from the data here too."""
         cfg, device, state, path = load_for_inference(self.cfg)
+        check_tta(cfg)
+        dataset = load_data(cfg, split)
+        cfg, classes = resolve_from_data(cfg, dataset, path)
         model = build_for_weights(cfg, device)
         checkpoint.load_weights(model, checkpoint.model_state(state), source=str(path))
-        return for_inference(model.to(device), Precision(cfg, device).memory_format), cfg, device, state.get("info") or {}
+        model = for_inference(model.to(device), Precision(cfg, device).memory_format)
+        return model, cfg, device, state.get("info") or {"classes": classes}, dataset
 
     def val(self):
         """Print accuracy, log loss, per-class accuracy and the confusion matrix of a
         checkpoint on the val split."""
-        model, cfg, device, info = self.load_model()
-        check_tta(cfg)
-        dataset = load_data(cfg, "val")
+        model, cfg, device, info, dataset = self.load_model("val")
         if distributed.is_main():
             readable.report(dataset.skipped if hasattr(dataset, "skipped") else [])
         metrics = evaluate(model, runtime.make_loader(dataset, cfg, device, shuffle=False), cfg, device, tta=cfg.tta)
@@ -210,14 +227,13 @@ class Classify(Experiment):
     @torch.inference_mode()
     def test(self):
         """Predict the test split and write its csv (see the module docstring for the format)."""
+        self.cfg = dataclasses.replace(self.cfg, result_file=runtime.output_file(self.cfg, "result_file", "result.csv"))
         runtime.check_output_file(self.cfg.result_file, "--result-file")
-        model, cfg, device, info = self.load_model()
-        check_tta(cfg)
+        model, cfg, device, info, dataset = self.load_model("test")
         if cfg.dataset != "dogcat":
-            return self.test_classes(model, cfg, device, info)
+            return self.test_classes(model, cfg, device, info, dataset)
         if cfg.num_classes != 2:
             raise UserError(f"test writes P(class 1) for a 2-class model; this one has {cfg.num_classes} classes")
-        dataset = load_data(cfg, "test")
         ids, dog_probabilities, precision = [], [], Precision(cfg, device, dataset)
         for images, batch_ids in runtime.make_loader(dataset, cfg, device, shuffle=False):
             dog_probabilities += predict(model, images, precision, cfg.tta)[:, 1].exp().tolist()
@@ -237,10 +253,9 @@ class Classify(Experiment):
         rows = write_submission(cfg.result_file, ids, dog_probabilities, clip=cfg.clip)
         print(f"wrote {plural(rows, 'row')} to {cfg.result_file}")
 
-    def test_classes(self, model, cfg, device, info):
+    def test_classes(self, model, cfg, device, info, dataset):
         """K-class test: a labelled split (cifar10, mnist) -> id,label + accuracy and the
         per-class table; image files (imagefolder) -> path,label,probability."""
-        dataset = load_data(cfg, "test")
         names = class_names(dataset, cfg, info)
         loader = runtime.make_loader(dataset, cfg, device, shuffle=False)
         if hasattr(dataset, "positions"):  # a labelled split in a torchvision format
@@ -267,6 +282,26 @@ class Classify(Experiment):
         readable.report(getattr(dataset, "skipped", []))
         write_csv(cfg.result_file, ["path" if paths is not None else "id", "label", "probability"], rows)
         print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
+
+
+def resolve_from_data(cfg, dataset, source):
+    """(cfg, class names or None): cfg with --num-classes and --image-size resolved from the
+    data where the checkpoint does not say them, as a bare weights file does not. The
+    classes come from the labelled split (the train folder's for image files), as in train;
+    the size is the data set's own default. When the data cannot tell the classes, one line
+    says what to give."""
+    if cfg.image_size is None:
+        cfg = dataclasses.replace(cfg, image_size=getattr(dataset, "image_size", None) or 224)
+    if cfg.num_classes is not None:
+        return cfg, None
+    try:
+        labelled = dataset if getattr(dataset, "targets", None) and not hasattr(dataset, "paths") else load_data(cfg, "val")
+        classes = getattr(labelled, "classes", None) or infer_classes(labelled, None, None, cfg.dataset)
+    except UserError as error:
+        raise UserError(f"{source} holds weights only, not the number of classes they were trained for, and "
+                        f"--train-data-root cannot tell it ({error}); give --num-classes=K, or a run's best.pth / last.pth") from None
+    log.info("%s holds weights only: %d classes and %d px images, from the data", source, len(classes), cfg.image_size)
+    return dataclasses.replace(cfg, num_classes=len(classes)), list(classes)
 
 
 def check_tta(cfg):

@@ -97,6 +97,7 @@ def test_a_new_run_never_overwrites_an_existing_one(trained):
     result = run_cli("train", *tiny_flags(data_root, run_tmp))
     assert result.returncode == 2
     assert "already holds a run; continue it with --env=tiny --resume" in result.stderr
+    assert "train split" not in result.stderr and "model LeNet" not in result.stderr  # refused before any heavy work
     assert (run_tmp / "runs" / "tiny" / "last.pth").read_bytes() == before
 
 
@@ -105,3 +106,62 @@ def test_checkpoint_from_another_model_is_explained(trained, tmp_path):
     result = run_cli("val", f"--load-model-path={run_tmp / 'runs' / 'tiny' / 'best.pth'}", "--model=AlexNet")
     assert result.returncode == 2
     assert "--model=AlexNet differs from the checkpoint's 'LeNet'; drop the flag" in result.stderr
+
+
+def test_a_bare_weights_file_gets_the_data_info_from_the_data_or_one_line(trained, tmp_path):
+    """A weights-only file (the book's model.save()) has no saved config: val/test resolve
+    --num-classes and --image-size from the data, as train does; what the data cannot tell,
+    or weights of another architecture, is one line and exit 1."""
+    run_tmp, data_root, _, _ = trained
+    bare = tmp_path / "lenet.pth"
+    torch.save(torch.load(run_tmp / "runs" / "tiny" / "best.pth", weights_only=True)["model"], bare)
+    data = [f"--train-data-root={data_root / 'train'}", "--num-workers=0"]
+    mine = run_cli("val", f"--load-model-path={bare}", "--model=LeNet", "--image-size=16", *data)
+    theirs = run_cli("val", f"--checkpoint-dir={run_tmp / 'runs'}", "--env=tiny", "--num-workers=0")
+    assert mine.returncode == 0 and theirs.returncode == 0, mine.stderr + theirs.stderr
+    assert f"{bare} holds weights only: 2 classes and 16 px images, from the data" in mine.stderr
+    assert mine.stdout == theirs.stdout
+
+    wrong = run_cli("val", f"--load-model-path={bare}", "--model=ResNet34", *data)
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr
+    assert re.match(rf"error: {re.escape(str(bare))} does not fit model ResNet34: missing .*"
+                    r"Was it trained with another --model or --num-classes\?$", wrong.stderr.strip().splitlines()[-1])
+
+    # Read as an image folder, a folder of cat.<n>.jpg files has no class folders to count.
+    as_folder = ["test", f"--load-model-path={bare}", "--model=LeNet", "--dataset=imagefolder", "--image-size=16", *data,
+                 f"--test-data-root={data_root / 'test'}", f"--result-file={tmp_path / 'r.csv'}"]
+    unknown = run_cli(*as_folder)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr, unknown.stderr
+    line = unknown.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {bare} holds weights only, not the number of classes they were trained for, and "
+                           f"--train-data-root cannot tell it (no class folders in ")
+    assert line.endswith("give --num-classes=K, or a run's best.pth / last.pth")
+    assert not (tmp_path / "r.csv").exists()
+    given = run_cli(*as_folder, "--num-classes=2")
+    assert given.returncode == 0, given.stderr
+    rows = list(csv.reader(open(tmp_path / "r.csv", newline="")))
+    assert len(rows) == 8 and {row[1] for row in rows[1:]} <= {"0", "1"}
+
+
+def test_the_input_grid_shows_every_class_though_the_split_is_sorted_by_class():
+    from types import SimpleNamespace
+
+    from experiments.classify import Classify, balanced_sample
+
+    class Sorted(torch.utils.data.Dataset):  # 30 cats, then 30 dogs, as the Kaggle file list sorts
+        targets = [0] * 30 + [1] * 30
+
+        def __len__(self):
+            return 60
+
+        def __getitem__(self, index):
+            return torch.full((3, 4, 4), float(self.targets[index])), self.targets[index]
+
+        def denormalize(self, batch):
+            return batch
+
+    experiment = Classify.__new__(Classify)
+    experiment.val_set = Sorted()
+    grid = experiment.images({}, SimpleNamespace(state=SimpleNamespace(global_step=0)))["inputs"]
+    assert grid.shape == (16, 3, 4, 4) and grid[:, 0, 0, 0].tolist() == [0.0, 1.0] * 8
+    assert balanced_sample([2, 2, 0, 1, 1, 1], 5) == [2, 3, 0, 4, 1]  # classes in order, each in turn

@@ -4,6 +4,7 @@ val with class names, test's csv as a grader reads it. Tiny data in the real for
 import csv
 import pickle
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -140,6 +141,30 @@ def test_a_missing_set_says_which_files_go_where_and_download_fetches_them(tmp_p
     assert len(Cifar10(cfg(tmp_path, download=True), "train")) == 30
 
 
+def test_a_failed_download_says_why_names_every_file_and_adds_nothing(tmp_path, monkeypatch):
+    from data.mnist import Mnist
+
+    def offline(cls, root):
+        # what torchvision's MNIST does offline: folders and a partial file first, then a
+        # message whose reason is on its last lines
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+        (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"partial")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/mnist/, got:\n"
+                           "<urlopen error [Errno -2] Name or service not known>\n")
+
+    monkeypatch.setattr(Mnist, "download", classmethod(offline))
+    (tmp_path / "mine.txt").write_text("the user's")
+    with pytest.raises(UserError) as raised:
+        Mnist(cfg(tmp_path, download=True), "train")
+    assert str(raised.value) == (
+        f"could not download MNIST into {tmp_path} (Error downloading train-images-idx3-ubyte.gz: Tried "
+        f"https://mirror/mnist/, got: <urlopen error [Errno -2] Name or service not known>); offline? fetch the four "
+        f"*-ubyte.gz files, 11 MB, from a torchvision MNIST mirror on a machine with internet so that "
+        f"{tmp_path}/MNIST/raw/ holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        f"t10k-labels-idx1-ubyte; each plain or .gz, both load")
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["mine.txt"]  # the attempt's folders and file are gone
+
+
 def test_imagefolder_follows_torchvision_rules_but_skips_hidden_entries(tmp_path):
     from data.imagefolder import imagefolder
 
@@ -262,6 +287,30 @@ def test_test_writes_the_csv_a_grader_reads(trained):
     assert "accuracy per class:" in result.stdout and "confusion (rows = truth" in result.stdout
 
 
+def test_a_bare_weights_file_takes_classes_size_and_channels_from_the_data(trained):
+    """val and test of weights without the run's config (the book's model.save() writes a bare
+    state_dict): --num-classes, --image-size and the input channels come from the data, as in
+    train, so the numbers equal those of the run's own best.pth."""
+    torch.save(load(trained.tmp / "runs" / "reference" / "best.pth")["model"], trained.tmp / "bare.pth")
+    root = f"--train-data-root={trained.tmp / 'data' / trained.spec['root']}"
+    bare = ["--load-model-path=bare.pth", f"--dataset={trained.name}", root, "--model=LeNet", "--num-workers=0",
+            *[flag for flag in trained.spec["flags"] if flag.startswith("--image-size")]]
+    test_root = ["--test-data-root=data/photos"] if trained.name == "imagefolder" else []
+    for command, extra in (("val", []), ("test", test_root)):
+        mine = trained.cli(command, *bare, *extra, "--result-file=bare.csv", cwd=trained.tmp)
+        assert mine.returncode == 0, mine.stderr
+        size = trained.spec["size"]
+        assert f"bare.pth holds weights only: {len(trained.spec['names'])} classes and {size} px images, from the data" in mine.stderr
+        assert f"input {trained.spec['channels']} x {size} x {size}" in mine.stderr
+        theirs = trained.cli(command, "--checkpoint-dir=runs", "--env=reference", "--num-workers=0", *extra,
+                             "--result-file=run.csv", cwd=trained.tmp)
+        assert theirs.returncode == 0, theirs.stderr
+        if command == "val":
+            assert mine.stdout == theirs.stdout
+        else:
+            assert (trained.tmp / "bare.csv").read_text() == (trained.tmp / "run.csv").read_text()
+
+
 def test_bad_options_for_these_data_sets_fail_in_one_line_before_a_run_exists(trained):
     def fails(*args, code=2):
         result = trained.cli(*args, cwd=trained.tmp)
@@ -280,7 +329,8 @@ def test_bad_options_for_these_data_sets_fail_in_one_line_before_a_run_exists(tr
         assert line == ("error: --tta averages each image with its mirror image, which mnist never trains on "
                         "(a mirrored digit is another shape); drop --tta")
     if trained.name == "imagefolder":
-        line = fails("test", "--checkpoint-dir=runs", "--env=reference", code=1)
+        line = fails("test", "--checkpoint-dir=runs", "--env=reference")  # a usage error: exit 2
+        assert "model LeNet" not in trained.cli("test", "--checkpoint-dir=runs", "--env=reference", cwd=trained.tmp).stderr
         assert line == "error: --dataset=imagefolder: give --test-data-root=<a folder of images (any names, nested) or one image>"
     if trained.name == "cifar10":
         line = fails("train", "--dataset=cifar10", root, "--checkpoint-dir=runs", "--env=wrong", "--model=AlexNet")
