@@ -115,6 +115,8 @@ class ArrayDataset(torch.utils.data.Dataset):
         """The files a split needs in `folder` (before any is read)."""
         return cls.files["train" if train else "test"] + cls.files.get("both", [])
 
+    also = ""  # what a failed download's message adds after the file names
+
     @classmethod
     def layout(cls, root, train):
         """Where the files of a split go, for the 'not found' message."""
@@ -161,10 +163,43 @@ def _exists(path):
 
 
 def _download(cls, root):
+    """cls.download into `root`; on failure one line with the reason, and everything the
+    attempt created (folders, partial files) removed, so a failed download adds nothing."""
+    before = _entries(root, cls)
     try:
         with network_timeout(DOWNLOAD_TIMEOUT_S):
             cls.download(root)
     except (OSError, RuntimeError) as error:  # URLError, timeouts; torchvision's md5 failures
-        raise UserError(f"could not download {cls.title} into {root} ({str(error).splitlines()[0]}); offline? "
-                        f"fetch {cls.fetch} on a machine with internet and unpack it so that "
-                        f"{cls.layout(root, True)} exists") from None
+        _remove_new(root, cls, before)
+        # torchvision's message spans lines ("Error downloading x.gz:\n Tried <mirror>, got:\n
+        # <reason>"): the reason is on the last one.
+        reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+        files = ", ".join(dict.fromkeys(cls.required(True) + cls.required(False)))
+        raise UserError(f"could not download {cls.title} into {root} ({reason}); offline? fetch {cls.fetch} on a "
+                        f"machine with internet so that {Path(root) / cls.folder}/ holds {files}{cls.also}") from None
+
+
+def _entries(root, cls):
+    """Every path that exists under the places a download writes: `root`'s own entries and
+    the data set's folder below it, and the folders leading there."""
+    root = Path(root)
+    found = {path for path in [root, *root.parents] if path.exists()}
+    if root.is_dir():
+        found.update(root.iterdir())
+    target = root / cls.folder
+    found.update(path for path in [target, *target.parents] if path.exists())
+    if target.is_dir():
+        found.update(target.rglob("*"))
+    return found
+
+
+def _remove_new(root, cls, before):
+    """Delete what appeared since `before` (= _entries then): new files first, then the new
+    folders, deepest first, each only once it is empty of anything that was there before."""
+    import shutil
+
+    for path in sorted(_entries(root, cls) - before, key=lambda path: len(path.parts), reverse=True):
+        if path.is_dir() and not any(inside in before for inside in path.rglob("*")):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ class Mnist(ArrayDataset):
     files = {"train": ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"],
              "test": ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]}
     fetch = "the four *-ubyte.gz files, 11 MB, from a torchvision MNIST mirror"
+    also = "; each plain or .gz, both load"
     size, channels = 28, 1
     mean, std = (0.1307,), (0.3081,)
     pad, flip = 0, False
