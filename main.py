@@ -132,7 +132,13 @@ def _main(argv):
     if not argv or argv[0] in HELP_TOKENS or any(token in ("-h", "--help") for token in argv):
         from configs.help import render_help
 
-        print(render_help(command=argv[0] if argv and argv[0] not in HELP_TOKENS else None))
+        if not argv or argv[0] in HELP_TOKENS:
+            print(render_help())
+            return 0
+        from configs.help import command_help
+
+        chosen = [token.split("=", 1)[1] for token in argv if token.startswith("--experiment=")]
+        print("\n".join(command_help(argv[0], experiment=chosen[-1] if chosen else None)))
         return 0
     commands = all_commands()
     if argv[0] not in commands:

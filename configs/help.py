@@ -34,34 +34,67 @@ COMMAND_OPTIONS = {
 RUNS_COMMAND = "a table of the runs under --checkpoint-dir: env, experiment, model, epochs, best metric, state, size"
 
 
-def _option_lines(names, width, name_width):
+def _option_lines(names, width, name_width, defaults=None, notes=None):
+    """Two or more lines per option: flag, type = default (the experiment's, from
+    `defaults`, where it sets one) and a note, then the doc."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    defaults, notes = defaults or {}, notes or {}
     lines = []
     for name in names:
         f = fields[name]
-        lines.append(f"    {flag(name):<{name_width}}  {describe_type(name)} = {_show_default(f.default)}")
+        default = defaults.get(name, f.default)
+        lines.append(f"    {flag(name):<{name_width}}  {describe_type(name)} = {_show_default(default)}{notes.get(name, '')}")
         lines += textwrap.wrap(f.metadata["doc"], width, initial_indent=" " * 8, subsequent_indent=" " * 8)
     return lines
 
 
-def command_help(command, width):
-    """The lines `<command> --help` shows before the full help."""
+def _experiments_with(command):
+    """{experiment: the method `command` runs} for every experiment that has `command`."""
     from utils.registry import EXPERIMENTS
 
-    docs = [] if command != "runs" else [RUNS_COMMAND]
+    found = {}
     for experiment in EXPERIMENTS.names():
         commands = EXPERIMENTS.declared(experiment, "commands") or {}
         target = (EXPERIMENTS.declared(experiment, "aliases") or {}).get(command, command)
         if target in commands:
-            docs.append(f"{experiment}: {commands[target]}")
+            found[experiment] = target
+    return found
+
+
+def command_help(command, width=None, experiment=None):
+    """`<command> --help`: what the command does, then its options with the defaults of the
+    experiment it runs (--experiment when given, else the one experiment that has the
+    command, else the default one) and that experiment's own options; last, a pointer to
+    `help` for the rest. Short enough to read without scrolling."""
+    from configs.loader import defaults_for
+    from utils.registry import EXPERIMENTS
+
+    width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
+    having = _experiments_with(command)
+    default = next(f.default for f in dataclasses.fields(Config) if f.name == "experiment")
+    if experiment is None:
+        experiment = next(iter(having)) if len(having) == 1 else default
     lines = [f"python main.py {command}:"]
-    for doc in docs:
-        lines += textwrap.wrap(doc, width, initial_indent="  ", subsequent_indent="    ")
-    names = COMMAND_OPTIONS.get(command, ())
+    if command == "runs":
+        lines += textwrap.wrap(RUNS_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
+    for name, target in having.items():
+        doc = (EXPERIMENTS.declared(name, "commands") or {})[target]
+        lines += textwrap.wrap(f"{name}: {doc}", width, initial_indent="  ", subsequent_indent="    ")
+    if having and experiment not in having:
+        lines.append(f"  (experiment {experiment} has no {command}: add --experiment={next(iter(having))})")
+    names = list(COMMAND_OPTIONS.get(command, ()))
+    if command != "runs" and experiment in having:
+        # the experiment's own options: the schema group named after it (gan)
+        names += [f.name for f in dataclasses.fields(Config) if f.metadata["group"] == experiment and f.name not in names]
     if names:
-        lines += ["", f"  the options {command} uses most:"]
-        lines += _option_lines(names, width, max(len(flag(n)) for n in names))
-    return lines + ["", "-" * min(width, 60), ""]
+        defaults = defaults_for(experiment) if command != "runs" else {}
+        notes = {}
+        if experiment != default and command != "runs":
+            defaults["experiment"] = experiment
+            notes["experiment"] = f" (give it: the default is {default!r})"
+        lines += ["", f"  options ({'experiment ' + experiment + ', ' if command != 'runs' else ''}defaults as shown):"]
+        lines += _option_lines(names, width, max(len(flag(n)) for n in names), defaults, notes)
+    return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
 
 
 def render_help(width=None, command=None):
@@ -70,8 +103,9 @@ def render_help(width=None, command=None):
     from utils.registry import ALL, EXPERIMENTS, display_name
 
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
-    lines = command_help(command, width) if command and command != "help" else []
-    lines += [
+    if command and command != "help":
+        return "\n".join(command_help(command, width))
+    lines = [
         "usage: python main.py <command> [--experiment=<name>] [--option=value ...]",
         "",
         "commands, per experiment (--experiment, default classify):",

@@ -10,7 +10,7 @@ from conftest import ROOT, run_cli
 from utils.registry import ALL
 
 
-@pytest.mark.parametrize("args", [[], ["help"], ["-h"], ["--help"], ["train", "--help"], ["test", "-h"]])
+@pytest.mark.parametrize("args", [[], ["help"], ["-h"], ["--help"]])  # `<command> --help`: tests/test_newcomer.py
 def test_help_everywhere_lists_every_option_and_registered_name(args):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
