@@ -76,7 +76,7 @@ def runner_round(cfg, device, experiment, outputs, data, seconds, epoch):
     data.length = min(len(data.images), steps * cfg.batch_size)  # this round's epoch
     with SafeStop(cfg, outputs.checkpoints, lambda: None, lambda: None) as stopper:
         loader = engine.runtime.make_loader(data, cfg, device, shuffle=True, epoch=epoch)
-        _, images_per_second = engine.run_epoch(experiment, objects, loader, ctx, stopper, epoch)
+        _, images_per_second, _ = engine.run_epoch(experiment, objects, loader, ctx, stopper, epoch)
     return images_per_second
 
 

@@ -265,7 +265,7 @@ def adopt_checkpoint_config(cfg, saved, source):
     if trained_by != cfg.experiment:
         from utils.registry import EXPERIMENTS
 
-        commands = ", ".join(EXPERIMENTS.declared(trained_by, "commands") or {})
+        commands = commands_of(trained_by)
         raise UsageError(f"{source} was trained by experiment {trained_by!r}; add --experiment={trained_by} "
                          f"(its commands: {commands})")
     changed = changed_options(cfg)
@@ -281,13 +281,41 @@ def adopt_checkpoint_config(cfg, saved, source):
     return load_config({**changed, **adopted})
 
 
-def describe(cfg):
-    """Lines for the start-of-run log: changed options first, then the defaults."""
-    changed = changed_options(cfg)
-    lines = ["config (changed from defaults):"]
-    lines += [f"  {flag(k)}={v!r}" for k, v in changed.items()] or ["  (none)"]
-    lines.append("config (defaults): " + " ".join(f"{flag(k)}={getattr(cfg, k)!r}" for k in FIELDS if k not in changed))
+def commands_of(experiment):
+    """'train, generate, test (= generate)': the commands of `experiment`, its aliases too."""
+    from utils.registry import EXPERIMENTS
+
+    names = list(EXPERIMENTS.declared(experiment, "commands") or {})
+    aliases = EXPERIMENTS.declared(experiment, "aliases") or {}
+    return ", ".join(names + [f"{alias} (= {target})" for alias, target in aliases.items()])
+
+
+def describe(cfg, named=None):
+    """The start-of-run log: the options the user set (flags, --config file) and those
+    resolved from the data (what differs between `named`, the config before the data was
+    read, and `cfg`). The whole config is in the run dir's config.yaml, not the log."""
+    named = named or cfg
+    from_data = {name: getattr(cfg, name) for name in FIELDS if getattr(cfg, name) != getattr(named, name)}
+    given = {name: value for name, value in changed_options(named).items() if name != "env"}
+
+    def shown(options):
+        return " ".join(f"{flag(name)}={_shown(value)}" for name, value in options.items())
+
+    lines = [f"config: you set {shown(given)}" if given else f"config: the defaults of experiment {cfg.experiment}"]
+    if from_data:
+        lines.append(f"config from the data: {shown(from_data)}")
     return lines
+
+
+def _shown(value):
+    """A value as it would be typed on the command line."""
+    import shlex
+
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return shlex.quote(str(value))
 
 
 def dump_yaml(cfg, path=None):

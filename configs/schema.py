@@ -87,14 +87,15 @@ class Config:
     # -- logging ----------------------------------------------------------------------------
     print_freq: int = option(20, "logging", "steps between train-loss points, image grids and debug-file checks", role="execution", minimum=1)
     visualizer: str = option("tensorboard", "logging", "tensorboard (event files in the run dir) | visdom (needs a server) | none", role="execution", choices=("tensorboard", "visdom", "none"))
-    progress: bool = option(True, "logging", "tqdm progress bar per epoch on stderr when it is a terminal (else a log line per epoch)", role="execution")
+    progress: bool = option(True, "logging", "tqdm progress bar per epoch on stderr when it is a terminal (else plain progress lines, see --log-interval)", role="execution")
+    log_interval: float = option(30.0, "logging", "without a bar (no terminal, --progress=false): a progress line at the --print-freq cadence, at most every N seconds (0 = every --print-freq steps)", role="execution", minimum=0.0)
 
     # -- debug ------------------------------------------------------------------------------
     debug_file: str = option("/tmp/debug", "debug", "touch this file to enter ipdb in the training loop; '' = never check", role="execution", path=True)
     pdb_on_error: bool = option(False, "debug", "open ipdb post-mortem on an unexpected exception", role="execution")
 
     # -- test -------------------------------------------------------------------------------
-    result_file: str = option("result.csv", "test", "Kaggle submission written by `test` (id,label = P(dog))", role="execution", path=True)
+    result_file: str = option("", "test", "csv written by `test`; '' = result.csv in the run dir (of --env, or of a --load-model-path inside one), or <weights file>.csv beside a bare weights file. Columns per data set: dogcat id,label = P(dog) (Kaggle's); cifar10 / mnist id,label = class name; imagefolder path,label,probability", role="execution", path=True)
     clip: float = option(0.005, "test", "clip P(dog) into [clip, 1-clip]: one confident mistake costs -ln(clip) of log loss (5.3) instead of 34.5; 0 = no clip", role="execution", minimum=0.0)
     tta: bool = option(False, "test", "average predictions over the image and its horizontal flip", role="execution")
 
@@ -109,7 +110,7 @@ class Config:
     d_every: int = option(1, "gan", "train the discriminator every N steps", minimum=1)
     g_every: int = option(5, "gan", "train the generator every N steps", minimum=1)
     gan_loss: str = option("bce", "gan", "bce (classic DCGAN) | rahinge (relativistic average hinge, the book's 2nd edition)", choices=("bce", "rahinge"))
-    gen_img: str = option("result.png", "gan", "grid PNG written by `generate`", role="execution", path=True)
+    gen_img: str = option("", "gan", "grid PNG written by `generate`; '' = result.png in the run dir (of --env, or of --load-model-path)", role="execution", path=True)
     gen_num: int = option(64, "gan", "images in the generated grid: the best-scored of --gen-search-num", role="execution", minimum=1)
     gen_search_num: int = option(512, "gan", "noises drawn; the discriminator keeps the best --gen-num", role="execution", minimum=1)
     gen_mean: float = option(0.0, "gan", "mean of the generation noise", role="execution")

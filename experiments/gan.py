@@ -19,6 +19,7 @@ batch-norm layers see that rank's batch, as in the book's single-GPU DCGAN. The 
 statistics (used in eval mode: the image grids and `generate`) are rank 0's, copied to every
 rank at each epoch end. --sync-bn (CUDA) normalises over the global batch instead.
 """
+import dataclasses
 import logging
 
 import torch
@@ -150,6 +151,7 @@ class Gan(Experiment):
                              f"draw at least as many as you keep")
         if not distributed.is_main():
             return  # one picture: rank 0 draws it
+        self.cfg = dataclasses.replace(self.cfg, gen_img=runtime.output_file(self.cfg, "gen_img", "result.png"))
         runtime.check_output_file(self.cfg.gen_img, "--gen-img")
         cfg, device, state, path = load_for_inference(self.cfg)
         netg, netd = build_nets(cfg, device)

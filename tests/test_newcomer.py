@@ -10,13 +10,13 @@ import sys
 
 import torch
 
-from conftest import ROOT, make_dogcat, run_cli, tiny_flags
+from conftest import ROOT, make_dogcat, next_lines, run_cli, tiny_flags, typed
 
 
 def readme_commands():
     """`main.py` command lines of the README's Set-up and demo sections, in order."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Set-up")[1].split("## Real data")[0]
+    section = text.split("## Set-up")[1].split("## Data sets")[0]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
         for line in block.splitlines():
@@ -41,21 +41,26 @@ def test_readme_commands_work_in_the_order_written(tmp_path):
     commands = readme_commands()
     assert [c[:1] for c in commands] == [["train"], ["test"], ["val"], ["runs"], ["train"], ["generate"]]
     repo = fresh_copy(tmp_path / "repo")
-    told = []
+    told = {}
     for args in commands:
         if args[0] == "train":
             args = [*args, "--max-epoch=1", "--progress=false"]
-        result = subprocess.run([sys.executable, str(repo / "main.py"), *args], cwd=repo, capture_output=True, text=True,
-                                timeout=600, stdin=subprocess.DEVNULL)
+        command = [sys.executable, str(repo / "main.py"), *args]
+        if any(arg.startswith("--env=") for arg in args) and args[0] != "train":
+            # train said to run exactly this, and it runs as printed, venv activated or not
+            printed = told[shlex.join(args)]
+            command = shlex.split(printed)
+        result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         assert result.returncode == 0, (args, result.stderr[-2000:])
         assert "WARNING" not in result.stderr, result.stderr  # the demo warns about nothing of its own
         if args[0] == "train":
-            told += result.stdout.strip().splitlines()[-1].removeprefix("next: ").split(" | ")
-        elif any(arg.startswith("--env=") for arg in args):
-            assert f"python main.py {shlex.join(args)}" in told, told  # train said to run exactly this
-    labels = [row.split(",")[1] for row in (repo / "result.csv").read_text().splitlines()[1:]]
+            for line in next_lines(result.stdout):
+                told[line.split(" main.py ", 1)[-1]] = line
+    assert told["runs"] == f"{typed(cwd=repo)} runs" and told["runs"].endswith(" main.py runs")
+    labels = [row.split(",")[1] for row in (repo / "checkpoints" / "demo" / "result.csv").read_text().splitlines()[1:]]
     assert len(labels) == 60 and all("0.005000" <= label <= "0.995000" for label in labels)  # --clip's default
-    assert (repo / "result.png").is_file()
+    assert (repo / "checkpoints" / "gan-demo" / "result.png").is_file()
+    assert not (repo / "result.csv").exists() and not (repo / "result.png").exists()  # each run's outputs in its folder
 
 
 def test_train_says_what_next_and_config_yaml_reproduces_the_run(tmp_path):
@@ -64,9 +69,10 @@ def test_train_says_what_next_and_config_yaml_reproduces_the_run(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "WARNING skipped 1 entry in " in result.stderr and " that is not cat.<n>.jpg" in result.stderr  # .DS_Store
     runs = tmp_path / "runs"
-    assert result.stdout.strip().splitlines()[-1] == (
-        f"next: python main.py val --env=first --checkpoint-dir={runs} | "
-        f"python main.py test --env=first --checkpoint-dir={runs} | tensorboard --logdir {runs}")
+    main = typed()
+    assert next_lines(result.stdout) == [  # one per line, in the README's order
+        f"{main} test --env=first --checkpoint-dir={runs}", f"{main} val --env=first --checkpoint-dir={runs}",
+        f"{main} runs --checkpoint-dir={runs}", f"{typed('tensorboard')} --logdir {runs}"]
     header = (runs / "first" / "config.yaml").read_text().splitlines()[0]
     command = header.split("Reproduce it in a new run dir: ")[1]
     assert command == f"python main.py train --config={runs}/first/config.yaml --env=first-again"
@@ -79,12 +85,20 @@ def test_train_says_what_next_and_config_yaml_reproduces_the_run(tmp_path):
     tested = run_cli("test", "--env=first", f"--checkpoint-dir={runs}", f"--result-file={tmp_path / 'r.csv'}")
     assert tested.returncode == 0, tested.stderr
     assert tested.stdout.strip() == f"wrote 7 rows to {tmp_path / 'r.csv'}"
+    # without --result-file the csv goes into the run's folder (another run's test cannot overwrite it)
+    default = run_cli("test", "--env=first", f"--checkpoint-dir={runs}")
+    assert default.returncode == 0 and default.stdout.strip() == f"wrote 7 rows to {runs / 'first' / 'result.csv'}"
+    # the start-up log: what the user set and what came from the data, not every option
+    config = [line for line in result.stderr.splitlines() if " INFO config" in line]
+    assert len(config) == 2 and all(len(line) < 600 for line in config), config
+    assert config[0].split(" INFO ")[1].startswith("config: you set --checkpoint-dir=") and " --model=LeNet " in config[0]
+    assert config[1].split(" INFO ")[1] == "config from the data: --num-classes=2"
 
     # --resume of a finished run: exit 0, and how to go on
     finished = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="first", resume="true"))
     assert finished.returncode == 0, finished.stderr
     assert (f"run first has finished: 1 of --max-epoch=1 epochs done, nothing to resume. Train it further: "
-            f"python main.py train --env=first --checkpoint-dir={runs} --resume --max-epoch=2") in finished.stdout
+            f"{main} train --env=first --checkpoint-dir={runs} --resume --max-epoch=2") in finished.stdout
 
     # best.pth is for inference: weights, config and metrics; last.pth is complete
     best, last = (torch.load(runs / "first" / name, weights_only=True) for name in ("best.pth", "last.pth"))
@@ -118,16 +132,25 @@ def test_runs_lists_every_run_with_its_state(tmp_path):
     assert set(rows) == {"done", "stopped", "nan", "killed"}
 
 
-def test_help_of_a_command_starts_with_that_command():
+def test_help_of_a_command_shows_that_command_only_with_its_experiments_defaults():
     for command, first in (("train", "--experiment"), ("test", "--env"), ("generate", "--experiment")):
         result = run_cli(command, "--help")
         lines = result.stdout.splitlines()
-        assert lines[0] == f"python main.py {command}:", lines[:3]
-        options = [line.split()[0] for line in lines[: lines.index("usage: python main.py <command> [--experiment=<name>] [--option=value ...]")]
-                   if line.startswith("    --")]
+        assert result.returncode == 0 and lines[0] == f"python main.py {command}:", lines[:3]
+        assert lines[-1] == "every option with its type, default and doc, and every registered name: python main.py help"
+        assert len(lines) < 60, len(lines)  # readable without scrolling; `help` has the rest
+        options = [line.split()[0] for line in lines if line.startswith("    --")]
         assert options[0] == first, options
-    assert "--result-file" in run_cli("test", "--help").stdout.split("usage:")[0]
-    assert "--result-file" not in run_cli("train", "--help").stdout.split("usage:")[0]
+    assert "--result-file" in run_cli("test", "--help").stdout
+    assert "--result-file" not in run_cli("train", "--help").stdout
+    generate = run_cli("generate", "--help").stdout
+    # generate is the gan's: its defaults and its options, and the --experiment it needs
+    assert "    --experiment       string = 'gan' (give it: the default is 'classify')" in generate
+    assert re.search(r"--image-size +integer\|none = 32\n", generate) is None  # train's option, not generate's
+    assert "    --nz " in generate and "--ngf" in generate
+    gan_train = run_cli("train", "--experiment=gan", "--help").stdout
+    assert re.search(r"--train-data-root +string = 'data/faces_sample'", gan_train), gan_train
+    assert "(experiment gan has no val: add --experiment=classify)" in run_cli("val", "--experiment=gan", "--help").stdout
 
 
 def test_a_closed_pipe_ends_quietly():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import make_dogcat, run_cli, tiny_flags
+from conftest import make_dogcat, run_cli, tiny_flags, typed
 
 EPOCHS = 3
 # 16 train images, batch 2: 8 steps per epoch, 24 in all; print_freq 3 exercises plotting.
@@ -68,7 +68,7 @@ def test_sigint_mid_epoch_then_resume_equals_uninterrupted(setup, sigint_run):
     stopped, state, resumed = sigint_run
     assert stopped.returncode == 130, stopped.stderr
     assert "finishing this step, then saving last.pth" in stopped.stderr
-    assert "Resume: python main.py train --env=sigint" in stopped.stderr
+    assert f"Resume: {typed()} train --env=sigint" in stopped.stderr  # a command that works as printed
     assert "\nstopped (SIGINT); saved " in stopped.stderr and "error: stopped" not in stopped.stderr
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
     assert resumed.returncode == 0, resumed.stderr

@@ -210,9 +210,11 @@ def train(cfg):
     if experiment.monitors and cfg.monitor not in experiment.monitors:
         raise UsageError(f"--monitor={cfg.monitor} is not a metric of experiment {cfg.experiment}; "
                          f"use one of {', '.join(experiment.monitors)}")
+    distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
     device = runtime.pick_device(cfg)
     # Everything that can fail on bad input runs before the run dir exists: the data, the
     # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
+    named = cfg
     train_set, val_set = experiment.datasets()
     cfg = experiment.cfg  # with the options resolved from the data
     if len(train_set) == 0:
@@ -239,7 +241,7 @@ def train(cfg):
     if distributed.world_size() > 1 and not restored:
         # Dropout masks, a GAN's noise: each rank draws its own, from (seed, rank).
         seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank()))
-    run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg)) or (cfg.run_dir, False)
+    run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg, named)) or (cfg.run_dir, False)
     describe_world(cfg, resumed["state"] if restored else None)
     try:
         _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored)
@@ -262,7 +264,7 @@ def train(cfg):
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
                else "no finite validation metric" if experiment.monitors else plural(ctx.state.epoch, "epoch"))
     print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
-    print("next: " + " | ".join(next_commands(cfg, experiment)))
+    print("next:\n" + "\n".join(f"  {command}" for command in next_commands(cfg, experiment)))
 
 
 def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored):
@@ -290,7 +292,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                                      start=ctx.state.samples_in_epoch)
         for epoch in range(ctx.state.epoch, cfg.max_epoch):
             loader.sampler.set_epoch(epoch, start=ctx.state.samples_in_epoch)
-            means, images_per_second = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
+            means, images_per_second, data_wait = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
             if stopper.requested:
                 break  # SafeStop saves last.pth (mid-epoch) on the way out
             distributed.sync_buffers(obj for obj in objects.values() if isinstance(obj, torch.nn.Module))
@@ -302,7 +304,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             improved = is_improvement(experiment.monitors, cfg.monitor, metrics, ctx.state.best)
             if improved:
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
-            report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metrics, lrs, improved)
+            report_epoch(experiment, objects, ctx, epoch, means, (images_per_second, data_wait), metrics, lrs, improved)
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
                                                                                experiment.checkpoint_info()))
@@ -327,16 +329,22 @@ def describe_world(cfg, state):
 
 
 def next_commands(cfg, experiment):
-    """The commands that use a finished run, with its real --env (train's last line)."""
+    """The commands that use a finished run, with its real --env, one per line after train's
+    `next:` (test first, as the README shows them, then the experiment's others, runs and
+    TensorBoard), each typed as this shell can run it (runtime.program)."""
     chosen = "" if cfg.experiment == FIELDS["experiment"].default else f" --experiment={cfg.experiment}"
-    commands = [f"python main.py {name}{chosen} --env={cfg.env}{runtime.checkpoint_dir_flag(cfg)}"
-                for name in type(experiment).commands if name != "train"]
-    return commands + [f"tensorboard --logdir {cfg.checkpoint_dir}"]
+    main = runtime.main_command()
+    names = sorted((name for name in type(experiment).commands if name != "train"), key=lambda name: name != "test")
+    commands = [f"{main} {name}{chosen} --env={cfg.env}{runtime.checkpoint_dir_flag(cfg)}" for name in names]
+    return commands + [f"{main} runs{runtime.checkpoint_dir_flag(cfg)}",
+                       f"{runtime.program('tensorboard')} --logdir {cfg.checkpoint_dir}"]
 
 
 def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
     """One pass over `loader` (which may start mid-epoch); returns ({name: epoch mean},
-    images/s of the steps run in this call)."""
+    images/s of the steps run in this call, the share of their time spent waiting for data).
+    Without a bar (no terminal, --progress=false) a plain progress line is logged at the
+    --print-freq cadence, at most every --log-interval seconds."""
     cfg, state = ctx.cfg, ctx.state
     for obj in objects.values():
         if isinstance(obj, torch.nn.Module):
@@ -348,7 +356,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
     bar = tqdm(total=sampler.size - sampler.start, desc=f"epoch {epoch + 1}/{cfg.max_epoch}", unit="img",
                disable=not (cfg.progress and sys.stderr.isatty() and distributed.is_main()), leave=False,
                file=sys.stderr, mininterval=1.0)
-    started = tick = time.perf_counter()
+    lines = bar.disable and distributed.is_main()  # plain progress lines instead of the bar
+    started = tick = last_line = time.perf_counter()
     for batch in loader:
         data_wait += time.perf_counter() - tick
         fault = faults.at_step(state.global_step + 1)
@@ -379,17 +388,35 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
             state.window = {}
             if ctx.outputs.writes:
                 ctx.outputs.images(experiment.images(objects, ctx), state.global_step)
+            if lines and time.perf_counter() - last_line >= cfg.log_interval:
+                last_line = time.perf_counter()
+                log_progress(epoch, cfg.max_epoch, images_done + sampler.start, sampler.size, state.meters,
+                             images_per_second)
             parts = dict(zip(experiment.batch_names, batch)) if isinstance(batch, (tuple, list)) else {"batch": batch}
-            stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch, "state": state, "ctx": ctx},
+            # `epoch` as the bar and the log count it (1-based); state.epoch counts epochs finished.
+            stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch + 1, "state": state, "ctx": ctx},
                                 before_prompt=bar.clear)
         if stopper.requested:
             break
         tick = time.perf_counter()
     bar.close()
-    elapsed = time.perf_counter() - started
-    if images_done:
-        log.info("epoch %d: waited %.0f%% of %.1fs for data", epoch + 1, 100 * data_wait / max(elapsed, 1e-9), elapsed)
-    return {name: meter.average() for name, meter in state.meters.items()}, images_done / max(elapsed, 1e-9)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    return {name: meter.average() for name, meter in state.meters.items()}, images_done / elapsed, data_wait / elapsed
+
+
+def log_progress(epoch, epochs, done, total, meters, images_per_second):
+    """The bar's content as one log line: 'epoch 2/10: 1,280/5,000 img (26%), loss 0.4132
+    accuracy 0.8150, 41 img/s, 1m31s left in the epoch'."""
+    left = (total - done) / max(images_per_second, 1e-9)
+    means = " ".join(f"{name} {meter.average():.4f}" for name, meter in meters.items())
+    log.info("epoch %d/%d: %s/%s img (%.0f%%), %s, %.0f img/s, %s left in the epoch", epoch + 1, epochs, f"{done:,}",
+             f"{total:,}", 100 * done / max(total, 1), means, images_per_second, _duration(left))
+
+
+def _duration(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def is_improvement(monitors, monitor, metrics, best):
@@ -399,10 +426,12 @@ def is_improvement(monitors, monitor, metrics, best):
     return best is None or better(metrics[monitor], best["value"]) != best["value"]
 
 
-def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metrics, lrs, improved):
+def report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, improved):
     """Epoch-end curves, image grids and log line; written before the epoch's checkpoints, so
-    a run killed in between redoes and re-logs them (TensorBoard purges the first copy)."""
+    a run killed in between redoes and re-logs them (TensorBoard purges the first copy).
+    `speed`: (images per second, share of the time spent waiting for data)."""
     step, outputs = ctx.state.global_step, ctx.outputs
+    images_per_second, data_wait = speed
     for name, value in means.items():
         outputs.plot(f"train/epoch_{name}", value, step)
     for name, value in (metrics or {}).items():
@@ -419,7 +448,7 @@ def report_epoch(experiment, objects, ctx, epoch, means, images_per_second, metr
     memory = runtime.resident_megabytes()
     outputs.plot("memory/resident_mb", memory, step)
     parts += [" ".join(f"{name} {lr:.2e}" for name, lr in lrs.items()),
-              f"{images_per_second:.0f} img/s", f"rss {memory:.0f} MB"]
+              f"{images_per_second:.0f} img/s ({100 * data_wait:.0f}% waiting for data)", f"rss {memory:.0f} MB"]
     log.info("epoch %d: %s%s", epoch + 1, " | ".join(p for p in parts if p), " | best" if improved else "")
 
 

@@ -42,15 +42,49 @@ def checkpoint_dir_flag(cfg):
     return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"
 
 
+MAIN = Path(__file__).resolve().parent.parent / "main.py"
+
+
+def _typed(path):
+    """`path` as the user can type it here: relative to the working directory when below it."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def program(name):
+    """How to call `name` (python, tensorboard, torchrun) so that it runs with this
+    interpreter's packages: the bare name when the shell finds this interpreter's copy (the
+    venv is activated), else its path in this interpreter's bin folder (`.venv/bin/python`).
+    Printed commands then work as printed, activated or not."""
+    import shutil
+
+    mine = Path(sys.executable).parent / name
+    if name == "python":
+        mine = Path(sys.executable)
+    found = shutil.which(name)
+    if found and os.path.abspath(found) == os.path.abspath(mine):
+        return name
+    return _typed(mine) if mine.exists() else name
+
+
+def main_command(launcher=None):
+    """`python main.py` as this shell can run it (see program)."""
+    return f"{launcher or program('python')} {_typed(MAIN)}"
+
+
 def resume_command(cfg):
     """The command that continues the run of `cfg` (under torchrun: with torchrun)."""
     from utils import distributed
 
-    launcher, per_node = "python", distributed.per_node()
+    launcher, per_node = None, distributed.per_node()
     if distributed.world_size() > 1:
         one_node = per_node == distributed.world_size()
-        launcher = f"torchrun --nproc_per_node={per_node}" if one_node else "torchrun <the same torchrun options>"
-    return f"{launcher} main.py train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
+        torchrun = program("torchrun")
+        launcher = f"{torchrun} --nproc_per_node={per_node}" if one_node else f"{torchrun} <the same torchrun options>"
+    return f"{main_command(launcher)} train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
 
 
 def name_run(cfg):
@@ -83,6 +117,22 @@ def check_output_dir(folder, option):
         raise UserError(f"{option}: cannot write in {str(existing)!r}: {(error.strerror or str(error)).lower()}") from None
 
 
+def output_file(cfg, option, name):
+    """The file a command writes for `option` (result_file, gen_img): its value when given,
+    else `name` in the run dir (of --env, or the folder of a --load-model-path that lies in a
+    run dir), else beside a bare weights file under the file's name (lenet.pth -> lenet.csv).
+    So one run's test never overwrites another run's csv."""
+    given = getattr(cfg, option)
+    if given:
+        return given
+    if cfg.load_model_path:
+        weights = Path(cfg.load_model_path)
+        if (weights.parent / "config.yaml").is_file():
+            return str(weights.parent / name)
+        return str(weights.with_suffix(Path(name).suffix))
+    return str(cfg.run_dir / name) if cfg.env else name
+
+
 def check_output_file(path, option):
     """UserError unless `path` can be written as a file: not a folder, in a writable folder."""
     path = Path(path)
@@ -92,9 +142,9 @@ def check_output_file(path, option):
     check_output_dir(path.parent, option)
 
 
-def start_run(cfg):
-    """Create the run dir, refuse to overwrite another run, log and save config.yaml.
-    Returns (run dir, whether this call created it)."""
+def check_new_run(cfg):
+    """UsageError when a new run (no --resume) would land in a run dir that holds a run:
+    checked first, before any data is read or model built."""
     from utils.checkpoint import BEST, LAST
 
     run_dir = cfg.run_dir
@@ -103,12 +153,20 @@ def start_run(cfg):
             f"{run_dir} already holds a run; continue it with --env={cfg.env} --resume, "
             f"or start a new one with another --env"
         )
+
+
+def start_run(cfg, named=None):
+    """Create the run dir, refuse to overwrite another run, log what the user set and what
+    came from the data (`named`: the config before the data was read) and save config.yaml.
+    Returns (run dir, whether this call created it)."""
+    check_new_run(cfg)
+    run_dir = cfg.run_dir
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create run folder {str(run_dir)!r}: {(error.strerror or str(error)).lower()}") from None
-    for line in configs.describe(cfg):
+    for line in configs.describe(cfg, named):
         log.info("%s", line)
     try:
         with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as handle:
@@ -119,7 +177,7 @@ def start_run(cfg):
 
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    log.info("run dir %s", run_dir)
+    log.info("run dir %s (the whole config: config.yaml there)", run_dir)
     return run_dir, created
 
 

@@ -145,8 +145,8 @@ class SafeStop:
             return False
         try:
             path = self.checkpoints.save_emergency(self.snapshot())
-            log.error("unexpected %s; state before it saved to %s (resume: python main.py train --resume=%s)",
-                      kind.__name__, path, path)
+            log.error("unexpected %s; state before it saved to %s (resume: %s train --resume=%s)",
+                      kind.__name__, path, runtime.main_command(), path)
         except Exception as save_error:  # the original error matters more; report and go on
             log.error("could not save an emergency checkpoint: %s", save_error)
         self.close_outputs()
