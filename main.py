@@ -69,9 +69,13 @@ def _run(command, args, flags):
         listed = ", ".join(c if c == m else f"{c} (= {m})" for c, m in commands.items())
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {listed}"
                          f"{_run_hint(cfg, command)}")
+    from utils import runtime
+
+    runtime.prepare_threads()  # before torch is imported
     from utils import distributed
 
     distributed.setup(cfg)  # joins the process group under torchrun; nothing otherwise
+    runtime.apply_threads(cfg)
     try:
         if command == "train":
             from utils import engine

@@ -125,6 +125,7 @@ class Config:
     amp_dtype: str = option("auto", "performance", "what --amp autocasts to: auto (see --amp) | bfloat16 | float16 (CUDA only)", choices=("auto", "bfloat16", "float16"))
     compile: bool = option(False, "performance", "torch.compile the models (first steps slower while it compiles; falls back to eager with a warning when it cannot); resume is not bit-exact across --compile", role="execution")
     channels_last: bool = option(True, "performance", "NHWC memory format for image batches and conv weights: faster convolutions on CPU (oneDNN) and on tensor-core GPUs; false = the classic NCHW")
+    threads: int = option(0, "performance", "intra-op CPU threads of each process; 0 = torch's default (one per physical core), at most the cores this process may use shared among torchrun's processes on the machine (OMP_NUM_THREADS, when set, decides instead). A resume with another count is not bit-exact (float rounding)", role="execution", minimum=0)
     pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA", role="execution")
 
     @property

@@ -2,7 +2,7 @@
 # Create (or update) the project's virtual environment and install pinned dependencies.
 #
 #   bash scripts/setup.sh          # runtime: what `python main.py ...` needs
-#   bash scripts/setup.sh --dev    # runtime + test tools (pytest, pexpect, tensorboard)
+#   bash scripts/setup.sh --dev    # runtime + test tools (pytest, pexpect)
 #
 # The venv lives in $RUNNER_VENV (default: .venv beside this script's parent). Re-running is
 # cheap: pip skips what is already installed at the pinned version.

@@ -165,6 +165,19 @@ def test_a_failed_download_says_why_names_every_file_and_adds_nothing(tmp_path, 
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["mine.txt"]  # the attempt's folders and file are gone
 
 
+def test_the_faces_sample_read_as_an_image_folder_warns_about_nothing(tmp_path, caplog):
+    from data import face_sample, sample
+    from data.imagefolder import imagefolder
+
+    (tmp_path / "faces" / "COMPLETE").parent.mkdir()
+    (tmp_path / "faces" / "COMPLETE").write_text("an earlier version's marker")
+    face_sample.generate(tmp_path / "faces", per_class=3)
+    assert sorted(path.name for path in (tmp_path / "faces").iterdir() if path.is_file()) == [sample.MARKER]
+    with caplog.at_level("WARNING"):
+        train = imagefolder(cfg(tmp_path / "faces", image_size=16), "train")
+    assert train.classes == ["black", "blonde", "blue", "pink"] and caplog.records == []
+
+
 def test_imagefolder_follows_torchvision_rules_but_skips_hidden_entries(tmp_path):
     from data.imagefolder import imagefolder
 
@@ -338,13 +351,13 @@ def test_bad_options_for_these_data_sets_fail_in_one_line_before_a_run_exists(tr
         assert line.endswith("); use a larger --image-size or another --model")
 
 
-def test_the_readme_example_adds_a_data_set_in_one_file(tmp_path):
-    """The README's data/fashion_mnist.py, run as written: a new --dataset in one class."""
+def test_the_extending_guide_adds_a_data_set_in_one_file(tmp_path):
+    """docs/extending.md's data/fashion_mnist.py, run as written: a new --dataset in one class."""
     from conftest import ROOT
     from utils.registry import DATASETS
 
-    readme = (ROOT / "README.md").read_text()
-    source = re.search(r"```python\n(# data/fashion_mnist.py\n.*?)```", readme, re.S).group(1)
+    guide = (ROOT / "docs" / "extending.md").read_text()
+    source = re.search(r"```python\n(# data/fashion_mnist.py\n.*?)```", guide, re.S).group(1)
     namespace = {}
     exec(compile(source, "data/fashion_mnist.py", "exec"), namespace)
     make_mnist(tmp_path)

@@ -40,6 +40,7 @@ def processes_mentioning(text):
     return found
 
 
+@pytest.mark.slow
 def test_prompt_opens_in_the_loop_and_q_saves_a_resumable_checkpoint(data):
     tmp_path, debug_file = data
     child = spawn(tmp_path, debug_file, **{"num-workers": 2})
@@ -47,6 +48,9 @@ def test_prompt_opens_in_the_loop_and_q_saves_a_resumable_checkpoint(data):
     child.expect("ipdb>")
     child.sendline("p float(loss), tuple(images.shape), type(optimizer).__name__")
     child.expect(r"\(\d+\.\d+, \(2, 3, 16, 16\), 'Adam'\)")
+    child.expect("ipdb>")
+    child.sendline("p epoch, cfg.max_epoch")  # as the bar counts: epoch 1/2, not 0
+    child.expect(r"\(1, 2\)")
     child.expect("ipdb>")
     child.sendline("q")
     child.expect(pexpect.EOF)
@@ -66,6 +70,7 @@ def test_prompt_opens_in_the_loop_and_q_saves_a_resumable_checkpoint(data):
     assert [step for step, _ in scalars(tmp_path / "runs" / "tiny", "train/loss")] == [3, 6, 9, 12, 15]
 
 
+@pytest.mark.slow
 def test_c_after_removing_the_file_continues_to_the_end(data):
     tmp_path, debug_file = data
     child = spawn(tmp_path, debug_file)
@@ -87,6 +92,7 @@ def test_without_a_tty_a_leftover_debug_file_is_reported_once_and_ignored(data):
     assert result.stderr.count("exists but stdin is not a terminal; ignoring it") == 1
 
 
+@pytest.mark.slow
 def test_pdb_on_error_opens_post_mortem_then_saves_emergency_state(data):
     tmp_path, debug_file = data
     debug_file.unlink()  # absent: the loop must not stop before the injected error
@@ -104,6 +110,7 @@ def test_pdb_on_error_opens_post_mortem_then_saves_emergency_state(data):
     assert torch.load(tmp_path / "runs" / "tiny" / "emergency.pth", weights_only=True)["global_step"] == 3
 
 
+@pytest.mark.slow
 def test_the_progress_bar_is_cleared_before_the_prompt(data):
     tmp_path, debug_file = data
     child = spawn(tmp_path, debug_file, progress="true")  # a terminal: the bar is drawn

@@ -95,6 +95,11 @@ def test_generate_writes_a_grid_of_gen_num_images_and_is_deterministic(reference
     other_seed = run_cli("generate", *common, "--seed=1", f"--gen-img={tmp_path / 'c.png'}")
     assert other_seed.returncode == 0, other_seed.stderr
     assert (tmp_path / "c.png").read_bytes() != (tmp_path / "a.png").read_bytes()
+    # without --gen-img the grid goes into the run's folder
+    default = run_cli("generate", *common)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.strip() == f"wrote 6 images (the best-scored of 20) to {run_tmp / 'runs' / 'reference' / 'result.png'}"
+    assert (run_tmp / "runs" / "reference" / "result.png").read_bytes() == (tmp_path / "a.png").read_bytes()
 
 
 def test_generate_without_experiment_names_the_runs_experiment(reference):
@@ -102,6 +107,14 @@ def test_generate_without_experiment_names_the_runs_experiment(reference):
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: experiment classify has no command 'generate'; its commands: train, val, "
                                      "test; run reference is a gan run: add --experiment=gan")
+
+
+def test_val_of_a_gan_run_names_every_command_of_the_gan_aliases_too(reference):
+    result = run_cli("val", "--experiment=classify", f"--checkpoint-dir={reference[0] / 'runs'}", "--env=reference")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {reference[0] / 'runs' / 'reference' / 'last.pth'} was trained by experiment 'gan'; add --experiment=gan "
+        f"(its commands: train, generate, test (= generate))")
 
 
 def test_generate_refuses_keeping_more_than_it_draws(reference, tmp_path):

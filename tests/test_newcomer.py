@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, make_dogcat, next_lines, run_cli, tiny_flags, typed
@@ -37,6 +38,7 @@ def fresh_copy(target):
     return target
 
 
+@pytest.mark.slow
 def test_readme_commands_work_in_the_order_written(tmp_path):
     commands = readme_commands()
     assert [c[:1] for c in commands] == [["train"], ["test"], ["val"], ["runs"], ["train"], ["generate"]]
@@ -56,7 +58,7 @@ def test_readme_commands_work_in_the_order_written(tmp_path):
         if args[0] == "train":
             for line in next_lines(result.stdout):
                 told[line.split(" main.py ", 1)[-1]] = line
-    assert told["runs"] == f"{typed(cwd=repo)} runs" and told["runs"].endswith(" main.py runs")
+    assert told["runs"] == f"{typed('python', cwd=repo)} main.py runs"  # works as printed, venv activated or not
     labels = [row.split(",")[1] for row in (repo / "checkpoints" / "demo" / "result.csv").read_text().splitlines()[1:]]
     assert len(labels) == 60 and all("0.005000" <= label <= "0.995000" for label in labels)  # --clip's default
     assert (repo / "checkpoints" / "gan-demo" / "result.png").is_file()
@@ -179,4 +181,11 @@ def test_no_progress_bar_frames_without_a_terminal(tmp_path):
     result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, progress="true"))
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "img/s]" not in result.stderr
-    assert re.search(r"INFO epoch 1: train loss \d\.\d{4} accuracy .* img/s", result.stderr)  # a plain line per epoch
+    # one plain line per epoch, with the share of its time spent waiting for data
+    assert re.search(r"INFO epoch 1: train loss \d\.\d{4} accuracy .* \d+ img/s \(\d+% waiting for data\) \| rss", result.stderr)
+    assert "waited" not in result.stderr
+    # and, between them, progress lines at the --print-freq cadence (here every 2 of 4 steps)
+    lines = re.findall(r"INFO epoch 1/1: (\d+)/16 img \((\d+)%\), loss \d\.\d{4} accuracy \d\.\d{4}, \d+ img/s, \d+s left in the "
+                       r"epoch", run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="lines", **{"log-interval": 0})).stderr)
+    assert lines == [("8", "50"), ("16", "100")], lines
+    assert not re.search(r"epoch 1/1: \d+/16 img", result.stderr)  # by default at most one every 30 s

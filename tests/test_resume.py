@@ -157,3 +157,19 @@ def test_second_sigint_stops_at_once_and_leaves_the_last_checkpoint_whole(setup)
             f"{tmp_path / 'runs' / 'twice' / 'last.pth'} (written ") in result.stderr
     state = load(tmp_path / "runs" / "twice" / "last.pth")  # the epoch-1 checkpoint, intact
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 8)
+
+
+def test_the_thread_count_is_saved_and_a_resume_with_another_says_it_is_not_bit_exact(setup):
+    tmp_path, _ = setup
+    last = tmp_path / "runs" / "threads" / "last.pth"
+    first = run_cli("train", *flags(setup, "threads", **{"max-epoch": 1, "threads": 2}))
+    assert first.returncode == 0, first.stderr
+    assert load(last)["threads"] == 2
+    other = run_cli("train", *flags(setup, "threads", **{"max-epoch": 2, "threads": 1, "resume": "true"}))
+    assert other.returncode == 0, other.stderr
+    assert ("WARNING this run was saved with 2 intra-op threads and resumes with 1: float sums are split differently, "
+            "so from here on the weights differ in the last bits from an uninterrupted run (give --threads=2 for "
+            "bit-exact)") in other.stderr
+    assert load(last)["threads"] == 1
+    same = run_cli("train", *flags(setup, "threads", **{"max-epoch": 3, "threads": 1, "resume": "true"}))
+    assert same.returncode == 0 and "intra-op thread" not in same.stderr, same.stderr

@@ -50,7 +50,7 @@ from utils.visualize import Visualizer, save_grid
 log = logging.getLogger(__name__)
 # Checkpoint keys the engine writes itself; an experiment's objects take any other name.
 ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "best", "epoch_meters", "window", "rng",
-               "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler"}
+               "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler", "threads"}
 
 
 class Experiment:
@@ -470,7 +470,7 @@ def checkpoint_state(objects, state, cfg, info=None):
     rng = distributed.gather_objects(seeding.rng_states())  # a collective under torchrun
     ranks = {"rng_ranks": rng, "world_size": len(rng)} if len(rng) > 1 else {}
     return {**saved, **state.as_checkpoint(), "rng": rng[0], **ranks, "config": configs.as_dict(cfg),
-            "experiment": cfg.experiment, "info": info or {}}
+            "experiment": cfg.experiment, "info": info or {}, "threads": torch.get_num_threads()}
 
 
 def inference_state(objects, state, cfg, metrics, info=None):
@@ -499,6 +499,11 @@ def restore(state, objects, source, cfg):
                 obj.load_state_dict(saved)
         else:
             obj.load_state_dict(saved)
+    saved_threads = state.get("threads")
+    if saved_threads and saved_threads != torch.get_num_threads() and distributed.is_main():
+        log.warning("this run was saved with %s and resumes with %d: float sums are split differently, so from here "
+                    "on the weights differ in the last bits from an uninterrupted run (give --threads=%d for bit-exact)",
+                    plural(saved_threads, "intra-op thread"), torch.get_num_threads(), saved_threads)
     saved_rng = state.get("rng_ranks") or [state["rng"]]
     if distributed.rank() < len(saved_rng):
         seeding.set_rng_states(saved_rng[distributed.rank()])

@@ -15,6 +15,46 @@ from utils.io import atomic_open
 log = logging.getLogger(__name__)
 
 
+# How OpenMP threads wait between parallel regions, unless the user says otherwise. libgomp's
+# default spins for a while before it sleeps; when another process takes one of the cores,
+# the thread spinning at a barrier waits for a thread that is not running, and a 2-core
+# run beside one busy process fell to 0.30-0.40x of its speed where its fair share is about
+# 0.5x. Passive waiting gives the core back at once (benchmarks/shared_cpu.py prints the
+# ratios, benchmarks/README.md has them).
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def prepare_threads():
+    """Set the OpenMP wait policy before torch is imported (libgomp reads it when it loads),
+    unless the environment says how to wait already (OMP_WAIT_POLICY or GOMP_SPINCOUNT)."""
+    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+        os.environ.update(WAIT_POLICY)
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity mask: taskset, cgroups cpusets, SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
+def apply_threads(cfg):
+    """torch's intra-op thread count for --threads (0: this process's share of its cores;
+    OMP_NUM_THREADS, which torchrun also sets, wins then). Returns the count in use."""
+    import torch
+
+    from utils import distributed
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # torch's own default (one per physical core where it can tell) unless this process
+        # may use fewer cores; never one thread per hyperthread
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cores() // distributed.per_node())))
+    return torch.get_num_threads()
+
+
 def pick_device(cfg):
     """torch.device for --device (auto = CUDA when present); under torchrun with N
     processes, CUDA means this process's GPU, cuda:<LOCAL_RANK>."""
