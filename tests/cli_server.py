@@ -4,7 +4,8 @@ cwd, environment, stdin from /dev/null, stdout and stderr to files, the exit cod
 or 1 with a traceback for an uncaught exception). Each child starts from the same pristine
 state, since the server itself never runs a command.
 
-Protocol: one JSON object per line on stdin {"args", "cwd", "env", "out", "err", "timeout"};
+Protocol: one JSON object per line on stdin {"args", "cwd", "env", "out", "err", "timeout",
+"umask"} (umask optional: set in the child before it runs);
 the answer is one line on stdout {"code", "timed_out"}. A child still running after
 `timeout` seconds is killed (SIGKILL) and reported as timed out. conftest.run_cli sends every
 command here unless a test needs a process of its own (a umask set before exec, stdin text),
@@ -35,6 +36,9 @@ def child(request):
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if request.get("umask") is not None:
+            os.umask(request["umask"])
+
         stdin = os.open(os.devnull, os.O_RDONLY)
         os.dup2(stdin, 0)
         for fd, name in ((1, "out"), (2, "err")):

@@ -10,13 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args, cwd=ROOT, timeout=300, env=None, input=None, **popen):
+def run_cli(*args, cwd=ROOT, timeout=300, env=None, input=None, umask=None, **popen):
     """Run `python main.py ARGS`; returns CompletedProcess (text). It runs as a fork of one
     process that imported torch already (ForkedCli), which behaves as a fresh `python
-    main.py` would, unless the test needs a process of its own: `input` text on stdin, or
-    `popen` arguments for subprocess.run (e.g. preexec_fn)."""
+    main.py` would (with `umask` set first when given), unless the test needs a process of
+    its own: `input` text on stdin, or `popen` arguments for subprocess.run (preexec_fn: a
+    resource limit on file size would also cut the fork's stdout and stderr files)."""
     if input is None and not popen:
-        return _shared_cli()(*args, cwd=cwd, env=env, timeout=timeout)
+        return _shared_cli()(*args, cwd=cwd, env=env, timeout=timeout, umask=umask)
+    assert umask is None, "with a process of its own, set the umask in preexec_fn"
     return run_process(*args, cwd=cwd, timeout=timeout, env=env, input=input, **popen)
 
 
@@ -104,14 +106,15 @@ class ForkedCli:
         self.server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cli_server.py")], cwd=ROOT,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def __call__(self, *args, cwd=ROOT, env=None, timeout=300):
+    def __call__(self, *args, cwd=ROOT, env=None, timeout=300, umask=None):
         import json
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
             out, err = Path(folder) / "out", Path(folder) / "err"
             request = {"args": list(map(str, args)), "cwd": str(cwd), "out": str(out), "err": str(err),
-                       "env": dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), "timeout": timeout}
+                       "env": dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), "timeout": timeout,
+                       "umask": umask}
             self.server.stdin.write(json.dumps(request) + "\n")
             self.server.stdin.flush()
             answer = self.server.stdout.readline()

@@ -165,13 +165,13 @@ def test_a_closed_pipe_ends_quietly():
 
 def test_output_files_follow_the_umask(tmp_path):
     make_dogcat(tmp_path / "data")
-    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path), preexec_fn=lambda: os.umask(0o002))
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path), umask=0o002)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "tiny"
     for name in ("config.yaml", "last.pth", "best.pth", "status.json"):
         assert oct((run_dir / name).stat().st_mode & 0o777) == oct(0o664), name
     result = run_cli("test", "--env=tiny", f"--checkpoint-dir={tmp_path / 'runs'}", f"--test-data-root={tmp_path / 'data/test'}",
-                     f"--result-file={tmp_path / 'r.csv'}", preexec_fn=lambda: os.umask(0o027))
+                     f"--result-file={tmp_path / 'r.csv'}", umask=0o027)
     assert result.returncode == 0, result.stderr
     assert oct((tmp_path / "r.csv").stat().st_mode & 0o777) == oct(0o640)
 
