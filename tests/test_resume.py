@@ -173,3 +173,18 @@ def test_the_thread_count_is_saved_and_a_resume_with_another_says_it_is_not_bit_
     assert load(last)["threads"] == 1
     same = run_cli("train", *flags(setup, "threads", **{"max-epoch": 3, "threads": 1, "resume": "true"}))
     assert same.returncode == 0 and "intra-op thread" not in same.stderr, same.stderr
+
+
+def test_a_resume_within_the_same_second_keeps_the_first_runs_curve(tmp_path):
+    """tensorboardX names event files by host and second: without a suffix of ours, a run
+    stopped and resumed within one second (tiny runs do) overwrote the first file."""
+    from utils.visualize import Visualizer
+
+    first = Visualizer(tmp_path, "tensorboard", env="x", purge_step=None)
+    first.plot("train/loss", 1.0, 3)
+    first.close()
+    second = Visualizer(tmp_path, "tensorboard", env="x", purge_step=4)
+    second.plot("train/loss", 2.0, 6)
+    second.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    assert scalars(tmp_path, "train/loss") == [(3, 1.0), (6, 2.0)]

@@ -4,9 +4,12 @@ TensorBoard event files go into the run dir, so `tensorboard --logdir checkpoint
 every run side by side. The visdom backend needs a running server; if none answers, one
 warning is logged and every later call is a no-op, never a traceback per plot.
 """
+import itertools
 import logging
+import os
 
 log = logging.getLogger(__name__)
+_WRITERS = itertools.count(1)  # numbers the event files this process opens
 
 
 class Visualizer:
@@ -23,7 +26,10 @@ class Visualizer:
 
             # purge_step drops points at/after it left by an interrupted run, so a resumed
             # run continues the curves without duplicates.
-            self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step, flush_secs=30)
+            # tensorboardX names the file after the host and the second it opens it: a run
+            # stopped and resumed within one second would overwrite the first one's points.
+            self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step, flush_secs=30,
+                                        filename_suffix=f".{os.getpid()}.{next(_WRITERS)}")
         elif backend == "visdom":
             self.vis = _connect_visdom(env)
 
