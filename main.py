@@ -69,10 +69,11 @@ def _run(command, args, flags):
         listed = ", ".join(c if c == m else f"{c} (= {m})" for c, m in commands.items())
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {listed}"
                          f"{_run_hint(cfg, command)}")
-    from utils import runtime
+    from utils import distributed, runtime
 
+    if command == "train" and cfg.env and not distributed.launched():
+        runtime.check_new_run(cfg)  # a run dir that holds a run: refused in a blink, before torch loads
     runtime.prepare_threads()  # before torch is imported
-    from utils import distributed
 
     distributed.setup(cfg)  # joins the process group under torchrun; nothing otherwise
     runtime.apply_threads(cfg)

@@ -34,15 +34,21 @@ def test_help_lists_each_experiments_commands_and_defaults():
     assert "defaults: --dataset='faces' --train-data-root='data/faces_sample' --model='NetG' --image-size=32" in result.stdout
 
 
-def test_help_and_config_errors_do_not_import_heavy_packages():
+def test_help_and_config_errors_do_not_import_heavy_packages(tmp_path):
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "last.pth").write_bytes(b"a run")
     code = (
         "import sys, main, contextlib, io\n"
         "with contextlib.redirect_stdout(io.StringIO()): main.main(['help'])\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main.main(['generate', '--help'])\n"
         "with contextlib.redirect_stderr(io.StringIO()): main.main(['train', '--lrr=1'])\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err: code = main.main(['train', '--env=taken', "
+        f"'--checkpoint-dir={tmp_path / 'runs'}'])\n"
+        "print(code, 'already holds a run' in err.getvalue())\n"
         "print(sorted(m for m in ('torch', 'torchvision', 'tensorboardX', 'torchnet') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert result.stdout.strip() == "[]", result.stderr
+    assert result.stdout.split("\n")[:2] == ["2 True", "[]"], result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
