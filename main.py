@@ -142,6 +142,10 @@ def _main(argv):
             return 0
         from configs.help import command_help
 
+        if argv[0] not in all_commands():
+            hint = did_you_mean(argv[0], all_commands())
+            print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(all_commands())}.", file=sys.stderr)
+            return 2
         chosen = [token.split("=", 1)[1] for token in argv if token.startswith("--experiment=")]
         print("\n".join(command_help(argv[0], experiment=chosen[-1] if chosen else None)))
         return 0

@@ -59,6 +59,7 @@ def test_help_and_config_errors_do_not_import_heavy_packages(tmp_path):
         (["train", "--model=ResNet43"], r"error: option --model: unknown model 'ResNet43'"),
         (["train", "ResNet34"], r"error: unexpected argument 'ResNet34': options are written --name=value"),
         (["trian"], r"error: unknown command 'trian'; did you mean train\?"),
+        (["trian", "--help"], r"error: unknown command 'trian'; did you mean train\?"),
         (["train", "--config=/nonexistent.yaml"], r"error: config file '/nonexistent.yaml' not found"),
         (["test"], r"error: give --load-model-path=<checkpoint.pth> or --env=<run name>"),
         (["train", "--resume"], r"error: --resume needs --env=<run name>"),
