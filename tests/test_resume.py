@@ -150,7 +150,10 @@ def test_keep_checkpoints_keeps_the_last_k_epoch_files(setup):
 
 def test_second_sigint_stops_at_once_and_leaves_the_last_checkpoint_whole(setup):
     tmp_path, _ = setup
-    result = run_cli("train", *flags(setup, "twice"), env={"RUNNER_FAULT_AT_STEP": "11:SIGINT,11:SIGINT"})
+    # The epoch-1 last.pth (the 2nd write) is still being written by the background thread when
+    # the two signals come: the message must name the file that the run leaves, not "none yet".
+    result = run_cli("train", *flags(setup, "twice"), env={"RUNNER_FAULT_AT_STEP": "11:SIGINT,11:SIGINT",
+                                                           "RUNNER_FAULT_AT_SAVE": "2:slow"})
     assert result.returncode == 130, result.stderr
     assert "interrupted" in result.stderr and "saved" not in result.stderr
     assert (f"interrupted again: stopped at once, and this stop wrote nothing; the latest checkpoint is "

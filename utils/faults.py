@@ -9,10 +9,12 @@ others learn of it through the agreed stop).
 
 RUNNER_FAULT_AT_SAVE="N:WHAT[,...]": at the N-th checkpoint write of this process (1-based)
 the process kills itself with SIGKILL, as `kill -9` would: `kill` right after the file was
-renamed into place, `kill-before-rename` with the fully written temp file still beside it.
+renamed into place, `kill-before-rename` with the fully written temp file still beside it;
+`slow` waits 2 s before the rename (a slow disk: a background write still in flight).
 """
 import os
 import signal
+import time
 
 STEP_VARIABLE = "RUNNER_FAULT_AT_STEP"
 SAVE_VARIABLE = "RUNNER_FAULT_AT_SAVE"
@@ -48,3 +50,5 @@ def at_save(stage):
     for what in _planned(SAVE_VARIABLE, _saves):
         if (what, stage) in (("kill-before-rename", "written"), ("kill", "renamed")):
             os.kill(os.getpid(), signal.SIGKILL)
+        elif (what, stage) == ("slow", "written"):
+            time.sleep(2)

@@ -75,11 +75,16 @@ class SafeStop:
               f"(Ctrl+C again to stop at once)", file=sys.stderr, flush=True)
 
     def _latest(self):
-        """Which checkpoint a stop leaves as the newest on disk."""
+        """Which checkpoint a stop leaves as the newest on disk, once the epoch end's write
+        still in flight (a background thread) has landed: the run waits for it anyway before
+        it exits, so saying "no checkpoint yet" before then would be false a moment later."""
+        import contextlib
         import time
 
         from utils.checkpoint import LAST
 
+        with contextlib.suppress(Exception):  # a failed write leaves last.pth as it was: we say what is there
+            self.checkpoints.wait()
         last = self.checkpoints.run_dir / LAST
         if not last.is_file():
             return f"no checkpoint on disk yet in {self.checkpoints.run_dir}"
