@@ -55,7 +55,7 @@ def all_commands():
 
 
 def _run(command, args, flags):
-    from configs.loader import Text, load_config
+    from configs.loader import Text, commands_of, load_config
     from utils.errors import UsageError, UserError
 
     if args:
@@ -66,8 +66,7 @@ def _run(command, args, flags):
     cfg = load_config({key: Text(value) for key, value in flags.items()})
     commands = experiment_commands(cfg.experiment)
     if command not in commands:
-        listed = ", ".join(c if c == m else f"{c} (= {m})" for c, m in commands.items())
-        raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {listed}"
+        raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {commands_of(cfg.experiment)}"
                          f"{_run_hint(cfg, command)}")
     from utils import distributed, runtime
 
@@ -134,26 +133,22 @@ def main(argv=None):
 def _main(argv):
     from utils.errors import UserError, did_you_mean
 
-    if not argv or argv[0] in HELP_TOKENS or any(token in ("-h", "--help") for token in argv):
+    if not argv or argv[0] in HELP_TOKENS:
         from configs.help import render_help
 
-        if not argv or argv[0] in HELP_TOKENS:
-            print(render_help())
-            return 0
-        from configs.help import command_help
-
-        if argv[0] not in all_commands():
-            hint = did_you_mean(argv[0], all_commands())
-            print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(all_commands())}.", file=sys.stderr)
-            return 2
-        chosen = [token.split("=", 1)[1] for token in argv if token.startswith("--experiment=")]
-        print("\n".join(command_help(argv[0], experiment=chosen[-1] if chosen else None)))
+        print(render_help())
         return 0
     commands = all_commands()
     if argv[0] not in commands:
         hint = did_you_mean(argv[0], commands)
         print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(commands)}.", file=sys.stderr)
         return 2
+    if any(token in ("-h", "--help") for token in argv):
+        from configs.help import command_help
+
+        chosen = [token.split("=", 1)[1] for token in argv if token.startswith("--experiment=")]
+        print("\n".join(command_help(argv[0], experiment=chosen[-1] if chosen else None)))
+        return 0
     # fire reads `-lr=0.1` as `--lr=0.1`; a one-dash option is more often a typo than a
     # habit, and taking it silently would hide the next typo too.
     single = next((token for token in argv[1:] if len(token) > 1 and token[0] == "-" and token[1] != "-"

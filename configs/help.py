@@ -5,7 +5,7 @@ import shutil
 import textwrap
 
 from configs.loader import describe_type, flag
-from configs.schema import GROUPS, Config
+from configs.schema import FIELDS, GROUPS, Config
 
 HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
@@ -71,7 +71,7 @@ def command_help(command, width=None, experiment=None):
 
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
     having = _experiments_with(command)
-    default = next(f.default for f in dataclasses.fields(Config) if f.name == "experiment")
+    default = FIELDS["experiment"].default
     if experiment is None:
         experiment = next(iter(having)) if len(having) == 1 else default
     lines = [f"python main.py {command}:"]

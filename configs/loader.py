@@ -263,11 +263,8 @@ def adopt_checkpoint_config(cfg, saved, source):
     weights would not fit)."""
     trained_by = saved.get("experiment", cfg.experiment)
     if trained_by != cfg.experiment:
-        from utils.registry import EXPERIMENTS
-
-        commands = commands_of(trained_by)
         raise UsageError(f"{source} was trained by experiment {trained_by!r}; add --experiment={trained_by} "
-                         f"(its commands: {commands})")
+                         f"(its commands: {commands_of(trained_by)})")
     changed = changed_options(cfg)
     adopted = {}
     for key in inherited():

@@ -8,8 +8,8 @@ Protocol: one JSON object per line on stdin {"args", "cwd", "env", "out", "err",
 "umask"} (umask optional: set in the child before it runs);
 the answer is one line on stdout {"code", "timed_out"}. A child still running after
 `timeout` seconds is killed (SIGKILL) and reported as timed out. conftest.run_cli sends every
-command here unless a test needs a process of its own (a umask set before exec, stdin text),
-since importing torch takes 3-5 s of each command on 2 cores.
+command here unless a test needs a process of its own (stdin text, a preexec_fn), since
+importing torch takes 3-5 s of each command on 2 cores.
 """
 import json
 import os
@@ -38,7 +38,6 @@ def child(request):
         os.environ.update(request["env"])
         if request.get("umask") is not None:
             os.umask(request["umask"])
-
         stdin = os.open(os.devnull, os.O_RDONLY)
         os.dup2(stdin, 0)
         for fd, name in ((1, "out"), (2, "err")):
