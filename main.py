@@ -3,10 +3,10 @@
 Each experiment declares its commands (classify: train, val, test; gan: train, generate,
 with test as another name for generate); `help` lists them. fire dispatches the command;
 every value reaches us as text (fire's literal guessing is switched off with
-SetParseFn(str)) and the config schema types it. `train` is the engine's (utils/engine.py),
+SetParseFn(str)) and the config schema types it. `train` is the engine's (utils/engine/loop.py),
 the other commands are the experiment's methods. Exit codes: 0 ok, 1 runtime failure,
 2 usage or config error, 130 interrupted (SIGINT), 143 terminated (SIGTERM), 128 + N stopped
-by --requeue-signal N. Under torchrun every process runs this same command (utils/distributed.py).
+by --requeue-signal N. Under torchrun every process runs this same command (utils/engine/distributed.py).
 """
 import logging
 import sys
@@ -24,7 +24,7 @@ def help(*args, **flags):  # noqa: A001 - the command is called help, as in the 
 def runs(*args, **flags):
     """Print a table of the runs under --checkpoint-dir."""
     from configs.loader import Text, load_config
-    from utils.errors import UsageError
+    from utils.core.errors import UsageError
     from utils.runs import render
 
     if args:
@@ -38,7 +38,7 @@ def runs(*args, **flags):
 
 def experiment_commands(name):
     """{command: method name} of experiment `name`, read from its source (no import)."""
-    from utils.registry import EXPERIMENTS
+    from utils.core.registry import EXPERIMENTS
 
     commands = {command: command for command in EXPERIMENTS.declared(name, "commands") or {}}
     commands.update(EXPERIMENTS.declared(name, "aliases") or {})
@@ -46,7 +46,7 @@ def experiment_commands(name):
 
 
 def all_commands():
-    from utils.registry import EXPERIMENTS
+    from utils.core.registry import EXPERIMENTS
 
     found = {}
     for name in EXPERIMENTS.names():
@@ -56,7 +56,7 @@ def all_commands():
 
 def _run(command, args, flags):
     from configs.loader import Text, commands_of, load_config
-    from utils.errors import UsageError, UserError
+    from utils.core.errors import UsageError, UserError
 
     if args:
         raise UsageError(
@@ -68,7 +68,7 @@ def _run(command, args, flags):
     if command not in commands:
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {commands_of(cfg.experiment)}"
                          f"{_run_hint(cfg, command)}")
-    from utils import distributed, runtime
+    from utils.engine import distributed, runtime
 
     if command == "train" and cfg.env and not distributed.launched():
         runtime.check_new_run(cfg)  # a run dir that holds a run: refused in a blink, before torch loads
@@ -78,11 +78,11 @@ def _run(command, args, flags):
     runtime.apply_threads(cfg)
     try:
         if command == "train":
-            from utils import engine
+            from utils.engine import loop as engine
 
             engine.train(cfg)
             return
-        from utils.registry import EXPERIMENTS
+        from utils.core.registry import EXPERIMENTS
 
         getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
     except UserError as error:
@@ -131,7 +131,7 @@ def main(argv=None):
 
 
 def _main(argv):
-    from utils.errors import UserError, did_you_mean
+    from utils.core.errors import UserError, did_you_mean
 
     if not argv or argv[0] in HELP_TOKENS:
         from configs.help import render_help
@@ -167,7 +167,7 @@ def _main(argv):
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:
-        from utils import distributed
+        from utils.engine import distributed
 
         # Under torchrun rank 0 says what every rank agreed on (a stop, a NaN); another
         # rank's own error names its rank.

@@ -1,5 +1,5 @@
 """What an epoch-end checkpoint costs the training loop: written in the loop (as before)
-against written by the background thread (utils/checkpoint.py), side by side.
+against written by the background thread (utils/engine/checkpoint.py), side by side.
 
     .venv/bin/python benchmarks/checkpoint_cost.py [--model ResNet34] [--rounds 3]
 
@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs import load_config  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import checkpoint  # noqa: E402
+from utils.engine import checkpoint  # noqa: E402
 
 
 def main():

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from configs import load_config  # noqa: E402
 from data.faces import Faces, list_images  # noqa: E402
 from experiments.gan import build_nets  # noqa: E402
-from utils import checkpoint  # noqa: E402
-from utils.registry import MODELS  # noqa: E402
+from utils.engine import checkpoint  # noqa: E402
+from utils.core.registry import MODELS  # noqa: E402
 
 
 def frechet_distance(a, b):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kaggle_images  # noqa: E402
 from data.dogcat import DogCat, list_train  # noqa: E402
 from data.transforms import MEAN, STD, collate  # noqa: E402
-from utils.precision import Precision  # noqa: E402
+from utils.engine.precision import Precision  # noqa: E402
 
 
 def book_pipelines(size):

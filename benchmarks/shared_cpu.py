@@ -7,7 +7,7 @@ for 2), run alone and then beside one single-thread busy loop (another user's jo
 shared machine), under three settings:
   spin      libgomp's own default: threads spin a while at each barrier before sleeping
             (GOMP_SPINCOUNT=300000, its documented default)
-  passive   the runner's default (utils/runtime.py: OMP_WAIT_POLICY=PASSIVE), all usable cores
+  passive   the runner's default (utils/engine/runtime.py: OMP_WAIT_POLICY=PASSIVE), all usable cores
   1 thread  passive, --threads=1
 It prints img/s (median over the epochs after the first, best of --rounds), the ratio beside
 the busy loop / alone (a fair share on 2 cores is about 0.5), and each setting alone against

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs import load_config  # noqa: E402
 from data.transforms import MEAN, STD  # noqa: E402
 from experiments.classify import Classify  # noqa: E402
-from utils import engine  # noqa: E402
-from utils.precision import Precision  # noqa: E402
-from utils.safe_stop import SafeStop  # noqa: E402
+from utils.engine import loop as engine  # noqa: E402
+from utils.engine.precision import Precision  # noqa: E402
+from utils.engine.safe_stop import SafeStop  # noqa: E402
 
 SETTINGS = {"SqueezeNet": (224, 32), "ResNet34": (224, 32), "LeNet": (32, 64)}  # image size, batch
 

@@ -64,7 +64,7 @@ def book_train(args):
     import torch
     from torchnet import meter
 
-    from utils.registry import MODELS
+    from utils.core.registry import MODELS
 
     torch.manual_seed(0)
     model = MODELS.build(args.model, num_classes=2)
@@ -106,7 +106,7 @@ def book_train(args):
 def book_test(args):
     import torch
 
-    from utils.registry import MODELS
+    from utils.core.registry import MODELS
 
     model = MODELS.build(args.model, num_classes=2)
     model.load_state_dict(torch.load(args.out / "book.pth", weights_only=True))

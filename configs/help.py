@@ -50,7 +50,7 @@ def _option_lines(names, width, name_width, defaults=None, notes=None):
 
 def _experiments_with(command):
     """{experiment: the method `command` runs} for every experiment that has `command`."""
-    from utils.registry import EXPERIMENTS
+    from utils.core.registry import EXPERIMENTS
 
     found = {}
     for experiment in EXPERIMENTS.names():
@@ -67,7 +67,7 @@ def command_help(command, width=None, experiment=None):
     command, else the default one) and that experiment's own options; last, a pointer to
     `help` for the rest. Short enough to read without scrolling."""
     from configs.loader import defaults_for
-    from utils.registry import EXPERIMENTS
+    from utils.core.registry import EXPERIMENTS
 
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
     having = _experiments_with(command)
@@ -100,7 +100,7 @@ def command_help(command, width=None, experiment=None):
 def render_help(width=None, command=None):
     """The full help text; with `command`, that command's part first."""
     from configs.loader import experiment_defaults
-    from utils.registry import ALL, EXPERIMENTS, display_name
+    from utils.core.registry import ALL, EXPERIMENTS, display_name
 
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
     if command and command != "help":

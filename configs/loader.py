@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from configs.schema import FIELDS, GROUPS, Config, inherited, with_role
-from utils.errors import UsageError, did_you_mean
+from utils.core.errors import UsageError, did_you_mean
 
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
@@ -176,7 +176,7 @@ def _normalise_keys(options, where):
 def experiment_defaults(name):
     """{option: value} the experiment `name` declares as its defaults (its class's
     `defaults` literal, read without importing it); {} for an unknown name."""
-    from utils.registry import EXPERIMENTS
+    from utils.core.registry import EXPERIMENTS
 
     declared = EXPERIMENTS.declared(name, "defaults") or {}
     return {key: coerce(key, value, f"experiment {name}: defaults: ") for key, value in _normalise_keys(declared, "").items()}
@@ -212,7 +212,7 @@ def load_config(overrides=None):
 
 def validate(cfg):
     """Cross-field checks and derived values (device from --use-gpu); returns the Config."""
-    from utils import registry
+    from utils.core import registry
 
     for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
         value = getattr(cfg, name)
@@ -280,7 +280,7 @@ def adopt_checkpoint_config(cfg, saved, source):
 
 def commands_of(experiment):
     """'train, generate, test (= generate)': the commands of `experiment`, its aliases too."""
-    from utils.registry import EXPERIMENTS
+    from utils.core.registry import EXPERIMENTS
 
     names = list(EXPERIMENTS.declared(experiment, "commands") or {})
     aliases = EXPERIMENTS.declared(experiment, "aliases") or {}

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from data.sampling import augmentation_rng, split_part
-from utils.errors import UserError, plural
-from utils.io import network_timeout
+from utils.core.errors import UserError, plural
+from utils.core.io import network_timeout
 
 log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 30

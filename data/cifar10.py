@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from data.arrays import ArrayDataset, FormatError
-from utils.registry import DATASETS
+from utils.core.registry import DATASETS
 
 TRAIN_BATCH = re.compile(r"data_batch_(\d+)")
 # What numpy arrays need to unpickle (numpy 1 and 2 spell the module differently), and the

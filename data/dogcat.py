@@ -20,8 +20,8 @@ from data.readable import load_rgb, split_readable  # noqa: F401 - dogcat.load_r
 from data.sampling import augmentation_rng
 from data.sampling import split_part
 from data.sampling import stratified_split as split  # noqa: F401 - data.dogcat.split, as before
-from utils.errors import UserError, plural
-from utils.registry import DATASETS
+from utils.core.errors import UserError, plural
+from utils.core.registry import DATASETS
 
 log = logging.getLogger(__name__)
 CLASSES = ("cat", "dog")
@@ -102,7 +102,7 @@ def test_listing(folder, skip_bad_images=False, workers=2):
 class DogCat(torch.utils.data.Dataset):
     """Items: (uint8 image tensor, label) for train/val, (uint8 image tensor, id) for test;
     any image files (data/imagefolder.py uses it too). Batches are normalised on the device
-    with `mean` and `std` (utils/precision.py)."""
+    with `mean` and `std` (utils/engine/precision.py)."""
 
     classes = list(CLASSES)
     mean, std = transforms.MEAN, transforms.STD

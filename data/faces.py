@@ -15,8 +15,8 @@ import torch
 from data import face_sample
 from data.dogcat import check_folder
 from data.readable import load_rgb, split_readable
-from utils.errors import UserError
-from utils.registry import DATASETS
+from utils.core.errors import UserError
+from utils.core.registry import DATASETS
 
 log = logging.getLogger(__name__)
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

@@ -20,8 +20,8 @@ from pathlib import Path
 from data.dogcat import DEFAULT_SIZE, DogCat
 from data.readable import split_readable
 from data.sampling import split_part
-from utils.errors import UsageError, UserError, plural
-from utils.registry import DATASETS
+from utils.core.errors import UsageError, UserError, plural
+from utils.core.registry import DATASETS
 
 log = logging.getLogger(__name__)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

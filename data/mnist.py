@@ -17,7 +17,7 @@ import gzip
 import numpy as np
 
 from data.arrays import ArrayDataset, FormatError
-from utils.registry import DATASETS
+from utils.core.registry import DATASETS
 
 UNSIGNED_BYTE = 0x08
 

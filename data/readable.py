@@ -13,7 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from utils.errors import UserError, plural
+from utils.core.errors import UserError, plural
 
 log = logging.getLogger(__name__)
 SKIP_HINT = "fix or delete it, or add --skip-bad-images to leave unreadable files out"
@@ -85,7 +85,7 @@ def report(skipped, run_dir=None):
     where = f"; all listed in {Path(run_dir) / LIST_NAME}" if run_dir is not None else ""
     log.warning("--skip-bad-images: skipped %s: %s%s%s", plural(len(skipped), "unreadable image"), shown, more, where)
     if run_dir is not None:
-        from utils.io import atomic_open
+        from utils.core.io import atomic_open
 
         with atomic_open(Path(run_dir) / LIST_NAME, "w", encoding="utf-8") as handle:
             handle.writelines(f"{path}\t{reason}\n" for path, reason in skipped)

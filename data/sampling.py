@@ -16,8 +16,8 @@ Evaluation (shuffle=False) gives each rank a contiguous share with no padding.
 """
 import torch
 
-from utils import seeding
-from utils.errors import UserError
+from utils.core import seeding
+from utils.core.errors import UserError
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -8,7 +8,7 @@ Both give uint8 (3, size, size) tensors: the crop's box is resized straight from
 image in one antialiased (bilinear) pass, and a JPEG whose box spans at least twice the
 output is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's draft mode), which
 skips most of the decoding. Batches of them are channels_last from the start (`collate`). Normalisation (float, minus mean, over std) happens once per
-batch on the run's device (utils/precision.py): workers hand over 4x fewer bytes and do no
+batch on the run's device (utils/engine/precision.py): workers hand over 4x fewer bytes and do no
 float work. benchmarks/pipeline.py measures this against the book's PIL pipeline.
 """
 import math

@@ -1,6 +1,6 @@
 """Image classification: Dogs vs. Cats, CIFAR-10, MNIST, any image-folder tree (--dataset).
 
-    train: fit on the train split, validate every epoch (the engine: utils/engine.py)
+    train: fit on the train split, validate every epoch (the engine: utils/engine/loop.py)
     val:   metrics of a checkpoint on the same validation split, per class and confused
     test:  predict the test split and write a csv, by data set:
              dogcat          id,label = P(dog)              (Kaggle's Dogs vs. Cats)
@@ -27,13 +27,14 @@ from data import readable
 from data.dogcat import TEST_NAME as TEST_ID
 from data.transforms import denormalize
 from models import build_for_weights, build_model, check_takes
-from utils import checkpoint, distributed, runtime, tables
-from utils.engine import Experiment, load_for_inference
-from utils.errors import UsageError, UserError, plural
-from utils.lr_policy import LrPolicy
-from utils.precision import Precision, for_inference
-from utils.registry import DATASETS, EXPERIMENTS, METERS
-from utils.submission import write_csv, write_submission
+from utils.engine import checkpoint, distributed, runtime
+from utils import tables
+from utils.engine.loop import Experiment, load_for_inference
+from utils.core.errors import UsageError, UserError, plural
+from utils.engine.lr_policy import LrPolicy
+from utils.engine.precision import Precision, for_inference
+from utils.core.registry import DATASETS, EXPERIMENTS, METERS
+from utils.writers import write_csv, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def resolve_from_data(cfg, dataset, source):
 
 def check_tta(cfg):
     """--tta averages over a horizontal flip, which is wrong where training never flips."""
-    from utils.registry import DATASETS
+    from utils.core.registry import DATASETS
 
     if cfg.tta and not getattr(DATASETS.get(cfg.dataset), "flip", True):
         raise UsageError(f"--tta averages each image with its mirror image, which {cfg.dataset} never trains on "

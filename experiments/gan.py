@@ -1,6 +1,6 @@
 """The book's chapter 7: a DCGAN that draws anime faces (registered as `gan`).
 
-    train:    alternate discriminator and generator steps (the engine: utils/engine.py)
+    train:    alternate discriminator and generator steps (the engine: utils/engine/loop.py)
     generate: draw --gen-search-num noises, keep the --gen-num the discriminator scores
               highest, write one grid PNG to --gen-img (`test` is the same command)
 
@@ -27,11 +27,12 @@ import torch.nn.functional as F
 
 from models import check_takes
 from models.dcgan import layout
-from utils import checkpoint, distributed, runtime, seeding
-from utils.engine import Experiment, load_for_inference
-from utils.errors import UsageError, plural
-from utils.lr_policy import LrPolicy
-from utils.registry import DATASETS, EXPERIMENTS, MODELS
+from utils.engine import checkpoint, distributed, runtime
+from utils.core import seeding
+from utils.engine.loop import Experiment, load_for_inference
+from utils.core.errors import UsageError, plural
+from utils.engine.lr_policy import LrPolicy
+from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.visualize import save_grid
 
 log = logging.getLogger(__name__)

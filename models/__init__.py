@@ -13,8 +13,8 @@ def check_takes(option, name, arguments, kind):
     import inspect
 
     from configs.loader import flag
-    from utils.errors import UsageError
-    from utils.registry import MODELS
+    from utils.core.errors import UsageError
+    from utils.core.registry import MODELS
 
     parameters = inspect.signature(MODELS.get(name)).parameters
     missing = [argument for argument in arguments if argument not in parameters]
@@ -24,7 +24,7 @@ def check_takes(option, name, arguments, kind):
 
 def data_channels(dataset):
     """Channels of the images of the data set registered as `dataset` (1 for MNIST, else 3)."""
-    from utils.registry import DATASETS
+    from utils.core.registry import DATASETS
 
     return getattr(DATASETS.get(dataset), "channels", 3)
 
@@ -38,8 +38,8 @@ def build_model(cfg):
     import torch
 
     from configs.loader import flag
-    from utils.errors import UsageError
-    from utils.registry import MODELS
+    from utils.core.errors import UsageError
+    from utils.core.registry import MODELS
 
     channels, size = data_channels(cfg.dataset), cfg.image_size
     parameters = inspect.signature(MODELS.get(cfg.model)).parameters

@@ -2,7 +2,7 @@
 from torch import nn
 
 from models.basic_module import BasicModule
-from utils.registry import MODELS
+from utils.core.registry import MODELS
 
 
 @MODELS.register()

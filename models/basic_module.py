@@ -1,6 +1,6 @@
 """BasicModule: the book's nn.Module with save()/load(), kept for users porting book code.
 
-The runner itself saves full checkpoints (utils/checkpoint.py); these two helpers read and
+The runner itself saves full checkpoints (utils/engine/checkpoint.py); these two helpers read and
 write bare weights, safely (weights_only) and atomically.
 """
 import logging
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from utils import checkpoint
-from utils.errors import UserError
+from utils.engine import checkpoint
+from utils.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

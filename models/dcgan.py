@@ -12,8 +12,8 @@ import math
 
 from torch import nn
 
-from utils.errors import UsageError
-from utils.registry import MODELS
+from utils.core.errors import UsageError
+from utils.core.registry import MODELS
 
 
 def layout(image_size):

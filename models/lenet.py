@@ -8,7 +8,7 @@ adaptive pooling makes any --image-size of at least 16 work.
 from torch import nn
 
 from models.basic_module import BasicModule
-from utils.registry import MODELS
+from utils.core.registry import MODELS
 
 
 @MODELS.register()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.basic_module import BasicModule
-from utils.registry import MODELS
+from utils.core.registry import MODELS
 
 
 class Fire(nn.Module):

@@ -26,7 +26,7 @@ import torch  # noqa: E402,F401 - the point: import once, before any fork
 import torchvision  # noqa: E402,F401
 
 import main  # noqa: E402
-from utils import engine  # noqa: E402,F401
+from utils.engine import loop as engine  # noqa: E402,F401
 
 
 def child(request):

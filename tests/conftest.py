@@ -36,7 +36,7 @@ def typed(program="main", cwd=ROOT):
     """How the runner, started with this interpreter in `cwd`, prints a command that runs
     `program` ("main" for `python main.py`, or "tensorboard", ...): utils.runtime.program,
     so that it works as printed whether the venv is activated or not."""
-    from utils import runtime
+    from utils.engine import runtime
 
     before = os.getcwd()
     os.chdir(cwd)

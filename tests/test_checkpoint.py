@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from models.lenet import LeNet
-from utils import checkpoint
-from utils.errors import UserError
-from utils.io import atomic_open
-from utils.submission import write_submission
+from utils.engine import checkpoint
+from utils.core.errors import UserError
+from utils.core.io import atomic_open
+from utils.writers import write_submission
 
 
 def test_a_crash_while_writing_leaves_the_previous_file_intact(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 
 from configs.schema import FIELDS
 from conftest import ROOT, run_cli
-from utils.registry import ALL
+from utils.core.registry import ALL
 
 
 @pytest.mark.parametrize("args", [[], ["help"], ["-h"], ["--help"]])  # `<command> --help`: tests/test_newcomer.py

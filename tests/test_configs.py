@@ -6,7 +6,7 @@ import pytest
 from configs import dump_yaml, load_config
 from configs.loader import Text
 from configs.schema import FIELDS, Config
-from utils.errors import UsageError
+from utils.core.errors import UsageError
 
 
 def flags(**values):

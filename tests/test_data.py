@@ -9,7 +9,7 @@ from PIL import Image
 
 from data import dogcat, sample
 from data.sampling import EpochSampler
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 def touch_images(folder, names):
@@ -151,7 +151,7 @@ def test_uint8_batches_are_normalised_on_the_device_as_the_book_normalises_image
     from torchvision.transforms import functional as F
 
     from data import transforms
-    from utils.precision import Precision
+    from utils.engine.precision import Precision
 
     photo(tmp_path / "cat.0.jpg", 300, 200)
     data = dogcat.DogCat([(tmp_path / "cat.0.jpg", 0)], image_size=32, augment=False, seed=0)

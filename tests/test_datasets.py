@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CIFAR_CLASSES, idx_bytes, make_cifar10, make_imagefolder, make_mnist
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 LENET = ["--model=LeNet", "--batch-size=8", "--num-workers=0", "--print-freq=2", "--progress=false", "--debug-file=",
          "--lr=0.01", "--optimizer=sgd", "--max-epoch=3"]
@@ -354,7 +354,7 @@ def test_bad_options_for_these_data_sets_fail_in_one_line_before_a_run_exists(tr
 def test_the_extending_guide_adds_a_data_set_in_one_file(tmp_path):
     """docs/extending.md's data/fashion_mnist.py, run as written: a new --dataset in one class."""
     from conftest import ROOT
-    from utils.registry import DATASETS
+    from utils.core.registry import DATASETS
 
     guide = (ROOT / "docs" / "extending.md").read_text()
     source = re.search(r"```python\n(# data/fashion_mnist.py\n.*?)```", guide, re.S).group(1)

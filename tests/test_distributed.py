@@ -18,7 +18,7 @@ import torch
 from conftest import ROOT, make_dogcat, run_cli, tiny_flags, typed
 from data.sampling import EpochSampler
 from test_resume import assert_same_training_state
-from utils import distributed
+from utils.engine import distributed
 
 # 28 train images, 12 val, 9 test; global batch 2 x 4 = 8: steps of 8, 8, 8, 4 images.
 FLAGS = {"max-epoch": 2, "image-size": 16}

@@ -6,8 +6,8 @@ import torch
 
 import configs
 from conftest import make_dogcat, run_cli, tiny_flags
-from utils import checkpoint, engine
-from utils.lr_policy import LrPolicy
+from utils.engine import checkpoint, loop as engine
+from utils.engine.lr_policy import LrPolicy
 
 EPOCHS = 2
 FLAGS = {"max-epoch": EPOCHS, "batch-size": 4, "lr": 0.01}
@@ -98,7 +98,7 @@ def test_cosine_stretches_smoothly_when_max_epoch_grows_on_resume():
 
 
 def test_plateau_needs_a_metric():
-    from utils.errors import UsageError
+    from utils.core.errors import UsageError
 
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     cfg = types.SimpleNamespace(lr_policy="plateau", lr_decay=0.5, lr_step=2, max_epoch=10, monitor="val_loss",

@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import run_cli
 from data import face_sample
 from models.dcgan import NetD, NetG
-from utils.errors import UsageError
+from utils.core.errors import UsageError
 
 # 16 faces, batch 4: 4 steps per epoch, 12 in all; print_freq 3 puts a grid mid-epoch.
 FLAGS = {"experiment": "gan", "image-size": 32, "ngf": 8, "ndf": 8, "nz": 16, "batch-size": 4, "max-epoch": 3,

@@ -5,8 +5,8 @@ import socket
 import pytest
 import torch
 
-from utils.errors import UserError
-from utils.registry import MODELS
+from utils.core.errors import UserError
+from utils.core.registry import MODELS
 
 
 @pytest.mark.parametrize("name, size", [("AlexNet", 63), ("ResNet34", 32), ("ResNet34", 100), ("SqueezeNet", 48),

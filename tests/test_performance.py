@@ -1,12 +1,12 @@
-"""utils/precision.py: what --amp autocasts to on which device, --compile and its fallback."""
+"""utils/engine/precision.py: what --amp autocasts to on which device, --compile and its fallback."""
 import logging
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from utils import checkpoint, precision
-from utils.errors import UsageError
+from utils.engine import checkpoint, precision
+from utils.core.errors import UsageError
 
 
 def amp(dtype="auto"):

@@ -1,8 +1,8 @@
 """utils.registry: lookup, family names, errors, duplicates, and the no-import name scan."""
 import pytest
 
-from utils.errors import UsageError
-from utils.registry import ALL, MODELS, Registry
+from utils.core.errors import UsageError
+from utils.core.registry import ALL, MODELS, Registry
 
 
 def test_unknown_name_lists_registry_available_and_close_matches():

@@ -8,7 +8,7 @@ import math
 import numpy as np
 from torchnet import meter as tnt
 
-from utils.registry import METERS
+from utils.core.registry import METERS
 
 # Kaggle clips submissions into [1e-15, 1 - 1e-15] before scoring log loss.
 KAGGLE_EPSILON = 1e-15

@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 STATUS = "status.json"
 COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated")
@@ -58,7 +58,7 @@ def _status(run_dir):
 def _status_from_files(run_dir):
     """What a run without status.json (an older runner's) says about itself."""
     from configs.loader import read_yaml
-    from utils.errors import UsageError
+    from utils.core.errors import UsageError
 
     record = {}
     try:

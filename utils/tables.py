@@ -26,7 +26,7 @@ def confusion_lines(names, confusion):
 
 def summary_line(what, count, metrics):
     """'val: 8 images  accuracy 0.8750  top-5 1.0000  log loss 0.3012'."""
-    from utils.errors import plural
+    from utils.core.errors import plural
 
     parts = [f"{what}: {plural(count, 'image')}", f"accuracy {metrics['val_accuracy']:.4f}"]
     if "val_top5" in metrics:

@@ -105,7 +105,7 @@ def save_grid(images, path, nrow=None):
     from PIL import Image
     from torchvision.utils import make_grid
 
-    from utils.io import atomic_open
+    from utils.core.io import atomic_open
 
     images = images.detach().float().cpu()
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import configs
-from utils.errors import UsageError, UserError
-from utils.io import atomic_open
+from utils.core.errors import UsageError, UserError
+from utils.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def apply_threads(cfg):
     OMP_NUM_THREADS, which torchrun also sets, wins then). Returns the count in use."""
     import torch
 
-    from utils import distributed
+    from utils.engine import distributed
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -60,7 +60,7 @@ def pick_device(cfg):
     processes, CUDA means this process's GPU, cuda:<LOCAL_RANK>."""
     import torch
 
-    from utils import distributed
+    from utils.engine import distributed
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device={cfg.device} but this machine has no usable CUDA GPU; use --device=auto or cpu")
@@ -82,7 +82,7 @@ def checkpoint_dir_flag(cfg):
     return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"
 
 
-MAIN = Path(__file__).resolve().parent.parent / "main.py"
+MAIN = Path(__file__).resolve().parents[2] / "main.py"
 
 
 def _typed(path):
@@ -117,7 +117,7 @@ def main_command(launcher=None):
 
 def resume_command(cfg):
     """The command that continues the run of `cfg` (under torchrun: with torchrun)."""
-    from utils import distributed
+    from utils.engine import distributed
 
     launcher, per_node = None, distributed.per_node()
     if distributed.world_size() > 1:
@@ -185,7 +185,7 @@ def check_output_file(path, option):
 def check_new_run(cfg):
     """UsageError when a new run (no --resume) would land in a run dir that holds a run:
     checked first, before any data is read or model built."""
-    from utils.checkpoint import BEST, LAST
+    from utils.engine.checkpoint import BEST, LAST
 
     run_dir = cfg.run_dir
     if not cfg.resume and any((run_dir / name).exists() for name in (LAST, BEST)):
@@ -229,7 +229,8 @@ def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
 
     from data.sampling import EpochSampler
     from data.transforms import collate
-    from utils import distributed, seeding
+    from utils.engine import distributed
+    from utils.core import seeding
 
     sampler = EpochSampler(len(dataset), cfg.seed, shuffle=shuffle, epoch=epoch, start=start,
                            rank=distributed.rank(), world=distributed.world_size(), batch_size=cfg.batch_size)

@@ -3,7 +3,7 @@ P(dog), one row per test image) and any table of rows (`write_csv`), always atom
 import csv
 import io
 
-from utils.io import atomic_open
+from utils.core.io import atomic_open
 
 
 def write_submission(path, ids, dog_probabilities, clip=0.0):

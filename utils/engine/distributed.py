@@ -6,7 +6,7 @@ process group (nccl on CUDA, each process on cuda:<LOCAL_RANK>; gloo on CPU). Wi
 or with WORLD_SIZE=1, there is no process group and every function here is the identity,
 so `python main.py train` runs exactly as it always did.
 
-What the engine builds on it (utils/engine.py):
+What the engine builds on it (utils/engine/loop.py):
   - rank 0 alone writes files (`is_main`); the others log warnings and errors only;
   - `on_main(fn)`: fn on rank 0, its failure (one exit code) shared with every rank;
   - `agree_step`: after each step one all-reduce gives every rank the same global means
@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 
-from utils.errors import UsageError, UserError
+from utils.core.errors import UsageError, UserError
 
 log = logging.getLogger(__name__)
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -85,7 +85,7 @@ def setup(cfg):
     import torch
     import torch.distributed as dist
 
-    from utils import runtime
+    from utils.engine import runtime
 
     if cfg.device.startswith("cuda:"):
         raise UsageError(f"--device={cfg.device}: under torchrun each process takes cuda:<LOCAL_RANK>; "
@@ -273,7 +273,7 @@ def sync_buffers(modules):
         return
     import torch.distributed as dist
 
-    from utils.checkpoint import unwrap
+    from utils.engine.checkpoint import unwrap
 
     for module in modules:
         for buffer in unwrap(module).buffers():

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 class OutputError(UserError, OSError):

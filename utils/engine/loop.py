@@ -10,7 +10,7 @@ whatever a step returns, the --print-freq cadence, the live-debug trigger, safe 
 emergency save, the non-finite check, fault injection, and the checkpoint: {name:
 state_dict} + train state + RNG + config, written through one CheckpointManager.
 
-Under torchrun (utils/distributed.py) the same code runs in every process: modules are
+Under torchrun (utils/engine/distributed.py) the same code runs in every process: modules are
 wrapped in DistributedDataParallel, each rank loads its part of every global batch, one
 all-reduce after each step agrees on the step's means, image count and stop decision, and
 rank 0 alone writes (Outputs.writes); checkpoints keep the unwrapped modules' state dicts
@@ -38,13 +38,15 @@ import configs
 from configs.loader import adopt_checkpoint_config
 from configs.schema import FIELDS
 from data import readable
-from utils import checkpoint, distributed, faults, resume, runs, runtime, seeding
-from utils.errors import UsageError, UserError, plural
-from utils.io import atomic_open
-from utils.lr_policy import LrPolicy
-from utils.precision import Precision, compiled
-from utils.registry import EXPERIMENTS, METERS
-from utils.safe_stop import SafeStop, Stopped
+from utils.engine import checkpoint, distributed, resume, runtime
+from utils.core import faults, seeding
+from utils import runs
+from utils.core.errors import UsageError, UserError, plural
+from utils.core.io import atomic_open
+from utils.engine.lr_policy import LrPolicy
+from utils.engine.precision import Precision, compiled
+from utils.core.registry import EXPERIMENTS, METERS
+from utils.engine.safe_stop import SafeStop, Stopped
 from utils.visualize import Visualizer, save_grid
 
 log = logging.getLogger(__name__)
@@ -454,7 +456,7 @@ def report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, im
 
 # -- snapshot and restore -------------------------------------------------------------------
 def checkpoint_state(objects, state, cfg, info=None):
-    """Everything a bit-exact resume needs, as plain data (see utils/checkpoint.py), with the
+    """Everything a bit-exact resume needs, as plain data (see utils/engine/checkpoint.py), with the
     experiment's `info` about its data. Under torchrun every rank must call it (it gathers
     each rank's RNG state: "rng" is rank 0's, "rng_ranks" all of them)."""
     saved = {}

@@ -4,7 +4,7 @@ Every registry of the project is declared at the bottom of this file. Adding a m
 dataset, meter, experiment) is one new file in that package and one decorator:
 
     # models/my_net.py
-    from utils.registry import MODELS
+    from utils.core.registry import MODELS
 
     @MODELS.register()           # registered as "MyNet"; or register("my-net")
     class MyNet(BasicModule): ...
@@ -21,9 +21,9 @@ import inspect
 import pkgutil
 from pathlib import Path
 
-from utils.errors import UsageError, close_matches
+from utils.core.errors import UsageError, close_matches
 
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 PATTERN_SUFFIX = ".*"  # "torchvision.*" registers a family: torchvision.resnet18, ...
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import configs
 from configs.loader import flag, validate
 from configs.schema import FIELDS, Config, with_role
-from utils import checkpoint
-from utils.errors import UsageError
+from utils.engine import checkpoint
+from utils.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 

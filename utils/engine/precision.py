@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from utils.errors import UsageError
+from utils.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 _told = set()  # warnings already logged by this process (Precision is built per command part)

@@ -6,7 +6,7 @@ or it fires again), `q` saves last.pth and stops the run cleanly.
 
 Without a terminal on stdin (CI, nohup, a scheduler) an existing debug file is reported once
 and ignored: a leftover /tmp/debug must never stall an unattended run. Under torchrun rank 0
-alone checks the file and opens the prompt; the other ranks wait for it (utils/safe_stop.py).
+alone checks the file and opens the prompt; the other ranks wait for it (utils/engine/safe_stop.py).
 """
 import logging
 import os

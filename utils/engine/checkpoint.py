@@ -16,9 +16,9 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from utils import faults
-from utils.errors import UserError
-from utils.io import atomic_open, remove_temp_files
+from utils.core import faults
+from utils.core.errors import UserError
+from utils.core.io import atomic_open, remove_temp_files
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -176,7 +176,7 @@ def find_for_inference(run_dir):
 
 def run_hint(run_dir):
     """'; did you mean --env=X?' (the closest run names) when `run_dir` is no run, else ''."""
-    from utils.errors import close_matches, plural
+    from utils.core.errors import close_matches, plural
 
     run_dir = Path(run_dir)
     if run_dir.is_dir():

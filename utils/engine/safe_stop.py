@@ -6,7 +6,7 @@ stops at once; checkpoint writes are atomic, so even that leaves the previous la
 `q` in the live debugger stops the same way. An unexpected exception saves the last
 consistent state to emergency.pth (never over last.pth) and re-raises with its traceback.
 A non-finite loss stops the run and keeps the last good checkpoint untouched. Fault
-injection for tests lives in utils/faults.py.
+injection for tests lives in utils/core/faults.py.
 
 --requeue-signal=USR1 adds a signal that stops the same way (exit 128 + its number), for a
 cluster scheduler's warning before a time limit (SLURM's --signal).
@@ -25,8 +25,8 @@ import math
 import signal
 import sys
 
-from utils import debug, distributed, runtime
-from utils.errors import UserError
+from utils.engine import debug, distributed, runtime
+from utils.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SafeStop:
         import contextlib
         import time
 
-        from utils.checkpoint import LAST
+        from utils.engine.checkpoint import LAST
 
         with contextlib.suppress(Exception):  # a failed write leaves last.pth as it was: we say what is there
             self.checkpoints.wait()

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from utils.errors import UsageError
+from utils.core.errors import UsageError
 
 
 class BookDecay:
