@@ -1,11 +1,10 @@
 """`python main.py help`: the commands, every option and every registered name, all generated
 from the schema and the registries (no torch import, so it answers in a blink)."""
-import dataclasses
 import shutil
 import textwrap
 
 from configs.loader import describe_type, flag
-from configs.schema import FIELDS, GROUPS, Config
+from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
 
 HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
@@ -20,30 +19,31 @@ def _show_default(value):
     return str(value)
 
 
-# What `<command> --help` shows first, before every option.
+# The shared options `<command> --help` shows first; the experiment's own options follow.
+# Any other command of an experiment (generate, ...) shows OTHER_COMMAND's.
 COMMAND_OPTIONS = {
     "train": ("experiment", "env", "resume", "config", "dataset", "train_data_root", "model", "max_epoch", "batch_size", "lr",
               "device", "num_workers", "checkpoint_dir"),
-    "val": ("env", "load_model_path", "checkpoint_dir", "tta", "batch_size", "num_workers", "device", "skip_bad_images"),
-    "test": ("env", "load_model_path", "checkpoint_dir", "test_data_root", "result_file", "clip", "tta", "batch_size",
-             "device", "skip_bad_images", "experiment"),
-    "generate": ("experiment", "env", "load_model_path", "checkpoint_dir", "gen_img", "gen_num", "gen_search_num",
-                 "gen_mean", "gen_std", "seed", "device"),
+    "val": ("env", "load_model_path", "checkpoint_dir", "batch_size", "num_workers", "device", "skip_bad_images"),
+    "test": ("env", "load_model_path", "checkpoint_dir", "test_data_root", "batch_size", "device", "skip_bad_images",
+             "experiment"),
     "runs": ("checkpoint_dir",),
 }
+OTHER_COMMAND = ("experiment", "env", "load_model_path", "checkpoint_dir", "seed", "device")
 RUNS_COMMAND = "a table of the runs under --checkpoint-dir: env, experiment, model, epochs, best metric, state, size"
 
 
-def _option_lines(names, width, name_width, defaults=None, notes=None):
+def _option_lines(names, width, name_width, defaults=None, notes=None, experiment=None):
     """Two or more lines per option: flag, type = default (the experiment's, from
     `defaults`, where it sets one) and a note, then the doc."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+    fields = fields_of(experiment) if experiment else FIELDS
     defaults, notes = defaults or {}, notes or {}
     lines = []
     for name in names:
         f = fields[name]
         default = defaults.get(name, f.default)
-        lines.append(f"    {flag(name):<{name_width}}  {describe_type(name)} = {_show_default(default)}{notes.get(name, '')}")
+        shown = f"{describe_type(name, experiment)} = {_show_default(default)}{notes.get(name, '')}"
+        lines.append(f"    {flag(name):<{name_width}}  {shown}")
         lines += textwrap.wrap(f.metadata["doc"], width, initial_indent=" " * 8, subsequent_indent=" " * 8)
     return lines
 
@@ -59,6 +59,13 @@ def _experiments_with(command):
         if target in commands:
             found[experiment] = target
     return found
+
+
+def target_of(experiment, command):
+    """The command `command` names in `experiment` (an alias's target, else itself)."""
+    from utils.core.registry import EXPERIMENTS
+
+    return (EXPERIMENTS.declared(experiment, "aliases") or {}).get(command, command)
 
 
 def command_help(command, width=None, experiment=None):
@@ -82,10 +89,10 @@ def command_help(command, width=None, experiment=None):
         lines += textwrap.wrap(f"{name}: {doc}", width, initial_indent="  ", subsequent_indent="    ")
     if having and experiment not in having:
         lines.append(f"  (experiment {experiment} has no {command}: add --experiment={next(iter(having))})")
-    names = list(COMMAND_OPTIONS.get(command, ()))
+    names = list(COMMAND_OPTIONS.get(command, OTHER_COMMAND))
     if command != "runs" and experiment in having:
-        # the experiment's own options: the schema group named after it (gan)
-        names += [f.name for f in dataclasses.fields(Config) if f.metadata["group"] == experiment and f.name not in names]
+        names += [name for name, f in experiment_fields(experiment).items()  # its own options for this command
+                  if name not in names and (not f.metadata["commands"] or target_of(experiment, command) in f.metadata["commands"])]
     if names:
         defaults = defaults_for(experiment) if command != "runs" else {}
         notes = {}
@@ -93,7 +100,8 @@ def command_help(command, width=None, experiment=None):
             defaults["experiment"] = experiment
             notes["experiment"] = f" (give it: the default is {default!r})"
         lines += ["", f"  options ({'experiment ' + experiment + ', ' if command != 'runs' else ''}defaults as shown):"]
-        lines += _option_lines(names, width, max(len(flag(n)) for n in names), defaults, notes)
+        lines += _option_lines(names, width, max(len(flag(n)) for n in names), defaults, notes,
+                               experiment if command != "runs" else None)
     return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
 
 
@@ -116,7 +124,8 @@ def render_help(width=None, command=None):
             lines += textwrap.wrap(f"{name:<9} {text}", width, initial_indent="    ", subsequent_indent=" " * 14)
         for alias, name in (EXPERIMENTS.declared(experiment, "aliases") or {}).items():
             lines.append(f"    {alias:<9} the same as {name}")
-        defaults = " ".join(f"{flag(k)}={_show_default(v)}" for k, v in experiment_defaults(experiment).items())
+        defaults = " ".join(f"{flag(k)}={_show_default(v)}" for k, v in experiment_defaults(experiment).items()
+                            if k != "monitor" or k in (EXPERIMENTS.declared(experiment, "defaults") or {}))
         if defaults:
             lines += textwrap.wrap(f"defaults: {defaults}", width, initial_indent="    ", subsequent_indent=" " * 14)
     for name, text in (("runs", RUNS_COMMAND), ("help", HELP_COMMAND)):
@@ -128,11 +137,15 @@ def render_help(width=None, command=None):
         "true/false/yes/no/1/0, a bare flag is true, --no-<flag> is false; 'none' clears an",
         "option that may be empty.",
     ]
-    fields = dataclasses.fields(Config)
-    name_width = max(len(flag(f.name)) for f in fields)
+    name_width = max(len(flag(name)) for name in FIELDS)
     for group in GROUPS:
         lines += ["", f"  {group}:"]
-        lines += _option_lines([f.name for f in fields if f.metadata["group"] == group], width, name_width)
+        lines += _option_lines([name for name, f in FIELDS.items() if f.metadata["group"] == group], width, name_width)
+    for experiment in EXPERIMENTS.names():
+        own = experiment_fields(experiment)
+        if own:
+            lines += ["", f"  options of experiment {experiment} (with --experiment={experiment}):"]
+            lines += _option_lines(list(own), width, name_width, experiment=experiment)
     lines += ["", "registered names (add one: a file in the package + @REGISTRY.register()):"]
     for table in ALL:
         names = ", ".join(display_name(n) for n in table.names()) or "(none yet)"

@@ -8,10 +8,9 @@ import dataclasses
 import math
 import os
 import re
-import typing
 from pathlib import Path
 
-from configs.schema import FIELDS, GROUPS, Config, inherited, with_role
+from configs.schema import FIELDS, GROUPS, all_fields, config_class, fields_of, inherited, owners, with_role
 from utils.core.errors import UsageError, did_you_mean
 
 _TRUE = {"true", "yes", "on", "1", "y"}
@@ -20,7 +19,6 @@ _NULL = {"none", "null", "~"}
 _INT = re.compile(r"[+-]?\d+")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ENV = re.compile(r"[A-Za-z0-9_.@+=-]+")
-TYPES = typing.get_type_hints(Config)
 TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
@@ -33,31 +31,35 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def field_type(name):
-    """(base type, optional?) of a schema field: Optional[int] -> (int, True)."""
-    hint = TYPES[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args:
-        return args[0], True
-    return hint, False
+def _field(name, experiment=None):
+    return (fields_of(experiment) if experiment else all_fields())[name]
 
 
-def describe_type(name):
-    base, optional = field_type(name)
+def field_type(name, experiment=None):
+    """(base type, optional?) of an option: Optional[int] -> (int, True); of runs of
+    `experiment` (None: the first experiment that has the option)."""
+    meta = _field(name, experiment).metadata
+    return meta["type"], meta["optional"]
+
+
+def describe_type(name, experiment=None):
+    base, optional = field_type(name, experiment)
     text = TYPE_NAMES[base]
-    choices = FIELDS[name].metadata["choices"]
+    meta = _field(name, experiment).metadata
+    choices = meta["choices"]
     if choices:
         text = "|".join(choices)
-    if FIELDS[name].metadata["bare"] is not None:
+    if meta["bare"] is not None:
         text = "flag|" + text  # --resume alone, or --resume=<path>
     return text + ("|none" if optional else "")
 
 
 # -- coercion -------------------------------------------------------------------------------
-def coerce(name, value, where):
-    """Return `value` typed for option `name`, or raise UsageError saying what was expected."""
-    base, optional = field_type(name)
-    meta = FIELDS[name].metadata
+def coerce(name, value, where, experiment=None):
+    """Return `value` typed for option `name` (of runs of `experiment`), or raise UsageError
+    saying what was expected."""
+    base, optional = field_type(name, experiment)
+    meta = _field(name, experiment).metadata
 
     def fail(expected):
         shown = value if isinstance(value, str) else repr(value)
@@ -159,15 +161,23 @@ def read_yaml(path):
 
 
 # -- the whole resolution -------------------------------------------------------------------
-def _normalise_keys(options, where):
+def _normalise_keys(options, where, experiment):
+    """{option name: value} with hyphens as underscores and --no-<flag> as <flag>=False;
+    an option runs of `experiment` do not have is an error naming the experiment that has
+    it, or the closest names."""
+    fields = fields_of(experiment)
     normalised = {}
     for key, value in options.items():
         name = str(key).replace("-", "_")
-        if name not in FIELDS:
-            if name.startswith("no_") and name[3:] in FIELDS and field_type(name[3:])[0] is bool:
+        if name not in fields:
+            if name.startswith("no_") and name[3:] in fields and fields[name[3:]].metadata["type"] is bool:
                 name, value = name[3:], False  # --no-progress, as fire's --noflag
+            elif owners(name):
+                has = owners(name)
+                raise UsageError(f"{where}option {flag(name)} belongs to experiment {' and '.join(has)}, not {experiment}; "
+                                 f"add --experiment={has[0]} or drop it")
             else:
-                hint = did_you_mean(name, FIELDS, render=flag)
+                hint = did_you_mean(name, fields, render=flag)
                 raise UsageError(f"{where}unknown option {flag(name)}{hint} (`python main.py help` lists every option)")
         normalised[name] = value
     return normalised
@@ -175,16 +185,22 @@ def _normalise_keys(options, where):
 
 def experiment_defaults(name):
     """{option: value} the experiment `name` declares as its defaults (its class's
-    `defaults` literal, read without importing it); {} for an unknown name."""
+    `defaults` literal, read without importing it), and its first monitored metric as
+    --monitor; {} for an unknown name."""
     from utils.core.registry import EXPERIMENTS
 
-    declared = EXPERIMENTS.declared(name, "defaults") or {}
-    return {key: coerce(key, value, f"experiment {name}: defaults: ") for key, value in _normalise_keys(declared, "").items()}
+    declared = dict(EXPERIMENTS.declared(name, "defaults") or {})
+    monitors = EXPERIMENTS.declared(name, "monitors") or {}
+    if monitors:
+        declared.setdefault("monitor", next(iter(monitors)))
+    return {key: coerce(key, value, f"experiment {name}: defaults: ", name)
+            for key, value in _normalise_keys(declared, "", name).items()}
 
 
 def defaults_for(experiment):
-    """Every option's default for runs of `experiment`: the schema's, then the experiment's."""
-    return {**{name: f.default for name, f in FIELDS.items()}, **experiment_defaults(experiment)}
+    """Every option's default for runs of `experiment`: the schema's, its own options', then
+    its `defaults`."""
+    return {**{name: f.default for name, f in fields_of(experiment).items()}, **experiment_defaults(experiment)}
 
 
 def load_config(overrides=None):
@@ -193,26 +209,43 @@ def load_config(overrides=None):
 
     `overrides` maps option names (hyphens or underscores) to text (from the command line)
     or Python values. Raises UsageError with a one-line explanation on any problem."""
-    flags = _normalise_keys(overrides or {}, "")
+    flags = {str(key).replace("-", "_"): value for key, value in (overrides or {}).items()}
     config_path = flags.get("config")
     if config_path is not None:
         config_path = coerce("config", config_path, "")
     from_file = {}
     if config_path:
-        from_file = _normalise_keys(read_yaml(config_path), f"{config_path}: ")
+        from_file = {str(key).replace("-", "_"): value for key, value in read_yaml(config_path).items()}
         if "config" in from_file:
             raise UsageError(f"{config_path}: 'config' cannot be set inside a config file")
-        from_file = {k: coerce(k, v, f"{config_path}: ") for k, v in from_file.items()}
-    flags = {k: coerce(k, v, "") for k, v in flags.items()}
-    experiment = flags.get("experiment", from_file.get("experiment", FIELDS["experiment"].default))
+    # The experiment first: it decides which options exist.
+    experiment = FIELDS["experiment"].default
+    for where, source in ((f"{config_path}: ", from_file), ("", flags)):
+        if source.get("experiment") is not None:
+            experiment = coerce("experiment", source["experiment"], where)
+    _check_registered("experiment", experiment)
+    from_file = {k: coerce(k, v, f"{config_path}: ", experiment)
+                 for k, v in _normalise_keys(from_file, f"{config_path}: ", experiment).items()}
+    flags = {k: coerce(k, v, "", experiment) for k, v in _normalise_keys(flags, "", experiment).items()}
     values = {**experiment_defaults(experiment), **from_file, **flags}
     values["config"] = config_path or None
-    return validate(Config(**values))
+    return validate(config_class(experiment)(**values))
+
+
+def _check_registered(name, value, experiment=None):
+    """UsageError unless `value` is registered in the registry option `name` names."""
+    from utils.core import registry
+
+    table = next(r for r in registry.ALL if r.name == _field(name, experiment).metadata["registry"])
+    try:
+        table.check(value)
+    except UsageError as error:
+        raise UsageError(f"option {flag(name)}: {error}") from None
 
 
 def validate(cfg):
     """Cross-field checks and derived values (device from --use-gpu); returns the Config."""
-    from utils.core import registry
+    from utils.core.registry import EXPERIMENTS
 
     for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
         value = getattr(cfg, name)
@@ -221,16 +254,16 @@ def validate(cfg):
             raise UsageError(f"option {flag(name)} must be one of {', '.join(meta['choices'])}; got {value!r}{hint}")
         if meta["minimum"] is not None and value is not None and value < meta["minimum"]:
             raise UsageError(f"option {flag(name)} must be >= {meta['minimum']}; got {value!r}")
+        if meta["below"] is not None and value is not None and not value < meta["below"][0]:
+            bound, why = meta["below"]
+            raise UsageError(f"option {flag(name)} must be below {bound} ({why}); got {value!r}")
         if meta["registry"]:
-            table = next(r for r in registry.ALL if r.name == meta["registry"])
-            try:
-                table.check(value)
-            except UsageError as error:
-                raise UsageError(f"option {flag(name)}: {error}") from None
-    if not cfg.val_ratio < 1:
-        raise UsageError(f"option --val-ratio must be below 1 (a share of the train images); got {cfg.val_ratio}")
-    if cfg.clip >= 0.5:
-        raise UsageError(f"option --clip must be below 0.5 (predictions are clipped into [clip, 1-clip]); got {cfg.clip}")
+            _check_registered(name, value, cfg.experiment)
+    monitors = EXPERIMENTS.declared(cfg.experiment, "monitors") or {}
+    if monitors and cfg.monitor not in monitors:
+        hint = did_you_mean(str(cfg.monitor), monitors)
+        raise UsageError(f"option --monitor must be a metric of experiment {cfg.experiment}: {', '.join(monitors)}; "
+                         f"got {cfg.monitor!r}{hint}")
     if not _DEVICE.fullmatch(cfg.device):
         raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {cfg.device!r}")
     if cfg.env is not None and (not _ENV.fullmatch(cfg.env) or cfg.env in (".", "..")):
@@ -253,7 +286,8 @@ def as_dict(cfg):
 def changed_options(cfg):
     """{name: value} of options that differ from the defaults of cfg's experiment (except --config)."""
     defaults = defaults_for(cfg.experiment)
-    return {name: getattr(cfg, name) for name in FIELDS if name != "config" and getattr(cfg, name) != defaults[name]}
+    return {name: getattr(cfg, name) for name in fields_of(cfg.experiment)
+            if name != "config" and getattr(cfg, name) != defaults[name]}
 
 
 def adopt_checkpoint_config(cfg, saved, source):
@@ -267,11 +301,11 @@ def adopt_checkpoint_config(cfg, saved, source):
                          f"(its commands: {commands_of(trained_by)})")
     changed = changed_options(cfg)
     adopted = {}
-    for key in inherited():
+    for key in inherited(cfg.experiment):
         if key not in saved:
             continue
         if key in changed and changed[key] != saved[key]:
-            if FIELDS[key].metadata["role"] == "model":
+            if _field(key, cfg.experiment).metadata["role"] == "model":
                 raise UsageError(f"{flag(key)}={changed[key]} differs from the checkpoint's {saved[key]!r}; drop the flag")
         else:
             adopted[key] = saved[key]
@@ -292,7 +326,7 @@ def describe(cfg, named=None):
     resolved from the data (what differs between `named`, the config before the data was
     read, and `cfg`). The whole config is in the run dir's config.yaml, not the log."""
     named = named or cfg
-    from_data = {name: getattr(cfg, name) for name in FIELDS if getattr(cfg, name) != getattr(named, name)}
+    from_data = {name: getattr(cfg, name) for name in fields_of(cfg.experiment) if getattr(cfg, name) != getattr(named, name)}
     given = {name: value for name, value in changed_options(named).items() if name != "env"}
 
     def shown(options):
@@ -323,9 +357,12 @@ def dump_yaml(cfg, path=None):
     where = path or "<this file>"
     again = f"{cfg.env}-again" if cfg.env else "<new name>"
     out = [f"# Resolved config of this run. Reproduce it in a new run dir: python main.py train --config={where} --env={again}"]
-    for group in GROUPS:
-        out.append(f"\n# -- {group}")
-        for name, f in FIELDS.items():
+    fields = fields_of(cfg.experiment)
+    for group in (*GROUPS, cfg.experiment):
+        if not any(f.metadata["group"] == group for f in fields.values()):
+            continue
+        out.append(f"\n# -- {group}" + (" (the experiment's own options)" if group == cfg.experiment else ""))
+        for name, f in fields.items():
             if f.metadata["group"] != group or f.metadata["role"] == "invocation":
                 continue  # how this run was invoked, not what it is
             out.append(yaml.safe_dump({name: getattr(cfg, name)}, default_flow_style=False, width=1000).rstrip())

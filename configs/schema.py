@@ -1,18 +1,26 @@
-"""The one schema: every option the runner knows, with its type, default and doc.
+"""The schema: every option, with its type, default and doc.
 
-`python main.py help` is generated from this class, YAML files and flags are checked against
-it, and the resolved, frozen instance is what every function receives. The defaults are the
-embedded smoke demo (a generated Dogs-vs-Cats sample that trains on 2 CPU cores in about a
-minute); `configs/dogcat.yaml` holds the settings for the real Kaggle data on a GPU.
+Shared options (run, data, model, optimisation, logging, debug, distributed, performance)
+are the fields of `Config` below. An experiment's own options are declared in its file, as
+the literal `options = {name: {"default": ..., "doc": ..., ...}}` of its class (read from the
+source, without importing torch), and join the config of runs of that experiment only:
+`config_class("gan")` is Config plus the gan's fields, and `--nz` for classify is an error
+that names the experiment it belongs to. `python main.py help` is generated from both, YAML
+files and flags are checked against them, and the resolved, frozen instance is what every
+function receives. The defaults are the embedded smoke demo (a generated Dogs-vs-Cats sample
+that trains on 2 CPU cores in about a minute); `configs/dogcat.yaml` holds the settings for
+the real Kaggle data on a GPU.
 
-Adding an option is one line here: `name: type = option(default, "group", "doc")`.
+Adding a shared option is one line here: `name: type = option(default, "group", "doc")`.
 """
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "test", "gan", "distributed", "performance")
+GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "distributed", "performance")
 
 # What an option means for a run, which answers "which options define a run" in one place:
 #   run         (the default) defines what is computed: fixed on --resume
@@ -28,16 +36,17 @@ ROLES = ("run", "model", "split", "execution", "invocation")
 
 
 def option(default, group, doc, *, role="run", choices=None, registry=None, path=False, bare=None, minimum=None,
-           inherited=None):
+           below=None, inherited=None):
     """A schema field. `role` is one of ROLES (see above), `registry` names a registry the
     value must be registered in, `path` expands `~`, `bare` is the value of the flag given
-    without `=value`, `minimum` is an inclusive lower bound for numbers, `inherited` says
+    without `=value`, `minimum` is an inclusive lower bound for numbers, `below` an exclusive upper
+    bound (with the reason, as (bound, why)), `inherited` says
     whether val/test/generate take it from the checkpoint's config."""
     if group not in GROUPS or role not in ROLES:
         raise ValueError(f"option group {group!r} must be one of {GROUPS} and role {role!r} one of {ROLES}")
     inherited = role in ("model", "split") if inherited is None else inherited
     metadata = dict(group=group, doc=doc, role=role, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum,
-                    inherited=inherited)
+                    below=below, inherited=inherited)
     return field(default=default, metadata=metadata)
 
 
@@ -61,7 +70,7 @@ class Config:
     train_data_root: str = option("data/sample/train", "data", "dogcat: folder of cat.<n>.jpg / dog.<n>.jpg (Kaggle train/); cifar10 / mnist: the folder holding cifar-10-batches-py/ or MNIST/raw/; imagefolder: <root>/<class>/<image>; gan: a folder of images", role="split", path=True)
     test_data_root: Optional[str] = option(None, "data", "what `test` predicts; default: dogcat: test/ (or test1/) beside --train-data-root; cifar10 / mnist: the official test split under --train-data-root; imagefolder: give a folder of images (any names, nested) or one image; test takes the run's unless given", role="execution", path=True, inherited=True)
     download: bool = option(False, "data", "cifar10 / mnist: let torchvision download the data set into --train-data-root when it is missing (online only)", role="execution")
-    val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", role="split", minimum=0.0)
+    val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", role="split", minimum=0.0, below=(1, "a share of the train images"))
     image_size: Optional[int] = option(None, "data", "side of the square image fed to the model; default: the data's (cifar10 32, mnist 28, dogcat / imagefolder 224)", role="model", minimum=8)
     batch_size: int = option(32, "data", "images per step of each process; under torchrun the global batch is N x this (logged at start)", minimum=1)
     skip_bad_images: bool = option(False, "data", "leave out unreadable images (empty, truncated, not an image), found by decoding each once at start; listed in <run dir>/skipped_images.txt", role="split")
@@ -69,7 +78,6 @@ class Config:
 
     # -- model ------------------------------------------------------------------------------
     model: str = option("SqueezeNet", "model", "architecture (MODELS registry), e.g. ResNet34, torchvision.resnet18; gan: the generator", role="model", registry="models")
-    num_classes: Optional[int] = option(None, "model", "output classes; default: the data's (dogcat 2: cat 0, dog 1; cifar10 / mnist 10; imagefolder: its class folders)", role="model", minimum=1)
     pretrained: str = option("", "model", "'' = random init; a local weights file; 'hub' = download torchvision's (online only)", path=True)
     load_model_path: Optional[str] = option(None, "model", "checkpoint to load: initial weights for train, the model for val/test/generate", role="execution", path=True)
 
@@ -82,7 +90,7 @@ class Config:
     momentum: float = option(0.9, "optimisation", "SGD momentum", minimum=0.0)
     weight_decay: float = option(0.0, "optimisation", "L2 penalty (the book's 0e-5)", minimum=0.0)
     max_epoch: int = option(10, "optimisation", "epochs to train", role="execution", minimum=1)
-    monitor: str = option("val_logloss", "optimisation", "metric that decides best.pth", choices=("val_logloss", "val_accuracy", "val_loss"))
+    monitor: Optional[str] = option(None, "optimisation", "metric that decides best.pth (and --lr-policy=plateau): one of the experiment's `monitors`; default: its first (classify val_logloss, poetry val_perplexity)")
 
     # -- logging ----------------------------------------------------------------------------
     print_freq: int = option(20, "logging", "steps between train-loss points, image grids and debug-file checks", role="execution", minimum=1)
@@ -93,28 +101,6 @@ class Config:
     # -- debug ------------------------------------------------------------------------------
     debug_file: str = option("/tmp/debug", "debug", "touch this file to enter ipdb in the training loop; '' = never check", role="execution", path=True)
     pdb_on_error: bool = option(False, "debug", "open ipdb post-mortem on an unexpected exception", role="execution")
-
-    # -- test -------------------------------------------------------------------------------
-    result_file: str = option("", "test", "csv written by `test`; '' = result.csv in the run dir (of --env, or of a --load-model-path inside one), or <weights file>.csv beside a bare weights file. Columns per data set: dogcat id,label = P(dog) (Kaggle's); cifar10 / mnist id,label = class name; imagefolder path,label,probability", role="execution", path=True)
-    clip: float = option(0.005, "test", "clip P(dog) into [clip, 1-clip]: one confident mistake costs -ln(clip) of log loss (5.3) instead of 34.5; 0 = no clip", role="execution", minimum=0.0)
-    tta: bool = option(False, "test", "average predictions over the image and its horizontal flip", role="execution")
-
-    # -- gan (the DCGAN of the book's chapter 7) ---------------------------------------------
-    netd: str = option("NetD", "gan", "the discriminator (MODELS registry); --model is the generator", role="model", registry="models")
-    nz: int = option(100, "gan", "length of the noise vector the generator draws from", role="model", minimum=1)
-    ngf: int = option(64, "gan", "generator width: channels of its last hidden layer", role="model", minimum=1)
-    ndf: int = option(64, "gan", "discriminator width: channels of its first layer", role="model", minimum=1)
-    lr1: float = option(2e-4, "gan", "generator learning rate (Adam)", minimum=0.0)
-    lr2: float = option(2e-4, "gan", "discriminator learning rate (Adam)", minimum=0.0)
-    beta1: float = option(0.5, "gan", "Adam beta1 of both nets (DCGAN's 0.5)", minimum=0.0)
-    d_every: int = option(1, "gan", "train the discriminator every N steps", minimum=1)
-    g_every: int = option(5, "gan", "train the generator every N steps", minimum=1)
-    gan_loss: str = option("bce", "gan", "bce (classic DCGAN) | rahinge (relativistic average hinge, the book's 2nd edition)", choices=("bce", "rahinge"))
-    gen_img: str = option("", "gan", "grid PNG written by `generate`; '' = result.png in the run dir (of --env, or of --load-model-path)", role="execution", path=True)
-    gen_num: int = option(64, "gan", "images in the generated grid: the best-scored of --gen-search-num", role="execution", minimum=1)
-    gen_search_num: int = option(512, "gan", "noises drawn; the discriminator keeps the best --gen-num", role="execution", minimum=1)
-    gen_mean: float = option(0.0, "gan", "mean of the generation noise", role="execution")
-    gen_std: float = option(1.0, "gan", "standard deviation of the generation noise", role="execution", minimum=0.0)
 
     # -- distributed (torchrun --nproc_per_node=N main.py train ...) ------------------------
     sync_bn: bool = option(False, "distributed", "under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) instead of each process's own")
@@ -128,6 +114,11 @@ class Config:
     threads: int = option(0, "performance", "intra-op CPU threads of each process; 0 = torch's default (one per physical core), at most the cores this process may use shared among torchrun's processes on the machine (OMP_NUM_THREADS, when set, decides instead). A resume with another count is not bit-exact (float rounding)", role="execution", minimum=0)
     pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA", role="execution")
 
+    def __reduce__(self):
+        # An experiment's config class is made at run time (config_class), so pickling
+        # (torchrun's broadcast of the config) rebuilds it by experiment name.
+        return _rebuild, (self.experiment, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
     @property
     def run_dir(self):
         """`<checkpoint_dir>/<env>`; only meaningful once env is set."""
@@ -136,14 +127,97 @@ class Config:
         return Path(self.checkpoint_dir) / self.env
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+def _typed(f, hint):
+    """The field `f` with its base type and whether it may be None in its metadata."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    f.metadata = {**f.metadata, "type": args[0] if args else hint, "optional": bool(args)}
+    return f
 
 
-def inherited():
-    """Names of the options val/test/generate take from the checkpoint's config unless given."""
-    return [name for name, f in FIELDS.items() if f.metadata["inherited"]]
+FIELDS = {f.name: _typed(f, hint) for f, hint in zip(dataclasses.fields(Config), typing.get_type_hints(Config).values())}
+OPTION_KEYS = {"default", "doc", "type", "role", "choices", "minimum", "below", "registry", "path", "bare", "inherited",
+               "commands"}
+TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 
-def with_role(*roles):
-    """Names of the options whose role is one of `roles`, in schema order."""
-    return [name for name, f in FIELDS.items() if f.metadata["role"] in roles]
+def _experiments():
+    from utils.core.registry import EXPERIMENTS
+
+    return EXPERIMENTS
+
+
+@functools.lru_cache(maxsize=None)
+def experiment_fields(experiment):
+    """{name: dataclass Field} of the options experiment `experiment` declares in its file
+    (group = the experiment's name), read from source; {} for an unknown experiment. A
+    declaration that is not well formed is the experiment author's bug: ValueError."""
+    declared = _experiments().declared(experiment, "options") or {}
+    fields = {}
+    for name, spec in declared.items():
+        where = f"experiment {experiment}: option {name!r}"
+        if name in FIELDS:
+            raise ValueError(f"{where} is a shared option; set its default in `defaults` instead")
+        if not isinstance(spec, dict) or "doc" not in spec or "default" not in spec or set(spec) - OPTION_KEYS:
+            raise ValueError(f"{where} must be a dict with 'default' and 'doc' and only {sorted(OPTION_KEYS)}")
+        default = spec["default"]
+        base = TYPES[spec["type"]] if "type" in spec else type(default)
+        if base not in TYPES.values():
+            raise ValueError(f"{where}: give 'type' (bool, int, float or str) for a default of {default!r}")
+        extra = {key: tuple(spec[key]) if key == "below" else spec[key] for key in ("role", "minimum", "below", "registry", "path", "bare", "inherited") if key in spec}
+        choices = tuple(spec["choices"]) if "choices" in spec else None
+        made = option(default, "run", spec["doc"], choices=choices, **extra)
+        # `commands`: whose `<command> --help` shows it (default: every command of the experiment)
+        made.metadata = {**made.metadata, "group": experiment, "commands": tuple(spec.get("commands", ()))}
+        made.name, made.type = name, typing.Optional[base] if default is None else base
+        fields[name] = _typed(made, made.type)
+    return fields
+
+
+def fields_of(experiment):
+    """{name: Field} of every option a run of `experiment` has: shared, then its own."""
+    return {**FIELDS, **experiment_fields(experiment)}
+
+
+def all_fields():
+    """{name: Field} of every option of any experiment (shared first; an option several
+    experiments declare appears once)."""
+    found = dict(FIELDS)
+    for experiment in _experiments().names():
+        for name, f in experiment_fields(experiment).items():
+            found.setdefault(name, f)
+    return found
+
+
+def owners(name):
+    """The experiments that declare option `name` (empty for a shared or unknown one)."""
+    return [experiment for experiment in _experiments().names() if name in experiment_fields(experiment)]
+
+
+@functools.lru_cache(maxsize=None)
+def config_class(experiment):
+    """The frozen Config class of runs of `experiment`: the shared fields and its own."""
+    own = experiment_fields(experiment)
+    if not own:
+        return Config
+    fresh = [(name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)) for name, f in own.items()]
+    made = dataclasses.make_dataclass(f"{experiment.title().replace('_', '')}Config", fresh, bases=(Config,), frozen=True)
+    made.__module__ = __name__
+    return made
+
+
+def _rebuild(experiment, values):
+    return config_class(experiment)(**values)
+
+
+def inherited(experiment=None):
+    """Names of the options val/test/generate take from the checkpoint's config unless given
+    (of runs of `experiment`; None: of any experiment)."""
+    fields = fields_of(experiment) if experiment else all_fields()
+    return [name for name, f in fields.items() if f.metadata["inherited"]]
+
+
+def with_role(*roles, experiment=None):
+    """Names of the options whose role is one of `roles`, in schema order (of runs of
+    `experiment`; None: of any experiment)."""
+    fields = fields_of(experiment) if experiment else all_fields()
+    return [name for name, f in fields.items() if f.metadata["role"] in roles]

@@ -147,7 +147,21 @@ class Classify(Experiment):
         "val": "print accuracy, log loss, per-class accuracy and the confusion matrix of a checkpoint on the validation split",
         "test": "predict the test split and write the csv (dogcat: Kaggle's id,label = P(dog); cifar10 / mnist: id,label = class; imagefolder: path,label,probability)",
     }
-    monitors = {"val_logloss": "min", "val_loss": "min", "val_accuracy": "max"}
+    monitors = {"val_logloss": "min", "val_loss": "min", "val_accuracy": "max"}  # the first is --monitor's default
+    options = {
+        "num_classes": {"default": None, "type": "int", "doc": "output classes; default: the data's (dogcat 2: cat 0, dog 1; "
+                        "cifar10 / mnist 10; imagefolder: its class folders)", "role": "model", "minimum": 1},
+        "result_file": {"default": "", "doc": "csv written by `test`; '' = result.csv in the run dir (of --env, or of a "
+                        "--load-model-path inside one), or <weights file>.csv beside a bare weights file. Columns per data "
+                        "set: dogcat id,label = P(dog) (Kaggle's); cifar10 / mnist id,label = class name; imagefolder "
+                        "path,label,probability", "role": "execution", "path": True,
+                        "commands": ["test"]},
+        "clip": {"default": 0.005, "doc": "clip P(dog) into [clip, 1-clip]: one confident mistake costs -ln(clip) of log loss "
+                 "(5.3) instead of 34.5; 0 = no clip", "role": "execution", "minimum": 0.0,
+                 "below": [0.5, "predictions are clipped into [clip, 1-clip]"], "commands": ["test"]},
+        "tta": {"default": False, "doc": "average predictions over the image and its horizontal flip", "role": "execution",
+                "commands": ["val", "test"]},
+    }
 
     def datasets(self):
         check_takes("model", self.cfg.model, ["num_classes"], "classifier")

@@ -71,6 +71,28 @@ class Gan(Experiment):
         "generate": "write a grid of the --gen-num best-scored of --gen-search-num generated images to --gen-img",
     }
     aliases = {"test": "generate"}
+    options = {
+        "netd": {"default": "NetD", "doc": "the discriminator (MODELS registry); --model is the generator", "role": "model",
+                 "registry": "models"},
+        "nz": {"default": 100, "doc": "length of the noise vector the generator draws from", "role": "model", "minimum": 1},
+        "ngf": {"default": 64, "doc": "generator width: channels of its last hidden layer", "role": "model", "minimum": 1},
+        "ndf": {"default": 64, "doc": "discriminator width: channels of its first layer", "role": "model", "minimum": 1},
+        "lr1": {"default": 2e-4, "doc": "generator learning rate (Adam)", "minimum": 0.0},
+        "lr2": {"default": 2e-4, "doc": "discriminator learning rate (Adam)", "minimum": 0.0},
+        "beta1": {"default": 0.5, "doc": "Adam beta1 of both nets (DCGAN's 0.5)", "minimum": 0.0},
+        "d_every": {"default": 1, "doc": "train the discriminator every N steps", "minimum": 1},
+        "g_every": {"default": 5, "doc": "train the generator every N steps", "minimum": 1},
+        "gan_loss": {"default": "bce", "doc": "bce (classic DCGAN) | rahinge (relativistic average hinge, the book's 2nd edition)",
+                     "choices": ["bce", "rahinge"]},
+        "gen_img": {"default": "", "doc": "grid PNG written by `generate`; '' = result.png in the run dir (of --env, or of "
+                    "--load-model-path)", "role": "execution", "path": True, "commands": ["generate"]},
+        "gen_num": {"default": 64, "doc": "images in the generated grid: the best-scored of --gen-search-num",
+                    "role": "execution", "minimum": 1, "commands": ["generate"]},
+        "gen_search_num": {"default": 512, "doc": "noises drawn; the discriminator keeps the best --gen-num",
+                           "role": "execution", "minimum": 1, "commands": ["generate"]},
+        "gen_mean": {"default": 0.0, "doc": "mean of the generation noise", "role": "execution", "commands": ["generate"]},
+        "gen_std": {"default": 1.0, "doc": "standard deviation of the generation noise", "role": "execution", "minimum": 0.0, "commands": ["generate"]},
+    }
     # The embedded smoke demo: 800 drawn 64 px faces, trained at 32 px on 2 CPU cores in a few
     # minutes. configs/anime_gan.yaml holds the book's settings (96 px, GPU).
     defaults = {"dataset": "faces", "train_data_root": "data/faces_sample", "model": "NetG", "image_size": 32,

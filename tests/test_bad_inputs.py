@@ -110,7 +110,11 @@ def limit_file_size(size):
 # (id, command line, exit code, the one line (regex), files the case may change)
 CASES = [
     # -- the config: exit 2 before torch is imported
-    ("unknown option", ["train", "--lrr=0.1"], 2, r"unknown option --lrr; did you mean --lr or --lr2 or --lr1\?"),
+    ("unknown option", ["train", "--lrr=0.1"], 2, r"unknown option --lrr; did you mean --lr\?"),
+    ("another experiment's option", ["train", "--nz=10"], 2,
+     r"option --nz belongs to experiment gan, not classify; add --experiment=gan or drop it"),
+    ("monitor of another experiment", ["train", "--monitor=val_perplexity"], 2,
+     r"option --monitor must be a metric of experiment classify: val_logloss, val_loss, val_accuracy; got 'val_perplexity'"),
     ("wrong type", ["train", "--batch-size=32.0"], 2, r"option --batch-size expects an integer, got '32.0'"),
     ("below minimum", ["train", "--batch-size=0"], 2, r"option --batch-size must be >= 1; got 0"),
     ("not a choice", ["train", "--optimizer=adamm"], 2, r"option --optimizer must be one of adam, adamw, sgd; got 'adamm'; did you mean adam"),

@@ -198,3 +198,24 @@ def test_an_experiments_defaults_sit_between_the_schema_and_the_file(tmp_path):
     from configs import changed_options
 
     assert changed_options(cfg) == {"experiment": "gan"}  # its own defaults are not "changes"
+
+
+def test_an_experiments_own_options_join_only_its_runs_config(tmp_path):
+    import pickle
+
+    gan = load_config(flags(experiment="gan", nz="12", gen_num="3"))
+    assert (gan.nz, gan.gen_num, gan.netd) == (12, 3, "NetD")
+    assert pickle.loads(pickle.dumps(gan)) == gan  # torchrun broadcasts the config
+    classify = load_config({})
+    assert not hasattr(classify, "nz") and classify.clip == 0.005 and classify.monitor == "val_logloss"
+    assert "nz:" not in dump_yaml(classify) and "clip:" in dump_yaml(classify)
+    assert "\nnz: 12\n" in dump_yaml(gan) and "clip:" not in dump_yaml(gan)
+    path = write(tmp_path, "experiment: gan\ngen-std: 0.5\n")
+    assert load_config(flags(config=str(path))).gen_std == 0.5
+    with pytest.raises(UsageError, match=r"c.yaml: option --gen-std belongs to experiment gan, not classify"):
+        load_config(flags(config=str(path), experiment="classify"))
+    with pytest.raises(UsageError, match=r"option --gen-num expects an integer, got 'many'"):
+        load_config(flags(experiment="gan", gen_num="many"))
+    with pytest.raises(UsageError, match=r"option --monitor must be a metric of experiment classify: .*; "
+                                         r"got 'val_acuracy'; did you mean val_accuracy\?"):
+        load_config(flags(monitor="val_acuracy"))

@@ -208,10 +208,7 @@ def train(cfg):
             print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
                   f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
         return
-    experiment = EXPERIMENTS.get(cfg.experiment)(cfg)
-    if experiment.monitors and cfg.monitor not in experiment.monitors:
-        raise UsageError(f"--monitor={cfg.monitor} is not a metric of experiment {cfg.experiment}; "
-                         f"use one of {', '.join(experiment.monitors)}")
+    experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
     device = runtime.pick_device(cfg)
     # Everything that can fail on bad input runs before the run dir exists: the data, the

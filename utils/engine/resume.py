@@ -9,7 +9,7 @@ from pathlib import Path
 
 import configs
 from configs.loader import flag, validate
-from configs.schema import FIELDS, Config, with_role
+from configs.schema import all_fields, config_class, fields_of, with_role
 from utils.engine import checkpoint
 from utils.core.errors import UsageError
 
@@ -51,21 +51,25 @@ def load_resume_state(cfg):
         if state.get("format_version", 1) < checkpoint.FORMAT_VERSION:
             raise UsageError(f"{path} was written by an earlier runner (checkpoint format {state.get('format_version', 1)}) "
                              f"and cannot be resumed; start a new run from its weights with --load-model-path={path}")
-    may_change = set(with_role("execution", "invocation"))
+    experiment = saved.get("experiment", cfg.experiment)
+    may_change = set(with_role("execution", "invocation", experiment=experiment))
     changed = configs.changed_options(cfg)
     for key, value in changed.items():
         if key not in may_change and value != saved.get(key):
-            allowed = ", ".join(flag(k) for k in with_role("execution"))
+            allowed = ", ".join(flag(k) for k in with_role("execution", experiment=experiment))
             raise UsageError(f"{flag(key)}={value!r} would change the resumed run (it has {saved.get(key)!r}); "
                              f"only {allowed} may change on --resume")
-    unknown = sorted(set(saved) - set(FIELDS))
+    fields = fields_of(experiment)
+    # Checkpoints from before experiments declared their own options hold every experiment's:
+    # another experiment's option is dropped without a word.
+    unknown = sorted(key for key in saved if key not in fields and key not in all_fields())
     if unknown:
         log.warning("checkpoint config has options this runner no longer knows, ignored: %s", ", ".join(unknown))
-    merged = {key: value for key, value in saved.items() if key in FIELDS}
+    merged = {key: value for key, value in saved.items() if key in fields}
     merged.update({key: value for key, value in changed.items() if key in may_change})
     # The run dir of a resumed run is the folder that holds the checkpoint.
     merged.update(resume=cfg.resume, env=path.parent.name, checkpoint_dir=str(path.parent.parent))
-    merged_cfg = validate(Config(**merged))
+    merged_cfg = validate(config_class(experiment)(**merged))
     if state is not None and state["epoch"] < merged_cfg.max_epoch:
         step = state.get("step_in_epoch", 0)
         where = f", from its step {step + 1} ({step} done)" if step else ", from its start"
