@@ -89,6 +89,7 @@ class Config:
     lr_step: int = option(10, "optimisation", "epochs between decays (step) or to wait (plateau)", minimum=1)
     momentum: float = option(0.9, "optimisation", "SGD momentum", minimum=0.0)
     weight_decay: float = option(0.0, "optimisation", "L2 penalty (the book's 0e-5)", minimum=0.0)
+    grad_clip: float = option(0.0, "optimisation", "clip each optimizer's gradient norm to this (0 = no clipping)", minimum=0.0)
     max_epoch: int = option(10, "optimisation", "epochs to train", role="execution", minimum=1)
     monitor: Optional[str] = option(None, "optimisation", "metric that decides best.pth (and --lr-policy=plateau): one of the experiment's `monitors`; default: its first (classify val_logloss, poetry val_perplexity)")
 

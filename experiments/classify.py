@@ -29,7 +29,7 @@ from data.transforms import denormalize
 from models import build_for_weights, build_model, check_takes
 from utils.engine import checkpoint, distributed, runtime
 from utils import tables
-from utils.engine.loop import Experiment, load_for_inference
+from utils.engine.loop import Experiment, eval_loader, gather, load_for_inference, reduce_sums
 from utils.core.errors import UsageError, UserError, plural
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
@@ -76,8 +76,7 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
     ranks: every rank returns the metrics of the whole split, each image counted once, and
     `predicted` gets the whole split's classes in order."""
     precision = Precision(cfg, device, getattr(loader, "dataset", None))
-    # Unwrapped: no DDP collective per batch, as ranks' shares differ in size.
-    model = for_inference(checkpoint.unwrap(model), precision.memory_format)
+    model = for_inference(model, precision.memory_format)
     loss_meter, confusion, logloss = METERS.build("loss"), METERS.build("confusion", cfg.num_classes), METERS.build("logloss")
     top5, mine = 0, []
     for images, labels in loader:
@@ -93,7 +92,7 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
             top5 += int((log_probabilities.topk(5, 1).indices == labels[:, None]).any(1).sum())
         mine += log_probabilities.argmax(1).tolist()
     k = cfg.num_classes
-    totals = distributed.sum_values([loss_meter.sum, logloss.total, top5, *confusion.conf.reshape(-1).tolist()])
+    totals = reduce_sums([loss_meter.sum, logloss.total, top5, *confusion.conf.reshape(-1).tolist()])
     loss_sum, logloss_sum, top5 = totals[:3]
     counts = np.array(totals[3:], dtype=np.int64).reshape(k, k)
     seen = int(counts.sum())
@@ -104,7 +103,7 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
     if k > 5:
         metrics["val_top5"] = top5 / seen if seen else nan
     if predicted is not None:
-        for part in distributed.gather_objects(mine):  # contiguous shares: rank order is split order
+        for part in gather(mine):  # contiguous shares: rank order is split order
             predicted += part
     return {**metrics, "confusion": counts.tolist()}
 
@@ -189,20 +188,18 @@ class Classify(Experiment):
 
     def step(self, batch, objects, ctx):
         images, labels = batch
-        model, optimizer = objects["model"], objects["optimizer"]
         with ctx.precision.autocast():
-            output = model(images)
+            output = objects["model"](images)
             loss = F.cross_entropy(output, labels)
-        optimizer.zero_grad(set_to_none=True)
-        ctx.precision.backward_and_step(loss, optimizer)
-        ctx.precision.scaler.update()
+        ctx.optimize(loss, "optimizer")
         accuracy = (output.detach().argmax(1) == labels).float().mean()
         return {"loss": loss.detach(), "accuracy": accuracy}
 
     def evaluate(self, objects, ctx):
         if getattr(self, "val_loader", None) is None:  # one for the run: its workers persist
-            self.val_loader = runtime.make_loader(self.val_set, self.cfg, ctx.device, shuffle=False)
-        metrics = evaluate(objects["model"], self.val_loader, self.cfg, ctx.device)
+            self.val_loader = ctx.eval_loader(self.val_set)
+        # Unwrapped: no DDP collective per batch, as ranks' shares differ in size.
+        metrics = evaluate(ctx.unwrap("model"), self.val_loader, self.cfg, ctx.device)
         confusion = metrics.pop("confusion")
         ctx.outputs.table("val/confusion", ["truth \\ predicted"] + self.classes,
                           [[name] + row for name, row in zip(self.classes, confusion)], ctx.state.global_step)
@@ -235,7 +232,7 @@ class Classify(Experiment):
         model, cfg, device, info, dataset = self.load_model("val")
         if distributed.is_main():
             readable.report(dataset.skipped if hasattr(dataset, "skipped") else [])
-        metrics = evaluate(model, runtime.make_loader(dataset, cfg, device, shuffle=False), cfg, device, tta=cfg.tta)
+        metrics = evaluate(model, eval_loader(dataset, cfg, device), cfg, device, tta=cfg.tta)
         if distributed.is_main():
             print(tables.report("val", len(dataset), class_names(dataset, cfg, info), metrics))
 
@@ -250,10 +247,10 @@ class Classify(Experiment):
         if cfg.num_classes != 2:
             raise UserError(f"test writes P(class 1) for a 2-class model; this one has {cfg.num_classes} classes")
         ids, dog_probabilities, precision = [], [], Precision(cfg, device, dataset)
-        for images, batch_ids in runtime.make_loader(dataset, cfg, device, shuffle=False):
+        for images, batch_ids in eval_loader(dataset, cfg, device):
             dog_probabilities += predict(model, images, precision, cfg.tta)[:, 1].exp().tolist()
             ids += batch_ids.tolist()
-        parts = distributed.gather_objects((ids, dog_probabilities))  # every rank's share, for rank 0
+        parts = gather((ids, dog_probabilities))  # every rank's share, for rank 0
         if not distributed.is_main():
             return
         ids, dog_probabilities = [i for part, _ in parts for i in part], [p for _, part in parts for p in part]
@@ -272,7 +269,7 @@ class Classify(Experiment):
         """K-class test: a labelled split (cifar10, mnist) -> id,label + accuracy and the
         per-class table; image files (imagefolder) -> path,label,probability."""
         names = class_names(dataset, cfg, info)
-        loader = runtime.make_loader(dataset, cfg, device, shuffle=False)
+        loader = eval_loader(dataset, cfg, device)
         if hasattr(dataset, "positions"):  # a labelled split in a torchvision format
             predicted = []
             metrics = evaluate(model, loader, cfg, device, tta=cfg.tta, predicted=predicted)
@@ -291,7 +288,7 @@ class Classify(Experiment):
             best = predict(model, images, precision, cfg.tta).exp().max(1)
             rows += [(str(paths[key]) if paths is not None else key, names[label], f"{probability:.6f}")
                      for key, label, probability in zip(keys.tolist(), best.indices.tolist(), best.values.tolist())]
-        rows = [row for part in distributed.gather_objects(rows) for row in part]
+        rows = [row for part in gather(rows) for row in part]
         if not distributed.is_main():
             return
         readable.report(getattr(dataset, "skipped", []))

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from models import check_takes
 from models.dcgan import layout
 from utils.engine import checkpoint, distributed, runtime
-from utils.core import seeding
 from utils.engine.loop import Experiment, load_for_inference
 from utils.core.errors import UsageError, plural
 from utils.engine.lr_policy import LrPolicy
@@ -36,7 +35,6 @@ from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.visualize import save_grid
 
 log = logging.getLogger(__name__)
-FIXED_NOISE = 5  # seeding stream of the fixed noise whose images are shown during training
 GRID_IMAGES = 64
 
 
@@ -118,8 +116,8 @@ class Gan(Experiment):
         netd.to(memory_format=ctx.precision.memory_format)
         optimizer_g = torch.optim.Adam(netg.parameters(), lr=cfg.lr1, betas=(cfg.beta1, 0.999))
         optimizer_d = torch.optim.Adam(netd.parameters(), lr=cfg.lr2, betas=(cfg.beta1, 0.999))
-        generator = torch.Generator().manual_seed(seeding.derive_seed(cfg.seed, FIXED_NOISE))
-        fixed_noise = torch.randn(GRID_IMAGES, cfg.nz, 1, 1, generator=generator).to(ctx.device)
+        # the noise whose images are shown during training, the same for every run of one --seed
+        fixed_noise = torch.randn(GRID_IMAGES, cfg.nz, 1, 1, generator=ctx.generator("fixed_noise")).to(ctx.device)
         return {"netg": netg, "netd": netd, "optimizer_g": optimizer_g, "optimizer_d": optimizer_d,
                 "lr_policy_g": LrPolicy(optimizer_g, cfg), "lr_policy_d": LrPolicy(optimizer_d, cfg),
                 "fixed_noise": fixed_noise}
@@ -128,7 +126,7 @@ class Gan(Experiment):
         real, _ = batch
         cfg, precision = self.cfg, ctx.precision
         netg, netd = objects["netg"], objects["netd"]
-        scalars, stepped = {}, False
+        scalars = {}
         if ctx.state.global_step % cfg.d_every == 0:
             noise = torch.randn(len(real), cfg.nz, 1, 1, device=ctx.device)
             with precision.autocast():
@@ -136,11 +134,9 @@ class Gan(Experiment):
                     fake = netg(noise)
                 real_logits, fake_logits = netd(real), netd(fake.contiguous(memory_format=precision.memory_format))
                 loss_d = discriminator_loss(cfg.gan_loss, real_logits.float(), fake_logits.float())
-            objects["optimizer_d"].zero_grad(set_to_none=True)
-            precision.backward_and_step(loss_d, objects["optimizer_d"])
+            ctx.optimize(loss_d, "optimizer_d")
             scalars.update(loss_d=loss_d.detach(), d_real=real_logits.detach().float().sigmoid().mean(),
                            d_fake=fake_logits.detach().float().sigmoid().mean())
-            stepped = True
         if ctx.state.global_step % cfg.g_every == 0:
             noise = torch.randn(len(real), cfg.nz, 1, 1, device=ctx.device)
             with precision.autocast():
@@ -148,18 +144,14 @@ class Gan(Experiment):
                 with torch.no_grad():
                     real_logits = netd(real).float() if cfg.gan_loss == "rahinge" else None
                 loss_g = generator_loss(cfg.gan_loss, real_logits, fake_logits)
-            objects["optimizer_g"].zero_grad(set_to_none=True)
-            precision.backward_and_step(loss_g, objects["optimizer_g"])
+            ctx.optimize(loss_g, "optimizer_g")
             scalars["loss_g"] = loss_g.detach()
-            stepped = True
-        if stepped:
-            precision.scaler.update()
         return scalars
 
     @torch.no_grad()
     def images(self, objects, ctx):
         """The fixed noise's images, drawn in eval mode (no batch-norm statistics change)."""
-        netg = checkpoint.unwrap(objects["netg"])  # rank 0 only: no DDP collective here
+        netg = ctx.unwrap("netg")  # rank 0 only: no DDP collective here
         was_training = netg.training
         netg.eval()
         fake = netg(objects["fixed_noise"]).float()

@@ -4,13 +4,22 @@ Data order and augmentation must not depend on worker count or process history, 
 draw from generators built from (seed, purpose, epoch, index) rather than from global state.
 """
 import random
+import zlib
 
 import numpy as np
 
 # Stream ids keep independent uses of one user seed apart (split vs order vs augmentation).
 SPLIT, ORDER, AUGMENT, LOADER = 1, 2, 3, 4
-# 5: the gan's fixed noise (experiments/gan.py); RANK: per-rank streams under torchrun.
-RANK = 6
+RANK = 6  # per-rank streams under torchrun
+# Streams by name (`stream`, the engine's ctx.generator): "fixed_noise" keeps the number the
+# gan used before streams had names, so its pictures stay what they were; any other name
+# gets a number from its CRC-32, stable across processes and Python versions.
+NAMED = {"split": SPLIT, "order": ORDER, "augment": AUGMENT, "loader": LOADER, "fixed_noise": 5, "rank": RANK}
+
+
+def stream(name):
+    """The stream id of the random stream called `name`."""
+    return NAMED.get(name) or (1 << 32) + zlib.crc32(name.encode("utf-8"))
 
 
 def rng(*keys):

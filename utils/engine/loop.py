@@ -51,7 +51,7 @@ from utils.visualize import Visualizer, save_grid
 
 log = logging.getLogger(__name__)
 # Checkpoint keys the engine writes itself; an experiment's objects take any other name.
-ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "best", "epoch_meters", "window", "rng",
+ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "optimizer_steps", "best", "epoch_meters", "window", "rng",
                "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler", "threads"}
 
 
@@ -112,6 +112,7 @@ class TrainState:
     step_in_epoch: int = 0  # steps of the next epoch already done
     samples_in_epoch: int = 0  # images of the next epoch's global order already consumed
     global_step: int = 0
+    optimizer_steps: dict = dataclasses.field(default_factory=dict)  # optimizer name -> steps taken (ctx.optimize)
     best: Optional[dict] = None  # {"metric", "value", "epoch"}
     meters: dict = dataclasses.field(default_factory=dict)  # name -> loss meter of this epoch
     window: dict = dataclasses.field(default_factory=dict)  # name -> values since the last curve point
@@ -119,7 +120,7 @@ class TrainState:
     def as_checkpoint(self):
         mid_epoch = self.step_in_epoch > 0
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "samples_in_epoch": self.samples_in_epoch,
-                "global_step": self.global_step,
+                "global_step": self.global_step, "optimizer_steps": dict(self.optimizer_steps),
                 "best": self.best, "window": {k: list(v) for k, v in self.window.items()},
                 "epoch_meters": {k: m.state_dict() for k, m in self.meters.items()} if mid_epoch else None}
 
@@ -132,19 +133,88 @@ class TrainState:
         # Checkpoints from before distributed training ran one process: steps x batch images.
         samples = state.get("samples_in_epoch", state["step_in_epoch"] * batch_size)
         return cls(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"], samples_in_epoch=samples,
-                   global_step=state["global_step"],
+                   global_step=state["global_step"], optimizer_steps=dict(state.get("optimizer_steps") or {}),
                    best=state["best"], meters=meters, window={k: list(v) for k, v in state["window"].items()})
 
 
 @dataclasses.dataclass
 class Context:
-    """What the experiment's hooks receive besides their objects."""
+    """What the experiment's hooks receive besides their objects, and the engine's services
+    to them: `optimize` (the optimisation step), `unwrap` (a module without its DDP /
+    compile wrappers), `generator` (a named random stream), and `reduce_sums` / `gather` /
+    `eval_loader` (evaluation over every rank's share of a split)."""
 
     cfg: object
     device: torch.device
     precision: Precision
     state: TrainState
     outputs: "Outputs"
+    objects: dict = dataclasses.field(default_factory=dict)  # the experiment's named objects, once built
+    stepped: bool = False  # an optimizer stepped in this training step: the scaler updates after it
+
+    def optimize(self, loss, optimizer="optimizer", clip=None):
+        """The optimisation step of one optimizer (by object name, or the optimizer itself)
+        on `loss`: zero its gradients, backward through the loss scaled by the AMP scaler,
+        unscale and clip the gradient norm (--grad-clip, or `clip`; 0 = no clipping), step,
+        and count the step in state.optimizer_steps. The scaler updates once per training
+        step, after the experiment's step returns (PyTorch's rule with several optimizers)."""
+        name = optimizer if isinstance(optimizer, str) else next(
+            (key for key, obj in self.objects.items() if obj is optimizer), "optimizer")
+        optimizer = self.objects[optimizer] if isinstance(optimizer, str) else optimizer
+        scaler = self.precision.scaler
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        max_norm = self.cfg.grad_clip if clip is None else clip
+        if max_norm:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
+        scaler.step(optimizer)
+        self.stepped = True
+        self.state.optimizer_steps[name] = self.state.optimizer_steps.get(name, 0) + 1
+
+    def unwrap(self, module):
+        """The plain module (by object name, or the module) inside DDP and torch.compile:
+        what to evaluate on one rank's share, draw images with, or inspect."""
+        return checkpoint.unwrap(self.objects[module] if isinstance(module, str) else module)
+
+    def generator(self, name, *keys, device="cpu"):
+        """A torch.Generator for the random stream `name` (e.g. "fixed_noise"): a pure
+        function of (--seed, name, keys), independent of every other stream and of the
+        global RNG, so drawing from it shifts nothing else."""
+        return torch.Generator(device=device).manual_seed(seeding.derive_seed(self.cfg.seed, seeding.stream(name), *keys))
+
+    def reduce_sums(self, values):
+        """reduce_sums(values): the sums over every rank."""
+        return reduce_sums(values)
+
+    def gather(self, value):
+        """gather(value): every rank's value, in rank order."""
+        return gather(value)
+
+    def eval_loader(self, dataset):
+        """eval_loader(dataset, cfg, device) with this run's cfg and device."""
+        return eval_loader(dataset, self.cfg, self.device)
+
+
+# -- evaluation over ranks (for evaluate(), and for val / test, which have no Context) --------
+def eval_loader(dataset, cfg, device):
+    """A loader over this rank's contiguous share of `dataset`, in order (all of it in one
+    process): evaluate each share, then reduce_sums / gather the results."""
+    return runtime.make_loader(dataset, cfg, device, shuffle=False)
+
+
+def reduce_sums(values):
+    """{name: sum over every rank} of {name: this rank's sum or count} (a list of numbers
+    gives a list): the whole split's totals on every rank; float64, so counts stay exact."""
+    if isinstance(values, dict):
+        return dict(zip(values, distributed.sum_values(list(values.values()))))
+    return distributed.sum_values(list(values))
+
+
+def gather(value):
+    """[rank 0's value, rank 1's, ...] on every rank ([value] in one process); with
+    eval_loader's contiguous shares, concatenating them gives the split's order."""
+    return distributed.gather_objects(value)
 
 
 class Outputs:
@@ -223,6 +293,7 @@ def train(cfg):
     outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main())
     ctx = Context(cfg, device, Precision(cfg, device, train_set), TrainState(), outputs)
     objects = experiment.build(ctx)
+    ctx.objects = objects  # the same dict: wrapped modules replace their entries below
     clashes = ENGINE_KEYS.intersection(objects)
     if clashes:
         raise ValueError(f"experiment {cfg.experiment} names objects {sorted(clashes)}: the engine's own checkpoint keys")
@@ -362,6 +433,9 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
         fault = faults.at_step(state.global_step + 1)
         batch = ctx.precision.to_device(batch)
         scalars = experiment.step(batch, objects, ctx)
+        if ctx.stepped:  # once per step, after every optimizer of the step (ctx.optimize)
+            ctx.precision.scaler.update()
+            ctx.stepped = False
         values = dict(scalars, **{experiment.losses[0]: math.nan} if fault == "nan" else {})
         size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
         # Means over every rank's images, the global batch size and the stop decision: the

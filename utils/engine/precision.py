@@ -78,12 +78,6 @@ class Precision:
         """The forward-pass context: autocast to `dtype` under --amp, else a no-op."""
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.amp)
 
-    def backward_and_step(self, loss, optimizer):
-        """Backward through the (scaled) loss and step `optimizer`; call `scaler.update()`
-        once per training step after the last optimizer of the step."""
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-
     def normalise(self, images):
         """A uint8 image batch on the device as normalised float32, in its memory format."""
         if not images.is_contiguous(memory_format=torch.channels_last) or images.shape[1] == 1:
