@@ -6,7 +6,7 @@ runner's against the book's torchvision PIL pipeline, side by side in one run.
 book train: Image.open, Resize(256), RandomResizedCrop(224), RandomHorizontalFlip,
             ToTensor, Normalize (the book's chapter 6 train transforms)
 book eval:  Image.open, Resize(224), CenterCrop(224), ToTensor, Normalize (its val/test)
-runner:     data.dogcat.DogCat items (data/transforms.py: one box resize from the stored
+runner:     data.image_files.ImageFiles items (data/transforms.py: one box resize from the stored
             image, JPEG DCT-scale decoding when the box allows it, uint8 out), plus the
             per-batch normalisation the run does on its device (here: the CPU), per image.
 
@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kaggle_images  # noqa: E402
-from data.dogcat import DogCat, list_train  # noqa: E402
+from data.dogcat import list_train  # noqa: E402
+from data.image_files import ImageFiles  # noqa: E402
 from data.transforms import MEAN, STD, collate  # noqa: E402
 from utils.engine.precision import Precision  # noqa: E402
 
@@ -41,7 +42,7 @@ def book_pipelines(size):
 
 
 def runner_pipelines(items, size):
-    train, evaluation = DogCat(items, size, augment=True, seed=0), DogCat(items, size, augment=False, seed=0)
+    train, evaluation = ImageFiles(items, size, augment=True, seed=0), ImageFiles(items, size, augment=False, seed=0)
     precision = Precision(SimpleNamespace(amp=False, channels_last=True), torch.device("cpu"), train)
     batch = collate([evaluation[index] for index in range(32)])[0]  # as the run's DataLoader stacks them
 
@@ -70,7 +71,7 @@ def images_per_second(pipeline, paths):
 
 
 def same_bits_for_any_worker_count(items, size):
-    dataset = DogCat(items[:64], size, augment=True, seed=0)
+    dataset = ImageFiles(items[:64], size, augment=True, seed=0)
     keys = [(0, index) for index in range(len(dataset))]
     batches = []
     for workers in (0, 2):

@@ -13,11 +13,9 @@ import logging
 import re
 from pathlib import Path
 
-import torch
-
-from data import sample, transforms
+from data import sample
+from data.image_files import ImageFiles
 from data.readable import load_rgb, split_readable  # noqa: F401 - dogcat.load_rgb, as before
-from data.sampling import augmentation_rng
 from data.sampling import split_part
 from data.sampling import stratified_split as split  # noqa: F401 - data.dogcat.split, as before
 from utils.core.errors import UserError, plural
@@ -99,34 +97,6 @@ def test_listing(folder, skip_bad_images=False, workers=2):
     return items, []
 
 
-class DogCat(torch.utils.data.Dataset):
-    """Items: (uint8 image tensor, label) for train/val, (uint8 image tensor, id) for test;
-    any image files (data/imagefolder.py uses it too). Batches are normalised on the device
-    with `mean` and `std` (utils/engine/precision.py)."""
-
-    classes = list(CLASSES)
-    mean, std = transforms.MEAN, transforms.STD
-
-    def __init__(self, items, image_size, augment, seed, skipped=()):
-        self.items, self.image_size, self.augment, self.seed = items, image_size, augment, seed
-        self.targets = [target for _, target in items]
-        self.skipped = list(skipped)  # [(path, reason)] left out by --skip-bad-images
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, key):
-        index = key[1] if isinstance(key, tuple) else key
-        path, target = self.items[index]
-        if self.augment:
-            return transforms.train_image(path, self.image_size, augmentation_rng(self.seed, key)), target
-        return transforms.eval_image(path, self.image_size), target
-
-    def denormalize(self, batch):
-        """Images back in [0, 1] for display."""
-        return transforms.denormalize(batch)
-
-
 @DATASETS.register("dogcat")
 def dogcat(cfg, split_name):
     """The `split_name` (train | val | test) part of the Dogs vs. Cats data."""
@@ -139,13 +109,13 @@ def dogcat(cfg, split_name):
         if not root.is_dir() and (root.parent / "test1").is_dir():
             root = root.parent / "test1"  # Kaggle's first competition named it test1/
         items, skipped = test_listing(root, cfg.skip_bad_images, cfg.num_workers)
-        return DogCat(items, size, augment=False, seed=cfg.seed, skipped=skipped)
+        return ImageFiles(items, size, augment=False, seed=cfg.seed, skipped=skipped)
     root = Path(cfg.train_data_root)
     if _is_default_sample(root):
         sample.ensure(root.parent)
     items, skipped = train_listing(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(items, split_name, cfg.val_ratio, cfg.seed, root)
-    return DogCat(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=skipped)
+    return ImageFiles(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=skipped)
 
 
 def _is_default_sample(root):

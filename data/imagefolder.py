@@ -17,7 +17,8 @@ import logging
 import os
 from pathlib import Path
 
-from data.dogcat import DEFAULT_SIZE, DogCat
+from data.dogcat import DEFAULT_SIZE
+from data.image_files import ImageFiles
 from data.readable import split_readable
 from data.sampling import split_part
 from utils.core.errors import UsageError, UserError, plural
@@ -84,7 +85,7 @@ def imagefolder(cfg, split_name):
     root = Path(cfg.train_data_root)
     classes, items, bad = _list_train(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(list(items), split_name, cfg.val_ratio, cfg.seed, root)
-    dataset = DogCat(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=bad)
+    dataset = ImageFiles(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=bad)
     dataset.classes, dataset.image_size = list(classes), size
     return dataset
 
@@ -107,7 +108,7 @@ def _test_set(cfg, size):
     items, bad = [(path, position) for position, path in enumerate(paths)], []
     if cfg.skip_bad_images:
         items, bad = split_readable(items, cfg.num_workers)
-    dataset = DogCat(items, size, augment=False, seed=cfg.seed, skipped=bad)
+    dataset = ImageFiles(items, size, augment=False, seed=cfg.seed, skipped=bad)
     dataset.paths, dataset.image_size = paths, size  # a batch's targets index into paths
     dataset.classes = None  # any images: the class names come from the checkpoint (or the train folder)
     return dataset

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from data import dogcat, sample
+from data.image_files import ImageFiles
 from data.sampling import EpochSampler
 from utils.core.errors import UserError
 
@@ -89,7 +90,7 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
 def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path):
     touch_images(tmp_path, ["cat.0.jpg"])
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "cat.0.jpg")
-    data = dogcat.DogCat([(tmp_path / "cat.0.jpg", 0)], image_size=16, augment=True, seed=3)
+    data = ImageFiles([(tmp_path / "cat.0.jpg", 0)], image_size=16, augment=True, seed=3)
     torch.manual_seed(123)
     first = data[(2, 0)][0]
     torch.manual_seed(999)  # global state must not matter
@@ -154,7 +155,7 @@ def test_uint8_batches_are_normalised_on_the_device_as_the_book_normalises_image
     from utils.engine.precision import Precision
 
     photo(tmp_path / "cat.0.jpg", 300, 200)
-    data = dogcat.DogCat([(tmp_path / "cat.0.jpg", 0)], image_size=32, augment=False, seed=0)
+    data = ImageFiles([(tmp_path / "cat.0.jpg", 0)], image_size=32, augment=False, seed=0)
     image, _ = data[0]
     cfg = SimpleNamespace(amp=False, channels_last=True)
     batch = Precision(cfg, torch.device("cpu"), data).to_device(image[None])

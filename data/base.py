@@ -1,0 +1,55 @@
+"""The data-set protocol: what the engine and the experiments may read from a data set.
+
+Every data set registered in DATASETS returns an instance of a subclass of `Dataset` (or a
+torch Dataset with the same attributes). The class attributes below are the whole contract;
+nothing else is read by getattr anywhere. Items are looked up by `(epoch, index)` keys from
+data.sampling.EpochSampler (or a bare index), so random augmentation can be a function of
+(seed, epoch, index) and any --num-workers gives the same bits.
+
+    classes       class names (index k = class k), or None: not labelled, or names unknown
+    targets       the label of each item of a labelled split, or None
+    image_size    side of the square images it gives, or None (not images)
+    channels      image channels (1 grey, 3 RGB); a class attribute, read before any file is
+                  (models are built for it)
+    flip          whether training mirrors images (--tta averages over a mirror; a set that
+                  never trains on mirrored images refuses it)
+    skipped       [(path, why unreadable)] left out by --skip-bad-images
+    image_parts   which parts of a batch are images: moved to the device in the run's memory
+                  format (channels_last); other parts (labels, ids, tokens) just move
+    normalisation()     {batch part: (mean, std)}: the uint8 image parts the engine turns into
+                  normalised float32 on the device ((x / 255 - mean) / std per channel); {}
+                  for a set whose items are already float
+    denormalize(batch)  images back in [0, 1] for display
+    write_predictions(path, keys, log_probabilities, class_names, cfg)
+                  `test`'s output: writes `path` atomically and returns the number of rows.
+                  `keys` are the second part of each item in split order (an id, an index,
+                  or the label of a labelled split), `log_probabilities` an N x K float tensor.
+"""
+import torch
+
+from utils.core.errors import UserError
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Base class of the runner's data sets: the protocol above, with its defaults."""
+
+    classes = None
+    targets = None
+    image_size = None
+    channels = 3
+    flip = True
+    skipped = ()
+    image_parts = (0,)
+    name = "this data set"  # how messages name it
+
+    def normalisation(self):
+        """{batch part: (per-channel mean, std)} of the uint8 image parts to normalise on the device."""
+        return {}
+
+    def denormalize(self, batch):
+        """Images back in [0, 1] for display (uint8: / 255; float: as they are, clamped)."""
+        return batch.float() / 255 if batch.dtype == torch.uint8 else batch.float().clamp(0, 1)
+
+    def write_predictions(self, path, keys, log_probabilities, class_names, cfg):
+        """Write `test`'s predictions of this split to `path`; returns the rows written."""
+        raise UserError(f"{self.name} has no test output; `test` is not available for it")
