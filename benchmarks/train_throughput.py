@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs import load_config  # noqa: E402
+from data.base import Dataset  # noqa: E402
 from data.transforms import MEAN, STD  # noqa: E402
 from experiments.classify import Classify  # noqa: E402
 from utils.engine import loop as engine  # noqa: E402
@@ -36,10 +37,14 @@ from utils.engine.safe_stop import SafeStop  # noqa: E402
 SETTINGS = {"SqueezeNet": (224, 32), "ResNet34": (224, 32), "LeNet": (32, 64)}  # image size, batch
 
 
-class Images(torch.utils.data.Dataset):
+class Images(Dataset):
     """Random uint8 images with labels, in memory, as data/transforms.py makes them."""
 
     mean, std, classes = MEAN, STD, ["cat", "dog"]
+
+    @classmethod
+    def normalisation(cls):
+        return {0: (cls.mean, cls.std)}
 
     def __init__(self, count, size):
         generator = torch.Generator().manual_seed(0)
@@ -71,7 +76,7 @@ def runner_round(cfg, device, experiment, outputs, data, seconds, epoch):
     ctx = engine.Context(cfg, device, Precision(cfg, device, data), engine.TrainState(), outputs)
     if cfg.model not in runner_round.objects:
         runner_round.objects[cfg.model] = experiment.build(ctx)
-    objects = runner_round.objects[cfg.model]
+    objects = ctx.objects = runner_round.objects[cfg.model]
     steps = max(3, int(seconds * runner_round.speed.get(cfg.model, 1.0) / cfg.batch_size))
     data.length = min(len(data.images), steps * cfg.batch_size)  # this round's epoch
     with SafeStop(cfg, outputs.checkpoints, lambda: None, lambda: None) as stopper:

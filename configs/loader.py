@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from configs.schema import FIELDS, GROUPS, all_fields, config_class, fields_of, inherited, owners, with_role
+from configs.schema import FIELDS, GROUPS, all_fields, config_class, fields_of, inherited, owners
 from utils.core.errors import UsageError, did_you_mean
 
 _TRUE = {"true", "yes", "on", "1", "y"}

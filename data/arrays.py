@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.base import Dataset
 from data.sampling import augmentation_rng, split_part
 from utils.core.errors import UserError, plural
 from utils.core.io import network_timeout
@@ -32,7 +33,7 @@ class FormatError(Exception):
     """A data file that exists but is not in the expected format (the message says how)."""
 
 
-class ArrayDataset(torch.utils.data.Dataset):
+class ArrayDataset(Dataset):
     """Items: (normalised float image C x H x W, label). Subclasses set:
 
     title     the name users know ("CIFAR-10")
@@ -57,7 +58,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         root = Path(cfg.train_data_root if split != "test" else cfg.test_data_root or cfg.train_data_root)
         train = split != "test"
         images, labels, self.classes = load(type(self), root, train, cfg.download)
-        self.images, self.seed = images, cfg.seed
+        self.images, self.seed, self.name = images, cfg.seed, self.title
         self.image_size = cfg.image_size or self.size
         self.augment = split == "train"
         self._mean, self._std = torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
@@ -101,6 +102,15 @@ class ArrayDataset(torch.utils.data.Dataset):
         from data.transforms import denormalize
 
         return denormalize(batch, self.mean, self.std)
+
+    def write_predictions(self, path, keys, log_probabilities, class_names, cfg):
+        """id,label: id = the image's 1-based position in the split's files (Kaggle's
+        CIFAR-10 and Digit Recognizer numbering), label = the most probable class's name."""
+        from utils.writers import write_csv
+
+        predicted = log_probabilities.argmax(1).tolist()
+        return write_csv(path, ["id", "label"], [(position + 1, class_names[label])
+                                                  for position, label in zip(self.positions, predicted)])
 
     @classmethod
     def read(cls, root, train):

@@ -19,6 +19,7 @@ from data.readable import load_rgb, split_readable  # noqa: F401 - dogcat.load_r
 from data.sampling import split_part
 from data.sampling import stratified_split as split  # noqa: F401 - data.dogcat.split, as before
 from utils.core.errors import UserError, plural
+from utils.writers import write_submission
 from utils.core.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,24 @@ def test_listing(folder, skip_bad_images=False, workers=2):
     return items, []
 
 
+class KaggleTest(ImageFiles):
+    """The test split: items (image, id); `test` writes Kaggle's submission from it."""
+
+    def write_predictions(self, path, keys, log_probabilities, class_names, cfg):
+        """Kaggle's id,label = P(dog) (class 1), clipped into [--clip, 1 - --clip], sorted
+        by id; an unreadable image (--skip-bad-images) gets the uninformed 0.5, as Kaggle
+        wants a row for every id."""
+        if log_probabilities.shape[1] != 2:
+            raise UserError(f"test writes P(class 1) for a 2-class model; this one has {log_probabilities.shape[1]} classes")
+        ids, dog_probabilities = list(keys), log_probabilities[:, 1].exp().tolist()
+        if self.skipped:
+            log.warning("%s got P(dog)=0.5 in the csv (Kaggle wants a row for every id)",
+                        plural(len(self.skipped), "unreadable test image"))
+            ids += [int(TEST_NAME.fullmatch(Path(path).name).group(1)) for path, _ in self.skipped]
+            dog_probabilities += [0.5] * len(self.skipped)
+        return write_submission(path, ids, dog_probabilities, clip=cfg.clip)
+
+
 @DATASETS.register("dogcat")
 def dogcat(cfg, split_name):
     """The `split_name` (train | val | test) part of the Dogs vs. Cats data."""
@@ -109,13 +128,13 @@ def dogcat(cfg, split_name):
         if not root.is_dir() and (root.parent / "test1").is_dir():
             root = root.parent / "test1"  # Kaggle's first competition named it test1/
         items, skipped = test_listing(root, cfg.skip_bad_images, cfg.num_workers)
-        return ImageFiles(items, size, augment=False, seed=cfg.seed, skipped=skipped)
+        return KaggleTest(items, size, augment=False, seed=cfg.seed, skipped=skipped, classes=CLASSES, labelled=False)
     root = Path(cfg.train_data_root)
     if _is_default_sample(root):
         sample.ensure(root.parent)
     items, skipped = train_listing(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(items, split_name, cfg.val_ratio, cfg.seed, root)
-    return ImageFiles(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=skipped)
+    return ImageFiles(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=skipped, classes=CLASSES)
 
 
 def _is_default_sample(root):

@@ -10,9 +10,8 @@ index alone and any --num-workers gives the same bits.
 import logging
 from pathlib import Path
 
-import torch
-
 from data import face_sample
+from data.base import Dataset
 from data.dogcat import check_folder
 from data.readable import load_rgb, split_readable
 from utils.core.errors import UserError
@@ -50,8 +49,10 @@ def to_gan_tensor(image, size):
     return F.normalize(F.to_tensor(image), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-class Faces(torch.utils.data.Dataset):
+class Faces(Dataset):
     """Items: (image tensor in [-1, 1], class index of its subfolder)."""
+
+    name = "faces"
 
     def __init__(self, items, image_size, skipped=()):
         self.items, self.image_size = items, image_size
@@ -64,6 +65,10 @@ class Faces(torch.utils.data.Dataset):
         index = key[1] if isinstance(key, tuple) else key  # (epoch, index) from EpochSampler
         path, label = self.items[index]
         return to_gan_tensor(load_rgb(path), self.image_size), label
+
+    def denormalize(self, batch):
+        """Images in [-1, 1] (the generator's Tanh range) back in [0, 1]."""
+        return (batch.float() + 1) / 2
 
 
 @DATASETS.register("faces")

@@ -1,22 +1,33 @@
-"""Any image files as a data set (`ImageFiles`): Dogs vs. Cats and image folders use it."""
-import torch
+"""Any image files as a data set (`ImageFiles`): Dogs vs. Cats and image folders use it.
+
+Items are (uint8 image tensor, label) for a labelled split and (uint8 image tensor, key) for
+a test split, the key being an id (Kaggle's number) or a position in `paths`. Training
+images are a random resized crop and a flip drawn from (seed, epoch, index)
+(data/transforms.py); normalisation with ImageNet's mean and std happens on the device.
+"""
+import logging
 
 from data import transforms
+from data.base import Dataset
 from data.sampling import augmentation_rng
+from utils.writers import write_csv
+
+log = logging.getLogger(__name__)
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Items: (uint8 image tensor, label) for train/val, (uint8 image tensor, id) for test;
-    any image files (data/imagefolder.py uses it too). Batches are normalised on the device
-    with `mean` and `std` (utils/engine/precision.py)."""
+class ImageFiles(Dataset):
+    """Image files: `items` are [(path, label or key)]; `labelled` says which (a test split
+    of image files is not). `paths` (for a test split of any images) are what the csv names:
+    a batch's key indexes them."""
 
-    classes = ["cat", "dog"]
     mean, std = transforms.MEAN, transforms.STD
 
-    def __init__(self, items, image_size, augment, seed, skipped=()):
+    def __init__(self, items, image_size, augment, seed, skipped=(), classes=None, labelled=True, paths=None):
         self.items, self.image_size, self.augment, self.seed = items, image_size, augment, seed
-        self.targets = [target for _, target in items]
+        self.classes = list(classes) if classes else None
+        self.targets = [target for _, target in items] if labelled else None
         self.skipped = list(skipped)  # [(path, reason)] left out by --skip-bad-images
+        self.paths = paths
 
     def __len__(self):
         return len(self.items)
@@ -28,6 +39,17 @@ class ImageFiles(torch.utils.data.Dataset):
             return transforms.train_image(path, self.image_size, augmentation_rng(self.seed, key)), target
         return transforms.eval_image(path, self.image_size), target
 
+    def normalisation(self):
+        return {0: (self.mean, self.std)}
+
     def denormalize(self, batch):
         """Images back in [0, 1] for display."""
-        return transforms.denormalize(batch)
+        return transforms.denormalize(batch, self.mean, self.std)
+
+    def write_predictions(self, path, keys, log_probabilities, class_names, cfg):
+        """path,label,probability: each image's most probable class (with `paths`: the path
+        as given; else the item's key as its id)."""
+        best = log_probabilities.exp().max(1)
+        rows = [(str(self.paths[key]) if self.paths is not None else key, class_names[label], f"{probability:.6f}")
+                for key, label, probability in zip(keys, best.indices.tolist(), best.values.tolist())]
+        return write_csv(path, ["path" if self.paths is not None else "id", "label", "probability"], rows)

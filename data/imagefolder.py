@@ -85,9 +85,7 @@ def imagefolder(cfg, split_name):
     root = Path(cfg.train_data_root)
     classes, items, bad = _list_train(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(list(items), split_name, cfg.val_ratio, cfg.seed, root)
-    dataset = ImageFiles(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=bad)
-    dataset.classes, dataset.image_size = list(classes), size
-    return dataset
+    return ImageFiles(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=bad, classes=classes)
 
 
 def _test_set(cfg, size):
@@ -108,7 +106,6 @@ def _test_set(cfg, size):
     items, bad = [(path, position) for position, path in enumerate(paths)], []
     if cfg.skip_bad_images:
         items, bad = split_readable(items, cfg.num_workers)
-    dataset = ImageFiles(items, size, augment=False, seed=cfg.seed, skipped=bad)
-    dataset.paths, dataset.image_size = paths, size  # a batch's targets index into paths
-    dataset.classes = None  # any images: the class names come from the checkpoint (or the train folder)
-    return dataset
+    # Any images: no labels, no class names (they come from the checkpoint, or the train
+    # folder); a batch's second part indexes `paths`.
+    return ImageFiles(items, size, augment=False, seed=cfg.seed, skipped=bad, labelled=False, paths=paths)

@@ -17,15 +17,12 @@ data unless given; a given --num-classes that differs from the data's is an erro
 import dataclasses
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from data import readable
-from data.dogcat import TEST_NAME as TEST_ID
-from data.transforms import denormalize
 from models import build_for_weights, build_model, check_takes
 from utils.engine import checkpoint, distributed, runtime
 from utils import tables
@@ -34,7 +31,6 @@ from utils.core.errors import UsageError, UserError, plural
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
 from utils.core.registry import DATASETS, EXPERIMENTS, METERS
-from utils.writers import write_csv, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +66,11 @@ def predict(model, images, precision, tta=False):
 @torch.inference_mode()
 def evaluate(model, loader, cfg, device, tta=False, predicted=None):
     """Loss (the training criterion), accuracy, top-5 accuracy (more than 5 classes), Kaggle
-    log loss and confusion counts of `model` on a labelled loader; the predicted class of
-    each image is appended to `predicted` when given. Under torchrun each rank reads its
+    log loss and confusion counts of `model` on a labelled loader; the log-probabilities of
+    each batch are appended to `predicted` when given. Under torchrun each rank reads its
     own share of the split (runtime.make_loader) and the sums and counts are added over
     ranks: every rank returns the metrics of the whole split, each image counted once, and
-    `predicted` gets the whole split's classes in order."""
+    `predicted` gets the whole split's, in order."""
     precision = Precision(cfg, device, getattr(loader, "dataset", None))
     model = for_inference(model, precision.memory_format)
     loss_meter, confusion, logloss = METERS.build("loss"), METERS.build("confusion", cfg.num_classes), METERS.build("logloss")
@@ -90,7 +86,8 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
         logloss.add(probabilities, labels)
         if cfg.num_classes > 5:
             top5 += int((log_probabilities.topk(5, 1).indices == labels[:, None]).any(1).sum())
-        mine += log_probabilities.argmax(1).tolist()
+        if predicted is not None:
+            mine.append(log_probabilities.cpu())
     k = cfg.num_classes
     totals = reduce_sums([loss_meter.sum, logloss.total, top5, *confusion.conf.reshape(-1).tolist()])
     loss_sum, logloss_sum, top5 = totals[:3]
@@ -123,14 +120,14 @@ def balanced_sample(targets, count):
 
 def class_names(dataset, cfg, info=None):
     """The names of the classes: the checkpoint's, else the data set's, else 0..K-1."""
-    names = (info or {}).get("classes") or getattr(dataset, "classes", None)
+    names = (info or {}).get("classes") or dataset.classes
     return list(names) if names and len(names) == cfg.num_classes else [str(k) for k in range(cfg.num_classes)]
 
 
 def infer_classes(train_set, val_set, given, dataset):
     """Class names 0..K-1 for a data set that does not name its classes: K from its labels
     (or --num-classes when it has none to show)."""
-    labels = set(getattr(train_set, "targets", ())) | set(getattr(val_set, "targets", ()))
+    labels = {label for dataset in (train_set, val_set) if dataset is not None for label in dataset.targets or ()}
     count = max(labels) + 1 if labels else given
     if count is None:
         raise UsageError(f"--dataset={dataset} names no classes and shows no labels; give --num-classes")
@@ -167,12 +164,12 @@ class Classify(Experiment):
         self.val_set = load_data(self.cfg, "val")
         train_set = load_data(self.cfg, "train")
         given = self.cfg.num_classes
-        self.classes = list(getattr(train_set, "classes", None) or infer_classes(train_set, self.val_set, given, self.cfg.dataset))
+        self.classes = list(train_set.classes or infer_classes(train_set, self.val_set, given, self.cfg.dataset))
         if given is not None and given != len(self.classes):
             shown = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
             raise UsageError(f"--num-classes={given} but the data has {len(self.classes)} classes ({shown}); "
                              f"drop --num-classes (it comes from the data) or use --num-classes={len(self.classes)}")
-        size = getattr(train_set, "image_size", None) or self.cfg.image_size or 224
+        size = train_set.image_size or self.cfg.image_size or 224
         self.cfg = dataclasses.replace(self.cfg, num_classes=len(self.classes), image_size=size)
         return train_set, self.val_set
 
@@ -208,9 +205,8 @@ class Classify(Experiment):
     def images(self, objects, ctx):
         if ctx.state.global_step:
             return {}  # the input grid, once, at the start of a run
-        denormalize_batch = getattr(self.val_set, "denormalize", denormalize)
-        chosen = balanced_sample(getattr(self.val_set, "targets", range(len(self.val_set))), 16)
-        return {"inputs": denormalize_batch(torch.stack([self.val_set[index][0] for index in chosen]))}
+        chosen = balanced_sample(self.val_set.targets or range(len(self.val_set)), 16)
+        return {"inputs": self.val_set.denormalize(torch.stack([self.val_set[index][0] for index in chosen]))}
 
     def load_model(self, split):
         """(model in eval mode, cfg adopted from the checkpoint, device, the checkpoint's info,
@@ -231,69 +227,40 @@ class Classify(Experiment):
         checkpoint on the val split."""
         model, cfg, device, info, dataset = self.load_model("val")
         if distributed.is_main():
-            readable.report(dataset.skipped if hasattr(dataset, "skipped") else [])
+            readable.report(dataset.skipped)
         metrics = evaluate(model, eval_loader(dataset, cfg, device), cfg, device, tta=cfg.tta)
         if distributed.is_main():
             print(tables.report("val", len(dataset), class_names(dataset, cfg, info), metrics))
 
     @torch.inference_mode()
     def test(self):
-        """Predict the test split and write its csv (see the module docstring for the format)."""
+        """Predict the test split and write what its data set writes (see the module
+        docstring); a labelled test split also prints its metrics."""
         self.cfg = dataclasses.replace(self.cfg, result_file=runtime.output_file(self.cfg, "result_file", "result.csv"))
         runtime.check_output_file(self.cfg.result_file, "--result-file")
         model, cfg, device, info, dataset = self.load_model("test")
-        if cfg.dataset != "dogcat":
-            return self.test_classes(model, cfg, device, info, dataset)
-        if cfg.num_classes != 2:
-            raise UserError(f"test writes P(class 1) for a 2-class model; this one has {cfg.num_classes} classes")
-        ids, dog_probabilities, precision = [], [], Precision(cfg, device, dataset)
-        for images, batch_ids in eval_loader(dataset, cfg, device):
-            dog_probabilities += predict(model, images, precision, cfg.tta)[:, 1].exp().tolist()
-            ids += batch_ids.tolist()
-        parts = gather((ids, dog_probabilities))  # every rank's share, for rank 0
-        if not distributed.is_main():
-            return
-        ids, dog_probabilities = [i for part, _ in parts for i in part], [p for _, part in parts for p in part]
-        skipped = getattr(dataset, "skipped", [])
-        if skipped:
-            # Kaggle wants a row for every id: an unreadable image gets the uninformed 0.5.
-            readable.report(skipped)
-            log.warning("%s got P(dog)=0.5 in the csv (Kaggle wants a row for every id)",
-                        plural(len(skipped), "unreadable test image"))
-            ids += [int(TEST_ID.fullmatch(Path(path).name).group(1)) for path, _ in skipped]
-            dog_probabilities += [0.5] * len(skipped)
-        rows = write_submission(cfg.result_file, ids, dog_probabilities, clip=cfg.clip)
-        print(f"wrote {plural(rows, 'row')} to {cfg.result_file}")
-
-    def test_classes(self, model, cfg, device, info, dataset):
-        """K-class test: a labelled split (cifar10, mnist) -> id,label + accuracy and the
-        per-class table; image files (imagefolder) -> path,label,probability."""
         names = class_names(dataset, cfg, info)
         loader = eval_loader(dataset, cfg, device)
-        if hasattr(dataset, "positions"):  # a labelled split in a torchvision format
-            predicted = []
-            metrics = evaluate(model, loader, cfg, device, tta=cfg.tta, predicted=predicted)
-            if not distributed.is_main():
-                return
-            rows = [(position + 1, names[label]) for position, label in zip(dataset.positions, predicted)]
-            write_csv(cfg.result_file, ["id", "label"], rows)
-            print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
-            print(tables.report("test", len(dataset), names, metrics))
-            return
-        # Image files (imagefolder): a batch's second part indexes dataset.paths. A data set
-        # without paths names its items by that second part itself (an id).
-        paths = getattr(dataset, "paths", None)
-        rows, precision = [], Precision(cfg, device, dataset)
-        for images, keys in loader:
-            best = predict(model, images, precision, cfg.tta).exp().max(1)
-            rows += [(str(paths[key]) if paths is not None else key, names[label], f"{probability:.6f}")
-                     for key, label, probability in zip(keys.tolist(), best.indices.tolist(), best.values.tolist())]
-        rows = [row for part in gather(rows) for row in part]
+        metrics = None
+        if dataset.targets is not None:  # a labelled test split (cifar10, mnist): its metrics too
+            parts = []
+            metrics = evaluate(model, loader, cfg, device, tta=cfg.tta, predicted=parts)
+            keys = list(dataset.targets)
+        else:
+            precision, keys, parts = Precision(cfg, device, dataset), [], []
+            for images, batch_keys in loader:
+                parts.append(predict(model, images, precision, cfg.tta).cpu())
+                keys += batch_keys.tolist()
+            shares = gather((keys, parts))  # contiguous shares: rank order is split order
+            keys, parts = [key for share, _ in shares for key in share], [part for _, share in shares for part in share]
         if not distributed.is_main():
             return
-        readable.report(getattr(dataset, "skipped", []))
-        write_csv(cfg.result_file, ["path" if paths is not None else "id", "label", "probability"], rows)
-        print(f"wrote {plural(len(rows), 'row')} to {cfg.result_file}")
+        log_probabilities = torch.cat(parts) if parts else torch.empty(0, cfg.num_classes)
+        readable.report(dataset.skipped)
+        rows = dataset.write_predictions(cfg.result_file, keys, log_probabilities, names, cfg)
+        print(f"wrote {plural(rows, 'row')} to {cfg.result_file}")
+        if metrics is not None:
+            print(tables.report("test", len(dataset), names, metrics))
 
 
 def resolve_from_data(cfg, dataset, source):
@@ -303,12 +270,12 @@ def resolve_from_data(cfg, dataset, source):
     the size is the data set's own default. When the data cannot tell the classes, one line
     says what to give."""
     if cfg.image_size is None:
-        cfg = dataclasses.replace(cfg, image_size=getattr(dataset, "image_size", None) or 224)
+        cfg = dataclasses.replace(cfg, image_size=dataset.image_size or 224)
     if cfg.num_classes is not None:
         return cfg, None
     try:
-        labelled = dataset if getattr(dataset, "targets", None) and not hasattr(dataset, "paths") else load_data(cfg, "val")
-        classes = getattr(labelled, "classes", None) or infer_classes(labelled, None, None, cfg.dataset)
+        labelled = dataset if dataset.classes or dataset.targets is not None else load_data(cfg, "val")
+        classes = labelled.classes or infer_classes(labelled, None, None, cfg.dataset)
     except UserError as error:
         raise UserError(f"{source} holds weights only, not the number of classes they were trained for, and "
                         f"--train-data-root cannot tell it ({error}); give --num-classes=K, or a run's best.pth / last.pth") from None

@@ -66,46 +66,55 @@ class Precision:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # float16's narrow range needs the loss scaled; bfloat16 has float32's exponent.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        # A data set of uint8 images (data/transforms.py) names its per-channel mean and std;
-        # (x / 255 - mean) / std = (x - 255 mean) * 1 / (255 std), one pass over the batch.
-        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-        self.offset = self.factor = self._row_patterns = None
-        if mean is not None and std is not None:
-            self.offset = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
-            self.factor = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
+        # The data set declares which parts of a batch are images (data/base.py: moved in the
+        # run's memory format) and which of them are uint8 to normalise here, with which
+        # per-channel mean and std: (x / 255 - mean) / std = (x - 255 mean) * 1 / (255 std),
+        # one pass over the batch. Without a data set: part 0 is images, none normalised.
+        self.image_parts = tuple(getattr(data, "image_parts", (0,)))
+        declared = data.normalisation() if hasattr(data, "normalisation") else {}
+        self.scales = {part: (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255,
+                              1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255))
+                       for part, (mean, std) in declared.items()}
+        self._row_patterns = {}
 
     def autocast(self):
         """The forward-pass context: autocast to `dtype` under --amp, else a no-op."""
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.amp)
 
-    def normalise(self, images):
-        """A uint8 image batch on the device as normalised float32, in its memory format."""
+    def normalise(self, images, part=0):
+        """A uint8 image batch (batch part `part`) on the device as normalised float32, in
+        its memory format."""
+        offset, factor = self.scales[part]
         if not images.is_contiguous(memory_format=torch.channels_last) or images.shape[1] == 1:
-            return images.float().sub_(self.offset).mul_(self.factor)
+            return images.float().sub_(offset).mul_(factor)
         # Channels innermost: a per-channel broadcast over a dimension of 3 does not
         # vectorise, so the (N, H, W, C) storage is taken as rows of W x C values and each
         # row gets the (mean, std) pattern repeated W times: 3.5x faster on a CPU.
         count, channels, height, width = images.shape
-        if self._row_patterns is None or self._row_patterns[0].numel() != width * channels:
-            self._row_patterns = (self.offset.view(channels).repeat(width), self.factor.view(channels).repeat(width))
-        offset, factor = self._row_patterns
+        patterns = self._row_patterns.get(part)
+        if patterns is None or patterns[0].numel() != width * channels:
+            patterns = self._row_patterns[part] = (offset.view(channels).repeat(width), factor.view(channels).repeat(width))
         rows = images.permute(0, 2, 3, 1).reshape(count * height, width * channels)
-        return rows.float().sub_(offset).mul_(factor).view(count, height, width, channels).permute(0, 3, 1, 2)
+        return rows.float().sub_(patterns[0]).mul_(patterns[1]).view(count, height, width, channels).permute(0, 3, 1, 2)
 
     def to_device(self, batch):
-        """A batch (tensor, or tuple/list of them) on the run's device; 4-D tensors (images)
-        in the run's memory format, uint8 ones normalised to float there."""
+        """A batch (tensor, or tuple/list of them) on the run's device: the data set's image
+        parts in the run's memory format, those it declares uint8-to-normalise normalised to
+        float32 there; every other part (labels, ids, tokens) as it is."""
         if isinstance(batch, (tuple, list)):
-            return type(batch)(self.to_device(part) for part in batch)
-        if not torch.is_tensor(batch):
-            return batch
-        if batch.dim() == 4 and batch.dtype == torch.uint8:
-            if self.offset is None:
+            return type(batch)(self._part_to_device(part, value) for part, value in enumerate(batch))
+        return self._part_to_device(0, batch)
+
+    def _part_to_device(self, part, value):
+        if not torch.is_tensor(value):
+            return value
+        if part not in self.image_parts or value.dim() != 4:
+            return value.to(self.device, non_blocking=True)
+        if value.dtype == torch.uint8:
+            if part not in self.scales:
                 raise ValueError("a uint8 image batch from a data set that names no mean and std to normalise it with")
-            return self.normalise(batch.to(self.device, non_blocking=True, memory_format=self.memory_format))
-        if batch.dim() == 4 and batch.is_floating_point():
-            return batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        return batch.to(self.device, non_blocking=True)
+            return self.normalise(value.to(self.device, non_blocking=True, memory_format=self.memory_format), part)
+        return value.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
 
 def for_inference(model, memory_format=torch.contiguous_format):
