@@ -238,6 +238,16 @@ class Outputs:
         if self.vis:
             self.vis.table(name, header, rows, step)
 
+    def text(self, tag, text, step):
+        """A text (a generated sample) in TensorBoard's text tab, and <run dir>/texts/."""
+        if self.vis:
+            self.vis.log(text, tag, step)
+        if self.writes:
+            path = self.run_dir / "texts" / f"{tag.replace('/', '_')}_step{step:07d}.txt"
+            path.parent.mkdir(exist_ok=True)
+            with atomic_open(path, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+
     def images(self, grids, step):
         for tag, images in grids.items():
             if self.vis:
