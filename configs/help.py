@@ -80,7 +80,7 @@ def command_help(command, width=None, experiment=None):
     having = _experiments_with(command)
     default = FIELDS["experiment"].default
     if experiment is None:
-        experiment = next(iter(having)) if len(having) == 1 else default
+        experiment = default if default in having or not having else next(iter(having))
     lines = [f"python main.py {command}:"]
     if command == "runs":
         lines += textwrap.wrap(RUNS_COMMAND, width, initial_indent="  ", subsequent_indent="    ")

@@ -52,6 +52,13 @@ def next_lines(stdout):
     return [line.strip() for line in lines[lines.index("next:") + 1:]]
 
 
+def load(path):
+    """A checkpoint as a user's code would load it: plain data, onto the CPU."""
+    import torch
+
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
 def make_image(kind, rng, size=24):
     """A tiny image whose class is obvious: dogs bright, cats dark (pins the label direction)."""
     from PIL import Image

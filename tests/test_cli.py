@@ -26,11 +26,14 @@ def test_help_everywhere_lists_every_option_and_registered_name(args):
 def test_help_lists_each_experiments_commands_and_defaults():
     result = run_cli("help")
     classify = result.stdout.split("\n  classify:\n")[1].split("\n  gan:\n")[0]
-    gan = result.stdout.split("\n  gan:\n")[1].split("\n  help ")[0]
+    gan = result.stdout.split("\n  gan:\n")[1].split("\n  poetry:\n")[0]
+    poetry = result.stdout.split("\n  poetry:\n")[1].split("\n  help ")[0]
     assert [line.split()[0] for line in classify.splitlines() if line.startswith("    ") and line[4] != " "] == ["train", "val", "test"]
     assert [line.split()[0] for line in gan.splitlines() if line.startswith("    ") and line[4] != " "] == \
         ["train", "generate", "test", "defaults:"]
     assert "    test      the same as generate" in gan
+    assert [line.split()[0] for line in poetry.splitlines() if line.startswith("    ") and line[4] != " "] == \
+        ["train", "generate", "test", "defaults:"]
     assert "defaults: --dataset='faces' --train-data-root='data/faces_sample' --model='NetG' --image-size=32" in result.stdout
 
 

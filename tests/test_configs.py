@@ -181,7 +181,9 @@ def test_every_field_has_a_doc_and_option_refuses_unknown_groups_and_roles():
 def test_roles_answer_which_options_define_a_run():
     from configs.schema import with_role
 
-    assert {"model", "num_classes", "image_size", "experiment", "netd", "nz", "ngf", "ndf"} == set(with_role("model"))
+    assert {"model", "num_classes", "image_size", "experiment", "netd", "nz", "ngf", "ndf", "embedding_dim", "hidden_dim",
+            "num_layers"} == set(with_role("model"))
+    assert {"model", "image_size", "experiment", "netd", "nz", "ngf", "ndf"} == set(with_role("model", experiment="gan"))
     assert {"dataset", "train_data_root", "val_ratio", "seed", "skip_bad_images"} == set(with_role("split"))
     assert {"config", "resume"} == set(with_role("invocation"))
     may_change = set(with_role("execution"))

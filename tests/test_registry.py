@@ -6,7 +6,7 @@ from utils.core.registry import ALL, MODELS, Registry
 
 
 def test_unknown_name_lists_registry_available_and_close_matches():
-    with pytest.raises(UsageError, match=r"unknown model 'resnet34' in the models registry; closest: ResNet34, LeNet\. Available: AlexNet, LeNet, NetD, NetG, ResNet34, SqueezeNet, torchvision\.<name>\. To add one, create models/<file>\.py"):
+    with pytest.raises(UsageError, match=r"unknown model 'resnet34' in the models registry; closest: ResNet34, LeNet\. Available: AlexNet, CharRNN, LeNet, NetD, NetG, ResNet34, SqueezeNet, torchvision\.<name>\. To add one, create models/<file>\.py"):
         MODELS.get("resnet34")
 
 

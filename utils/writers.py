@@ -1,5 +1,6 @@
-"""The csv files `test` writes: Kaggle's Dogs vs. Cats submission (`id,label` with label =
-P(dog), one row per test image) and any table of rows (`write_csv`), always atomically."""
+"""What `test` and `generate` write: Kaggle's Dogs vs. Cats submission (`id,label` with label =
+P(dog), one row per test image), any table of rows (`write_csv`) and text (`write_text`),
+always atomically."""
 import csv
 import io
 
@@ -28,3 +29,9 @@ def write_csv(path, header, rows):
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(text.getvalue())
     return len(rows)
+
+
+def write_text(path, text):
+    """Write `text` (UTF-8) atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
