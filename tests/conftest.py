@@ -52,6 +52,20 @@ def next_lines(stdout):
     return [line.strip() for line in lines[lines.index("next:") + 1:]]
 
 
+@pytest.fixture(autouse=True)
+def restore_registries():
+    """Every registry as it was before the test: a test that registers a model or a data set
+    (the extending guide's examples do) leaves nothing behind for the next, in any order."""
+    from utils.core.registry import ALL
+
+    for table in ALL:
+        table._import_package()  # the project's own entries, once: what every test starts from
+    saved = [(table, dict(table._entries), table._imported) for table in ALL]
+    yield
+    for table, entries, imported in saved:
+        table._entries, table._imported = entries, imported
+
+
 def load(path):
     """A checkpoint as a user's code would load it: plain data, onto the CPU."""
     import torch

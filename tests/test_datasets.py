@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CIFAR_CLASSES, idx_bytes, make_cifar10, make_imagefolder, make_mnist
+from conftest import CIFAR_CLASSES, idx_bytes, load, make_cifar10, make_imagefolder, make_mnist
 from utils.core.errors import UserError
 
 LENET = ["--model=LeNet", "--batch-size=8", "--num-workers=0", "--print-freq=2", "--progress=false", "--debug-file=",
@@ -24,9 +24,6 @@ def cfg(root, **extra):
                   skip_bad_images=False, num_workers=0)
     return SimpleNamespace(**{**values, **extra})
 
-
-def load(path):
-    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 # -- the formats ----------------------------------------------------------------------------

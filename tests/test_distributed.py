@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, make_dogcat, run_cli, tiny_flags, typed
+from conftest import ROOT, load, make_dogcat, run_cli, tiny_flags, typed
 from data.sampling import EpochSampler
 from test_resume import assert_same_training_state
 from utils.engine import distributed
@@ -46,9 +46,6 @@ def processes_mentioning(text):
                 pass
     return found
 
-
-def load(path):
-    return torch.load(path, weights_only=True)
 
 
 @pytest.fixture(scope="module")

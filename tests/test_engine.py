@@ -5,16 +5,13 @@ import pytest
 import torch
 
 import configs
-from conftest import make_dogcat, run_cli, tiny_flags
+from conftest import load, make_dogcat, run_cli, tiny_flags
 from utils.engine import checkpoint, loop as engine
 from utils.engine.lr_policy import LrPolicy
 
 EPOCHS = 2
 FLAGS = {"max-epoch": EPOCHS, "batch-size": 4, "lr": 0.01}
 
-
-def load(path):
-    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import load, run_cli
 from data import face_sample
 from models.dcgan import NetD, NetG
 from utils.core.errors import UsageError
@@ -14,9 +14,6 @@ from utils.core.errors import UsageError
 FLAGS = {"experiment": "gan", "image-size": 32, "ngf": 8, "ndf": 8, "nz": 16, "batch-size": 4, "max-epoch": 3,
          "print-freq": 3, "num-workers": 0, "progress": "false", "debug-file": ""}
 
-
-def load(path):
-    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def gan_flags(tmp_path, env, **extra):

@@ -52,22 +52,21 @@ def test_bfloat16_autocast_on_cpu_needs_no_loss_scaling(monkeypatch):
 
 
 def test_compile_that_fails_falls_back_to_the_module_with_one_warning(monkeypatch, caplog):
-    class CannotCompile(torch.nn.Module):  # stands in for torch.compile's wrapper on a machine without a C++ compiler
-        def __init__(self, inner):
-            super().__init__()
-            self._orig_mod = inner
+    """The real torch.compile on a machine whose C++ compiler is missing (inductor is pointed
+    at one that does not exist): the first call fails to compile, the module runs eagerly."""
+    import torch._dynamo
+    import torch._inductor.config
 
-        def forward(self, *args):
-            raise RuntimeError("InductorError: CppCompileError: C++ compile error\nthe compiler's own output")
-
-    monkeypatch.setattr(torch, "compile", CannotCompile)
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
     monkeypatch.setattr(precision, "_told", set())
-    model = torch.nn.Linear(4, 2)
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())
     wrapped = precision.compiled(model)
     with caplog.at_level(logging.WARNING):
         first, second = wrapped(torch.ones(1, 4)), wrapped(torch.ones(1, 4))
+    torch._dynamo.reset()
     assert torch.equal(first, model(torch.ones(1, 4))) and torch.equal(second, first)
-    told = [r.getMessage() for r in caplog.records]
-    assert told == ["--compile: torch.compile could not compile Linear (RuntimeError: InductorError: CppCompileError: "
-                    "C++ compile error); running it uncompiled"]
+    told = [r.getMessage() for r in caplog.records if r.name == "utils.engine.precision"]
+    assert len(told) == 1 and told[0].startswith("--compile: torch.compile could not compile Sequential (InductorError: "), told
+    assert told[0].endswith("); running it uncompiled")
     assert checkpoint.unwrap(wrapped) is model  # checkpoints keep the plain state dict

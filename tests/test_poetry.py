@@ -109,6 +109,7 @@ def test_generate_prints_and_writes_the_same_poem_for_the_same_seed(reference, t
             "--prefix-words=秋", "--top-k=5", "--temperature=0.8"]
     first = run_cli(*args, f"--result-file={tmp_path / 'a.txt'}")
     second = run_cli(*args, f"--result-file={tmp_path / 'b.txt'}")
+    assert second.returncode == 0, second.stderr
     assert first.returncode == 0, first.stderr
     poem = (tmp_path / "a.txt").read_text(encoding="utf-8")
     assert poem == (tmp_path / "b.txt").read_text(encoding="utf-8") and poem.startswith("春风")

@@ -2,15 +2,12 @@
 import pytest
 import torch
 
-from conftest import make_dogcat, run_cli, tiny_flags, typed
+from conftest import load, make_dogcat, run_cli, tiny_flags, typed
 
 EPOCHS = 3
 # 16 train images, batch 2: 8 steps per epoch, 24 in all; print_freq 3 exercises plotting.
 FLAGS = {"max-epoch": EPOCHS, "batch-size": 2, "print-freq": 3, "lr": 0.01}
 
-
-def load(path):
-    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def assert_same_training_state(a, b):
