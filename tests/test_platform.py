@@ -1,6 +1,7 @@
 """The engine's services to experiments, computed by hand: the optimisation step, named
 random streams, lr policies; the gan's losses and its --d-every; a CPU --amp run."""
 import math
+import os
 import types
 
 import pytest
@@ -128,3 +129,108 @@ def test_amp_on_a_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_it_canno
     assert forced.returncode == 0, forced.stderr  # bfloat16 autocast, emulated or not, trains
     loss = F.cross_entropy(torch.zeros(1, 2), torch.tensor([0])).item()
     assert load(tmp_path / "runs" / "forced" / "best.pth")["metrics"]["val_loss"] < 3 * loss
+
+
+# -- a new experiment is one file -------------------------------------------------------------
+TOY = '''"""A toy experiment: fit y = slope * x + 0.5 with one linear unit."""
+import torch
+import torch.nn.functional as F
+
+from data.base import Dataset
+from utils.core.registry import EXPERIMENTS
+from utils.engine.loop import Experiment, load_for_inference
+
+
+class Points(Dataset):
+    image_parts = ()  # (x, y) pairs, no images
+
+    def __init__(self, count, slope):
+        self.x = torch.linspace(-1, 1, count)[:, None]
+        self.y = slope * self.x + 0.5
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key
+        return self.x[index], self.y[index]
+
+
+@EXPERIMENTS.register("line")
+class Line(Experiment):
+    """Linear regression on generated points."""
+
+    commands = {"train": "fit the line", "slope": "print the fitted slope of a run"}
+    defaults = {"batch_size": 8, "max_epoch": 4, "lr": 0.5, "lr_policy": "constant"}
+    monitors = {"val_error": "min"}
+    options = {"true_slope": {"default": 3.0, "doc": "the slope of the generated points", "role": "split"}}
+
+    def datasets(self):
+        self.val_set = Points(16, self.cfg.true_slope)
+        return Points(64, self.cfg.true_slope), self.val_set
+
+    def build(self, ctx):
+        model = torch.nn.Linear(1, 1).to(ctx.device)
+        return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=self.cfg.lr)}
+
+    def step(self, batch, objects, ctx):
+        x, y = batch
+        loss = F.mse_loss(objects["model"](x), y)
+        ctx.optimize(loss, "optimizer")
+        return {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, objects, ctx):
+        model, sums = ctx.unwrap("model"), {"error": 0.0, "count": 0}
+        for x, y in ctx.eval_loader(self.val_set):
+            sums["error"] += float((model(x.to(ctx.device)) - y.to(ctx.device)).abs().sum())
+            sums["count"] += len(x)
+        sums = ctx.reduce_sums(sums)
+        return {"val_error": sums["error"] / sums["count"]}
+
+    def slope(self):
+        cfg, device, state, path = load_for_inference(self.cfg)
+        print(f"slope {state['model']['weight'].item():.3f} (true {cfg.true_slope})")
+'''
+
+
+@pytest.mark.slow  # six interpreters of its own on a copy of the repository
+def test_a_new_experiment_is_one_dropped_in_file(tmp_path):
+    """A copy of the repository plus one file in experiments/ and no other edit: help lists
+    the experiment, its command and its option; it trains on its own monitored metric,
+    stops, resumes bit-exactly and runs its own command."""
+    import subprocess
+    import sys
+
+    from test_newcomer import fresh_copy
+
+    repo = fresh_copy(tmp_path / "repo")
+    assert len(TOY.splitlines()) < 60
+    (repo / "experiments" / "line.py").write_text(TOY)
+
+    def cli(*args, **env):
+        return subprocess.run([sys.executable, "main.py", *args], cwd=repo, capture_output=True, text=True, timeout=240,
+                              env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+
+    shown = cli("help").stdout
+    assert "  line:\n    train     fit the line\n    slope     print the fitted slope of a run" in shown
+    assert "options of experiment line (with --experiment=line):" in shown and "--true-slope" in shown
+    assert "--true-slope" in cli("slope", "--help").stdout
+    assert "belongs to experiment line" in cli("train", "--true-slope=2").stderr
+    flags = ["--experiment=line", "--true-slope=2", "--num-workers=0", "--progress=false", "--debug-file=", "--print-freq=2"]
+    whole = cli("train", *flags, "--env=whole")
+    assert whole.returncode == 0, whole.stderr
+    assert "best val_error" in whole.stdout and "main.py slope --experiment=line --env=whole" in whole.stdout
+    cut = cli("train", *flags, "--env=cut", RUNNER_FAULT_AT_STEP="11:SIGINT")
+    assert cut.returncode == 130, cut.stderr
+    resumed = cli("train", "--env=cut", "--resume", "--progress=false")
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = load(repo / "checkpoints" / "whole" / "last.pth"), load(repo / "checkpoints" / "cut" / "last.pth")
+    assert all(torch.equal(value, actual["model"][key]) for key, value in expected["model"].items())
+    assert expected["optimizer_steps"] == actual["optimizer_steps"] == {"optimizer": 32}
+    slope = cli("slope", "--experiment=line", "--env=whole")
+    assert slope.returncode == 0, slope.stderr
+    fitted = float(slope.stdout.split()[1])
+    assert abs(fitted - 2.0) < 0.2 and slope.stdout.strip().endswith("(true 2.0)")
+    bad = cli("train", "--experiment=line", "--monitor=val_accuracy")
+    assert bad.returncode == 2 and "--monitor must be a metric of experiment line: val_error" in bad.stderr
