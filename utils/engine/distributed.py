@@ -77,6 +77,24 @@ def per_node():
     return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
 
 
+def pick_device(cfg):
+    """torch.device for --device (auto = CUDA when present); under torchrun with N
+    processes, CUDA means this process's GPU, cuda:<LOCAL_RANK>."""
+    import torch
+
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device={cfg.device} but this machine has no usable CUDA GPU; use --device=auto or cpu")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device=mps but MPS is not available here; use --device=auto or cpu")
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if device.type == "cuda" and device.index is None and world_size() > 1:
+        return torch.device("cuda", local_rank())
+    return device
+
+
 def setup(cfg):
     """Join the process group when torchrun launched more than one process (idempotent)."""
     global _objects_group, _human_group
@@ -85,12 +103,10 @@ def setup(cfg):
     import torch
     import torch.distributed as dist
 
-    from utils.engine import runtime
-
     if cfg.device.startswith("cuda:"):
         raise UsageError(f"--device={cfg.device}: under torchrun each process takes cuda:<LOCAL_RANK>; "
                          f"use --device=auto or cuda (and CUDA_VISIBLE_DEVICES to pick the GPUs)")
-    device = runtime.pick_device(cfg)
+    device = pick_device(cfg)
     if device.type not in ("cuda", "cpu"):
         raise UsageError(f"--device={cfg.device}: distributed training runs on CUDA (nccl) or CPU (gloo); "
                          f"use --device=auto or cpu")

@@ -290,7 +290,7 @@ def train(cfg):
         return
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
-    device = runtime.pick_device(cfg)
+    device = distributed.pick_device(cfg)
     # Everything that can fail on bad input runs before the run dir exists: the data, the
     # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
     named = cfg
@@ -624,4 +624,4 @@ def load_for_inference(cfg):
     if isinstance(state.get("config"), dict):
         cfg = adopt_checkpoint_config(cfg, state["config"], source=str(path))
     log.info("loaded %s", path)
-    return cfg, runtime.pick_device(cfg), state, path
+    return cfg, distributed.pick_device(cfg), state, path

@@ -55,26 +55,6 @@ def apply_threads(cfg):
     return torch.get_num_threads()
 
 
-def pick_device(cfg):
-    """torch.device for --device (auto = CUDA when present); under torchrun with N
-    processes, CUDA means this process's GPU, cuda:<LOCAL_RANK>."""
-    import torch
-
-    from utils.engine import distributed
-
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device={cfg.device} but this machine has no usable CUDA GPU; use --device=auto or cpu")
-    if cfg.device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device=mps but MPS is not available here; use --device=auto or cpu")
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda" and device.index is None and distributed.world_size() > 1:
-        return torch.device("cuda", distributed.local_rank())
-    return device
-
-
 def checkpoint_dir_flag(cfg):
     """' --checkpoint-dir=D' for a command about cfg's run, or '' for the default folder."""
     from configs.schema import FIELDS
