@@ -9,24 +9,27 @@ the other commands are the experiment's methods. Exit codes: 0 ok, 1 runtime fai
 by --requeue-signal N. Under torchrun every process runs this same command (utils/engine/distributed.py).
 """
 import logging
+import os
 import sys
+from pathlib import Path
+
+from configs.help import command_help, render_help
+from configs.loader import Text, commands_of, load_config, read_yaml
+from utils.core.errors import UsageError, UserError, did_you_mean
+from utils.core.registry import EXPERIMENTS
+from utils.engine import distributed, runtime
+from utils.runs import render
 
 HELP_TOKENS = ("help", "-h", "--help")
 
 
 def help(*args, **flags):  # noqa: A001 - the command is called help, as in the book
     """Print every command and option."""
-    from configs.help import render_help
-
     print(render_help())
 
 
 def runs(*args, **flags):
     """Print a table of the runs under --checkpoint-dir."""
-    from configs.loader import Text, load_config
-    from utils.core.errors import UsageError
-    from utils.runs import render
-
     if args:
         raise UsageError(f"unexpected argument {args[0]!r}: runs takes --checkpoint-dir=<folder> only")
     unknown = sorted(set(flags) - {"checkpoint_dir", "checkpoint-dir"})
@@ -38,16 +41,12 @@ def runs(*args, **flags):
 
 def experiment_commands(name):
     """{command: method name} of experiment `name`, read from its source (no import)."""
-    from utils.core.registry import EXPERIMENTS
-
     commands = {command: command for command in EXPERIMENTS.declared(name, "commands") or {}}
     commands.update(EXPERIMENTS.declared(name, "aliases") or {})
     return commands
 
 
 def all_commands():
-    from utils.core.registry import EXPERIMENTS
-
     found = {}
     for name in EXPERIMENTS.names():
         found.update(experiment_commands(name))
@@ -55,9 +54,6 @@ def all_commands():
 
 
 def _run(command, args, flags):
-    from configs.loader import Text, commands_of, load_config
-    from utils.core.errors import UsageError, UserError
-
     if args:
         raise UsageError(
             f"unexpected argument {args[0]!r}: options are written --name=value "
@@ -68,7 +64,6 @@ def _run(command, args, flags):
     if command not in commands:
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {commands_of(cfg.experiment)}"
                          f"{_run_hint(cfg, command)}")
-    from utils.engine import distributed, runtime
 
     if command == "train" and cfg.env and not distributed.launched():
         runtime.check_new_run(cfg)  # a run dir that holds a run: refused in a blink, before torch loads
@@ -82,7 +77,6 @@ def _run(command, args, flags):
 
             engine.train(cfg)
             return
-        from utils.core.registry import EXPERIMENTS
 
         getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
     except UserError as error:
@@ -95,9 +89,6 @@ def _run(command, args, flags):
 
 def _run_hint(cfg, command):
     """How to reach `command`: the experiment of the --env run when it has it, else help."""
-    from pathlib import Path
-
-    from configs.loader import read_yaml
 
     saved = Path(cfg.checkpoint_dir) / (cfg.env or "") / "config.yaml"
     experiment = str(read_yaml(saved).get("experiment") or "") if cfg.env and saved.is_file() else ""
@@ -124,18 +115,13 @@ def main(argv=None):
     except BrokenPipeError:
         # The reader went away (`python main.py runs | head`): say nothing more, exit as a
         # process killed by SIGPIPE would (128 + 13), without a traceback at interpreter exit.
-        import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
 
 
 def _main(argv):
-    from utils.core.errors import UserError, did_you_mean
-
     if not argv or argv[0] in HELP_TOKENS:
-        from configs.help import render_help
-
         print(render_help())
         return 0
     commands = all_commands()
@@ -144,8 +130,6 @@ def _main(argv):
         print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(commands)}.", file=sys.stderr)
         return 2
     if any(token in ("-h", "--help") for token in argv):
-        from configs.help import command_help
-
         chosen = [token.split("=", 1)[1] for token in argv if token.startswith("--experiment=")]
         print("\n".join(command_help(argv[0], experiment=chosen[-1] if chosen else None)))
         return 0
@@ -167,7 +151,6 @@ def _main(argv):
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:
-        from utils.engine import distributed
 
         # Under torchrun rank 0 says what every rank agreed on (a stop, a NaN); another
         # rank's own error names its rank.

@@ -3,8 +3,9 @@ from the schema and the registries (no torch import, so it answers in a blink)."
 import shutil
 import textwrap
 
-from configs.loader import describe_type, flag
+from configs.loader import defaults_for, describe_type, experiment_defaults, flag
 from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
+from utils.core.registry import ALL, EXPERIMENTS, display_name
 
 HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
@@ -50,8 +51,6 @@ def _option_lines(names, width, name_width, defaults=None, notes=None, experimen
 
 def _experiments_with(command):
     """{experiment: the method `command` runs} for every experiment that has `command`."""
-    from utils.core.registry import EXPERIMENTS
-
     found = {}
     for experiment in EXPERIMENTS.names():
         commands = EXPERIMENTS.declared(experiment, "commands") or {}
@@ -63,8 +62,6 @@ def _experiments_with(command):
 
 def target_of(experiment, command):
     """The command `command` names in `experiment` (an alias's target, else itself)."""
-    from utils.core.registry import EXPERIMENTS
-
     return (EXPERIMENTS.declared(experiment, "aliases") or {}).get(command, command)
 
 
@@ -73,9 +70,6 @@ def command_help(command, width=None, experiment=None):
     experiment it runs (--experiment when given, else the one experiment that has the
     command, else the default one) and that experiment's own options; last, a pointer to
     `help` for the rest. Short enough to read without scrolling."""
-    from configs.loader import defaults_for
-    from utils.core.registry import EXPERIMENTS
-
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
     having = _experiments_with(command)
     default = FIELDS["experiment"].default
@@ -107,9 +101,6 @@ def command_help(command, width=None, experiment=None):
 
 def render_help(width=None, command=None):
     """The full help text; with `command`, that command's part first."""
-    from configs.loader import experiment_defaults
-    from utils.core.registry import ALL, EXPERIMENTS, display_name
-
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
     if command and command != "help":
         return "\n".join(command_help(command, width))

@@ -8,10 +8,13 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 from pathlib import Path
 
 from configs.schema import FIELDS, GROUPS, all_fields, config_class, fields_of, inherited, owners
+from utils.core import registry
 from utils.core.errors import UsageError, did_you_mean
+from utils.core.registry import EXPERIMENTS
 
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
@@ -187,8 +190,6 @@ def experiment_defaults(name):
     """{option: value} the experiment `name` declares as its defaults (its class's
     `defaults` literal, read without importing it), and its first monitored metric as
     --monitor; {} for an unknown name."""
-    from utils.core.registry import EXPERIMENTS
-
     declared = dict(EXPERIMENTS.declared(name, "defaults") or {})
     monitors = EXPERIMENTS.declared(name, "monitors") or {}
     if monitors:
@@ -234,8 +235,6 @@ def load_config(overrides=None):
 
 def _check_registered(name, value, experiment=None):
     """UsageError unless `value` is registered in the registry option `name` names."""
-    from utils.core import registry
-
     table = next(r for r in registry.ALL if r.name == _field(name, experiment).metadata["registry"])
     try:
         table.check(value)
@@ -245,8 +244,6 @@ def _check_registered(name, value, experiment=None):
 
 def validate(cfg):
     """Cross-field checks and derived values (device from --use-gpu); returns the Config."""
-    from utils.core.registry import EXPERIMENTS
-
     for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
         value = getattr(cfg, name)
         if meta["choices"] and value is not None and value not in meta["choices"]:
@@ -314,8 +311,6 @@ def adopt_checkpoint_config(cfg, saved, source):
 
 def commands_of(experiment):
     """'train, generate, test (= generate)': the commands of `experiment`, its aliases too."""
-    from utils.core.registry import EXPERIMENTS
-
     names = list(EXPERIMENTS.declared(experiment, "commands") or {})
     aliases = EXPERIMENTS.declared(experiment, "aliases") or {}
     return ", ".join(names + [f"{alias} (= {target})" for alias, target in aliases.items()])
@@ -340,8 +335,6 @@ def describe(cfg, named=None):
 
 def _shown(value):
     """A value as it would be typed on the command line."""
-    import shlex
-
     if value is None:
         return "none"
     if isinstance(value, bool):

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from utils.core.registry import EXPERIMENTS
+
 GROUPS = ("run", "data", "model", "optimisation", "logging", "debug", "distributed", "performance")
 
 # What an option means for a run, which answers "which options define a run" in one place:
@@ -53,7 +55,6 @@ def option(default, group, doc, *, role="run", choices=None, registry=None, path
 @dataclass(frozen=True)
 class Config:
     """Every knob of a run. Build it with `configs.load_config`, never mutate it."""
-
     # -- run --------------------------------------------------------------------------------
     config: Optional[str] = option(None, "run", "YAML file of overrides: defaults < this file < flags", role="invocation", path=True)
     experiment: str = option("classify", "run", "what the commands mean (EXPERIMENTS registry); `help` lists each one's commands", role="model", registry="experiments")
@@ -141,18 +142,12 @@ OPTION_KEYS = {"default", "doc", "type", "role", "choices", "minimum", "below", 
 TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 
-def _experiments():
-    from utils.core.registry import EXPERIMENTS
-
-    return EXPERIMENTS
-
-
 @functools.lru_cache(maxsize=None)
 def experiment_fields(experiment):
     """{name: dataclass Field} of the options experiment `experiment` declares in its file
     (group = the experiment's name), read from source; {} for an unknown experiment. A
     declaration that is not well formed is the experiment author's bug: ValueError."""
-    declared = _experiments().declared(experiment, "options") or {}
+    declared = EXPERIMENTS.declared(experiment, "options") or {}
     fields = {}
     for name, spec in declared.items():
         where = f"experiment {experiment}: option {name!r}"
@@ -183,7 +178,7 @@ def all_fields():
     """{name: Field} of every option of any experiment (shared first; an option several
     experiments declare appears once)."""
     found = dict(FIELDS)
-    for experiment in _experiments().names():
+    for experiment in EXPERIMENTS.names():
         for name, f in experiment_fields(experiment).items():
             found.setdefault(name, f)
     return found
@@ -191,7 +186,7 @@ def all_fields():
 
 def owners(name):
     """The experiments that declare option `name` (empty for a shared or unknown one)."""
-    return [experiment for experiment in _experiments().names() if name in experiment_fields(experiment)]
+    return [experiment for experiment in EXPERIMENTS.names() if name in experiment_fields(experiment)]
 
 
 @functools.lru_cache(maxsize=None)

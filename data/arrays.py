@@ -15,6 +15,7 @@ below and write `read(root, train)`; see data/mnist.py. The shared parts live he
 """
 import functools
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from data.base import Dataset
 from data.sampling import augmentation_rng, split_part
 from utils.core.errors import UserError, plural
 from utils.core.io import network_timeout
+from utils.writers import write_csv
 
 log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 30
@@ -48,7 +50,6 @@ class ArrayDataset(Dataset):
     and implement `read(root, train)` -> (images uint8 N x H x W x C, labels int N, class
     names), raising FormatError for a file in the wrong format; plus `download(root)`.
     """
-
     title, folder, files, fetch = "", "", {}, ""
     size, channels = 32, 3
     mean, std = (0.5,), (0.5,)
@@ -106,8 +107,6 @@ class ArrayDataset(Dataset):
     def write_predictions(self, path, keys, log_probabilities, class_names, cfg):
         """id,label: id = the image's 1-based position in the split's files (Kaggle's
         CIFAR-10 and Digit Recognizer numbering), label = the most probable class's name."""
-        from utils.writers import write_csv
-
         predicted = log_probabilities.argmax(1).tolist()
         return write_csv(path, ["id", "label"], [(position + 1, class_names[label])
                                                   for position, label in zip(self.positions, predicted)])
@@ -206,8 +205,6 @@ def _entries(root, cls):
 def _remove_new(root, cls, before):
     """Delete what appeared since `before` (= _entries then): new files first, then the new
     folders, deepest first, each only once it is empty of anything that was there before."""
-    import shutil
-
     for path in sorted(_entries(root, cls) - before, key=lambda path: len(path.parts), reverse=True):
         if path.is_dir() and not any(inside in before for inside in path.rglob("*")):
             shutil.rmtree(path, ignore_errors=True)

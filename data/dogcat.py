@@ -19,8 +19,8 @@ from data.readable import load_rgb, split_readable  # noqa: F401 - dogcat.load_r
 from data.sampling import split_part
 from data.sampling import stratified_split as split  # noqa: F401 - data.dogcat.split, as before
 from utils.core.errors import UserError, plural
-from utils.writers import write_submission
 from utils.core.registry import DATASETS
+from utils.writers import write_submission
 
 log = logging.getLogger(__name__)
 CLASSES = ("cat", "dog")

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from data import sample
 
 ROOT = Path(__file__).resolve().parent / "faces_sample"
 HAIR = {"black": (40, 35, 45), "blonde": (235, 200, 90), "pink": (240, 120, 170), "blue": (70, 110, 220)}
@@ -23,7 +26,6 @@ SEED = 20180707
 
 def draw(hair, rng, size=SIZE):
     """One face on a `size` x `size` canvas."""
-    from PIL import Image, ImageDraw
 
     def jitter(colour, spread):
         return tuple(int(c) for c in np.clip(np.asarray(colour) + rng.normal(0, spread, 3), 0, 255))
@@ -61,7 +63,6 @@ def generate(root=ROOT, per_class=PER_CLASS):
             folder = root / hair
             folder.mkdir(parents=True, exist_ok=True)
             draw(hair, rng).save(folder / f"{index}.png")
-    from data import sample
 
     sample.mark_complete(root, "data/face_sample.py")
     return root
@@ -69,8 +70,6 @@ def generate(root=ROOT, per_class=PER_CLASS):
 
 def ensure(root=ROOT):
     """Generate the sample unless a complete one is already there."""
-    from data import sample
-
     return sample.ensure(root, make=generate, what="the gan's embedded face sample")
 
 

@@ -13,7 +13,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from utils.core.errors import UserError, plural
+from utils.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 SKIP_HINT = "fix or delete it, or add --skip-bad-images to leave unreadable files out"
@@ -31,8 +34,6 @@ def open_image(path):
     """The opened (not yet decoded) image at `path`. Pillow decodes lazily, so whatever the
     body does with the pixels is covered too: a file that cannot be read is a one-line
     UserError naming it."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             yield image
@@ -42,8 +43,6 @@ def open_image(path):
 
 def problem(path):
     """Why `path` cannot be read as an image, or None when it can."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             image.draft("RGB", (image.width // 8 or 1, image.height // 8 or 1))
@@ -55,8 +54,6 @@ def problem(path):
 
 def _reason(path, error):
     """What is wrong with the image file, in words (Pillow's own text repeats the path)."""
-    from PIL import UnidentifiedImageError
-
     try:
         if Path(path).stat().st_size == 0:
             return "empty file (0 bytes)"
@@ -85,7 +82,5 @@ def report(skipped, run_dir=None):
     where = f"; all listed in {Path(run_dir) / LIST_NAME}" if run_dir is not None else ""
     log.warning("--skip-bad-images: skipped %s: %s%s%s", plural(len(skipped), "unreadable image"), shown, more, where)
     if run_dir is not None:
-        from utils.core.io import atomic_open
-
         with atomic_open(Path(run_dir) / LIST_NAME, "w", encoding="utf-8") as handle:
             handle.writelines(f"{path}\t{reason}\n" for path, reason in skipped)

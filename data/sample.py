@@ -11,10 +11,13 @@ that a small CNN learns in a few epochs.
 (Real zips also hold .DS_Store and the like; the tests put such entries into their own data,
 not here, so the demo starts without a warning about its own files.)
 """
+import fcntl
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent / "sample"
 TRAIN_PER_CLASS = 150
@@ -29,8 +32,6 @@ MARKER, OLD_MARKER = ".complete", "COMPLETE"
 def draw(kind, rng):
     """One image: a cat is cool-toned with pointed (triangular) ears, a dog warm-toned with
     round, floppy ears; sizes, positions and noise vary so the net must look at shapes."""
-    from PIL import Image, ImageDraw
-
     width, height = int(rng.integers(96, 160)), int(rng.integers(96, 160))
     base = np.array([70, 110, 170]) if kind == "cat" else np.array([170, 110, 60])
     background = np.clip(base + rng.normal(0, 25, 3), 0, 255)
@@ -82,16 +83,12 @@ def ensure(root=ROOT, make=None, what="the smoke-demo sample"):
     """Generate a sample with `make` (default: this one) unless a complete one is there.
     Processes started together (torchrun) take turns on a lock file beside the sample:
     the first generates it, the others find it complete."""
-    import fcntl
-
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stale = make is None and any((root / "train" / junk).exists() for junk in OLD_JUNK)
         if stale or not (root / MARKER).exists():
-            import logging
-
             logging.getLogger(__name__).info("generating %s in %s", what, root)
             (make or generate)(root)
     return root

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 
 from data import readable
 from models import build_for_weights, build_model, check_takes
-from utils.engine import checkpoint, distributed, runtime
 from utils import tables
-from utils.engine.loop import Experiment, eval_loader, gather, load_for_inference, reduce_sums
 from utils.core.errors import UsageError, UserError, plural
+from utils.core.registry import DATASETS, EXPERIMENTS, METERS
+from utils.engine import checkpoint, distributed, runtime
+from utils.engine.loop import Experiment, eval_loader, gather, load_for_inference, reduce_sums
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
-from utils.core.registry import DATASETS, EXPERIMENTS, METERS
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,6 @@ def infer_classes(train_set, val_set, given, dataset):
 @EXPERIMENTS.register("classify")
 class Classify(Experiment):
     """Image classification: Dogs vs. Cats (Kaggle layout) and other labelled image sets."""
-
     commands = {
         "train": "train a model; writes <checkpoint-dir>/<env>/ (config.yaml, last.pth, best.pth, TensorBoard events)",
         "val": "print accuracy, log loss, per-class accuracy and the confusion matrix of a checkpoint on the validation split",
@@ -285,8 +284,6 @@ def resolve_from_data(cfg, dataset, source):
 
 def check_tta(cfg):
     """--tta averages over a horizontal flip, which is wrong where training never flips."""
-    from utils.core.registry import DATASETS
-
     if cfg.tta and not getattr(DATASETS.get(cfg.dataset), "flip", True):
         raise UsageError(f"--tta averages each image with its mirror image, which {cfg.dataset} never trains on "
                          f"(a mirrored digit is another shape); drop --tta")

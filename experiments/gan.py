@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from models import check_takes
 from models.dcgan import layout
+from utils.core.errors import UsageError, plural
+from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
 from utils.engine.loop import Experiment, load_for_inference
-from utils.core.errors import UsageError, plural
 from utils.engine.lr_policy import LrPolicy
-from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ def generator_loss(kind, real, fake):
 @EXPERIMENTS.register("gan")
 class Gan(Experiment):
     """DCGAN: a generator and a discriminator trained against each other on a folder of images."""
-
     commands = {
         "train": "train generator and discriminator; writes <checkpoint-dir>/<env>/ (last.pth, images/, TensorBoard)",
         "generate": "write a grid of the --gen-num best-scored of --gen-search-num generated images to --gen-img",

@@ -2,7 +2,13 @@
 
 `build_model(cfg)` is what experiments call: it builds by name and applies --pretrained.
 """
+import dataclasses
+import inspect
 import logging
+
+from configs.loader import flag
+from utils.core.errors import UsageError
+from utils.core.registry import DATASETS, MODELS
 
 log = logging.getLogger(__name__)
 
@@ -10,11 +16,6 @@ log = logging.getLogger(__name__)
 def check_takes(option, name, arguments, kind):
     """UsageError unless the model registered as `name` accepts `arguments` (a classifier
     takes num_classes, a generator nz, ...), so --model=NetG for classify fails in one line."""
-    import inspect
-
-    from configs.loader import flag
-    from utils.core.errors import UsageError
-    from utils.core.registry import MODELS
 
     parameters = inspect.signature(MODELS.get(name)).parameters
     missing = [argument for argument in arguments if argument not in parameters]
@@ -24,8 +25,6 @@ def check_takes(option, name, arguments, kind):
 
 def data_channels(dataset):
     """Channels of the images of the data set registered as `dataset` (1 for MNIST, else 3)."""
-    from utils.core.registry import DATASETS
-
     return getattr(DATASETS.get(dataset), "channels", 3)
 
 
@@ -33,13 +32,7 @@ def build_model(cfg):
     """The model named by cfg.model with cfg.num_classes outputs, taking the data's channels
     at cfg.image_size, weights per --pretrained. A model that cannot take that input fails
     here in one line (a forward pass of one blank image), not in the first training step."""
-    import inspect
-
     import torch
-
-    from configs.loader import flag
-    from utils.core.errors import UsageError
-    from utils.core.registry import MODELS
 
     channels, size = data_channels(cfg.dataset), cfg.image_size
     parameters = inspect.signature(MODELS.get(cfg.model)).parameters
@@ -68,8 +61,6 @@ def build_for_weights(cfg, device):
     generate). It is built on the meta device, so no time goes into a random initialisation
     the checkpoint overwrites (0.3 s for ResNet34), then given uninitialised memory; a model
     with non-persistent buffers, which no checkpoint holds, is built as usual."""
-    import dataclasses
-
     import torch
 
     with torch.device("meta"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from utils.engine import checkpoint
 from utils.core.errors import UserError
+from utils.engine import checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ summed over their channels, which answers a grey image as the RGB net answers it
 import logging
 
 from models.basic_module import BasicModule, pretrained_weights
-from utils.core.errors import UserError
+from utils.core.errors import UsageError, UserError, did_you_mean
 from utils.core.io import network_timeout
 from utils.core.registry import MODELS
 
@@ -33,8 +33,6 @@ def torchvision_model(arch, num_classes=2, pretrained="", in_channels=3, image_s
 
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
-        from utils.core.errors import UsageError, did_you_mean
-
         raise UsageError(f"torchvision has no classification model {arch!r}{did_you_mean(arch, available)}")
     if pretrained == "hub":
         weights = torchvision.models.get_model_weights(arch).DEFAULT

@@ -9,7 +9,8 @@ import socket
 import time
 from pathlib import Path
 
-from utils.core.errors import UserError
+from configs.loader import read_yaml
+from utils.core.errors import UsageError, UserError
 
 STATUS = "status.json"
 COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated")
@@ -57,9 +58,6 @@ def _status(run_dir):
 
 def _status_from_files(run_dir):
     """What a run without status.json (an older runner's) says about itself."""
-    from configs.loader import read_yaml
-    from utils.core.errors import UsageError
-
     record = {}
     try:
         saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}

@@ -1,3 +1,5 @@
+from utils.core.errors import plural
+
 """Text reports of a classifier's counts: the per-class accuracy table and the confusion matrix,
 with class names (what `val` and `test` print)."""
 
@@ -26,8 +28,6 @@ def confusion_lines(names, confusion):
 
 def summary_line(what, count, metrics):
     """'val: 8 images  accuracy 0.8750  top-5 1.0000  log loss 0.3012'."""
-    from utils.core.errors import plural
-
     parts = [f"{what}: {plural(count, 'image')}", f"accuracy {metrics['val_accuracy']:.4f}"]
     if "val_top5" in metrics:
         parts.append(f"top-5 {metrics['val_top5']:.4f}")

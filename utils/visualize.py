@@ -6,7 +6,12 @@ warning is logged and every later call is a no-op, never a traceback per plot.
 """
 import itertools
 import logging
+import math
 import os
+
+from PIL import Image
+
+from utils.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 _WRITERS = itertools.count(1)  # numbers the event files this process opens
@@ -99,13 +104,8 @@ def _connect_visdom(env):
 def save_grid(images, path, nrow=None):
     """Write images (N, C, H, W) in [0, 1] as one PNG grid, atomically; returns the path.
     `nrow` images per row (default: a near-square grid)."""
-    import math
-
     import torch
-    from PIL import Image
     from torchvision.utils import make_grid
-
-    from utils.core.io import atomic_open
 
     images = images.detach().float().cpu()
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))

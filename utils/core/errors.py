@@ -1,3 +1,5 @@
+import difflib
+
 """Exceptions that mean "the user asked for something we cannot do".
 
 main.py turns these into one line on stderr and an exit code; every other exception is a
@@ -7,7 +9,6 @@ bug and keeps its traceback.
 
 class UserError(Exception):
     """A mistake the user can fix (bad data folder, unreadable checkpoint); exit code 1."""
-
     exit_code = 1
     prefix = "error: "  # how main.py introduces the one-line message
 
@@ -38,14 +39,11 @@ def plural(count, word, many=None):
 
 class UsageError(UserError):
     """A bad command line, config file or option value; exit code 2, as argparse does."""
-
     exit_code = 2
 
 
 def close_matches(word, candidates, limit=3):
     """Return up to `limit` candidates that look like `word` (typo suggestions)."""
-    import difflib
-
     candidates = list(candidates)
     by_lower = {c.lower(): c for c in candidates}
     found = difflib.get_close_matches(word.lower(), list(by_lower), n=limit, cutoff=0.6)

@@ -3,6 +3,7 @@ write that fails (full disk, read-only folder, a path that is a folder) is one l
 the file and the OS's reason, with the previous file untouched and no temp file left."""
 import contextlib
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -93,8 +94,6 @@ def _fsync_directory(directory):
 def network_timeout(seconds):
     """Downloads inside (torchvision's weights and data sets) give up after `seconds` without
     an answer, so offline is a clear error soon, not a hang; the previous default returns."""
-    import socket
-
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:

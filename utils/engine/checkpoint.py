@@ -11,14 +11,16 @@ A reader refuses files from a newer format instead of misreading them.
 """
 import logging
 import pickle
+import re
 import threading
 import warnings
 import zipfile
 from pathlib import Path
 
 from utils.core import faults
-from utils.core.errors import UserError
+from utils.core.errors import UserError, close_matches, plural
 from utils.core.io import atomic_open, remove_temp_files
+from utils.runs import is_run
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -176,12 +178,9 @@ def find_for_inference(run_dir):
 
 def run_hint(run_dir):
     """'; did you mean --env=X?' (the closest run names) when `run_dir` is no run, else ''."""
-    from utils.core.errors import close_matches, plural
-
     run_dir = Path(run_dir)
     if run_dir.is_dir():
         return ""
-    from utils.runs import is_run
 
     parent = run_dir.parent
     runs = sorted(p.name for p in parent.iterdir() if is_run(p)) if parent.is_dir() else []
@@ -243,8 +242,6 @@ def load_checkpoint(path):
 def _unsafe_name(error):
     """What torch's weights_only loader refused, in its own words (e.g. 'Unsupported global:
     GLOBAL builtins.OSError'), without its paragraph of advice."""
-    import re
-
     found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
     return f"torch's safe loader: {found.group(1).strip()}" if found else "torch's safe loader refused it"
 

@@ -24,6 +24,7 @@ import os
 import signal
 
 from utils.core.errors import UsageError, UserError
+from utils.engine.checkpoint import unwrap
 
 log = logging.getLogger(__name__)
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -37,7 +38,6 @@ _human_group = None
 
 class FollowerExit(UserError):
     """A non-zero rank leaving because rank 0 failed (rank 0 prints why)."""
-
     prefix = ""
 
     def __init__(self, exit_code):
@@ -288,8 +288,6 @@ def sync_buffers(modules):
     if not active():
         return
     import torch.distributed as dist
-
-    from utils.engine.checkpoint import unwrap
 
     for module in modules:
         for buffer in unwrap(module).buffers():

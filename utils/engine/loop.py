@@ -38,14 +38,14 @@ import configs
 from configs.loader import adopt_checkpoint_config
 from configs.schema import FIELDS
 from data import readable
-from utils.engine import checkpoint, distributed, resume, runtime
-from utils.core import faults, seeding
 from utils import runs
+from utils.core import faults, seeding
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import atomic_open
+from utils.core.registry import EXPERIMENTS, METERS
+from utils.engine import checkpoint, distributed, resume, runtime
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, compiled
-from utils.core.registry import EXPERIMENTS, METERS
 from utils.engine.safe_stop import SafeStop, Stopped
 from utils.visualize import Visualizer, save_grid
 
@@ -58,7 +58,6 @@ ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "opt
 class Experiment:
     """What an experiment provides. `commands`, `aliases` and `defaults` must be literals in
     the class body: `help` and the CLI read them from the source without importing torch."""
-
     commands = {}  # {command: one-line doc}; "train" is the engine's, the others are methods
     aliases = {}  # {other name: command}, e.g. the card's `test` for the gan's `generate`
     defaults = {}  # option defaults of this experiment: schema < these < --config < flags
@@ -107,7 +106,6 @@ class Experiment:
 @dataclasses.dataclass
 class TrainState:
     """Where a run is: the counters, the best metric so far and this epoch's running means."""
-
     epoch: int = 0  # epochs finished
     step_in_epoch: int = 0  # steps of the next epoch already done
     samples_in_epoch: int = 0  # images of the next epoch's global order already consumed
@@ -143,7 +141,6 @@ class Context:
     to them: `optimize` (the optimisation step), `unwrap` (a module without its DDP /
     compile wrappers), `generator` (a named random stream), and `reduce_sums` / `gather` /
     `eval_loader` (evaluation over every rank's share of a split)."""
-
     cfg: object
     device: torch.device
     precision: Precision

@@ -10,8 +10,8 @@ from pathlib import Path
 import configs
 from configs.loader import flag, validate
 from configs.schema import all_fields, config_class, fields_of, with_role
-from utils.engine import checkpoint
 from utils.core.errors import UsageError
+from utils.engine import checkpoint
 
 log = logging.getLogger(__name__)
 

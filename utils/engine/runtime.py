@@ -4,13 +4,19 @@ import dataclasses
 import logging
 import os
 import resource
+import shutil
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import configs
+from configs.schema import FIELDS
 from utils.core.errors import UsageError, UserError
 from utils.core.io import atomic_open
+from utils.engine import distributed
+from utils.engine.checkpoint import BEST, LAST
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,6 @@ def apply_threads(cfg):
     OMP_NUM_THREADS, which torchrun also sets, wins then). Returns the count in use."""
     import torch
 
-    from utils.engine import distributed
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif "OMP_NUM_THREADS" not in os.environ:
@@ -57,8 +61,6 @@ def apply_threads(cfg):
 
 def checkpoint_dir_flag(cfg):
     """' --checkpoint-dir=D' for a command about cfg's run, or '' for the default folder."""
-    from configs.schema import FIELDS
-
     return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"
 
 
@@ -79,8 +81,6 @@ def program(name):
     interpreter's packages: the bare name when the shell finds this interpreter's copy (the
     venv is activated), else its path in this interpreter's bin folder (`.venv/bin/python`).
     Printed commands then work as printed, activated or not."""
-    import shutil
-
     mine = Path(sys.executable).parent / name
     if name == "python":
         mine = Path(sys.executable)
@@ -97,8 +97,6 @@ def main_command(launcher=None):
 
 def resume_command(cfg):
     """The command that continues the run of `cfg` (under torchrun: with torchrun)."""
-    from utils.engine import distributed
-
     launcher, per_node = None, distributed.per_node()
     if distributed.world_size() > 1:
         one_node = per_node == distributed.world_size()
@@ -129,8 +127,6 @@ def check_output_dir(folder, option):
         raise UserError(f"{option}: cannot create folder {str(folder)!r}: {str(blocker)!r} is a file, not a folder")
     existing = next(p for p in [folder, *folder.parents] if p.exists())
     try:
-        import tempfile
-
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
@@ -165,8 +161,6 @@ def check_output_file(path, option):
 def check_new_run(cfg):
     """UsageError when a new run (no --resume) would land in a run dir that holds a run:
     checked first, before any data is read or model built."""
-    from utils.engine.checkpoint import BEST, LAST
-
     run_dir = cfg.run_dir
     if not cfg.resume and any((run_dir / name).exists() for name in (LAST, BEST)):
         raise UsageError(
@@ -193,8 +187,6 @@ def start_run(cfg, named=None):
             handle.write(configs.dump_yaml(cfg, run_dir / "config.yaml"))
     except BaseException:
         if created:
-            import shutil
-
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     log.info("run dir %s (the whole config: config.yaml there)", run_dir)
@@ -209,8 +201,7 @@ def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
 
     from data.sampling import EpochSampler
     from data.transforms import collate
-    from utils.engine import distributed
-    from utils.core import seeding
+    from utils.core import seeding  # numpy: off the path of help
 
     sampler = EpochSampler(len(dataset), cfg.seed, shuffle=shuffle, epoch=epoch, start=start,
                            rank=distributed.rank(), world=distributed.world_size(), batch_size=cfg.batch_size)
@@ -237,7 +228,6 @@ def make_loader(dataset, cfg, device, shuffle, epoch=0, start=0):
 def _ignore_sigint(worker_id):
     # Ctrl+C reaches the whole process group. Workers ignore it so that the main process
     # alone decides: finish the step, save, then shut the workers down in order.
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

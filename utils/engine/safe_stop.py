@@ -20,20 +20,22 @@ stuck in a collective, so no consistent state exists beyond last.pth; torchrun e
 job and --resume continues from last.pth.
 """
 import bdb
+import contextlib
 import logging
 import math
 import signal
 import sys
+import time
 
-from utils.engine import debug, distributed, runtime
 from utils.core.errors import UserError
+from utils.engine import debug, distributed, runtime
+from utils.engine.checkpoint import LAST
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
-
     agreed = True  # seen by every rank in the agreed means of the step
 
     def __init__(self, name, epoch, step, value):
@@ -45,7 +47,6 @@ class NonFiniteLoss(UserError):
 
 class Stopped(UserError):
     """The run was stopped on request and can be resumed."""
-
     prefix = ""  # not an error: the user asked for it
 
     def __init__(self, message, exit_code, agreed=True):
@@ -78,10 +79,6 @@ class SafeStop:
         """Which checkpoint a stop leaves as the newest on disk, once the epoch end's write
         still in flight (a background thread) has landed: the run waits for it anyway before
         it exits, so saying "no checkpoint yet" before then would be false a moment later."""
-        import contextlib
-        import time
-
-        from utils.engine.checkpoint import LAST
 
         with contextlib.suppress(Exception):  # a failed write leaves last.pth as it was: we say what is there
             self.checkpoints.wait()
