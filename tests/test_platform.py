@@ -2,13 +2,14 @@
 random streams, lr policies; the gan's losses and its --d-every; a CPU --amp run."""
 import math
 import os
+import re
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load, make_dogcat, run_cli, tiny_flags
+from conftest import ROOT, load, make_dogcat, run_cli, tiny_flags
 from experiments.gan import discriminator_loss, generator_loss
 from utils.core import seeding
 from utils.engine.loop import Context, TrainState
@@ -132,81 +133,28 @@ def test_amp_on_a_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_it_canno
 
 
 # -- a new experiment is one file -------------------------------------------------------------
-TOY = '''"""A toy experiment: fit y = slope * x + 0.5 with one linear unit."""
-import torch
-import torch.nn.functional as F
-
-from data.base import Dataset
-from utils.core.registry import EXPERIMENTS
-from utils.engine.loop import Experiment, load_for_inference
-
-
-class Points(Dataset):
-    image_parts = ()  # (x, y) pairs, no images
-
-    def __init__(self, count, slope):
-        self.x = torch.linspace(-1, 1, count)[:, None]
-        self.y = slope * self.x + 0.5
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, key):
-        index = key[1] if isinstance(key, tuple) else key
-        return self.x[index], self.y[index]
-
-
-@EXPERIMENTS.register("line")
-class Line(Experiment):
-    """Linear regression on generated points."""
-
-    commands = {"train": "fit the line", "slope": "print the fitted slope of a run"}
-    defaults = {"batch_size": 8, "max_epoch": 4, "lr": 0.5, "lr_policy": "constant"}
-    monitors = {"val_error": "min"}
-    options = {"true_slope": {"default": 3.0, "doc": "the slope of the generated points", "role": "split"}}
-
-    def datasets(self):
-        self.val_set = Points(16, self.cfg.true_slope)
-        return Points(64, self.cfg.true_slope), self.val_set
-
-    def build(self, ctx):
-        model = torch.nn.Linear(1, 1).to(ctx.device)
-        return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=self.cfg.lr)}
-
-    def step(self, batch, objects, ctx):
-        x, y = batch
-        loss = F.mse_loss(objects["model"](x), y)
-        ctx.optimize(loss, "optimizer")
-        return {"loss": loss.detach()}
-
-    @torch.no_grad()
-    def evaluate(self, objects, ctx):
-        model, sums = ctx.unwrap("model"), {"error": 0.0, "count": 0}
-        for x, y in ctx.eval_loader(self.val_set):
-            sums["error"] += float((model(x.to(ctx.device)) - y.to(ctx.device)).abs().sum())
-            sums["count"] += len(x)
-        sums = ctx.reduce_sums(sums)
-        return {"val_error": sums["error"] / sums["count"]}
-
-    def slope(self):
-        cfg, device, state, path = load_for_inference(self.cfg)
-        print(f"slope {state['model']['weight'].item():.3f} (true {cfg.true_slope})")
-'''
+def guide_file(name):
+    """The file `name` as docs/extending.md shows it (a ```python block opening with `# name`)."""
+    guide = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    return re.search(rf"```python\n(# {re.escape(name)}\n.*?)```", guide, re.S).group(1)
 
 
 @pytest.mark.slow  # six interpreters of its own on a copy of the repository
 def test_a_new_experiment_is_one_dropped_in_file(tmp_path):
-    """A copy of the repository plus one file in experiments/ and no other edit: help lists
-    the experiment, its command and its option; it trains on its own monitored metric,
-    stops, resumes bit-exactly and runs its own command."""
+    """A copy of the repository plus docs/extending.md's files and no other edit: help lists
+    the experiment, its command and its option; it trains on its own monitored metric (with
+    its own meter), stops, resumes bit-exactly and runs its own command; the guide's model
+    trains on the embedded sample."""
     import subprocess
     import sys
 
     from test_newcomer import fresh_copy
 
     repo = fresh_copy(tmp_path / "repo")
-    assert len(TOY.splitlines()) < 60
-    (repo / "experiments" / "line.py").write_text(TOY)
+    toy = guide_file("experiments/line.py")
+    assert len(toy.splitlines()) < 80
+    (repo / "experiments" / "line.py").write_text(toy)
+    (repo / "models" / "tiny_mlp.py").write_text(guide_file("models/tiny_mlp.py"))
 
     def cli(*args, **env):
         return subprocess.run([sys.executable, "main.py", *args], cwd=repo, capture_output=True, text=True, timeout=240,
@@ -234,3 +182,6 @@ def test_a_new_experiment_is_one_dropped_in_file(tmp_path):
     assert abs(fitted - 2.0) < 0.2 and slope.stdout.strip().endswith("(true 2.0)")
     bad = cli("train", "--experiment=line", "--monitor=val_accuracy")
     assert bad.returncode == 2 and "--monitor must be a metric of experiment line: val_error" in bad.stderr
+    mlp = cli("train", "--model=TinyMLP", "--image-size=32", "--max-epoch=1", "--env=mlp", "--progress=false")
+    assert mlp.returncode == 0, mlp.stderr
+    assert load(repo / "checkpoints" / "mlp" / "best.pth")["model"]["layers.1.weight"].shape == (64, 3 * 32 * 32)
