@@ -1,14 +1,31 @@
-"""The engine: the one training loop every experiment runs on.
+"""The engine: the one training loop every experiment runs on, and its contract.
 
-An experiment (experiments/<name>.py, a subclass of `Experiment`) says what a task means:
-its datasets, a builder of named stateful objects (models, optimizers, lr policies,
-tensors such as a GAN's fixed noise), one training step `(batch, objects, ctx) -> {name:
-scalar}`, optionally an evaluation returning metrics and image grids to show. The engine
-owns everything a long run needs, once: resume and the run dir, the deterministic loader
-of each epoch (starting mid-epoch on resume), progress bar and timing, TensorBoard curves of
-whatever a step returns, the --print-freq cadence, the live-debug trigger, safe stop and
-emergency save, the non-finite check, fault injection, and the checkpoint: {name:
-state_dict} + train state + RNG + config, written through one CheckpointManager.
+An experiment (experiments/<name>.py, a subclass of `Experiment`, registered in EXPERIMENTS)
+says what a task means, and nothing else:
+  - declares, as literals read without importing torch: its `commands` (train is the
+    engine's, the others are its methods), `aliases`, `defaults` of shared options, its own
+    `options` (configs/schema.py joins them to the config of its runs: YAML, flags,
+    validation, help, whether they may change on resume), and the `monitors` --monitor is
+    checked against;
+  - gives its datasets (data/base.py is the protocol the engine reads: image parts and
+    their normalisation on the device, skipped files, the test writer), a builder of named
+    stateful objects (models, optimizers, lr policies, tensors such as a GAN's fixed noise),
+    one training step `(batch, objects, ctx) -> {name: scalar}`, and optionally an
+    evaluation returning metrics, image grids and texts to show.
+It calls the engine through `ctx` (Context) for everything else: `ctx.optimize(loss, name)`
+is the optimisation step (zero_grad, backward under the AMP scaler, unscale, --grad-clip,
+step, the count; the scaler updates once after the step; gradient accumulation and EMA
+belong here too); `ctx.unwrap` gives modules without DDP / compile wrappers;
+`ctx.generator(name)` a named random stream; `ctx.eval_loader`, `ctx.reduce_sums` and
+`ctx.gather` evaluate a split sharded over ranks. No experiment touches the scaler, a
+wrapper, a collective or a stream number.
+
+The engine owns everything a long run needs, once: resume and the run dir, the
+deterministic loader of each epoch (starting mid-epoch on resume), progress bar and timing,
+TensorBoard curves of whatever a step returns, the --print-freq cadence, the live-debug
+trigger, safe stop and emergency save, the non-finite check, fault injection, and the
+checkpoint: {name: state_dict} + train state + RNG + config, written through one
+CheckpointManager.
 
 Under torchrun (utils/engine/distributed.py) the same code runs in every process: modules are
 wrapped in DistributedDataParallel, each rank loads its part of every global batch, one
@@ -16,8 +33,9 @@ all-reduce after each step agrees on the step's means, image count and stop deci
 rank 0 alone writes (Outputs.writes); checkpoints keep the unwrapped modules' state dicts
 and every rank's RNG state.
 
-Read top to bottom: Experiment, TrainState, Context, Outputs, train, run_epoch, snapshot /
-restore, load_for_inference.
+Read top to bottom: Experiment, TrainState, Context (and the evaluation helpers), Outputs,
+train, run_epoch, snapshot / restore, load_for_inference. docs/extending.md walks through
+adding an experiment.
 """
 import contextlib
 import dataclasses
@@ -56,14 +74,16 @@ ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "opt
 
 
 class Experiment:
-    """What an experiment provides. `commands`, `aliases` and `defaults` must be literals in
-    the class body: `help` and the CLI read them from the source without importing torch."""
+    """What an experiment provides. `commands`, `aliases`, `defaults`, `monitors` and
+    `options` must be literals in the class body: `help`, the config and the CLI read them
+    from the source without importing torch."""
     commands = {}  # {command: one-line doc}; "train" is the engine's, the others are methods
     aliases = {}  # {other name: command}, e.g. the card's `test` for the gan's `generate`
     defaults = {}  # option defaults of this experiment: schema < these < --config < flags
     batch_names = ("images", "labels")  # the batch's parts, by name, at the debugger prompt
     losses = ("loss",)  # returned scalars that must stay finite; the first feeds the lr policies
-    monitors = {}  # {metric: "min" | "max"}: what evaluate() returns that --monitor may pick
+    monitors = {}  # {metric: "min" | "max"}: what evaluate() returns that --monitor may pick; the first is its default
+    options = {}  # its own options: {name: {"default", "doc", "role", ...}} (configs/schema.py, experiment_fields)
     # Under torchrun: whether DDP copies rank 0's module buffers (BatchNorm statistics) to
     # every rank before each forward. The engine makes them equal at each epoch end anyway.
     broadcast_buffers = True
