@@ -40,7 +40,7 @@ def fresh_copy(target):
 @pytest.mark.slow
 def test_readme_commands_work_in_the_order_written(tmp_path):
     commands = readme_commands()
-    assert [c[:1] for c in commands] == [["train"], ["test"], ["val"], ["runs"], ["train"], ["generate"]]
+    assert [c[:1] for c in commands] == [["train"], ["test"], ["val"], ["runs"], ["train"], ["generate"], ["train"], ["generate"]]
     repo = fresh_copy(tmp_path / "repo")
     told = {}
     for args in commands:
@@ -61,6 +61,7 @@ def test_readme_commands_work_in_the_order_written(tmp_path):
     labels = [row.split(",")[1] for row in (repo / "checkpoints" / "demo" / "result.csv").read_text().splitlines()[1:]]
     assert len(labels) == 60 and all("0.005000" <= label <= "0.995000" for label in labels)  # --clip's default
     assert (repo / "checkpoints" / "gan-demo" / "result.png").is_file()
+    assert (repo / "checkpoints" / "poet" / "result.txt").read_text(encoding="utf-8").strip()  # a poem, after 1 epoch
     assert not (repo / "result.csv").exists() and not (repo / "result.png").exists()  # each run's outputs in its folder
 
 

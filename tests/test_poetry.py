@@ -158,6 +158,18 @@ def test_sigint_mid_epoch_then_resume_equals_uninterrupted(reference):
     assert expected["best"] == actual["best"]
 
 
+def test_a_run_of_two_epochs_trained_further_equals_the_uninterrupted_run(reference):
+    tmp_path, _ = reference
+    first = run_cli("train", *poetry_flags(tmp_path, "further", **{"max-epoch": 2}))
+    assert first.returncode == 0, first.stderr
+    further = run_cli("train", "--env=further", f"--checkpoint-dir={tmp_path / 'runs'}", "--resume", "--max-epoch=5",
+                      "--progress=false")
+    assert further.returncode == 0, further.stderr
+    expected, actual = load(tmp_path / "runs" / "reference" / "last.pth"), load(tmp_path / "runs" / "further" / "last.pth")
+    assert all(torch.equal(value, actual["model"][key]) for key, value in expected["model"].items())
+    assert (actual["epoch"], actual["global_step"]) == (5, 150)
+
+
 def test_tensorboard_has_the_curves_and_a_sample_poem_and_runs_lists_the_run(reference):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
