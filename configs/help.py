@@ -85,8 +85,9 @@ def command_help(command, width=None, experiment=None):
         lines.append(f"  (experiment {experiment} has no {command}: add --experiment={next(iter(having))})")
     names = list(COMMAND_OPTIONS.get(command, OTHER_COMMAND))
     if command != "runs" and experiment in having:
+        target = target_of(experiment, command)
         names += [name for name, f in experiment_fields(experiment).items()  # its own options for this command
-                  if name not in names and (not f.metadata["commands"] or target_of(experiment, command) in f.metadata["commands"])]
+                  if name not in names and (not f.metadata["commands"] or target in f.metadata["commands"])]
     if names:
         defaults = defaults_for(experiment) if command != "runs" else {}
         notes = {}

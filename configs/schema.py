@@ -159,7 +159,8 @@ def experiment_fields(experiment):
         base = TYPES[spec["type"]] if "type" in spec else type(default)
         if base not in TYPES.values():
             raise ValueError(f"{where}: give 'type' (bool, int, float or str) for a default of {default!r}")
-        extra = {key: tuple(spec[key]) if key == "below" else spec[key] for key in ("role", "minimum", "below", "registry", "path", "bare", "inherited") if key in spec}
+        extra = {key: tuple(spec[key]) if key == "below" else spec[key]
+                 for key in ("role", "minimum", "below", "registry", "path", "bare", "inherited") if key in spec}
         choices = tuple(spec["choices"]) if "choices" in spec else None
         made = option(default, "run", spec["doc"], choices=choices, **extra)
         # `commands`: whose `<command> --help` shows it (default: every command of the experiment)

@@ -112,8 +112,8 @@ def read_npz(path):
             for member in archive.namelist():
                 with archive.open(member) as handle:
                     version = np.lib.format.read_magic(handle)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, fortran, dtype = read_header(handle)
+                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, fortran, dtype = header(handle)
                     rest = handle.read()
                 if dtype.hasobject:  # word2ix, ix2word: pickled dicts
                     arrays[member[:-4]] = _PlainData(io.BytesIO(rest)).load()
