@@ -173,10 +173,10 @@ def _normalise_keys(options, where, experiment):
     for key, value in options.items():
         name = str(key).replace("-", "_")
         if name not in fields:
+            has = owners(name)
             if name.startswith("no_") and name[3:] in fields and fields[name[3:]].metadata["type"] is bool:
                 name, value = name[3:], False  # --no-progress, as fire's --noflag
-            elif owners(name):
-                has = owners(name)
+            elif has:
                 raise UsageError(f"{where}option {flag(name)} belongs to experiment {' and '.join(has)}, not {experiment}; "
                                  f"add --experiment={has[0]} or drop it")
             else:

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from data.poems import END, MARKS, START
+from data.poems import MARKS, START
 from models import check_takes
 from utils.core.errors import UsageError
 from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
@@ -91,7 +91,7 @@ def write_poem(model, vocabulary, cfg, device, generator, start_words=None, acro
         logits, state = feed(char, state)
     while len(text) < cfg.max_gen_len:
         token = vocabulary[sample_next(logits, cfg.temperature, cfg.top_k, generator)]
-        if token == END or token in MARKS:
+        if token in MARKS:  # </s> ends the poem
             break
         text.append(token)
         logits, state = feed(token, state)
@@ -99,7 +99,7 @@ def write_poem(model, vocabulary, cfg, device, generator, start_words=None, acro
 
 
 def check_characters(words, vocabulary, option):
-    unknown = sorted({char for char in words if char not in vocabulary or char in MARKS})
+    unknown = sorted({char for char in words if char not in vocabulary})
     if unknown:
         raise UsageError(f"{option} has characters the model never saw: {' '.join(unknown)}; use characters of its "
                          f"corpus (e.g. {''.join(vocabulary[len(MARKS):len(MARKS) + 10])})")

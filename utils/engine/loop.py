@@ -261,8 +261,7 @@ class Outputs:
             self.vis.log(text, tag, step)
         if self.writes:
             path = self.run_dir / "texts" / f"{tag.replace('/', '_')}_step{step:07d}.txt"
-            path.parent.mkdir(exist_ok=True)
-            with atomic_open(path, "w", encoding="utf-8") as handle:
+            with atomic_open(path, "w", encoding="utf-8") as handle:  # creates texts/
                 handle.write(text + "\n")
 
     def images(self, grids, step):
