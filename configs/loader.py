@@ -242,6 +242,28 @@ def _check_registered(name, value, experiment=None):
         raise UsageError(f"option {flag(name)}: {error}") from None
 
 
+def run_monitors(experiment, ema=0.0):
+    """{metric: "min" | "max"} that --monitor may pick in a run of `experiment`: the
+    experiment's `monitors` and, with --ema, each of them measured on the EMA weights
+    (`<metric>_ema`)."""
+    monitors = EXPERIMENTS.declared(experiment, "monitors") or {}
+    return {**monitors, **{f"{name}_ema": mode for name, mode in monitors.items()}} if ema else dict(monitors)
+
+
+def _check_recipe(cfg):
+    """The engine's training recipes that an experiment must support: --ema keeps an average
+    of the modules it names (`ema_modules`), --accumulate one that does not say it
+    `cannot_accumulate`, --patience a monitored metric."""
+    name = cfg.experiment
+    if cfg.ema and not EXPERIMENTS.declared(name, "ema_modules"):
+        raise UsageError(f"experiment {name} keeps no weight average (--ema); drop --ema")
+    why = EXPERIMENTS.declared(name, "cannot_accumulate")
+    if cfg.accumulate > 1 and why:
+        raise UsageError(f"experiment {name} cannot accumulate gradients ({why}); drop --accumulate")
+    if cfg.patience and not EXPERIMENTS.declared(name, "monitors"):
+        raise UsageError(f"--patience stops on a validation metric and experiment {name} has none; drop --patience")
+
+
 def validate(cfg):
     """Cross-field checks and derived values (device from --use-gpu); returns the Config."""
     for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
@@ -251,16 +273,20 @@ def validate(cfg):
             raise UsageError(f"option {flag(name)} must be one of {', '.join(meta['choices'])}; got {value!r}{hint}")
         if meta["minimum"] is not None and value is not None and value < meta["minimum"]:
             raise UsageError(f"option {flag(name)} must be >= {meta['minimum']}; got {value!r}")
+        if meta["maximum"] is not None and value is not None and value > meta["maximum"]:
+            raise UsageError(f"option {flag(name)} must be <= {meta['maximum']}; got {value!r}")
         if meta["below"] is not None and value is not None and not value < meta["below"][0]:
             bound, why = meta["below"]
             raise UsageError(f"option {flag(name)} must be below {bound} ({why}); got {value!r}")
         if meta["registry"]:
             _check_registered(name, value, cfg.experiment)
-    monitors = EXPERIMENTS.declared(cfg.experiment, "monitors") or {}
+    _check_recipe(cfg)
+    monitors = run_monitors(cfg.experiment, cfg.ema)
     if monitors and cfg.monitor not in monitors:
         hint = did_you_mean(str(cfg.monitor), monitors)
+        needs = " (the _ema metrics need --ema)" if f"{cfg.monitor}_ema" not in monitors and str(cfg.monitor).endswith("_ema") else ""
         raise UsageError(f"option --monitor must be a metric of experiment {cfg.experiment}: {', '.join(monitors)}; "
-                         f"got {cfg.monitor!r}{hint}")
+                         f"got {cfg.monitor!r}{needs}{hint}")
     if not _DEVICE.fullmatch(cfg.device):
         raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {cfg.device!r}")
     if cfg.env is not None and (not _ENV.fullmatch(cfg.env) or cfg.env in (".", "..")):

@@ -38,17 +38,17 @@ ROLES = ("run", "model", "split", "execution", "invocation")
 
 
 def option(default, group, doc, *, role="run", choices=None, registry=None, path=False, bare=None, minimum=None,
-           below=None, inherited=None):
+           maximum=None, below=None, inherited=None):
     """A schema field. `role` is one of ROLES (see above), `registry` names a registry the
     value must be registered in, `path` expands `~`, `bare` is the value of the flag given
-    without `=value`, `minimum` is an inclusive lower bound for numbers, `below` an exclusive upper
+    without `=value`, `minimum` and `maximum` are inclusive bounds for numbers, `below` an exclusive upper
     bound (with the reason, as (bound, why)), `inherited` says
     whether val/test/generate take it from the checkpoint's config."""
     if group not in GROUPS or role not in ROLES:
         raise ValueError(f"option group {group!r} must be one of {GROUPS} and role {role!r} one of {ROLES}")
     inherited = role in ("model", "split") if inherited is None else inherited
     metadata = dict(group=group, doc=doc, role=role, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum,
-                    below=below, inherited=inherited)
+                    maximum=maximum, below=below, inherited=inherited)
     return field(default=default, metadata=metadata)
 
 
@@ -92,6 +92,12 @@ class Config:
     weight_decay: float = option(0.0, "optimisation", "L2 penalty (the book's 0e-5)", minimum=0.0)
     grad_clip: float = option(0.0, "optimisation", "clip each optimizer's gradient norm to this (0 = no clipping)", minimum=0.0)
     max_epoch: int = option(10, "optimisation", "epochs to train", role="execution", minimum=1)
+    warmup_epochs: float = option(0.0, "optimisation", "linear lr warm-up over this many epochs (fractions allowed), step by step, in front of any --lr-policy: an optimizer step at epoch progress p uses lr x min(1, p / this); 0 = none", minimum=0.0)
+    accumulate: int = option(1, "optimisation", "batches per optimizer step (gradient accumulation): the same update as one batch this many times larger, up to float rounding (BatchNorm still normalises each batch alone); under torchrun the accumulating batches skip the all-reduce (no_sync)", minimum=1)
+    ema: float = option(0.0, "optimisation", "keep an exponential moving average of the weights with this decay (e.g. 0.999; 0 = off), BatchNorm statistics copied: evaluated beside the raw weights each epoch (val_*_ema metrics, which --monitor may pick), saved in the checkpoints, used by val / test / generate", minimum=0.0, below=(1, "a decay: the share of the average kept at each update"))
+    ema_warmup: float = option(100.0, "optimisation", "EMA warm-up in optimizer steps: update t uses decay x (1 - exp(-t / this)), so the average forgets the random initial weights early; 0 = the full decay from the first update", minimum=0.0)
+    use_ema: Optional[bool] = option(None, "optimisation", "val / test / generate: the EMA weights of a run trained with --ema (the default for such a run), or false for the raw weights", role="execution")
+    patience: int = option(0, "optimisation", "early stopping: end the run when --monitor has not improved for this many epochs (exit 0, marked finished; resume it with a larger --patience, or 0, to train on); 0 = off", role="execution", minimum=0)
     monitor: Optional[str] = option(None, "optimisation", "metric that decides best.pth (and --lr-policy=plateau): one of the experiment's `monitors`; default: its first (classify val_logloss, poetry val_perplexity)")
 
     # -- logging ----------------------------------------------------------------------------
@@ -137,7 +143,7 @@ def _typed(f, hint):
 
 
 FIELDS = {f.name: _typed(f, hint) for f, hint in zip(dataclasses.fields(Config), typing.get_type_hints(Config).values())}
-OPTION_KEYS = {"default", "doc", "type", "role", "choices", "minimum", "below", "registry", "path", "bare", "inherited",
+OPTION_KEYS = {"default", "doc", "type", "role", "choices", "minimum", "maximum", "below", "registry", "path", "bare", "inherited",
                "commands"}
 TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
@@ -160,7 +166,7 @@ def experiment_fields(experiment):
         if base not in TYPES.values():
             raise ValueError(f"{where}: give 'type' (bool, int, float or str) for a default of {default!r}")
         extra = {key: tuple(spec[key]) if key == "below" else spec[key]
-                 for key in ("role", "minimum", "below", "registry", "path", "bare", "inherited") if key in spec}
+                 for key in ("role", "minimum", "maximum", "below", "registry", "path", "bare", "inherited") if key in spec}
         choices = tuple(spec["choices"]) if "choices" in spec else None
         made = option(default, "run", spec["doc"], choices=choices, **extra)
         # `commands`: whose `<command> --help` shows it (default: every command of the experiment)

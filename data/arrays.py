@@ -9,8 +9,9 @@ below and write `read(root, train)`; see data/mnist.py. The shared parts live he
   split lives there too, so `--test-data-root` defaults to it;
 - the validation split: stratified and seeded (data.sampling.stratified_split) over the
   official train split, the same rule as Dogs vs. Cats;
-- augmentation as a function of (seed, epoch, index): pad-and-crop and a horizontal flip,
-  drawn from the sample's own generator, so resume and any --num-workers give the same bits;
+- augmentation as a function of (seed, epoch, index): pad-and-crop (--crop-padding) and a
+  horizontal flip (--hflip), drawn from the sample's own generator, so resume and any
+  --num-workers give the same bits; --augment=false turns both off;
 - normalisation with the data set's per-channel mean and std.
 """
 import functools
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data import transforms
 from data.base import Dataset
 from data.sampling import augmentation_rng, split_part
 from utils.core.errors import UserError, plural
@@ -43,8 +45,8 @@ class ArrayDataset(Dataset):
     files     {"train": [...], "test": [...]}: file names in `folder`, for error messages
     size      native side in pixels; channels: 1 (grey) or 3 (RGB)
     mean, std per-channel normalisation (of the official train split)
-    pad       train-time zero padding before a random crop back to `size` (0 = no crop)
-    flip      train-time random horizontal flip
+    augmentation  {"hflip": probability, "crop_padding": pixels}: its training augmentation
+              by default (zero padding, then a random crop back to `size`; 0 = no crop)
     fetch     what --download says it fetches ("cifar-10-python.tar.gz, 163 MB")
 
     and implement `read(root, train)` -> (images uint8 N x H x W x C, labels int N, class
@@ -53,7 +55,7 @@ class ArrayDataset(Dataset):
     title, folder, files, fetch = "", "", {}, ""
     size, channels = 32, 3
     mean, std = (0.5,), (0.5,)
-    pad, flip = 0, False
+    augmentation = {"hflip": 0.0, "crop_padding": 0}
 
     def __init__(self, cfg, split):
         root = Path(cfg.train_data_root if split != "test" else cfg.test_data_root or cfg.train_data_root)
@@ -61,7 +63,7 @@ class ArrayDataset(Dataset):
         images, labels, self.classes = load(type(self), root, train, cfg.download)
         self.images, self.seed, self.name = images, cfg.seed, self.title
         self.image_size = cfg.image_size or self.size
-        self.augment = split == "train"
+        self.augment = transforms.augmentation_of(cfg, self.augmentation) if split == "train" else None
         self._mean, self._std = torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
         positions = list(range(len(labels)))
         if train:
@@ -78,7 +80,7 @@ class ArrayDataset(Dataset):
         index = key[1] if isinstance(key, tuple) else key
         image = self.images[self.positions[index]]  # H x W x C uint8
         if self.augment:
-            image = self.augmented(image, augmentation_rng(self.seed, key))
+            image = self.augmented(image, self.augment, augmentation_rng(self.seed, key))
         # np.array: a writable, contiguous copy (the arrays are read-only; a flip is a view).
         tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)
         if self.image_size != self.size:
@@ -87,22 +89,22 @@ class ArrayDataset(Dataset):
             tensor = F.resize(tensor, [self.image_size, self.image_size], antialias=True)
         return (tensor - self._mean) / self._std, self.targets[index]
 
-    def augmented(self, image, rng):
-        """Zero-pad by `pad` and crop back at a random offset, then flip half the time
-        (the standard CIFAR recipe of He et al. 2016, section 4.2)."""
-        if self.pad:
-            padded = np.pad(image, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
-            top, left = (int(v) for v in rng.integers(0, 2 * self.pad + 1, size=2))
+    @staticmethod
+    def augmented(image, augment, rng):
+        """Zero-pad by augment.crop_padding and crop back at a random offset, then flip with
+        probability augment.hflip (CIFAR's 4 and 0.5: He et al. 2016, section 4.2)."""
+        pad = augment.crop_padding
+        if pad:
+            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+            top, left = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
             image = padded[top:top + image.shape[0], left:left + image.shape[1]]
-        if self.flip and rng.random() < 0.5:
+        if augment.hflip and rng.random() < augment.hflip:
             image = image[:, ::-1]
         return image
 
     def denormalize(self, batch):
         """Images back in [0, 1] for display."""
-        from data.transforms import denormalize
-
-        return denormalize(batch, self.mean, self.std)
+        return transforms.denormalize(batch, self.mean, self.std)
 
     def write_predictions(self, path, keys, log_probabilities, class_names, cfg):
         """id,label: id = the image's 1-based position in the split's files (Kaggle's

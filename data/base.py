@@ -11,8 +11,11 @@ data.sampling.EpochSampler (or a bare index), so random augmentation can be a fu
     image_size    side of the square images it gives, or None (not images)
     channels      image channels (1 grey, 3 RGB); a class attribute, read before any file is
                   (models are built for it)
-    flip          whether training mirrors images (--tta averages over a mirror; a set that
-                  never trains on mirrored images refuses it)
+    augmentation  {option: default} of the training augmentation it takes (data/transforms.py,
+                  `Augment`): "hflip" (flip probability; 0: mirroring changes what an image
+                  shows, and --tta refuses to average over a mirror) and "crop_scale" (random
+                  resized crop) or "crop_padding" (pad and crop); the run's --hflip,
+                  --crop-scale, --crop-padding and --augment override them
     skipped       [(path, why unreadable)] left out by --skip-bad-images
     image_parts   which parts of a batch are images: moved to the device in the run's memory
                   format (channels_last); other parts (labels, ids, tokens) just move
@@ -37,7 +40,7 @@ class Dataset(torch.utils.data.Dataset):
     targets = None
     image_size = None
     channels = 3
-    flip = True
+    augmentation = {}
     skipped = ()
     image_parts = (0,)
     name = "this data set"  # how messages name it

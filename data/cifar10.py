@@ -12,8 +12,9 @@ The pickles are read by an unpickler that builds only plain data and numpy array
 file cannot run code.
 
 Normalisation: the per-channel mean and standard deviation of the official 50,000 training
-images (0.4914, 0.4822, 0.4465) and (0.2470, 0.2435, 0.2616). Training augmentation: pad 4
-with zeros, random 32 x 32 crop, horizontal flip (He et al. 2016, section 4.2).
+images (0.4914, 0.4822, 0.4465) and (0.2470, 0.2435, 0.2616). Training augmentation by
+default: pad 4 with zeros and crop a random 32 x 32 (--crop-padding=4), flip half the images
+(--hflip=0.5) (He et al. 2016, section 4.2); --augment=false trains on the images as they are.
 """
 import io
 import pickle
@@ -40,7 +41,7 @@ class Cifar10(ArrayDataset):
     fetch = "cifar-10-python.tar.gz, 163 MB, from https://www.cs.toronto.edu/~kriz/cifar.html"
     size, channels = 32, 3
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    pad, flip = 4, True
+    augmentation = {"hflip": 0.5, "crop_padding": 4}
 
     @classmethod
     def layout(cls, root, train):

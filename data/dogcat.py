@@ -13,7 +13,7 @@ import logging
 import re
 from pathlib import Path
 
-from data import sample
+from data import sample, transforms
 from data.image_files import ImageFiles
 from data.readable import load_rgb, split_readable  # noqa: F401 - dogcat.load_rgb, as before
 from data.sampling import split_part
@@ -134,7 +134,7 @@ def dogcat(cfg, split_name):
         sample.ensure(root.parent)
     items, skipped = train_listing(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(items, split_name, cfg.val_ratio, cfg.seed, root)
-    return ImageFiles(chosen, size, augment=split_name == "train", seed=cfg.seed, skipped=skipped, classes=CLASSES)
+    return ImageFiles(chosen, size, augment=split_name == "train" and transforms.augmentation_of(cfg, ImageFiles.augmentation), seed=cfg.seed, skipped=skipped, classes=CLASSES)
 
 
 def _is_default_sample(root):

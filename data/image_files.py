@@ -2,8 +2,9 @@
 
 Items are (uint8 image tensor, label) for a labelled split and (uint8 image tensor, key) for
 a test split, the key being an id (Kaggle's number) or a position in `paths`. Training
-images are a random resized crop and a flip drawn from (seed, epoch, index)
-(data/transforms.py); normalisation with ImageNet's mean and std happens on the device.
+images are a random resized crop (--crop-scale, default 0.08 of the area at least) and a
+flip (--hflip, default 0.5) drawn from (seed, epoch, index) (data/transforms.py);
+--augment=false trains on the eval transform. Normalisation with ImageNet's mean and std happens on the device.
 """
 import logging
 
@@ -18,12 +19,15 @@ log = logging.getLogger(__name__)
 class ImageFiles(Dataset):
     """Image files: `items` are [(path, label or key)]; `labelled` says which (a test split
     of image files is not). `paths` (for a test split of any images) are what the csv names:
-    a batch's key indexes them."""
+    a batch's key indexes them. `augment`: a transforms.Augment for a train split (True: the
+defaults below), or None / False for the eval transform."""
 
     mean, std = transforms.MEAN, transforms.STD
+    augmentation = {"hflip": 0.5, "crop_scale": 0.08}  # random resized crop of 8-100 % of the area, flip half
 
     def __init__(self, items, image_size, augment, seed, skipped=(), classes=None, labelled=True, paths=None):
-        self.items, self.image_size, self.augment, self.seed = items, image_size, augment, seed
+        self.items, self.image_size, self.seed = items, image_size, seed
+        self.augment = transforms.Augment(**self.augmentation) if augment is True else augment or None
         self.classes = list(classes) if classes else None
         self.targets = [target for _, target in items] if labelled else None
         self.skipped = list(skipped)  # [(path, reason)] left out by --skip-bad-images
@@ -36,7 +40,7 @@ class ImageFiles(Dataset):
         index = key[1] if isinstance(key, tuple) else key
         path, target = self.items[index]
         if self.augment:
-            return transforms.train_image(path, self.image_size, augmentation_rng(self.seed, key)), target
+            return transforms.train_image(path, self.image_size, augmentation_rng(self.seed, key), self.augment), target
         return transforms.eval_image(path, self.image_size), target
 
     def normalisation(self):

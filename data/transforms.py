@@ -1,7 +1,9 @@
 """Image transforms whose randomness comes from a passed numpy Generator, not global state.
 
-Train: random resized crop (scale 0.08-1, aspect 3/4-4/3, the Inception/torchvision recipe)
-and horizontal flip. Eval: resize the short side to size/0.875 and centre-crop `size`
+Train: random resized crop (area share --crop-scale..1, default 0.08, aspect 3/4-4/3, the
+Inception/torchvision recipe) and a horizontal flip with probability --hflip (default 0.5);
+`Augment` holds a run's settings (`augmentation_of`), and --augment=false trains on the
+eval transform. Eval: resize the short side to size/0.875 and centre-crop `size`
 (the standard 256 -> 224 ratio).
 
 Both give uint8 (3, size, size) tensors: the crop's box is resized straight from the stored
@@ -11,6 +13,7 @@ skips most of the decoding. Batches of them are channels_last from the start (`c
 batch on the run's device (utils/engine/precision.py): workers hand over 4x fewer bytes and do no
 float work. benchmarks/pipeline.py measures this against the book's PIL pipeline.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -22,6 +25,29 @@ from data.readable import open_image
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's, which the book's Normalize uses
 STD = (0.229, 0.224, 0.225)
 EVAL_RATIO = 0.875  # eval: the centre crop is 87.5 % of the short side (224 of 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """A run's training augmentation: flip probability, the random resized crop's smallest
+    area share (image files) and the pad-and-crop padding (array data sets)."""
+    hflip: float = 0.5
+    crop_scale: float = 0.08
+    crop_padding: int = 0
+
+
+AUGMENT_OPTIONS = ("hflip", "crop_scale", "crop_padding")
+
+
+def augmentation_of(cfg, defaults):
+    """The training augmentation of a run on a data set whose own settings are `defaults`
+    ({option: value}, its `augmentation`): those, with the run's --hflip / --crop-scale /
+    --crop-padding where given; None with --augment=false. A run of an experiment without
+    these options (the gan) gets the data set's."""
+    if not getattr(cfg, "augment", True):
+        return None
+    given = {name: getattr(cfg, name, None) for name in defaults}
+    return Augment(**{name: default if given[name] is None else given[name] for name, default in defaults.items()})
 
 
 def denormalize(batch, mean=MEAN, std=STD):
@@ -56,13 +82,13 @@ def crop_box(width, height, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_image(path, size, rng):
-    """uint8 (3, size, size): a random resized crop of the image at `path`, mirrored half
-    the time; all randomness from `rng`."""
+def train_image(path, size, rng, augment=Augment()):
+    """uint8 (3, size, size): a random resized crop of the image at `path` (an area share of
+    augment.crop_scale..1), mirrored with probability augment.hflip; all randomness from `rng`."""
     with open_image(path) as image:
-        top, left, h, w = crop_box(*image.size, rng)
+        top, left, h, w = crop_box(*image.size, rng, scale=(augment.crop_scale, 1.0))
         crop = resized_box(image, (left, top, left + w, top + h), size)
-    return crop.flip(-1) if rng.random() < 0.5 else crop
+    return crop.flip(-1) if augment.hflip and rng.random() < augment.hflip else crop
 
 
 def eval_image(path, size):

@@ -10,9 +10,18 @@
              imagefolder     path,label,probability         (any images, paths as given)
 
 What classification means, and nothing else: the data, the model and its optimizer, one
-step (cross-entropy), the evaluation (loss, accuracy, top-5 when there are more than 5
+step (cross-entropy, with --label-smoothing, on targets mixed by --mixup / --cutmix), the
+evaluation (loss, accuracy, top-5 when there are more than 5
 classes, Kaggle log loss, confusion counts). --num-classes and --image-size come from the
 data unless given; a given --num-classes that differs from the data's is an error.
+
+Training recipes: the data set's augmentation, tuned or turned off (--augment, --hflip,
+--crop-scale, --crop-padding; data/transforms.py); label smoothing; mixup and CutMix
+(torchvision.transforms.v2, one of them per batch when both are on); and the engine's
+--ema (the evaluation measures the moving average beside the raw weights: val_*_ema),
+--accumulate, --warmup-epochs and --patience. With mixed targets the training accuracy is
+the target's share of the predicted class (lam for the first image's class, 1 - lam for
+the second's): plain accuracy when nothing is mixed, and honest about what mixing asks.
 """
 import dataclasses
 import logging
@@ -22,13 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from configs.loader import run_monitors
 from data import readable
+from data.transforms import AUGMENT_OPTIONS
 from models import build_for_weights, build_model, check_takes
 from utils import tables
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.registry import DATASETS, EXPERIMENTS, METERS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, eval_loader, gather, load_for_inference, reduce_sums
+from utils.engine.loop import Experiment, averaged_weights, eval_loader, gather, load_for_inference, reduce_sums
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
 
@@ -105,6 +116,41 @@ def evaluate(model, loader, cfg, device, tta=False, predicted=None):
     return {**metrics, "confusion": counts.tolist()}
 
 
+def mixer(cfg):
+    """torchvision's MixUp and / or CutMix of a batch (image batch, labels) -> (mixed
+    images, N x K soft targets); with both, one per batch (CutMix with probability
+    --mixup-switch-prob). None without --mixup and --cutmix."""
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from torchvision.transforms import v2  # torchvision only for the runs that mix
+
+    chosen = ([v2.MixUp(alpha=cfg.mixup, num_classes=cfg.num_classes)] if cfg.mixup else []) + \
+        ([v2.CutMix(alpha=cfg.cutmix, num_classes=cfg.num_classes)] if cfg.cutmix else [])
+    if len(chosen) == 1:
+        return chosen[0]
+    return v2.RandomChoice(chosen, p=[1 - cfg.mixup_switch_prob, cfg.mixup_switch_prob])
+
+
+def check_augmentation(cfg, train_set):
+    """A one-line error for an augmentation option the data set does not take, or that
+    --augment=false turns off."""
+    takes = train_set.augmentation
+    given = [name for name in AUGMENT_OPTIONS if getattr(cfg, name) is not None]
+    if given and not cfg.augment:
+        raise UsageError(f"--augment=false trains without augmentation, so {_flags(given)} would do nothing; drop one of them")
+    unknown = [name for name in given if name not in takes]
+    if unknown:
+        offered = f"it takes {_flags(takes)}" if takes else "it has no training augmentation"
+        raise UsageError(f"--dataset={cfg.dataset} does not use {_flags(unknown)} ({offered}); drop {_flags(unknown)}")
+    if cfg.crop_scale == 0:
+        raise UsageError("--crop-scale=0 allows crops of no area at all; give the smallest share of the image to keep, "
+                         "e.g. 0.08 (the default) or 0.25")
+
+
+def _flags(names):
+    return ", ".join(f"--{name.replace('_', '-')}" for name in names)
+
+
 def balanced_sample(targets, count):
     """Up to `count` indices taking each class in turn (the first image of every class, then
     the second, ...), so a grid of a split sorted by class shows every class, not only cats."""
@@ -143,6 +189,7 @@ class Classify(Experiment):
         "test": "predict the test split and write the csv (dogcat: Kaggle's id,label = P(dog); cifar10 / mnist: id,label = class; imagefolder: path,label,probability)",
     }
     monitors = {"val_logloss": "min", "val_loss": "min", "val_accuracy": "max"}  # the first is --monitor's default
+    ema_modules = ("model",)
     options = {
         "num_classes": {"default": None, "type": "int", "doc": "output classes; default: the data's (dogcat 2: cat 0, dog 1; "
                         "cifar10 / mnist 10; imagefolder: its class folders)", "role": "model", "minimum": 1},
@@ -156,6 +203,23 @@ class Classify(Experiment):
                  "below": [0.5, "predictions are clipped into [clip, 1-clip]"], "commands": ["test"]},
         "tta": {"default": False, "doc": "average predictions over the image and its horizontal flip", "role": "execution",
                 "commands": ["val", "test"]},
+        "augment": {"default": True, "doc": "training augmentation, as --hflip, --crop-scale, --crop-padding set it; false = none",
+                    "inherited": True, "commands": ["train"]},
+        "hflip": {"default": None, "type": "float", "doc": "chance of mirroring a training image; default: the data set's "
+                  "(0.5; mnist 0)", "minimum": 0.0, "maximum": 1.0, "inherited": True, "commands": ["train"]},
+        "crop_scale": {"default": None, "type": "float", "doc": "dogcat, imagefolder: least area share of a random crop "
+                       "(default 0.08; 1 = whole)", "minimum": 0.0, "maximum": 1.0, "commands": ["train"]},
+        "crop_padding": {"default": None, "type": "int", "doc": "cifar10, mnist: pad, then crop back at random "
+                         "(default: cifar10 4, mnist 0)", "minimum": 0, "commands": ["train"]},
+        "label_smoothing": {"default": 0.0, "doc": "train on (1 - e) x the label + e / K on every class (0 = off; 0.1 is "
+                            "common)", "minimum": 0.0, "below": [1, "a share of the target spread over every class"],
+                            "commands": ["train"]},
+        "mixup": {"default": 0.0, "doc": "mixup's Beta alpha: blend image pairs and their labels (0 = off; 0.2 is common)",
+                  "minimum": 0.0, "commands": ["train"]},
+        "cutmix": {"default": 0.0, "doc": "CutMix's Beta alpha: paste a box of another image, labels by area (0 = off; 1.0)",
+                   "minimum": 0.0, "commands": ["train"]},
+        "mixup_switch_prob": {"default": 0.5, "doc": "with --mixup and --cutmix both on: the chance a batch uses CutMix",
+                              "minimum": 0.0, "maximum": 1.0, "commands": ["train"]},
     }
 
     def datasets(self):
@@ -170,6 +234,7 @@ class Classify(Experiment):
                              f"drop --num-classes (it comes from the data) or use --num-classes={len(self.classes)}")
         size = train_set.image_size or self.cfg.image_size or 224
         self.cfg = dataclasses.replace(self.cfg, num_classes=len(self.classes), image_size=size)
+        check_augmentation(self.cfg, train_set)
         return train_set, self.val_set
 
     def checkpoint_info(self):
@@ -179,26 +244,43 @@ class Classify(Experiment):
         model = build_model(self.cfg)
         model.to(ctx.device, memory_format=ctx.precision.memory_format)
         optimizer = build_optimizer(self.cfg, model)
-        return {"model": model, "optimizer": optimizer,
-                "lr_policy": LrPolicy(optimizer, self.cfg, monitor_mode=self.monitors[self.cfg.monitor])}
+        self.mix = mixer(self.cfg)
+        monitor_mode = run_monitors(self.cfg.experiment, self.cfg.ema)[self.cfg.monitor]
+        return {"model": model, "optimizer": optimizer, "lr_policy": LrPolicy(optimizer, self.cfg, monitor_mode=monitor_mode)}
 
     def step(self, batch, objects, ctx):
         images, labels = batch
+        # Mixed images and soft targets (N x K), drawn from the global RNG (saved with each
+        # checkpoint: a resumed run draws the same lam and boxes).
+        targets = labels
+        if self.mix is not None:
+            images, targets = self.mix(images, labels)
+            images = images.contiguous(memory_format=ctx.precision.memory_format)
         with ctx.precision.autocast():
             output = objects["model"](images)
-            loss = F.cross_entropy(output, labels)
+            loss = F.cross_entropy(output, targets, label_smoothing=self.cfg.label_smoothing)
         ctx.optimize(loss, "optimizer")
-        accuracy = (output.detach().argmax(1) == labels).float().mean()
+        predicted = output.detach().argmax(1)
+        if self.mix is None:
+            accuracy = (predicted == labels).float().mean()
+        else:  # the mixed target's share of the predicted class (see the module docstring)
+            accuracy = targets.gather(1, predicted[:, None]).mean()
         return {"loss": loss.detach(), "accuracy": accuracy}
 
     def evaluate(self, objects, ctx):
         if getattr(self, "val_loader", None) is None:  # one for the run: its workers persist
             self.val_loader = ctx.eval_loader(self.val_set)
-        # Unwrapped: no DDP collective per batch, as ranks' shares differ in size.
-        metrics = evaluate(ctx.unwrap("model"), self.val_loader, self.cfg, ctx.device)
-        confusion = metrics.pop("confusion")
-        ctx.outputs.table("val/confusion", ["truth \\ predicted"] + self.classes,
-                          [[name] + row for name, row in zip(self.classes, confusion)], ctx.state.global_step)
+        metrics = {}
+        # Unwrapped: no DDP collective per batch, as ranks' shares differ in size. With --ema,
+        # the moving average too, as val_*_ema.
+        for suffix, model in (("", ctx.unwrap("model")), ("_ema", ctx.averaged("model"))):
+            if model is None:
+                continue
+            measured = evaluate(model, self.val_loader, self.cfg, ctx.device)
+            confusion = measured.pop("confusion")
+            ctx.outputs.table(f"val/confusion{suffix}", ["truth \\ predicted"] + self.classes,
+                              [[name] + row for name, row in zip(self.classes, confusion)], ctx.state.global_step)
+            metrics.update({f"{name}{suffix}": value for name, value in measured.items()})
         return metrics
 
     def images(self, objects, ctx):
@@ -213,11 +295,12 @@ class Classify(Experiment):
         built; a bare weights file (the book's model.save()) gets the options a run resolves
         from its data (--num-classes, --image-size) from the data here too."""
         cfg, device, state, path = load_for_inference(self.cfg)
-        check_tta(cfg)
+        weights, source = chosen_weights(cfg, state, path)
         dataset = load_data(cfg, split)
+        check_tta(cfg, dataset)
         cfg, classes = resolve_from_data(cfg, dataset, path)
         model = build_for_weights(cfg, device)
-        checkpoint.load_weights(model, checkpoint.model_state(state), source=str(path))
+        checkpoint.load_weights(model, weights, source=source)
         model = for_inference(model.to(device), Precision(cfg, device).memory_format)
         return model, cfg, device, state.get("info") or {"classes": classes}, dataset
 
@@ -282,8 +365,25 @@ def resolve_from_data(cfg, dataset, source):
     return dataclasses.replace(cfg, num_classes=len(classes)), list(classes)
 
 
-def check_tta(cfg):
+def chosen_weights(cfg, state, path):
+    """(model weights, where they come from) for val / test: the moving average of a run
+    trained with --ema unless --use-ema=false, else the raw weights."""
+    average = averaged_weights(state, "model")
+    if cfg.use_ema and average is None:
+        raise UsageError(f"{path} holds no moving average of the weights (the run was trained without --ema); drop --use-ema")
+    if average is not None and cfg.use_ema is not False:
+        log.info("the EMA weights of %s (--use-ema=false for the raw ones)", path)
+        return average, f"{path} (model_ema)"
+    return checkpoint.model_state(state), str(path)
+
+
+def check_tta(cfg, dataset):
     """--tta averages over a horizontal flip, which is wrong where training never flips."""
-    if cfg.tta and not getattr(DATASETS.get(cfg.dataset), "flip", True):
-        raise UsageError(f"--tta averages each image with its mirror image, which {cfg.dataset} never trains on "
-                         f"(a mirrored digit is another shape); drop --tta")
+    if not cfg.tta:
+        return
+    default = dataset.augmentation.get("hflip", 0)
+    if not cfg.augment or not (default if cfg.hflip is None else cfg.hflip):
+        why = ("--augment=false" if not cfg.augment else "--hflip=0" if cfg.hflip is not None
+               else f"{cfg.dataset}'s default --hflip=0: a mirror can show another class")
+        raise UsageError(f"--tta averages each image with its mirror image, which this run never trained on ({why}); "
+                         f"drop --tta")

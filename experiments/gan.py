@@ -30,7 +30,7 @@ from models.dcgan import layout
 from utils.core.errors import UsageError, plural
 from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, load_for_inference
+from utils.engine.loop import Experiment, averaged_weights, load_for_inference
 from utils.engine.lr_policy import LrPolicy
 from utils.visualize import save_grid
 
@@ -96,6 +96,8 @@ class Gan(Experiment):
                 "ngf": 32, "ndf": 32, "batch_size": 64, "max_epoch": 30, "g_every": 1, "lr_policy": "constant",
                 "print_freq": 50}
     losses = ("loss_d", "loss_g")
+    ema_modules = ("netg",)  # --ema: a moving average of the generator, which `generate` draws with
+    cannot_accumulate = "its two optimizers step against each other on every batch"
     broadcast_buffers = False  # see the module docstring
 
     def datasets(self):
@@ -149,13 +151,18 @@ class Gan(Experiment):
 
     @torch.no_grad()
     def images(self, objects, ctx):
-        """The fixed noise's images, drawn in eval mode (no batch-norm statistics change)."""
-        netg = ctx.unwrap("netg")  # rank 0 only: no DDP collective here
-        was_training = netg.training
-        netg.eval()
-        fake = netg(objects["fixed_noise"]).float()
-        netg.train(was_training)
-        return {"generated": (fake + 1) / 2}
+        """The fixed noise's images, drawn in eval mode (no batch-norm statistics change);
+        with --ema, the moving average's too."""
+        grids = {}
+        # rank 0 only: no DDP collective here
+        for tag, netg in (("generated", ctx.unwrap("netg")), ("generated_ema", ctx.averaged("netg"))):
+            if netg is None:
+                continue
+            was_training = netg.training
+            netg.eval()
+            grids[tag] = (netg(objects["fixed_noise"]).float() + 1) / 2
+            netg.train(was_training)
+        return grids
 
     @torch.no_grad()
     def generate(self):
@@ -173,6 +180,12 @@ class Gan(Experiment):
             if not isinstance(state.get(name), dict):
                 raise UsageError(f"{path} has no {name!r} weights: give a checkpoint written by `train --experiment=gan`")
             checkpoint.load_weights(net, state[name], source=f"{path} ({name})")
+        average = averaged_weights(state, "netg")
+        if cfg.use_ema and average is None:
+            raise UsageError(f"{path} holds no moving average of the generator (trained without --ema); drop --use-ema")
+        if average is not None and cfg.use_ema is not False:
+            log.info("drawing with the generator's moving average (--use-ema=false for the raw weights)")
+            checkpoint.load_weights(netg, average, source=f"{path} (netg_ema)")
         netg.eval(), netd.eval()
         # Noise from its own CPU generator: the same --seed draws the same picture on any device.
         generator = torch.Generator().manual_seed(cfg.seed)

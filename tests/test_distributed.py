@@ -246,3 +246,22 @@ def test_processes_started_together_generate_the_demo_sample_once(tmp_path):
     assert len(files) == 2 * 150 + 60 + 1
     for name in files:
         assert (tmp_path / "both" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_training_recipes_under_two_processes(reference):
+    """Accumulation (no_sync on the accumulating batches), EMA, mixup + CutMix, label
+    smoothing, warm-up and early stopping under 2 processes: 28 images in global batches of
+    2 x 2, groups of 2 (4, 4 | 4, 4 | 4, 4 | 4): 4 optimizer steps an epoch."""
+    tmp_path, _ = reference
+    # torchrun takes --monitor=... for an abbreviation of its own --monitor-interval: from a file
+    (tmp_path / "recipes.yaml").write_text("monitor: val_loss_ema\n")
+    result = torchrun("train", *flags(tmp_path, "recipes", **{
+        "batch-size": 2, "accumulate": 2, "ema": 0.5, "mixup": 0.2, "cutmix": 1.0, "label-smoothing": 0.1,
+        "warmup-epochs": 0.5, "patience": 1, "lr": 0, "max-epoch": 4, "config": tmp_path / "recipes.yaml"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load(tmp_path / "runs" / "recipes" / "last.pth")
+    # lr 0: val_loss_ema never improves after epoch 1, so --patience=1 ends the run after epoch 2 on both ranks
+    assert result.stdout.count("stopped early at epoch 2: val_loss_ema has not improved for 1 epoch") == 1
+    assert state["epoch"] == 2 and state["global_step"] == 14 and state["optimizer_steps"] == {"optimizer": 8}
+    assert int(state["model_ema"]["n_averaged"]) == 8 and state["world_size"] == 2

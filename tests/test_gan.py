@@ -161,3 +161,31 @@ def test_the_books_96_pixel_generator_has_its_widths():
     with pytest.raises(UsageError, match=r"--image-size=50 does not fit"):
         NetG(image_size=50)
     assert math.isclose(sum(p.numel() for p in netg.parameters()) / 1e6, 3.58, abs_tol=0.01)
+
+
+def test_ema_of_the_generator_draws_the_grids_and_generate(reference, tmp_path):
+    run_tmp, _ = reference
+    result = run_cli("train", *gan_flags(run_tmp, "ema", **{"ema": 0.9, "ema-warmup": 0, "max-epoch": 1}))
+    assert result.returncode == 0, result.stderr
+    run_dir = run_tmp / "runs" / "ema"
+    state = load(run_dir / "last.pth")
+    assert int(state["netg_ema"]["n_averaged"]) == state["optimizer_steps"]["optimizer_g"] == 4
+    assert "netd_ema" not in state  # the generator's average only
+    grids = [p.name.split("_step")[0] for p in (run_dir / "images").iterdir()]
+    assert set(grids) == {"generated", "generated_ema"} and grids.count("generated") == grids.count("generated_ema")
+    common = ["--experiment=gan", f"--checkpoint-dir={run_tmp / 'runs'}", "--env=ema", "--gen-num=4", "--gen-search-num=8"]
+    drawn = {}
+    for name, extra in (("ema", []), ("raw", ["--use-ema=false"])):
+        done = run_cli("generate", *common, f"--gen-img={tmp_path / name}.png", *extra)
+        assert done.returncode == 0, done.stderr
+        drawn[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert drawn["ema"] != drawn["raw"]
+    # the default draws with the average: the same picture as a checkpoint whose generator is it
+    doctored = dict(state, netg={key[len("module."):]: value for key, value in state["netg_ema"].items()
+                                 if key.startswith("module.")})
+    del doctored["netg_ema"]
+    torch.save(doctored, tmp_path / "doctored.pth")
+    same = run_cli("generate", "--experiment=gan", f"--load-model-path={tmp_path / 'doctored.pth'}", "--gen-num=4",
+                   "--gen-search-num=8", f"--gen-img={tmp_path / 'doctored.png'}")
+    assert same.returncode == 0, same.stderr
+    assert (tmp_path / "doctored.png").read_bytes() == drawn["ema"]

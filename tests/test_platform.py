@@ -18,7 +18,7 @@ from utils.engine.precision import Precision
 
 
 def context(**options):
-    cfg = types.SimpleNamespace(amp=False, channels_last=False, grad_clip=0.0, seed=3, **options)
+    cfg = types.SimpleNamespace(amp=False, channels_last=False, grad_clip=0.0, seed=3, warmup_epochs=0.0, **options)
     return Context(cfg, torch.device("cpu"), Precision(cfg, torch.device("cpu")), TrainState(), outputs=None)
 
 

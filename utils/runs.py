@@ -83,6 +83,8 @@ def _status_from_files(run_dir):
 
 def _state(record):
     status = record.get("status", "?")
+    if status == "finished" and record.get("stopped_early"):
+        return "finished (early stop: " + str(record["stopped_early"]).split(": ", 1)[-1].split(" (")[0] + ")"
     if status == "running" and record.get("host") == socket.gethostname():
         try:
             os.kill(int(record["pid"]), 0)

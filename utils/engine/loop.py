@@ -14,13 +14,16 @@ says what a task means, and nothing else:
     evaluation returning metrics, image grids and texts to show.
 It calls the engine through `ctx` (Context) for everything else: `ctx.optimize(loss, name)`
 is the optimisation step (zero_grad, backward under the AMP scaler, unscale, --grad-clip,
-step, the count; the scaler updates once after the step; gradient accumulation and EMA
-belong here too); `ctx.unwrap` gives modules without DDP / compile wrappers;
+step at the --warmup-epochs lr, the count, the --ema update of the modules it trains; with
+--accumulate, k batches' gradients add up and DDP skips the all-reduce on all but the last;
+the scaler updates once after the step); `ctx.averaged(name)` gives a module's moving
+average for evaluation; `ctx.unwrap` gives modules without DDP / compile wrappers;
 `ctx.generator(name)` a named random stream; `ctx.eval_loader`, `ctx.reduce_sums` and
 `ctx.gather` evaluate a split sharded over ranks. No experiment touches the scaler, a
 wrapper, a collective or a stream number.
 
-The engine owns everything a long run needs, once: resume and the run dir, the
+The engine owns everything a long run needs, once: resume and the run dir, early stopping
+(--patience: the run ends finished, and says why in status.json and `runs`), the
 deterministic loader of each epoch (starting mid-epoch on resume), progress bar and timing,
 TensorBoard curves of whatever a step returns, the --print-freq cadence, the live-debug
 trigger, safe stop and emergency save, the non-finite check, fault injection, and the
@@ -50,10 +53,11 @@ import time
 from typing import Optional
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import configs
-from configs.loader import adopt_checkpoint_config
+from configs.loader import adopt_checkpoint_config, run_monitors
 from configs.schema import FIELDS
 from data import readable
 from utils import runs
@@ -69,7 +73,8 @@ from utils.visualize import Visualizer, save_grid
 
 log = logging.getLogger(__name__)
 # Checkpoint keys the engine writes itself; an experiment's objects take any other name.
-ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "optimizer_steps", "best", "epoch_meters", "window", "rng",
+ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "optimizer_steps", "best", "stopped_early",
+               "epoch_meters", "window", "rng",
                "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler", "threads"}
 
 
@@ -84,6 +89,8 @@ class Experiment:
     losses = ("loss",)  # returned scalars that must stay finite; the first feeds the lr policies
     monitors = {}  # {metric: "min" | "max"}: what evaluate() returns that --monitor may pick; the first is its default
     options = {}  # its own options: {name: {"default", "doc", "role", ...}} (configs/schema.py, experiment_fields)
+    ema_modules = ()  # modules --ema may keep a moving average of (classify: the model; gan: the generator)
+    cannot_accumulate = None  # why --accumulate does not apply to its step (None: it does)
     # Under torchrun: whether DDP copies rank 0's module buffers (BatchNorm statistics) to
     # every rank before each forward. The engine makes them equal at each epoch end anyway.
     broadcast_buffers = True
@@ -132,6 +139,7 @@ class TrainState:
     global_step: int = 0
     optimizer_steps: dict = dataclasses.field(default_factory=dict)  # optimizer name -> steps taken (ctx.optimize)
     best: Optional[dict] = None  # {"metric", "value", "epoch"}
+    stopped_early: Optional[str] = None  # why --patience ended the run (saved; a resume that trains on drops it)
     meters: dict = dataclasses.field(default_factory=dict)  # name -> loss meter of this epoch
     window: dict = dataclasses.field(default_factory=dict)  # name -> values since the last curve point
 
@@ -139,7 +147,7 @@ class TrainState:
         mid_epoch = self.step_in_epoch > 0
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "samples_in_epoch": self.samples_in_epoch,
                 "global_step": self.global_step, "optimizer_steps": dict(self.optimizer_steps),
-                "best": self.best, "window": {k: list(v) for k, v in self.window.items()},
+                "best": self.best, "stopped_early": self.stopped_early, "window": {k: list(v) for k, v in self.window.items()},
                 "epoch_meters": {k: m.state_dict() for k, m in self.meters.items()} if mid_epoch else None}
 
     @classmethod
@@ -168,26 +176,53 @@ class Context:
     outputs: "Outputs"
     objects: dict = dataclasses.field(default_factory=dict)  # the experiment's named objects, once built
     stepped: bool = False  # an optimizer stepped in this training step: the scaler updates after it
+    # This batch's place in its accumulation group (--accumulate; run_epoch sets it): whether
+    # it is the group's first (gradients are zeroed) and last (the optimizer steps), and the
+    # weight of its mean loss (its share of the group's images).
+    accumulation: tuple = (True, True, 1.0)
+    progress: float = 1.0  # epochs of training done once this batch is, counted in images (the --warmup-epochs clock)
+    averages: dict = dataclasses.field(default_factory=dict)  # module name -> its AveragedModel (--ema)
+    averaged_by: dict = dataclasses.field(default_factory=dict)  # optimizer name -> the module names it averages
 
     def optimize(self, loss, optimizer="optimizer", clip=None):
         """The optimisation step of one optimizer (by object name, or the optimizer itself)
         on `loss`: zero its gradients, backward through the loss scaled by the AMP scaler,
-        unscale and clip the gradient norm (--grad-clip, or `clip`; 0 = no clipping), step,
-        and count the step in state.optimizer_steps. The scaler updates once per training
+        unscale and clip the gradient norm (--grad-clip, or `clip`; 0 = no clipping), step
+        at the lr of the --warmup-epochs ramp, count the step in state.optimizer_steps and
+        update the moving averages of the modules it trains (--ema). With --accumulate=k the
+        gradients of k batches add up (each loss weighted by its share of the group's
+        images) and only the group's last batch steps. The scaler updates once per training
         step, after the experiment's step returns (PyTorch's rule with several optimizers)."""
         name = optimizer if isinstance(optimizer, str) else next(
             (key for key, obj in self.objects.items() if obj is optimizer), "optimizer")
         optimizer = self.objects[optimizer] if isinstance(optimizer, str) else optimizer
         scaler = self.precision.scaler
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        first, last, weight = self.accumulation
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss if weight == 1 else loss * weight).backward()
+        if not last:
+            return  # the group's next batch adds its gradients (run_epoch skips the all-reduce)
         max_norm = self.cfg.grad_clip if clip is None else clip
         if max_norm:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
-        scaler.step(optimizer)
+        with warmed_up(optimizer, self.warmup_factor()):
+            scaler.step(optimizer)
         self.stepped = True
-        self.state.optimizer_steps[name] = self.state.optimizer_steps.get(name, 0) + 1
+        steps = self.state.optimizer_steps[name] = self.state.optimizer_steps.get(name, 0) + 1
+        for module in self.averaged_by.get(name, ()):
+            update_average(self.averages[module], self.objects[module], self.cfg, steps)
+
+    def warmup_factor(self):
+        """The lr factor of an optimizer step now: min(1, epochs done / --warmup-epochs)."""
+        return min(1.0, self.progress / self.cfg.warmup_epochs) if self.cfg.warmup_epochs else 1.0
+
+    def averaged(self, module):
+        """The moving average (--ema) of module `module` (by name) as a plain module, or
+        None when the run keeps none: what evaluate() measures beside the raw weights."""
+        average = self.averages.get(module)
+        return average.module if average is not None else None
 
     def unwrap(self, module):
         """The plain module (by object name, or the module) inside DDP and torch.compile:
@@ -211,6 +246,49 @@ class Context:
     def eval_loader(self, dataset):
         """eval_loader(dataset, cfg, device) with this run's cfg and device."""
         return eval_loader(dataset, self.cfg, self.device)
+
+
+@contextlib.contextmanager
+def warmed_up(optimizer, factor):
+    """The optimizer's lr times `factor` for one step, then exactly the lr it had: the lr
+    policies, and an lr typed at the debugger, never see the ramp."""
+    if factor == 1:
+        yield
+        return
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
+
+
+def make_average(module):
+    """torch's AveragedModel of `module` (unwrapped), kept on the module's device; its
+    n_averaged counter stays on the CPU, so an update never waits for the GPU."""
+    return AveragedModel(checkpoint.unwrap(module), use_buffers=False)
+
+
+def update_average(average, module, cfg, steps):
+    """Fold the module's weights after optimizer step `steps` into its average: decay
+    --ema x (1 - exp(-steps / --ema-warmup)) (the first update copies); AveragedModel
+    copies the BatchNorm running statistics and other buffers as they are."""
+    decay = cfg.ema * (1 - math.exp(-steps / cfg.ema_warmup)) if cfg.ema_warmup else cfg.ema
+    average.multi_avg_fn = get_ema_multi_avg_fn(decay)
+    average.update_parameters(checkpoint.unwrap(module))
+
+
+def averaged_weights(state, name):
+    """The weights of module `name`'s moving average in a checkpoint dict (best.pth keeps
+    the plain module's state dict, last.pth the AveragedModel's), or None."""
+    saved = state.get(f"{name}_ema")
+    if not isinstance(saved, dict):
+        return None
+    if "n_averaged" in saved:
+        return {key[len("module."):]: value for key, value in saved.items() if key.startswith("module.")}
+    return saved
 
 
 # -- evaluation over ranks (for evaluate(), and for val / test, which have no Context) --------
@@ -277,12 +355,14 @@ class Outputs:
 
     def write_status(self, state, status, error=None):
         """<run dir>/status.json: what `python main.py runs` shows without loading a checkpoint.
-        status: running (pid on host), finished, stopped (resumable), crashed (error)."""
+        status: running (pid on host), finished (`stopped_early` says why when --patience ended
+        it), stopped (resumable), crashed (error)."""
         if not self.writes:
             return
         record = {"status": status, "experiment": self.cfg.experiment, "model": self.cfg.model,
                   "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "max_epoch": self.cfg.max_epoch,
                   "global_step": state.global_step, "best": state.best, "error": error,
+                  "stopped_early": state.stopped_early,
                   "pid": os.getpid(), "host": socket.gethostname(), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
         with atomic_open(self.run_dir / runs.STATUS, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1)
@@ -304,6 +384,15 @@ def train(cfg):
             print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
                   f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
         return
+    if resumed and resumed["state"] is not None and resumed["state"].get("stopped_early") \
+            and early_stop(cfg, resumed["state"]["epoch"], resumed["state"]["best"]):
+        state = resumed["state"]
+        if distributed.is_main():
+            print(f"run {cfg.env} has finished: {state['stopped_early']}; nothing to resume. Train on with a larger "
+                  f"--patience (0 = off): {runtime.resume_command(cfg)} --patience={state['epoch'] - state['best']['epoch'] + 1}"
+                  if state["best"] else f"run {cfg.env} has finished: {state['stopped_early']}; nothing to resume "
+                  f"(give --patience=0 to train on)")
+        return
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
     device = distributed.pick_device(cfg)
@@ -324,13 +413,15 @@ def train(cfg):
     if clashes:
         raise ValueError(f"experiment {cfg.experiment} names objects {sorted(clashes)}: the engine's own checkpoint keys")
     objects["scaler"] = ctx.precision.scaler
+    if cfg.ema:
+        add_averages(type(experiment).ema_modules, objects, ctx)
     restored = resumed is not None and resumed["state"] is not None
     if restored:
         ctx.state = restore(resumed["state"], objects, source=str(resume.checkpoint_path(cfg)), cfg=cfg)
     elif cfg.load_model_path:
         load_weights(objects, cfg.load_model_path)
     for name, obj in objects.items():
-        if isinstance(obj, torch.nn.Module):
+        if isinstance(obj, torch.nn.Module) and not isinstance(obj, AveragedModel):
             objects[name] = distributed.wrap(obj, device, type(experiment).broadcast_buffers, cfg.sync_bn)
             if cfg.compile and any(p.requires_grad for p in obj.parameters()):
                 objects[name] = compiled(objects[name])
@@ -359,6 +450,8 @@ def train(cfg):
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
                else "no finite validation metric" if experiment.monitors else plural(ctx.state.epoch, "epoch"))
+    if ctx.state.stopped_early:
+        print(f"{ctx.state.stopped_early}")
     print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
     print("next:\n" + "\n".join(f"  {command}" for command in next_commands(cfg, experiment)))
 
@@ -397,17 +490,48 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
                    for name, policy in policies.items()}
             ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.samples_in_epoch, ctx.state.meters = epoch + 1, 0, 0, {}
-            improved = is_improvement(experiment.monitors, cfg.monitor, metrics, ctx.state.best)
+            improved = is_improvement(run_monitors(cfg.experiment, cfg.ema), cfg.monitor, metrics, ctx.state.best)
             if improved:
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
+            if epoch + 1 < cfg.max_epoch and early_stop(cfg, epoch + 1, ctx.state.best):
+                ctx.state.stopped_early = describe_early_stop(cfg, epoch + 1, ctx.state.best)
             report_epoch(experiment, objects, ctx, epoch, means, (images_per_second, data_wait), metrics, lrs, improved)
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
                                                                                experiment.checkpoint_info()))
             outputs.write_status(ctx.state, "running")
+            if ctx.state.stopped_early:
+                log.info("%s", ctx.state.stopped_early)
+                break
     outputs.checkpoints.wait()  # "finished" means every file is whole on disk
     outputs.close()
     outputs.write_status(ctx.state, "finished")
+
+
+def early_stop(cfg, epochs_done, best):
+    """Whether --patience ends the run after `epochs_done` epochs, given the best so far."""
+    return bool(cfg.patience) and epochs_done - (best["epoch"] if best else 0) >= cfg.patience
+
+
+def describe_early_stop(cfg, epochs_done, best):
+    if not best:
+        return f"stopped early at epoch {epochs_done}: no finite {cfg.monitor} in {plural(cfg.patience, 'epoch')} (--patience)"
+    return (f"stopped early at epoch {epochs_done}: {cfg.monitor} has not improved for {plural(epochs_done - best['epoch'], 'epoch')} "
+            f"(--patience={cfg.patience}; best {best['value']:.4f} at epoch {best['epoch']})")
+
+
+def add_averages(names, objects, ctx):
+    """--ema: an AveragedModel of each module in `names` as object `<name>_ema` (saved and
+    restored like any object), updated by the optimizers that train it (ctx.optimize)."""
+    for name in names:
+        module = objects[name]
+        if f"{name}_ema" in objects or f"{name}_ema" in ENGINE_KEYS:
+            raise ValueError(f"object {name}_ema exists already: --ema keeps the average of {name} under that name")
+        ctx.averages[name] = objects[f"{name}_ema"] = make_average(module)
+        owned = {id(p) for p in module.parameters()}
+        for key, obj in objects.items():
+            if isinstance(obj, torch.optim.Optimizer) and any(id(p) in owned for g in obj.param_groups for p in g["params"]):
+                ctx.averaged_by.setdefault(key, []).append(name)
 
 
 def describe_world(cfg, state):
@@ -453,17 +577,25 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
                disable=not (cfg.progress and sys.stderr.isatty() and distributed.is_main()), leave=False,
                file=sys.stderr, mininterval=1.0)
     lines = bar.disable and distributed.is_main()  # plain progress lines instead of the bar
+    # This rank's images and batches in the whole epoch (every batch before this call's first
+    # was whole): the --warmup-epochs clock and the --accumulate groups.
+    images_in_epoch = state.step_in_epoch * cfg.batch_size + len(sampler)
+    batches = max(1, math.ceil(images_in_epoch / cfg.batch_size))
     started = tick = last_line = time.perf_counter()
     for batch in loader:
         data_wait += time.perf_counter() - tick
         fault = faults.at_step(state.global_step + 1)
         batch = ctx.precision.to_device(batch)
-        scalars = experiment.step(batch, objects, ctx)
+        size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
+        ctx.progress = epoch + (state.step_in_epoch * cfg.batch_size + size) / images_in_epoch  # any batch size: the same clock
+        ctx.accumulation = accumulation_place(state.step_in_epoch, cfg.accumulate, batches, images_in_epoch,
+                                              cfg.batch_size, size)
+        with contextlib.nullcontext() if ctx.accumulation[1] else gradients_kept_local(objects):
+            scalars = experiment.step(batch, objects, ctx)
         if ctx.stepped:  # once per step, after every optimizer of the step (ctx.optimize)
             ctx.precision.scaler.update()
             ctx.stepped = False
         values = dict(scalars, **{experiment.losses[0]: math.nan} if fault == "nan" else {})
-        size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
         # Means over every rank's images, the global batch size and the stop decision: the
         # same numbers on every rank (in one process: the step's own).
         values, size, stopper.requested = distributed.agree_step(values, size, stopper.pending)
@@ -495,12 +627,37 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
             # `epoch` as the bar and the log count it (1-based); state.epoch counts epochs finished.
             stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch + 1, "state": state, "ctx": ctx},
                                 before_prompt=bar.clear)
-        if stopper.requested:
-            break
+        if stopper.requested and ctx.accumulation[1]:
+            break  # at the end of an accumulation group: no gradients are half-summed at a stop
         tick = time.perf_counter()
     bar.close()
     elapsed = max(time.perf_counter() - started, 1e-9)
     return {name: meter.average() for name, meter in state.meters.items()}, images_done / elapsed, data_wait / elapsed
+
+
+def accumulation_place(index, accumulate, batches, images, batch_size, size):
+    """(first, last, weight) of the epoch's batch `index` (0-based) in its --accumulate group:
+    groups of `accumulate` batches from the epoch's start, the last one cut at the epoch's
+    end; the weight is the batch's share of its group's images (`size` of them), so the
+    summed gradients are those of the group's mean loss, as one large batch's."""
+    if accumulate == 1:
+        return True, True, 1.0
+    group = index // accumulate
+    end = min((group + 1) * accumulate, batches)
+    in_group = min((group + 1) * accumulate * batch_size, images) - group * accumulate * batch_size
+    return index % accumulate == 0, index == end - 1, size / in_group
+
+
+@contextlib.contextmanager
+def gradients_kept_local(objects):
+    """DDP's no_sync for every wrapped module: an accumulating batch's forward and backward
+    add to the local gradients without an all-reduce (the group's last batch does it)."""
+    with contextlib.ExitStack() as stack:
+        for obj in objects.values():
+            inner = getattr(obj, "_orig_mod", obj)
+            if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
+                stack.enter_context(inner.no_sync())
+        yield
 
 
 def log_progress(epoch, epochs, done, total, meters, images_per_second):
@@ -575,7 +732,8 @@ def checkpoint_state(objects, state, cfg, info=None):
 def inference_state(objects, state, cfg, metrics, info=None):
     """best.pth: what inference needs and nothing more (the weights of every module, the
     config, the metrics of that epoch); last.pth stays complete for resume."""
-    weights = {name: checkpoint.unwrap(obj).state_dict() for name, obj in objects.items() if isinstance(obj, torch.nn.Module)}
+    weights = {name: (obj.module if isinstance(obj, AveragedModel) else checkpoint.unwrap(obj)).state_dict()
+               for name, obj in objects.items() if isinstance(obj, torch.nn.Module)}
     return {**weights, "kind": checkpoint.WEIGHTS_KIND, "epoch": state.epoch, "global_step": state.global_step,
             "best": state.best, "metrics": metrics, "config": configs.as_dict(cfg), "experiment": cfg.experiment,
             "info": info or {}}
@@ -615,7 +773,8 @@ def load_weights(objects, path):
     """--load-model-path for train: initial weights of the modules found in the checkpoint
     (a runner checkpoint by object name, or a bare state_dict for a single model)."""
     state = checkpoint.load_checkpoint(path)
-    modules = {name: obj for name, obj in objects.items() if isinstance(obj, torch.nn.Module)}
+    modules = {name: obj for name, obj in objects.items()
+               if isinstance(obj, torch.nn.Module) and not isinstance(obj, AveragedModel)}  # an average starts at step 1
     found = {name: state[name] for name in modules if isinstance(state.get(name), dict)}
     if not found and len(modules) == 1:
         found = {next(iter(modules)): state}  # a bare state_dict, as the book's model.save() writes
