@@ -373,3 +373,16 @@ def test_patience_ends_the_run_finished_and_says_why(recipe_data):
     more = run_cli("train", *flags, "--resume", "--patience=4")
     assert more.returncode == 0, more.stderr
     assert load(run_dir / "last.pth")["epoch"] == 5
+
+
+def test_the_readme_recipe_commands_are_valid_configs():
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Training recipes"):text.index("## Long runs")]
+    block = section.split("```bash")[1].split("```")[0].replace("\\\n", " ")
+    commands = [line.split() for line in block.splitlines() if line.startswith("python main.py train")]
+    assert len(commands) == 4
+    for words in commands:
+        flags = dict(word[2:].split("=", 1) for word in words[3:])
+        assert config(**flags).experiment == "classify"

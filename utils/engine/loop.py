@@ -484,7 +484,9 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             means, images_per_second, data_wait = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
             if stopper.requested:
                 break  # SafeStop saves last.pth (mid-epoch) on the way out
-            distributed.sync_buffers(obj for obj in objects.values() if isinstance(obj, torch.nn.Module))
+            # (an average's module only: its n_averaged counter stays on the CPU, which nccl cannot send)
+            distributed.sync_buffers(obj.module if isinstance(obj, AveragedModel) else obj
+                                     for obj in objects.values() if isinstance(obj, torch.nn.Module))
             metrics = experiment.evaluate(objects, ctx)
             # "lr_policy" -> curve "lr", "lr_policy_g" -> "lr/g"
             lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
@@ -616,6 +618,11 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
                 if window:
                     ctx.outputs.plot(f"train/{name}", sum(window) / len(window), state.global_step)
             ctx.outputs.plot("train/images_per_second", images_per_second, state.global_step)
+            if cfg.warmup_epochs and ctx.progress <= cfg.warmup_epochs + 1:  # the ramp, and where it ends
+                for name, obj in objects.items():
+                    if isinstance(obj, LrPolicy):  # "lr_policy" -> "train/lr", "lr_policy_g" -> "train/lr/g"
+                        ctx.outputs.plot(f"train/{name.replace('lr_policy', 'lr').replace('_', '/')}",
+                                         obj.lr * ctx.warmup_factor(), state.global_step)
             state.window = {}
             if ctx.outputs.writes:
                 ctx.outputs.images(experiment.images(objects, ctx), state.global_step)
@@ -703,6 +710,8 @@ def report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, im
         parts.append(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     memory = runtime.resident_megabytes()
     outputs.plot("memory/resident_mb", memory, step)
+    if ctx.cfg.accumulate > 1:
+        parts.append(f"{plural(sum(ctx.state.optimizer_steps.values()), 'optimizer step')} so far")
     parts += [" ".join(f"{name} {lr:.2e}" for name, lr in lrs.items()),
               f"{images_per_second:.0f} img/s ({100 * data_wait:.0f}% waiting for data)", f"rss {memory:.0f} MB"]
     log.info("epoch %d: %s%s", epoch + 1, " | ".join(p for p in parts if p), " | best" if improved else "")
