@@ -451,7 +451,7 @@ def train(cfg):
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
                else "no finite validation metric" if experiment.monitors else plural(ctx.state.epoch, "epoch"))
     if ctx.state.stopped_early:
-        print(f"{ctx.state.stopped_early}")
+        print(ctx.state.stopped_early)
     print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
     print("next:\n" + "\n".join(f"  {command}" for command in next_commands(cfg, experiment)))
 
