@@ -82,8 +82,9 @@ def digits_folder():
     shutil.rmtree(folder, ignore_errors=True)
     for index, row in enumerate(rows):
         pixels = (row[:64].reshape(8, 8) * (255 / 16)).astype(np.uint8)  # 17 grey levels, 0-16
-        (folder / str(int(row[64]))).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).convert("RGB").save(folder / str(int(row[64])) / f"{index}.png")
+        digit = folder / str(int(row[64]))
+        digit.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).convert("RGB").save(digit / f"{index}.png")
     (folder / ".complete").write_text("")
     return folder
 

@@ -284,7 +284,7 @@ def validate(cfg):
     monitors = run_monitors(cfg.experiment, cfg.ema)
     if monitors and cfg.monitor not in monitors:
         hint = did_you_mean(str(cfg.monitor), monitors)
-        needs = " (the _ema metrics need --ema)" if f"{cfg.monitor}_ema" not in monitors and str(cfg.monitor).endswith("_ema") else ""
+        needs = " (the _ema metrics need --ema)" if str(cfg.monitor).endswith("_ema") and not cfg.ema else ""
         raise UsageError(f"option --monitor must be a metric of experiment {cfg.experiment}: {', '.join(monitors)}; "
                          f"got {cfg.monitor!r}{needs}{hint}")
     if not _DEVICE.fullmatch(cfg.device):

@@ -134,7 +134,8 @@ def dogcat(cfg, split_name):
         sample.ensure(root.parent)
     items, skipped = train_listing(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(items, split_name, cfg.val_ratio, cfg.seed, root)
-    return ImageFiles(chosen, size, augment=split_name == "train" and transforms.augmentation_of(cfg, ImageFiles.augmentation), seed=cfg.seed, skipped=skipped, classes=CLASSES)
+    augment = split_name == "train" and transforms.augmentation_of(cfg, ImageFiles.augmentation)
+    return ImageFiles(chosen, size, augment=augment, seed=cfg.seed, skipped=skipped, classes=CLASSES)
 
 
 def _is_default_sample(root):

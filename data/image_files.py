@@ -4,7 +4,8 @@ Items are (uint8 image tensor, label) for a labelled split and (uint8 image tens
 a test split, the key being an id (Kaggle's number) or a position in `paths`. Training
 images are a random resized crop (--crop-scale, default 0.08 of the area at least) and a
 flip (--hflip, default 0.5) drawn from (seed, epoch, index) (data/transforms.py);
---augment=false trains on the eval transform. Normalisation with ImageNet's mean and std happens on the device.
+--augment=false trains on the eval transform. Normalisation with ImageNet's mean and std
+happens on the device.
 """
 import logging
 

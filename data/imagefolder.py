@@ -86,7 +86,8 @@ def imagefolder(cfg, split_name):
     root = Path(cfg.train_data_root)
     classes, items, bad = _list_train(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(list(items), split_name, cfg.val_ratio, cfg.seed, root)
-    return ImageFiles(chosen, size, augment=split_name == "train" and transforms.augmentation_of(cfg, ImageFiles.augmentation), seed=cfg.seed, skipped=bad, classes=classes)
+    augment = split_name == "train" and transforms.augmentation_of(cfg, ImageFiles.augmentation)
+    return ImageFiles(chosen, size, augment=augment, seed=cfg.seed, skipped=bad, classes=classes)
 
 
 def _test_set(cfg, size):

@@ -137,7 +137,8 @@ def check_augmentation(cfg, train_set):
     takes = train_set.augmentation
     given = [name for name in AUGMENT_OPTIONS if getattr(cfg, name) is not None]
     if given and not cfg.augment:
-        raise UsageError(f"--augment=false trains without augmentation, so {_flags(given)} would do nothing; drop one of them")
+        raise UsageError(f"--augment=false trains without augmentation, so {_flags(given)} would do nothing; "
+                         f"drop one of them")
     unknown = [name for name in given if name not in takes]
     if unknown:
         offered = f"it takes {_flags(takes)}" if takes else "it has no training augmentation"
@@ -203,8 +204,8 @@ class Classify(Experiment):
                  "below": [0.5, "predictions are clipped into [clip, 1-clip]"], "commands": ["test"]},
         "tta": {"default": False, "doc": "average predictions over the image and its horizontal flip", "role": "execution",
                 "commands": ["val", "test"]},
-        "augment": {"default": True, "doc": "training augmentation, as --hflip, --crop-scale, --crop-padding set it; false = none",
-                    "inherited": True, "commands": ["train"]},
+        "augment": {"default": True, "doc": "training augmentation, as --hflip, --crop-scale, --crop-padding set it; "
+                    "false = none", "inherited": True, "commands": ["train"]},
         "hflip": {"default": None, "type": "float", "doc": "chance of mirroring a training image; default: the data set's "
                   "(0.5; mnist 0)", "minimum": 0.0, "maximum": 1.0, "inherited": True, "commands": ["train"]},
         "crop_scale": {"default": None, "type": "float", "doc": "dogcat, imagefolder: least area share of a random crop "
@@ -246,7 +247,8 @@ class Classify(Experiment):
         optimizer = build_optimizer(self.cfg, model)
         self.mix = mixer(self.cfg)
         monitor_mode = run_monitors(self.cfg.experiment, self.cfg.ema)[self.cfg.monitor]
-        return {"model": model, "optimizer": optimizer, "lr_policy": LrPolicy(optimizer, self.cfg, monitor_mode=monitor_mode)}
+        return {"model": model, "optimizer": optimizer,
+                "lr_policy": LrPolicy(optimizer, self.cfg, monitor_mode=monitor_mode)}
 
     def step(self, batch, objects, ctx):
         images, labels = batch
@@ -370,7 +372,8 @@ def chosen_weights(cfg, state, path):
     trained with --ema unless --use-ema=false, else the raw weights."""
     average = averaged_weights(state, "model")
     if cfg.use_ema and average is None:
-        raise UsageError(f"{path} holds no moving average of the weights (the run was trained without --ema); drop --use-ema")
+        raise UsageError(f"{path} holds no moving average of the weights (the run was trained without --ema); "
+                         f"drop --use-ema")
     if average is not None and cfg.use_ema is not False:
         log.info("the EMA weights of %s (--use-ema=false for the raw ones)", path)
         return average, f"{path} (model_ema)"

@@ -147,7 +147,8 @@ class TrainState:
         mid_epoch = self.step_in_epoch > 0
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "samples_in_epoch": self.samples_in_epoch,
                 "global_step": self.global_step, "optimizer_steps": dict(self.optimizer_steps),
-                "best": self.best, "stopped_early": self.stopped_early, "window": {k: list(v) for k, v in self.window.items()},
+                "best": self.best, "stopped_early": self.stopped_early,
+                "window": {k: list(v) for k, v in self.window.items()},
                 "epoch_meters": {k: m.state_dict() for k, m in self.meters.items()} if mid_epoch else None}
 
     @classmethod
@@ -388,10 +389,9 @@ def train(cfg):
             and early_stop(cfg, resumed["state"]["epoch"], resumed["state"]["best"]):
         state = resumed["state"]
         if distributed.is_main():
+            larger = state["epoch"] - state["best"]["epoch"] + 1 if state["best"] else 0
             print(f"run {cfg.env} has finished: {state['stopped_early']}; nothing to resume. Train on with a larger "
-                  f"--patience (0 = off): {runtime.resume_command(cfg)} --patience={state['epoch'] - state['best']['epoch'] + 1}"
-                  if state["best"] else f"run {cfg.env} has finished: {state['stopped_early']}; nothing to resume "
-                  f"(give --patience=0 to train on)")
+                  f"--patience (0 = off): {runtime.resume_command(cfg)} --patience={larger}")
         return
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
@@ -516,9 +516,10 @@ def early_stop(cfg, epochs_done, best):
 
 
 def describe_early_stop(cfg, epochs_done, best):
+    where = f"stopped early at epoch {epochs_done}"
     if not best:
-        return f"stopped early at epoch {epochs_done}: no finite {cfg.monitor} in {plural(cfg.patience, 'epoch')} (--patience)"
-    return (f"stopped early at epoch {epochs_done}: {cfg.monitor} has not improved for {plural(epochs_done - best['epoch'], 'epoch')} "
+        return f"{where}: no finite {cfg.monitor} in {plural(cfg.patience, 'epoch')} (--patience)"
+    return (f"{where}: {cfg.monitor} has not improved for {plural(epochs_done - best['epoch'], 'epoch')} "
             f"(--patience={cfg.patience}; best {best['value']:.4f} at epoch {best['epoch']})")
 
 
@@ -532,7 +533,9 @@ def add_averages(names, objects, ctx):
         ctx.averages[name] = objects[f"{name}_ema"] = make_average(module)
         owned = {id(p) for p in module.parameters()}
         for key, obj in objects.items():
-            if isinstance(obj, torch.optim.Optimizer) and any(id(p) in owned for g in obj.param_groups for p in g["params"]):
+            trains = isinstance(obj, torch.optim.Optimizer) and any(id(p) in owned for g in obj.param_groups
+                                                                     for p in g["params"])
+            if trains:
                 ctx.averaged_by.setdefault(key, []).append(name)
 
 
@@ -589,7 +592,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
         fault = faults.at_step(state.global_step + 1)
         batch = ctx.precision.to_device(batch)
         size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
-        ctx.progress = epoch + (state.step_in_epoch * cfg.batch_size + size) / images_in_epoch  # any batch size: the same clock
+        # epochs done once this batch is, in images: the same clock for any batch size
+        ctx.progress = epoch + (state.step_in_epoch * cfg.batch_size + size) / images_in_epoch
         ctx.accumulation = accumulation_place(state.step_in_epoch, cfg.accumulate, batches, images_in_epoch,
                                               cfg.batch_size, size)
         with contextlib.nullcontext() if ctx.accumulation[1] else gradients_kept_local(objects):
