@@ -39,7 +39,7 @@ from utils import tables
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.registry import DATASETS, EXPERIMENTS, METERS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, averaged_weights, eval_loader, gather, load_for_inference, reduce_sums
+from utils.engine.loop import Experiment, chosen_average, eval_loader, gather, load_for_inference, reduce_sums
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
 
@@ -370,12 +370,8 @@ def resolve_from_data(cfg, dataset, source):
 def chosen_weights(cfg, state, path):
     """(model weights, where they come from) for val / test: the moving average of a run
     trained with --ema unless --use-ema=false, else the raw weights."""
-    average = averaged_weights(state, "model")
-    if cfg.use_ema and average is None:
-        raise UsageError(f"{path} holds no moving average of the weights (the run was trained without --ema); "
-                         f"drop --use-ema")
-    if average is not None and cfg.use_ema is not False:
-        log.info("the EMA weights of %s (--use-ema=false for the raw ones)", path)
+    average = chosen_average(cfg, state, "model", path)
+    if average is not None:
         return average, f"{path} (model_ema)"
     return checkpoint.model_state(state), str(path)
 

@@ -30,7 +30,7 @@ from models.dcgan import layout
 from utils.core.errors import UsageError, plural
 from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, averaged_weights, load_for_inference
+from utils.engine.loop import Experiment, chosen_average, load_for_inference
 from utils.engine.lr_policy import LrPolicy
 from utils.visualize import save_grid
 
@@ -180,11 +180,8 @@ class Gan(Experiment):
             if not isinstance(state.get(name), dict):
                 raise UsageError(f"{path} has no {name!r} weights: give a checkpoint written by `train --experiment=gan`")
             checkpoint.load_weights(net, state[name], source=f"{path} ({name})")
-        average = averaged_weights(state, "netg")
-        if cfg.use_ema and average is None:
-            raise UsageError(f"{path} holds no moving average of the generator (trained without --ema); drop --use-ema")
-        if average is not None and cfg.use_ema is not False:
-            log.info("drawing with the generator's moving average (--use-ema=false for the raw weights)")
+        average = chosen_average(cfg, state, "netg", path)
+        if average is not None:
             checkpoint.load_weights(netg, average, source=f"{path} (netg_ema)")
         netg.eval(), netd.eval()
         # Noise from its own CPU generator: the same --seed draws the same picture on any device.

@@ -281,6 +281,20 @@ def update_average(average, module, cfg, steps):
     average.update_parameters(checkpoint.unwrap(module))
 
 
+def chosen_average(cfg, state, name, path):
+    """For val / test / generate: the weights of module `name`'s moving average when the
+    checkpoint holds one and --use-ema is not false (logged), else None (the raw weights);
+    --use-ema on a checkpoint without one is a one-line error."""
+    average = averaged_weights(state, name)
+    if cfg.use_ema and average is None:
+        raise UsageError(f"{path} holds no moving average of the weights (the run was trained without --ema); "
+                         f"drop --use-ema")
+    if average is None or cfg.use_ema is False:
+        return None
+    log.info("the EMA weights of %s (--use-ema=false for the raw ones)", path)
+    return average
+
+
 def averaged_weights(state, name):
     """The weights of module `name`'s moving average in a checkpoint dict (best.pth keeps
     the plain module's state dict, last.pth the AveragedModel's), or None."""
@@ -474,6 +488,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
         return checkpoint_state(objects, ctx.state, cfg, experiment.checkpoint_info())
 
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
+    monitors = run_monitors(cfg.experiment, cfg.ema)  # read from the experiment's source: once, not per epoch
     with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
         # One loader for the run: its workers stay up between epochs (persistent_workers), and
         # each epoch only tells the sampler, which runs in this process, which order to give.
@@ -492,7 +507,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
                    for name, policy in policies.items()}
             ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.samples_in_epoch, ctx.state.meters = epoch + 1, 0, 0, {}
-            improved = is_improvement(run_monitors(cfg.experiment, cfg.ema), cfg.monitor, metrics, ctx.state.best)
+            improved = is_improvement(monitors, cfg.monitor, metrics, ctx.state.best)
             if improved:
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
             if epoch + 1 < cfg.max_epoch and early_stop(cfg, epoch + 1, ctx.state.best):
