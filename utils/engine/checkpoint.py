@@ -72,10 +72,12 @@ class CheckpointManager:
     """Names and orders a run's checkpoint files: last.pth (every epoch and on a stop),
     best.pth (when the monitored metric improves), epoch_<n>.pth (--keep-checkpoints),
     emergency.pth (after a crash, never over last.pth). Only the writing process (rank 0
-    under DDP) touches files."""
+    under DDP) touches files, and only while `guard()` does not raise (a sweep's trial
+    taken over by another worker is theirs to write)."""
 
-    def __init__(self, run_dir, keep_epochs=0, writes=True):
+    def __init__(self, run_dir, keep_epochs=0, writes=True, guard=None):
         self.run_dir, self.keep_epochs, self.writes = Path(run_dir), keep_epochs, writes
+        self.guard = guard or (lambda: None)
         self._writer = None  # the thread writing the last epoch end's files, if any
         self._error = None  # what stopped it
 
@@ -111,6 +113,7 @@ class CheckpointManager:
         if not self.writes:
             return
         self.wait()
+        self.guard()
         best = (weights() if weights is not None else state) if improved else None
         if not background:
             self._write_epoch_end(state, best, epoch)
@@ -139,12 +142,14 @@ class CheckpointManager:
     def save_last(self, state):
         if self.writes:
             self.wait()  # an epoch end's last.pth still being written must not land after this one
+            self.guard()
             save_checkpoint(state, self.run_dir / LAST)
         return self.run_dir / LAST
 
     def save_emergency(self, state):
         if self.writes:
             self.wait()
+            self.guard()
             save_checkpoint(state, self.run_dir / EMERGENCY)
         return self.run_dir / EMERGENCY
 

@@ -74,7 +74,7 @@ from utils.visualize import Visualizer, save_grid
 log = logging.getLogger(__name__)
 # Checkpoint keys the engine writes itself; an experiment's objects take any other name.
 ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "optimizer_steps", "best", "stopped_early",
-               "epoch_meters", "window", "rng",
+               "pruned", "epoch_meters", "window", "rng",
                "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler", "threads"}
 
 
@@ -140,6 +140,7 @@ class TrainState:
     optimizer_steps: dict = dataclasses.field(default_factory=dict)  # optimizer name -> steps taken (ctx.optimize)
     best: Optional[dict] = None  # {"metric", "value", "epoch"}
     stopped_early: Optional[str] = None  # why --patience ended the run (saved; a resume that trains on drops it)
+    pruned: Optional[str] = None  # why a sweep's pruner ended this trial (saved: the trial is over)
     meters: dict = dataclasses.field(default_factory=dict)  # name -> loss meter of this epoch
     window: dict = dataclasses.field(default_factory=dict)  # name -> values since the last curve point
 
@@ -147,7 +148,7 @@ class TrainState:
         mid_epoch = self.step_in_epoch > 0
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "samples_in_epoch": self.samples_in_epoch,
                 "global_step": self.global_step, "optimizer_steps": dict(self.optimizer_steps),
-                "best": self.best, "stopped_early": self.stopped_early,
+                "best": self.best, "stopped_early": self.stopped_early, "pruned": self.pruned,
                 "window": {k: list(v) for k, v in self.window.items()},
                 "epoch_meters": {k: m.state_dict() for k, m in self.meters.items()} if mid_epoch else None}
 
@@ -161,7 +162,8 @@ class TrainState:
         samples = state.get("samples_in_epoch", state["step_in_epoch"] * batch_size)
         return cls(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"], samples_in_epoch=samples,
                    global_step=state["global_step"], optimizer_steps=dict(state.get("optimizer_steps") or {}),
-                   best=state["best"], meters=meters, window={k: list(v) for k, v in state["window"].items()})
+                   best=state["best"], pruned=state.get("pruned"), meters=meters,
+                   window={k: list(v) for k, v in state["window"].items()})
 
 
 @dataclasses.dataclass
@@ -331,9 +333,12 @@ class Outputs:
     """Everything a run writes (curves, image grids, checkpoints) goes through here, so one
     `writes` flag (rank 0 under DDP) guards it."""
 
-    def __init__(self, run_dir, cfg, writes=True):
+    def __init__(self, run_dir, cfg, writes=True, guard=None):
         self.run_dir, self.cfg, self.writes = run_dir, cfg, writes
-        self.checkpoints = checkpoint.CheckpointManager(run_dir, cfg.keep_checkpoints, writes)
+        # guard(): raises when this process may no longer write to the run dir (a sweep's
+        # trial taken over by another worker); called before every checkpoint and status.
+        self.guard = guard or (lambda: None)
+        self.checkpoints = checkpoint.CheckpointManager(run_dir, cfg.keep_checkpoints, writes, self.guard)
         self.vis = None
 
     def open(self, purge_step):
@@ -371,13 +376,14 @@ class Outputs:
     def write_status(self, state, status, error=None):
         """<run dir>/status.json: what `python main.py runs` shows without loading a checkpoint.
         status: running (pid on host), finished (`stopped_early` says why when --patience ended
-        it), stopped (resumable), crashed (error)."""
+        it), pruned (by a sweep's pruner: `pruned` says why), stopped (resumable), crashed (error)."""
         if not self.writes:
             return
+        self.guard()
         record = {"status": status, "experiment": self.cfg.experiment, "model": self.cfg.model,
                   "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "max_epoch": self.cfg.max_epoch,
                   "global_step": state.global_step, "best": state.best, "error": error,
-                  "stopped_early": state.stopped_early,
+                  "stopped_early": state.stopped_early, "pruned": state.pruned,
                   "pid": os.getpid(), "host": socket.gethostname(), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
         with atomic_open(self.run_dir / runs.STATUS, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1)
@@ -388,25 +394,38 @@ class Outputs:
             self.vis = None
 
 
-def train(cfg):
-    """`python main.py train`: a new run, or --resume of one, of cfg.experiment."""
+def train(cfg, trial=None):
+    """`python main.py train`: a new run, or --resume of one, of cfg.experiment. Returns its
+    outcome: {"run_dir", "epoch" (epochs done), "best", "pruned"}.
+
+    `trial` (a sweep's, utils/sweep/worker.py) is told each epoch's metrics on every rank
+    (`trial.epoch_end(epoch, metrics)`), and a reason it returns ends the run, pruned, after
+    that epoch's checkpoints; `trial.check_owner()` is called before every write and raises
+    when the run dir now belongs to another worker."""
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
     # Rank 0 names a new run (its clock, its look at the folder) for every rank.
     cfg = resumed["config"] if resumed else distributed.broadcast_object(runtime.name_run(cfg))
-    if resumed and resumed["state"] is not None and resumed["state"]["epoch"] >= cfg.max_epoch:
-        done = resumed["state"]["epoch"]
-        if distributed.is_main():
-            print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
-                  f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
-        return
-    if resumed and resumed["state"] is not None and resumed["state"].get("stopped_early") \
-            and early_stop(cfg, resumed["state"]["epoch"], resumed["state"]["best"]):
-        state = resumed["state"]
-        if distributed.is_main():
-            larger = state["epoch"] - state["best"]["epoch"] + 1 if state["best"] else 0
-            print(f"run {cfg.env} has finished: {state['stopped_early']}; nothing to resume. Train on with a larger "
-                  f"--patience (0 = off): {runtime.resume_command(cfg)} --patience={larger}")
-        return
+    saved = resumed["state"] if resumed else None
+    if saved is not None:
+        over = {"run_dir": cfg.run_dir, "epoch": saved["epoch"], "best": saved["best"], "pruned": saved.get("pruned")}
+        if saved.get("pruned"):
+            if distributed.is_main() and trial is None:
+                print(f"run {cfg.env} has finished: its sweep's pruner ended it ({saved['pruned']}); nothing to resume. "
+                      f"Train its weights on in a new run: {runtime.main_command()} train --config={cfg.run_dir / 'config.yaml'} "
+                      f"--load-model-path={cfg.run_dir / checkpoint.LAST} --env=<new name>")
+            return over
+        if saved["epoch"] >= cfg.max_epoch:
+            done = saved["epoch"]
+            if distributed.is_main() and trial is None:
+                print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
+                      f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
+            return over
+        if saved.get("stopped_early") and early_stop(cfg, saved["epoch"], saved["best"]):
+            if distributed.is_main() and trial is None:
+                larger = saved["epoch"] - saved["best"]["epoch"] + 1 if saved["best"] else 0
+                print(f"run {cfg.env} has finished: {saved['stopped_early']}; nothing to resume. Train on with a larger "
+                      f"--patience (0 = off): {runtime.resume_command(cfg)} --patience={larger}")
+            return over
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
     device = distributed.pick_device(cfg)
@@ -419,7 +438,7 @@ def train(cfg):
         raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
     distributed.on_main(lambda: runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir"))
     seeding.seed_everything(cfg.seed)  # the same initial weights on every rank
-    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main())
+    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(), guard=trial.check_owner if trial else None)
     ctx = Context(cfg, device, Precision(cfg, device, train_set), TrainState(), outputs)
     objects = experiment.build(ctx)
     ctx.objects = objects  # the same dict: wrapped modules replace their entries below
@@ -445,12 +464,14 @@ def train(cfg):
     run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg, named)) or (cfg.run_dir, False)
     describe_world(cfg, resumed["state"] if restored else None)
     try:
-        _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored)
+        _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored, trial)
     except BaseException as error:
         with contextlib.suppress(Exception):  # the error that stopped the run matters more than a write's
             outputs.checkpoints.wait()
         outputs.close()
-        if created and not any(run_dir.glob("*.pth")):
+        if getattr(error, "fenced", False):
+            pass  # the run dir is another worker's now: no status, no clean-up
+        elif created and not any(run_dir.glob("*.pth")):
             # A new run that ended before writing any checkpoint holds nothing to resume or
             # evaluate: it leaves no folder behind, like a run that cannot start.
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -459,18 +480,22 @@ def train(cfg):
                 outputs.write_status(ctx.state, "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed",
                                      error=str(error).splitlines()[0] if str(error) else type(error).__name__)
         raise
+    outcome = {"run_dir": run_dir, "epoch": ctx.state.epoch, "best": ctx.state.best, "pruned": ctx.state.pruned}
     if not distributed.is_main():
-        return
+        return outcome
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
                else "no finite validation metric" if experiment.monitors else plural(ctx.state.epoch, "epoch"))
-    if ctx.state.stopped_early:
-        print(ctx.state.stopped_early)
+    for why in (ctx.state.stopped_early, ctx.state.pruned):
+        if why:
+            print(why)
     print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
-    print("next:\n" + "\n".join(f"  {command}" for command in next_commands(cfg, experiment)))
+    if trial is None:  # a sweep says what comes next itself
+        print("next:\n" + "\n".join(f"  {command}" for command in next_commands(cfg, experiment)))
+    return outcome
 
 
-def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored):
+def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored, trial=None):
     """The epochs of train(), once its run dir exists."""
     outputs = ctx.outputs
     outputs.checkpoints.remove_leftovers()
@@ -512,17 +537,20 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
             if epoch + 1 < cfg.max_epoch and early_stop(cfg, epoch + 1, ctx.state.best):
                 ctx.state.stopped_early = describe_early_stop(cfg, epoch + 1, ctx.state.best)
+            if trial is not None:  # a sweep's trial: report the epoch; its pruner may end the run here
+                verdict = trial.epoch_end(epoch + 1, metrics)
+                ctx.state.pruned = verdict if verdict and epoch + 1 < cfg.max_epoch else None
             report_epoch(experiment, objects, ctx, epoch, means, (images_per_second, data_wait), metrics, lrs, improved)
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
                                                                                experiment.checkpoint_info()))
             outputs.write_status(ctx.state, "running")
-            if ctx.state.stopped_early:
-                log.info("%s", ctx.state.stopped_early)
+            if ctx.state.stopped_early or ctx.state.pruned:
+                log.info("%s", ctx.state.stopped_early or ctx.state.pruned)
                 break
     outputs.checkpoints.wait()  # "finished" means every file is whole on disk
     outputs.close()
-    outputs.write_status(ctx.state, "finished")
+    outputs.write_status(ctx.state, "pruned" if ctx.state.pruned else "finished")
 
 
 def early_stop(cfg, epochs_done, best):
