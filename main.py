@@ -39,6 +39,33 @@ def runs(*args, **flags):
     print(render(cfg.checkpoint_dir))
 
 
+def sweep(*args, **flags):
+    """Run trials of an Optuna study (README: Sweeps); every other flag is a train option."""
+    if args:
+        raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
+                         f"`python main.py sweep --help` lists the sweep's own")
+    from utils.sweep.options import split_options
+    from utils.sweep.space import given_names, read_space
+
+    options, train_flags = split_options(flags)
+    cfg = load_config({key: Text(value) if isinstance(value, str) else value for key, value in train_flags.items()})
+    if not options.summary:  # a bad search space is one line, before torch or optuna load
+        read_space(options.search_space, cfg, given_names(train_flags), options.trials)
+    runtime.prepare_threads()
+    distributed.setup(cfg)
+    runtime.apply_threads(cfg)
+    try:
+        from utils.sweep import worker
+
+        worker.main(options, train_flags)
+    except UserError as error:
+        if getattr(error, "agreed", False):
+            distributed.leave_together()
+        raise
+    finally:
+        distributed.shutdown()
+
+
 def experiment_commands(name):
     """{command: method name} of experiment `name`, read from its source (no import)."""
     commands = {command: command for command in EXPERIMENTS.declared(name, "commands") or {}}
@@ -50,7 +77,7 @@ def all_commands():
     found = {}
     for name in EXPERIMENTS.names():
         found.update(experiment_commands(name))
-    return [*found, "runs", "help"]
+    return [*found, "sweep", "runs", "help"]
 
 
 def _run(command, args, flags):
@@ -145,9 +172,10 @@ def _main(argv):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     as_text = fire.decorators.SetParseFn(str)  # the schema types values, not fire
-    table = {name: as_text(_command(name)) for name in commands if name not in ("help", "runs")}
+    table = {name: as_text(_command(name)) for name in commands if name not in ("help", "runs", "sweep")}
     table["help"] = help
     table["runs"] = as_text(runs)
+    table["sweep"] = as_text(sweep)
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:

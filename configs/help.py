@@ -3,7 +3,7 @@ from the schema and the registries (no torch import, so it answers in a blink)."
 import shutil
 import textwrap
 
-from configs.loader import defaults_for, describe_type, experiment_defaults, flag
+from configs.loader import TYPE_NAMES, defaults_for, describe_type, experiment_defaults, flag
 from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
 from utils.core.registry import ALL, EXPERIMENTS, display_name
 
@@ -31,7 +31,25 @@ COMMAND_OPTIONS = {
     "runs": ("checkpoint_dir",),
 }
 OTHER_COMMAND = ("experiment", "env", "load_model_path", "checkpoint_dir", "seed", "device")
-RUNS_COMMAND = "a table of the runs under --checkpoint-dir: env, experiment, model, epochs, best metric, state, size"
+RUNS_COMMAND = ("a table of the runs under --checkpoint-dir: env, experiment, model, epochs, best metric, state, size; "
+                "then the sweeps' studies: trials by state, best value and parameters")
+SWEEP_COMMAND = ("one worker of an Optuna study: trains trials (run dirs <checkpoint-dir>/<study>/trial-<n>, "
+                 "resumed after a kill) until the study holds --trials finished ones; start it on as many "
+                 "machines or GPUs as you like. Every other flag is a train option of every trial")
+
+
+def _sweep_lines(width):
+    """The sweep command's own options (utils/sweep/options.py), as `_option_lines` shows
+    the schema's."""
+    from utils.sweep.options import OPTIONS
+
+    name_width = max(len(flag(name)) for name in OPTIONS)
+    lines = []
+    for name, (kind, default, doc) in OPTIONS.items():
+        shown = "required" if default is None else _show_default(default)
+        lines.append(f"    {flag(name):<{name_width}}  {TYPE_NAMES[kind]} = {shown}")
+        lines += textwrap.wrap(doc, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    return lines
 
 
 def _option_lines(names, width, name_width, defaults=None, notes=None, experiment=None):
@@ -76,6 +94,15 @@ def command_help(command, width=None, experiment=None):
     if experiment is None:
         experiment = default if default in having or not having else next(iter(having))
     lines = [f"python main.py {command}:"]
+    if command == "sweep":
+        lines += textwrap.wrap(SWEEP_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
+        lines += ["", "  options of the sweep itself (--summary needs only --study):", *_sweep_lines(width), "",
+                  "  then any train option (python main.py train --help), e.g. --experiment, --config, --max-epoch;",
+                  "  every trial gets them, plus its parameters, a seed derived from --seed and its number, and",
+                  "  --monitor = the search space's metric. Example:",
+                  "    python main.py sweep --study=lr --trials=20 --search-space=configs/sweeps/dogcat_lr.yaml "
+                  "--max-epoch=5"]
+        return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
     if command == "runs":
         lines += textwrap.wrap(RUNS_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
     for name, target in having.items():
@@ -120,7 +147,7 @@ def render_help(width=None, command=None):
                             if k != "monitor" or k in (EXPERIMENTS.declared(experiment, "defaults") or {}))
         if defaults:
             lines += textwrap.wrap(f"defaults: {defaults}", width, initial_indent="    ", subsequent_indent=" " * 14)
-    for name, text in (("runs", RUNS_COMMAND), ("help", HELP_COMMAND)):
+    for name, text in (("sweep", SWEEP_COMMAND), ("runs", RUNS_COMMAND), ("help", HELP_COMMAND)):
         lines += textwrap.wrap(f"{name:<9} {text}", width, initial_indent="  ", subsequent_indent=" " * 12)
     lines += [
         "",
@@ -150,6 +177,7 @@ def render_help(width=None, command=None):
         "  python main.py test --load-model-path=checkpoints/<env>/best.pth",
         "  python main.py train --experiment=gan                  # the DCGAN on its embedded sample",
         "  python main.py generate --experiment=gan --env=<run>   # best-scored faces -> result.png",
+        "  python main.py sweep --study=lr --trials=20 --search-space=configs/sweeps/dogcat_lr.yaml  # a study",
         "  python main.py runs                                   # every run: epochs, best, state, size",
     ]
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment and install pinned dependencies.
 #
-#   bash scripts/setup.sh          # runtime: what `python main.py ...` needs
-#   bash scripts/setup.sh --dev    # runtime + test tools (pytest, pexpect)
+#   bash scripts/setup.sh              # runtime: what `python main.py ...` needs
+#   bash scripts/setup.sh --dev        # runtime + test tools (pytest, pexpect)
+#   bash scripts/setup.sh --dashboard  # runtime + optuna-dashboard, a web view of sweeps
 #
 # The venv lives in $RUNNER_VENV (default: .venv beside this script's parent). Re-running is
 # cheap: pip skips what is already installed at the pinned version.
@@ -10,13 +11,14 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${RUNNER_VENV:-$here/.venv}"
-requirements="$here/requirements.txt"
-if [[ "${1:-}" == "--dev" ]]; then
-    requirements="$here/requirements-dev.txt"
-elif [[ $# -gt 0 ]]; then
-    echo "usage: bash scripts/setup.sh [--dev]" >&2
-    exit 2
-fi
+requirements=("$here/requirements.txt")
+for option in "$@"; do
+    case "$option" in
+        --dev) requirements+=("$here/requirements-dev.txt") ;;
+        --dashboard) requirements+=("$here/requirements-dashboard.txt") ;;
+        *) echo "usage: bash scripts/setup.sh [--dev] [--dashboard]" >&2; exit 2 ;;
+    esac
+done
 
 python="${PYTHON:-python3}"
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -30,7 +32,10 @@ pip=("$venv/bin/python" -m pip -qq --disable-pip-version-check)
 # environment would fetch the newest setuptools and fail, so we build sdists against the
 # venv's own setuptools<81 instead (--no-build-isolation). Wheels are unaffected.
 setuptools_pin="$(grep -E '^setuptools==' "$here/requirements.txt")"
-echo "setup: installing $(basename "$requirements") into $venv (first run: about 2 minutes)" >&2
+names=("${requirements[@]##*/}")
+echo "setup: installing ${names[*]} into $venv (first run: about 2 minutes)" >&2
 "${pip[@]}" install "$setuptools_pin" wheel
-"${pip[@]}" install --no-build-isolation -r "$requirements"
+files=()
+for file in "${requirements[@]}"; do files+=(-r "$file"); done
+"${pip[@]}" install --no-build-isolation "${files[@]}"
 echo "setup: environment ready in $venv" >&2

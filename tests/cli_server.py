@@ -27,6 +27,7 @@ import torchvision  # noqa: E402,F401
 
 import main  # noqa: E402
 from utils.engine import loop as engine  # noqa: E402,F401
+from utils.sweep import worker  # noqa: E402,F401 - optuna, for `sweep`
 
 
 def child(request):

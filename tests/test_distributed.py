@@ -265,3 +265,25 @@ def test_training_recipes_under_two_processes(reference):
     assert result.stdout.count("stopped early at epoch 2: val_loss_ema has not improved for 1 epoch") == 1
     assert state["epoch"] == 2 and state["global_step"] == 14 and state["optimizer_steps"] == {"optimizer": 8}
     assert int(state["model_ema"]["n_averaged"]) == 8 and state["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_sweep_under_two_processes_trains_the_trials_rank_0_chose(reference):
+    """Rank 0 asks the study and holds the lease; both ranks train each trial it chose (the
+    global batch is 2 x --batch-size), and the pruner's verdict reaches both ranks."""
+    tmp_path, _ = reference
+    (tmp_path / "space.yaml").write_text("pruner: none\nparams:\n  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    args = [arg for arg in flags(tmp_path, "unused", **{"max-epoch": 1}) if not arg.startswith(("--env=", "--lr="))]
+    result = torchrun("sweep", "--study=ddp", "--trials=2", f"--search-space={tmp_path / 'space.yaml'}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("sweep ddp: 2 of 2 trials finished; this worker ran 2 trials") == 1  # rank 0 says it
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "ddp" / "optuna.journal")))
+    trials = optuna.load_study(study_name="ddp", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for trial in trials:
+        state = load(tmp_path / "runs" / "ddp" / f"trial-{trial.number}" / "last.pth")
+        assert state["world_size"] == 2 and state["global_step"] == STEPS_PER_EPOCH
+        assert state["config"]["lr"] == trial.params["lr"] and trial.value == state["best"]["value"]

@@ -83,6 +83,8 @@ def _status_from_files(run_dir):
 
 def _state(record):
     status = record.get("status", "?")
+    if status == "pruned" and record.get("pruned"):
+        return "pruned (" + str(record["pruned"]).split(" (")[0] + ")"
     if status == "finished" and record.get("stopped_early"):
         return "finished (early stop: " + str(record["stopped_early"]).split(": ", 1)[-1].split(" (")[0] + ")"
     if status == "running" and record.get("host") == socket.gethostname():
@@ -102,12 +104,27 @@ def _size(count):
 
 
 def render(checkpoint_dir):
-    """The table as text, newest run last."""
+    """The table as text, newest run last; then the sweeps' studies, if any."""
     rows = [describe_run(run) for run in find_runs(checkpoint_dir)]
+    studies = _studies(checkpoint_dir)
+    if not rows and studies:
+        return "\n".join(studies)
     if not rows:
         return f"no runs in {checkpoint_dir} yet (train one: python main.py train --env=<name>)"
     rows.sort(key=lambda row: row["updated"])
     widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip()]
     lines += ["  ".join(row[c].ljust(widths[c]) for c in COLUMNS).rstrip() for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ([""] + studies if studies else []))
+
+
+def _studies(checkpoint_dir):
+    """The studies part of the table ([] when no folder holds a sweep's sweep.yaml): optuna
+    is imported only when there is one."""
+    root = Path(checkpoint_dir)
+    if not (root.is_dir() and any((p / "sweep.yaml").is_file() for p in root.iterdir())):
+        return []
+    from utils.sweep.report import render_studies
+
+    lines = render_studies(checkpoint_dir)
+    return [f"sweeps (their trials: python main.py sweep --study=<study> --summary{'' if str(checkpoint_dir) == 'checkpoints' else ' --checkpoint-dir=' + str(checkpoint_dir)}):", *lines]

@@ -115,3 +115,20 @@ def save_grid(images, path, nrow=None):
         Image.fromarray(pixels).save(handle, format="PNG")
     return path
 
+
+
+def write_hparams(run_dir, params, metrics, state="complete"):
+    """A run's hyperparameters and final metrics in TensorBoard's HParams tab (one session
+    per run dir, so `tensorboard --logdir <study folder>` compares a sweep's trials side by
+    side); `state` is the trial's ("complete", "pruned", "failed"), shown as an hparam too.
+    Written to an event file of its own in the run dir, next to the run's curves."""
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams
+
+    shown = {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in params.items()}
+    experiment, start, end = hparams({**shown, "trial_state": state}, dict(metrics))
+    with SummaryWriter(logdir=str(run_dir), filename_suffix=f".hparams.{os.getpid()}.{next(_WRITERS)}") as writer:
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, float(value), 0)

@@ -1,0 +1,86 @@
+"""The options of `python main.py sweep` itself. Every other flag is a train option, given to
+every trial; `help` reads this table without importing torch or optuna."""
+import dataclasses
+import re
+
+from configs.loader import _FALSE, _TRUE, flag
+from utils.core.errors import UsageError
+
+# {name: (type, default, doc)}; a default of None means the option must be given.
+OPTIONS = {
+    "study": (str, None, "the study's name; its folder <checkpoint-dir>/<study> holds one run dir per trial "
+                         "(trial-<number>) and the Optuna journal"),
+    "trials": (int, None, "run trials until the study holds this many finished ones (complete or pruned), counted "
+                          "over every worker of the study"),
+    "search_space": (str, None, "YAML file: the options to search (a range or a list of choices each), and "
+                                "optionally metric, direction, sampler, pruner (README: Sweeps)"),
+    "storage": (str, "", "Optuna storage URL for the study (sqlite:///study.db, postgresql://...); default: the "
+                         "journal file optuna.journal in the study's folder (no server; works on a shared file system)"),
+    "stale_after": (float, 300.0, "seconds a running trial's lease may go unrenewed before its worker counts as "
+                                  "gone and another worker resumes the trial from its last.pth"),
+    "retries": (int, 1, "times a trial that failed with an error runs again with the same parameters (0 = never)"),
+    "summary": (bool, False, "print the study's trials sorted by the metric and the command that reproduces the "
+                             "best one; run nothing"),
+}
+_NAME = re.compile(r"[A-Za-z0-9_.@+=-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    study: str
+    trials: int
+    search_space: str
+    storage: str
+    stale_after: float
+    retries: int
+    summary: bool
+
+
+def split_options(flags):
+    """(SweepOptions, the train flags) of the sweep command's flags {name: text}."""
+    values, rest = {}, {}
+    for key, value in flags.items():
+        name = str(key).replace("-", "_")
+        if name in OPTIONS:
+            values[name] = _typed(name, value, OPTIONS[name][0])
+        else:
+            rest[key] = value
+    for name, (_, default, _) in OPTIONS.items():
+        values.setdefault(name, default)
+    if not values["study"]:
+        raise UsageError("sweep needs --study=<name>: the folder under --checkpoint-dir that holds its trials")
+    if not _NAME.fullmatch(values["study"]) or values["study"] in (".", ".."):
+        raise UsageError(f"--study names a folder under --checkpoint-dir: letters, digits and _.@+=- only; "
+                         f"got {values['study']!r}")
+    if not values["summary"]:
+        for name in ("trials", "search_space"):
+            if values[name] is None:
+                raise UsageError(f"sweep needs {flag(name)}" + ("=<how many finished trials>" if name == "trials"
+                                                                else "=<file.yaml>") + " (or --summary to show the study)")
+        if values["trials"] < 1:
+            raise UsageError(f"option --trials must be >= 1; got {values['trials']}")
+    if not values["stale_after"] > 0:
+        raise UsageError(f"option --stale-after must be > 0 seconds; got {values['stale_after']}")
+    if values["retries"] < 0:
+        raise UsageError(f"option --retries must be >= 0; got {values['retries']}")
+    for name in ("env", "resume"):
+        if name in {str(key).replace("-", "_") for key in rest}:
+            raise UsageError(f"sweep names and resumes its trials itself (<checkpoint-dir>/<study>/trial-<number>); "
+                             f"drop {flag(name)}")
+    return SweepOptions(**values), rest
+
+
+def _typed(name, value, kind):
+    """`value` (text from the command line, or a Python value) as option `name`'s type."""
+    text = str(value).strip()
+    if kind is bool:
+        if isinstance(value, bool) or text.lower() in _TRUE | _FALSE:
+            return value if isinstance(value, bool) else text.lower() in _TRUE
+        raise UsageError(f"option {flag(name)} expects a boolean (true/false), got {text!r}")
+    if kind is str:
+        return text
+    try:
+        number = kind(text)
+    except ValueError:
+        raise UsageError(f"option {flag(name)} expects {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    return number

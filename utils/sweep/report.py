@@ -1,0 +1,161 @@
+"""What a study holds, as text: `sweep --summary` (its trials sorted by the metric and the
+command that reproduces the best one) and the studies part of `python main.py runs`."""
+import json
+import math
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from configs.loader import _shown, changed_options, flag, load_config
+from configs.schema import FIELDS
+from utils.core.errors import UserError
+from utils.engine import runtime
+from utils.sweep import lease as leases
+from utils.sweep.study import JOURNAL, RECORD, read_record, storage_of, trial_dir
+
+
+def find_studies(checkpoint_dir):
+    """The study folders under `checkpoint_dir` (they hold a sweep.yaml)."""
+    root = Path(checkpoint_dir)
+    return sorted(p for p in root.iterdir() if (p / RECORD).is_file()) if root.is_dir() else []
+
+
+def load(study_dir, storage=""):
+    """(optuna Study, its sweep.yaml record) of the study in `study_dir`."""
+    record = read_record(study_dir)
+    if record is None:
+        raise UserError(f"no study in {study_dir} (no {RECORD}); start one with `python main.py sweep "
+                        f"--study={Path(study_dir).name} --trials=N --search-space=FILE`, or list them with "
+                        f"`python main.py runs`")
+    url = storage or (record.get("storage") if record.get("storage") != JOURNAL else "")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=record.get("study", Path(study_dir).name), storage=storage_of(study_dir, url))
+    except KeyError:
+        raise UserError(f"study {Path(study_dir).name} is not in its storage {url or Path(study_dir) / JOURNAL} yet") from None
+    return study, record
+
+
+def _value(trial):
+    return trial.value if trial.values else None
+
+
+def _epochs(study_dir, number):
+    try:
+        status = json.loads((trial_dir(study_dir, number) / "status.json").read_text(encoding="utf-8"))
+        return f"{status.get('epoch', '?')}/{status.get('max_epoch', '?')}"
+    except (OSError, ValueError):
+        return "-"
+
+
+def state_of(study_dir, trial, stale_after=None):
+    """The trial's state as shown: complete, pruned, failed, waiting, running (or
+    'running, no worker' when its lease has not been renewed for `stale_after` seconds)."""
+    state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+             TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}[trial.state]
+    if state == "running" and stale_after is not None and leases.is_stale(trial_dir(study_dir, trial.number), stale_after):
+        return "running, no worker"
+    return state
+
+
+def counts_text(trials):
+    counts = {}
+    for trial in trials:
+        name = {"fail": "failed"}.get(trial.state.name.lower(), trial.state.name.lower())
+        counts[name] = counts.get(name, 0) + 1
+    order = ("complete", "pruned", "running", "waiting", "failed")
+    return ", ".join(f"{counts[name]} {name}" for name in order if counts.get(name)) or "no trials yet"
+
+
+def best_trial(study):
+    """The best finished trial (complete, else pruned with a value), or None."""
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not finished:
+        return None
+    return (min if minimize else max)(finished, key=lambda t: t.value)
+
+
+def params_text(params):
+    return " ".join(f"{flag(name)}={_shown(value)}" for name, value in params.items())
+
+
+def reproduce_command(study_dir, number):
+    """The train command of a new run that computes what trial `number` did: its options
+    (from its config.yaml) as flags, in a run dir of its own."""
+    config = trial_dir(study_dir, number) / "config.yaml"
+    if not config.is_file():
+        return None
+    cfg = load_config({"config": str(config)})
+    options = {name: value for name, value in changed_options(cfg).items() if name not in ("env", "checkpoint_dir")}
+    parent = str(Path(study_dir).parent)
+    where = "" if parent == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={parent}"
+    flags = " ".join(f"{flag(name)}={_shown(value)}" for name, value in options.items())
+    return f"{runtime.main_command()} train {flags} --env={Path(study_dir).name}-trial-{number}{where}"
+
+
+def render_summary(study_dir, storage="", stale_after=300.0):
+    """`sweep --study=NAME --summary`: every trial, best first, then the best's command."""
+    study, record = load(study_dir, storage)
+    space = record.get("search_space") or {}
+    metric, names = space.get("metric", "value"), list((space.get("params") or {}))
+    trials = study.get_trials(deepcopy=False)
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+
+    def order(trial):
+        value = _value(trial)
+        rank = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2, TrialState.WAITING: 3}
+        known = value is not None and math.isfinite(value)
+        return rank.get(trial.state, 4), not known, (value if minimize else -value) if known else 0, trial.number
+
+    header = ["trial", "state", metric, "epochs", *names, "note"]
+    rows = []
+    for trial in sorted(trials, key=order):
+        value = _value(trial)
+        if value is None and trial.state == TrialState.PRUNED and trial.intermediate_values:
+            value = trial.intermediate_values[max(trial.intermediate_values)]
+        note = trial.user_attrs.get("error") or (f"retry of trial {trial.user_attrs['retry_of']}"
+                                                  if "retry_of" in trial.user_attrs else "")
+        rows.append([str(trial.number), state_of(study_dir, trial, stale_after), f"{value:.4f}" if value is not None else "-",
+                     _epochs(study_dir, trial.number), *(_shown(trial.params[n]) if n in trial.params else "-" for n in names),
+                     note])
+    direction = "lower is better" if minimize else "higher is better"
+    lines = [f"study {study.study_name} in {study_dir}: {counts_text(trials)}; {metric}, {direction}"]
+    if rows:
+        widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
+        lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    best = best_trial(study)
+    if best is not None:
+        lines += ["", f"best: trial {best.number}, {metric} {best.value:.4f} ({params_text(best.params)})"]
+        command = reproduce_command(study_dir, best.number)
+        if command:
+            lines.append(f"reproduce it: {command}")
+        lines.append(f"its run: {trial_dir(study_dir, best.number)} (test it: {runtime.main_command()} test "
+                     f"--env=trial-{best.number} --checkpoint-dir={study_dir})")
+    return "\n".join(lines)
+
+
+def render_studies(checkpoint_dir):
+    """The studies part of `runs`: one line per study (trials by state, best value and
+    parameters), or [] when there is none."""
+    rows = []
+    for study_dir in find_studies(checkpoint_dir):
+        try:
+            study, record = load(study_dir)
+        except Exception as error:  # noqa: BLE001 - an unreadable study is a row, not a crash
+            rows.append([study_dir.name, "?", f"unreadable: {str(error).splitlines()[0] if str(error) else error!r}", "-", ""])
+            continue
+        trials = study.get_trials(deepcopy=False)
+        best = best_trial(study)
+        metric = (record.get("search_space") or {}).get("metric", "value")
+        rows.append([study_dir.name, metric, counts_text(trials),
+                     f"{best.value:.4f} (trial {best.number})" if best else "-", params_text(best.params) if best else ""])
+    if not rows:
+        return []
+    header = ["study", "metric", "trials", "best", "params"]
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return lines

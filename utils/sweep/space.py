@@ -1,0 +1,242 @@
+"""The search space of a sweep: a YAML file, read and checked before any trial starts.
+
+    metric: val_logloss        # optional: default --monitor (the experiment's first metric)
+    direction: minimize        # optional: from the metric (val_logloss: lower is better)
+    sampler: tpe               # tpe (default) | random | grid, or {type: tpe, n_startup_trials: 5}
+    pruner: median             # median (default) | hyperband | none, or {type: median, n_warmup_steps: 2}
+    params:                    # the options to search, by their flag names
+      lr: {low: 1.0e-4, high: 0.1, log: true}   # a float option: a range (log: sample its logarithm)
+      batch_size: [16, 32, 64]                  # a list of choices (any option type)
+      lr_step: {low: 2, high: 10, step: 2}      # an int option: a range of integers
+
+Every value is checked the way a flag is (type, bounds, choices, registered names), with a
+one-line error naming the file, the option and the fix. Nothing here imports torch or optuna.
+"""
+import math
+from pathlib import Path
+
+import yaml
+
+from configs.loader import coerce, flag, load_config, run_monitors
+from configs.schema import fields_of
+from utils.core.errors import UsageError, did_you_mean
+
+TOP_KEYS = ("metric", "direction", "sampler", "pruner", "params")
+RANGE_KEYS = ("low", "high", "log", "step")
+# Options a sweep sets itself, per trial: they cannot be searched.
+OWNED = {"env": "each trial's run dir is <checkpoint-dir>/<study>/trial-<number>",
+         "checkpoint_dir": "the study's folder holds the trials", "resume": "the sweep resumes its trials itself",
+         "config": "give --config=FILE to the sweep command", "experiment": "it decides which options exist",
+         "seed": "each trial's seed is derived from --seed and its number",
+         "monitor": "give `metric:` in the search space instead"}
+SAMPLERS = {"tpe": ("n_startup_trials", "multivariate"), "random": (), "grid": ()}
+PRUNERS = {"median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+           "hyperband": ("min_resource", "max_resource", "reduction_factor"), "none": ()}
+
+
+class SearchSpace:
+    """A checked search space: `params` {option: ("range", low, high, log, step) or
+    ("choices", [values])}, the metric, its direction and the sampler / pruner settings."""
+
+    def __init__(self, path, params, metric, direction, sampler, pruner):
+        self.path, self.params, self.metric, self.direction = path, params, metric, direction
+        self.sampler, self.pruner = sampler, pruner  # (type, {argument: value})
+
+    def as_dict(self):
+        """Plain data (saved in the study's sweep.yaml; a later worker must bring the same)."""
+        params = {name: (list(spec[1]) if spec[0] == "choices" else
+                         {"low": spec[1], "high": spec[2], "log": spec[3], "step": spec[4]})
+                  for name, spec in self.params.items()}
+        return {"metric": self.metric, "direction": self.direction, "sampler": {"type": self.sampler[0], **self.sampler[1]},
+                "pruner": {"type": self.pruner[0], **self.pruner[1]}, "params": params}
+
+    def grid(self):
+        """{option: every value} for the grid sampler (a range of integers counts its steps)."""
+        points = {}
+        for name, spec in self.params.items():
+            if spec[0] == "choices":
+                points[name] = list(spec[1])
+            else:
+                _, low, high, _, step = spec
+                points[name] = list(range(low, high + 1, step or 1))
+        return points
+
+    def suggest(self, trial):
+        """{option: value} of one optuna trial, drawn (or, for a trial that has them, read)."""
+        values = {}
+        for name, spec in self.params.items():
+            if spec[0] == "choices":
+                values[name] = trial.suggest_categorical(name, list(spec[1]))
+            elif isinstance(spec[1], int):
+                values[name] = trial.suggest_int(name, spec[1], spec[2], step=spec[4] or 1, log=spec[3])
+            else:
+                values[name] = trial.suggest_float(name, spec[1], spec[2], step=spec[4], log=spec[3])
+        return values
+
+
+def given_names(flags):
+    """The option names the sweep's command line sets: a search space may not search them
+    too (a --config file's values are a baseline, which the searched values replace)."""
+    return {str(key).replace("-", "_") for key in flags} - {"config"}
+
+
+def read_space(path, base, given, trials):
+    """The SearchSpace of file `path` for trials of `base` (the sweep's resolved Config),
+    with `given` the option names set on the command line, or UsageError."""
+    where = f"--search-space={path}: "
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{where}no such file; write one (the README's Sweeps section has an example)")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        raise UsageError(f"{where}{line}not valid YAML ({getattr(error, 'problem', None) or error})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}expected a mapping with `params:` (and optionally {', '.join(TOP_KEYS[:-1])})")
+    for key in data:
+        if key not in TOP_KEYS:
+            if str(key).replace("-", "_") in fields_of(base.experiment):
+                raise UsageError(f"{where}option {key} is at the top level; options to search go under `params:`")
+            raise UsageError(f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)} (keys: {', '.join(TOP_KEYS)})")
+    raw = data.get("params")
+    if not isinstance(raw, dict) or not raw:
+        raise UsageError(f"{where}`params:` must map at least one option to a range {{low, high}} or a list of choices")
+
+    monitors = run_monitors(base.experiment, base.ema)
+    if not monitors:
+        raise UsageError(f"experiment {base.experiment} reports no validation metric, so a sweep has nothing to optimise")
+    metric = str(data.get("metric") or base.monitor)
+    if metric not in monitors:
+        raise UsageError(f"{where}metric {metric!r} is not one of experiment {base.experiment}'s: {', '.join(monitors)}"
+                         f"{did_you_mean(metric, monitors)}")
+    if "monitor" in given and base.monitor != metric:
+        raise UsageError(f"{where}metric {metric} differs from --monitor={base.monitor}; the trials keep best.pth by "
+                         f"the metric the sweep optimises: drop one")
+    natural = "minimize" if monitors[metric] == "min" else "maximize"
+    direction = str(data.get("direction") or natural)
+    if direction != natural:
+        better = "lower" if natural == "minimize" else "higher"
+        raise UsageError(f"{where}direction {direction!r} contradicts {metric}, where {better} is better "
+                         f"(direction: {natural}, or leave it out)")
+
+    params = {}
+    for key, spec in raw.items():
+        name = str(key).replace("-", "_")
+        params[name] = _param(name, spec, base, given, where)
+    sampler = _choice("sampler", data.get("sampler", "tpe"), SAMPLERS, where)
+    pruner = _choice("pruner", data.get("pruner", "median"), PRUNERS, where)
+    space = SearchSpace(str(path), params, metric, direction, sampler, pruner)
+    if sampler[0] == "grid":
+        floats = [name for name, spec in params.items() if spec[0] == "range" and isinstance(spec[1], float)]
+        if floats:
+            raise UsageError(f"{where}the grid sampler needs a list of values for {flag(floats[0])} (a float range "
+                             f"has no grid points)")
+        size = math.prod(len(values) for values in space.grid().values())
+        if trials is not None and trials > size:
+            raise UsageError(f"{where}the grid has {size} points and --trials={trials} would repeat them: give "
+                             f"--trials={size} or fewer")
+    return space
+
+
+def _param(name, spec, base, given, where):
+    """("range", low, high, log, step) or ("choices", values) of option `name`, checked."""
+    fields = fields_of(base.experiment)
+    if name in OWNED:
+        raise UsageError(f"{where}option {flag(name)} cannot be searched: {OWNED[name]}")
+    if name not in fields:
+        raise UsageError(f"{where}unknown option {flag(name)}{did_you_mean(name, fields, render=flag)} "
+                         f"(`python main.py help` lists every option)")
+    if fields[name].metadata["role"] == "invocation":
+        raise UsageError(f"{where}option {flag(name)} says how a command is called; it cannot be searched")
+    if name in given:
+        raise UsageError(f"{where}option {flag(name)} is searched here and also given on the command line; drop one")
+    base_type = fields[name].metadata["type"]
+    if isinstance(spec, list):
+        if not spec:
+            raise UsageError(f"{where}option {flag(name)}: the list of choices is empty")
+        values = [coerce(name, value, f"{where}", base.experiment) for value in spec]
+        if len(set(map(repr, values))) != len(values):
+            raise UsageError(f"{where}option {flag(name)}: the choices repeat a value: {spec}")
+        for value in values:
+            _check_value(name, value, base, where)
+        return ("choices", tuple(values))
+    if not isinstance(spec, dict):
+        raise UsageError(f"{where}option {flag(name)}: give a range {{low: .., high: ..}} or a list of choices, "
+                         f"not {spec!r}")
+    unknown = [key for key in spec if key not in RANGE_KEYS]
+    if unknown:
+        raise UsageError(f"{where}option {flag(name)}: unknown key {unknown[0]!r} in its range (keys: low, high, log, step)")
+    if base_type not in (int, float):
+        raise UsageError(f"{where}option {flag(name)} is a {base_type.__name__} option: give a list of choices, not a range")
+    if "low" not in spec or "high" not in spec:
+        raise UsageError(f"{where}option {flag(name)}: a range needs both low and high")
+    low, high = (_number(name, spec[key], base_type, key, where) for key in ("low", "high"))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise UsageError(f"{where}option {flag(name)}: log must be true or false, got {log!r}")
+    step = _number(name, spec["step"], base_type, "step", where) if spec.get("step") is not None else None
+    if not low < high:
+        raise UsageError(f"{where}option {flag(name)}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise UsageError(f"{where}option {flag(name)}: a log range needs low > 0, got {low}")
+    if step is not None and (step <= 0 or (log and step != 1)):
+        raise UsageError(f"{where}option {flag(name)}: step must be > 0, and a log range takes no step")
+    for value in (low, high):
+        _check_value(name, value, base, where)
+    return ("range", low, high, log, step)
+
+
+def _number(name, value, base_type, key, where):
+    """`value` of a range's `key` as the option's type (YAML reads 1e-3 as text: accepted)."""
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError:
+        number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise UsageError(f"{where}option {flag(name)}: {key} must be a number, got {value!r}")
+    if base_type is int:
+        if number != int(number):
+            raise UsageError(f"{where}option {flag(name)} is an integer option: {key} must be an integer, got {value!r}")
+        return int(number)
+    return float(number)
+
+
+def _check_value(name, value, base, where):
+    """UsageError when a trial with option `name` = `value` could not start (bounds, choices,
+    registered names, the experiment's own checks): the config resolves it as a flag would."""
+    try:
+        load_config({**_settings(base), name: value})
+    except UsageError as error:
+        raise UsageError(f"{where}option {flag(name)} = {value!r} cannot run: {error}") from None
+
+
+def _settings(base):
+    """The options of `base` as load_config takes them back (the experiment first decides
+    which options exist; a None stays None)."""
+    return {name: getattr(base, name) for name in fields_of(base.experiment) if name not in ("config", "resume")}
+
+
+def _choice(kind, value, table, where):
+    """(type, {argument: value}) of the sampler or pruner setting `value` (a name or a
+    mapping with `type`), checked against `table` {type: allowed arguments}."""
+    if isinstance(value, dict):
+        arguments = dict(value)
+        name = str(arguments.pop("type", ""))
+    else:
+        name, arguments = str(value), {}
+    if name not in table:
+        raise UsageError(f"{where}{kind} {name!r} is not one of {', '.join(table)}{did_you_mean(name, table)}")
+    for key, argument in arguments.items():
+        if key not in table[name]:
+            allowed = ", ".join(table[name]) or "no arguments"
+            raise UsageError(f"{where}{kind} {name} takes {allowed}; got {key!r}")
+        if key == "multivariate":
+            if not isinstance(argument, bool):
+                raise UsageError(f"{where}{kind} {name}: {key} must be true or false, got {argument!r}")
+        elif isinstance(argument, bool) or not isinstance(argument, int) or argument < (1 if "resource" in key or
+                                                                                         key == "reduction_factor" else 0):
+            raise UsageError(f"{where}{kind} {name}: {key} must be a whole number >= 0 (>= 1 for a resource or factor), "
+                             f"got {argument!r}")
+    return name, arguments

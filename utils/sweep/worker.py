@@ -1,0 +1,327 @@
+"""`python main.py sweep`: one worker of an Optuna study whose trials are ordinary runs.
+
+A worker repeats: take the study lock (a file beside the trials: optuna's
+JournalFileOpenLock, safe on NFS), look for a running trial whose lease is stale and take it
+over, else ask the study for a new trial (a retry waiting in the queue first) unless the
+study already holds --trials finished or running ones; write the trial's lease; release
+the lock. Then it trains the trial in process with the engine (utils/engine/loop.py train),
+reporting the metric at each epoch end to the pruner, and tells the study the result.
+Counting and asking under one lock is what makes "exactly --trials" hold with any number of
+workers, on one machine or many.
+
+A trial is the run dir <checkpoint-dir>/<study>/trial-<number>, resumed like any run: a
+worker that is killed leaves its trial running with a lease that stops being renewed, and
+the next worker to look resumes it from last.pth, bit for bit. A stop that saved last.pth
+(SIGTERM from a scheduler, Ctrl+C) releases the lease, so the requeued job continues at once.
+A trial that raised an error is told FAILED with its message in the user attribute "error"
+and queued again with the same parameters up to --retries times; three failed trials in a
+row stop the worker (the cause is likely not the parameters).
+
+Seeds: trial n trains with a seed derived from (--seed, n); the sampler drawing trial n is
+seeded from (--seed, trials in the study so far), so a study run by one worker is the same
+study every time. Under torchrun, rank 0 talks to the study and every rank trains the trial
+it chose.
+"""
+import logging
+import math
+import time
+import typing
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from configs.loader import Text, changed_options, defaults_for, flag, load_config
+from utils.core import seeding
+from utils.core.errors import UsageError, UserError, plural
+from utils.core.io import atomic_open
+from utils.engine import distributed, runtime
+from utils.engine import loop as engine
+from utils.engine.safe_stop import Stopped
+from utils.sweep import lease as leases
+from utils.sweep.space import given_names, read_space
+from utils.sweep.study import JOURNAL, RECORD, read_record, storage_of, study_lock, trial_dir
+from utils.visualize import write_hparams
+
+log = logging.getLogger(__name__)
+FAILURES_IN_A_ROW = 3  # a worker stops after this many failed trials in a row
+
+
+class Job(typing.NamedTuple):
+    """A trial for this worker: the optuna Trial (rank 0's; None elsewhere), its number, its
+    parameters, why it is taken over (None for a new one) and this worker's lease on it."""
+    trial: object
+    number: int
+    params: dict
+    took_over: object
+    lease: object
+
+
+class TrialHooks:
+    """What the engine calls back during a trial (see engine.train): the epoch's metric goes
+    to the pruner (on rank 0, which shares the decision), and every write first checks that
+    this worker still holds the lease."""
+
+    def __init__(self, trial, metric, lease, pruner_name):
+        self.trial, self.metric, self.lease, self.pruner_name = trial, metric, lease, pruner_name
+
+    def epoch_end(self, epoch, metrics):
+        verdict = None
+        if distributed.is_main():
+            value = (metrics or {}).get(self.metric)
+            if value is not None and math.isfinite(value):
+                self.trial.report(value, epoch)
+                if self.trial.should_prune():
+                    verdict = (f"pruned at epoch {epoch}: {self.metric} {value:.4f} "
+                               f"(the {self.pruner_name} pruner of the sweep)")
+        return distributed.broadcast_object(verdict)
+
+    def check_owner(self):
+        if self.lease is not None:
+            self.lease.check()
+
+
+class Worker:
+    """One worker of study `options.study`; `flags` are the train options of every trial."""
+
+    def __init__(self, options, flags):
+        self.options = options
+        self.flags = dict(flags)
+        self.base = load_config(self.flags)
+        self.given = given_names(self.flags)
+        self.space = read_space(options.search_space, self.base, self.given, options.trials)
+        self.study_dir = Path(self.base.checkpoint_dir) / options.study
+        self.sampler_type, self.sampler_arguments = self.space.sampler
+        self.pruner = _pruner(*self.space.pruner)
+        self._sampler(0)  # a bad sampler argument fails here, before any trial
+        self.study = None
+        self.idle = (0, 0)  # (finished, running) when this worker found nothing more to start
+
+    # -- the study ----------------------------------------------------------------------------
+    def open(self):
+        """Create the study, or join it: the same search space and run options as it was
+        started with (sweep.yaml in its folder), else a one-line error."""
+        runtime.check_output_dir(self.study_dir, "--checkpoint-dir")
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        record = {"study": self.options.study, "storage": self.options.storage or JOURNAL,
+                  "search_space": self.space.as_dict(), "options": self._run_options()}
+        with study_lock(self.study_dir):
+            saved = read_record(self.study_dir)
+            if saved is None:
+                with atomic_open(self.study_dir / RECORD, "w", encoding="utf-8") as handle:
+                    handle.write(f"# sweep {self.options.study}: what every worker of this study must bring "
+                                 f"(written by its first worker)\n")
+                    yaml.safe_dump(record, handle, sort_keys=False)
+            else:
+                self._check_same(saved, record)
+            self.study = optuna.create_study(study_name=self.options.study, direction=self.space.direction,
+                                             storage=storage_of(self.study_dir, self.options.storage),
+                                             pruner=self.pruner, load_if_exists=True)
+        return self
+
+    def _run_options(self):
+        """The options that define what the trials compute (not how they execute)."""
+        from configs.schema import fields_of
+
+        fields = fields_of(self.base.experiment)
+        return {name: value for name, value in changed_options(self.base).items()
+                if fields[name].metadata["role"] not in ("execution", "invocation")}
+
+    def _check_same(self, saved, record):
+        where = self.study_dir / RECORD
+        if saved.get("storage") != record["storage"]:
+            raise UsageError(f"study {self.options.study} keeps its trials in {saved.get('storage')} ({where}); "
+                             f"give --storage={saved.get('storage') if saved.get('storage') != JOURNAL else 'none'} "
+                             f"or another --study")
+        if saved.get("search_space") != record["search_space"]:
+            raise UsageError(f"study {self.options.study} was started with another search space (see {where}); "
+                             f"give the same file, or start another --study")
+        if saved.get("options") != record["options"]:
+            defaults = defaults_for(self.base.experiment)
+            theirs, ours = saved.get("options") or {}, record["options"]
+            name = next(iter(sorted(set(theirs) ^ set(ours)) or
+                             sorted(key for key in theirs if theirs[key] != ours.get(key))))
+            raise UsageError(f"study {self.options.study}'s trials run with {flag(name)}="
+                             f"{theirs.get(name, defaults.get(name))!r} and this worker gives "
+                             f"{ours.get(name, defaults.get(name))!r} (see {where}); give the study's options, or "
+                             f"start another --study")
+
+    def _sampler(self, seed_key):
+        seed = seeding.derive_seed(self.base.seed, seeding.stream("sweep sampler"), seed_key) % 2**32
+        try:
+            if self.sampler_type == "grid":
+                return optuna.samplers.GridSampler(self.space.grid(), seed=seed)
+            if self.sampler_type == "random":
+                return optuna.samplers.RandomSampler(seed=seed)
+            return optuna.samplers.TPESampler(seed=seed, **self.sampler_arguments)
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"--search-space={self.space.path}: sampler {self.sampler_type}: {error}") from None
+
+    # -- choosing the next trial ----------------------------------------------------------------
+    def next_job(self):
+        """The next Job, or None when the study needs nothing more from this worker. Rank 0
+        chooses; every rank gets its number, parameters and whether it resumes."""
+        job = distributed.on_main(self._choose)
+        shared = distributed.broadcast_object(None if job is None else (job.number, job.params, job.took_over))
+        if shared is None:
+            return None
+        return job if distributed.is_main() else Job(None, *shared, None)
+
+    def _choose(self):
+        with study_lock(self.study_dir):
+            trials = self.study.get_trials(deepcopy=False)
+            for frozen in trials:
+                run_dir = trial_dir(self.study_dir, frozen.number)
+                if frozen.state == TrialState.RUNNING and leases.is_stale(run_dir, self.options.stale_after):
+                    former = leases.read(run_dir / leases.LEASE)
+                    quiet = leases.age(run_dir / leases.LEASE)
+                    self.study.sampler = self._sampler(len(trials))
+                    trial = optuna.Trial(self.study, frozen._trial_id)
+                    params = self.space.suggest(trial)  # its own values (all drawn when it was asked)
+                    lease = leases.Lease(run_dir, self.options.stale_after).claim(takeover_of=former)
+                    why = (f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for {quiet:.0f} s"
+                           if former else "its worker stopped and released it")
+                    return Job(trial, frozen.number, params, why, lease)
+            counts = _counts(trials)
+            finished = counts["complete"] + counts["pruned"]
+            if finished + counts["running"] >= self.options.trials:  # a waiting trial (a retry) is asked for next
+                self.idle = (finished, counts["running"])
+                return None
+            self.study.sampler = self._sampler(len(trials))
+            trial = self.study.ask()  # a queued retry first, else a new trial
+            params = self.space.suggest(trial)
+            lease = leases.Lease(trial_dir(self.study_dir, trial.number), self.options.stale_after).claim()
+            return Job(trial, trial.number, params, None, lease)
+
+    # -- running it -----------------------------------------------------------------------------
+    def run(self):
+        """Run trials until the study needs no more from this worker; returns how many ran."""
+        ran, failed_in_a_row = 0, []
+        while True:
+            job = self.next_job()
+            if job is None:
+                break
+            ran += 1
+            error = self.run_trial(job)
+            failed_in_a_row = failed_in_a_row + [error] if error else []
+            if len(failed_in_a_row) >= FAILURES_IN_A_ROW:
+                raise UserError(f"sweep {self.options.study}: the last {len(failed_in_a_row)} trials of this worker "
+                                f"failed, the last with: {failed_in_a_row[-1]}; fix that and start the sweep again "
+                                f"(`python main.py sweep --study={self.options.study} --summary` lists the trials)")
+        if distributed.is_main():
+            finished, running = self.idle
+            others = f", {running} still running in other workers" if running else ""
+            print(f"sweep {self.options.study}: {finished} of {self.options.trials} trials finished{others}; "
+                  f"this worker ran {plural(ran, 'trial')}. Summary: {runtime.main_command()} sweep "
+                  f"--study={self.options.study}{runtime.checkpoint_dir_flag(self.base)} --summary")
+        return ran
+
+    def trial_config(self, number, params, resume):
+        """The Config of trial `number`: the sweep's train options, its parameters, its
+        seed and run dir (--resume when its run dir holds a run)."""
+        seed = seeding.derive_seed(self.base.seed, seeding.stream("sweep trial"), number) % 2**31
+        return load_config({**self.flags, **params, "seed": seed, "monitor": self.space.metric,
+                            "env": f"trial-{number}", "checkpoint_dir": str(self.study_dir),
+                            "resume": "last" if resume else ""})
+
+    def run_trial(self, job):
+        """Train one trial and tell the study; returns the error text of a failed trial."""
+        trial, number, params, took_over, lease = job
+        run_dir = trial_dir(self.study_dir, number)
+        # A taken-over trial resumes when its run dir holds a run (its config.yaml is written
+        # before anything else); one whose worker died before that starts afresh.
+        resume = took_over is not None and (run_dir / "config.yaml").is_file()
+        shown = " ".join(f"{flag(name)}={value}" for name, value in params.items())
+        if distributed.is_main():
+            how = f"resuming it ({took_over})" if took_over else "new"
+            log.info("sweep %s: trial %d, %s: %s", self.options.study, number, how, shown)
+            lease.start()
+        hooks = TrialHooks(trial, self.space.metric, lease, self.space.pruner[0])
+        try:
+            outcome = engine.train(self.trial_config(number, params, resume), trial=hooks)
+        except (Stopped, KeyboardInterrupt):
+            if lease is not None:
+                lease.release()  # last.pth is saved: the next worker resumes it at once
+            raise
+        except leases.LeaseLost as error:
+            lease.stop()
+            if distributed.world_size() > 1:
+                raise  # the other ranks are inside this trial still; torchrun ends them
+            log.warning("%s", error)
+            return None
+        except Exception as error:  # noqa: BLE001 - a trial's failure is recorded, the sweep goes on
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if not isinstance(error, UserError):
+                log.exception("trial %d failed with an unexpected error", number)
+            if distributed.is_main():
+                self._tell_failed(trial, number, params, text)
+                lease.release()
+            return text
+        if distributed.is_main():
+            self._tell(trial, number, params, outcome)
+            lease.release()
+        return None
+
+    def _tell(self, trial, number, params, outcome):
+        best, pruned = outcome["best"], outcome["pruned"]
+        if pruned:
+            self.study.tell(number, state=TrialState.PRUNED)
+            state, value = "pruned", (best or {}).get("value")
+        elif best is None:
+            trial.set_user_attr("error", f"no finite {self.space.metric} in {outcome['epoch']} epochs")
+            self.study.tell(number, state=TrialState.FAIL)
+            state, value = "failed", None
+        else:
+            self.study.tell(number, best["value"])
+            state, value = "complete", best["value"]
+        write_hparams(outcome["run_dir"], params, {f"hparam/{self.space.metric}": value} if value is not None else {},
+                      state)
+        log.info("sweep %s: trial %d %s%s", self.options.study, number, state,
+                 f", {self.space.metric} {value:.4f}" if value is not None else "")
+
+    def _tell_failed(self, trial, number, params, text):
+        trial.set_user_attr("error", text)
+        self.study.tell(number, state=TrialState.FAIL)
+        retries = int(trial.user_attrs.get("retries", 0)) if trial.user_attrs else 0
+        if retries < self.options.retries:
+            self.study.enqueue_trial(params, user_attrs={"retry_of": number, "retries": retries + 1})
+            again = f"; queued again with the same parameters (retry {retries + 1} of {self.options.retries})"
+        else:
+            again = f"; not retried (--retries={self.options.retries})"
+        log.error("sweep %s: trial %d failed: %s%s", self.options.study, number, text, again)
+
+
+def _counts(trials):
+    counts = {"complete": 0, "pruned": 0, "running": 0, "waiting": 0, "fail": 0}
+    for trial in trials:
+        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    return counts
+
+
+def _pruner(kind, arguments):
+    try:
+        if kind == "none":
+            return optuna.pruners.NopPruner()
+        if kind == "hyperband":
+            return optuna.pruners.HyperbandPruner(**arguments)
+        return optuna.pruners.MedianPruner(**arguments)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"pruner {kind}: {error}") from None
+
+
+def main(options, flags):
+    """The sweep command: check everything, then run this worker (or print the summary)."""
+    if options.summary:
+        from utils.sweep.report import render_summary
+
+        cfg = load_config({key: value for key, value in flags.items()
+                           if str(key).replace("-", "_") in ("checkpoint_dir", "experiment")})
+        print(render_summary(Path(cfg.checkpoint_dir) / options.study, options.storage, options.stale_after))
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens to each trial
+    worker = Worker(options, {key: value if not isinstance(value, str) else Text(value) for key, value in flags.items()})
+    distributed.on_main(worker.open)
+    start = time.perf_counter()
+    worker.run()
+    log.info("sweep %s: this worker's part took %.0f s", options.study, time.perf_counter() - start)
