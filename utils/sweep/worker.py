@@ -71,7 +71,9 @@ class TrialHooks:
         if distributed.is_main():
             value = (metrics or {}).get(self.metric)
             if value is not None and math.isfinite(value):
-                self.trial.report(value, epoch)
+                # Optuna counts steps from 0: epoch 1 is step 0, so a pruner's n_warmup_steps=1
+                # never ends a trial in its first epoch
+                self.trial.report(value, epoch - 1)
                 if self.trial.should_prune():
                     verdict = (f"pruned at epoch {epoch}: {self.metric} {value:.4f} "
                                f"(the {self.pruner_name} pruner of the sweep)")
@@ -177,6 +179,8 @@ class Worker:
                     former = leases.read(run_dir / leases.LEASE)
                     quiet = leases.age(run_dir / leases.LEASE)
                     self.study.sampler = self._sampler(len(trials))
+                    # Optuna's Trial of a trial that exists: the same object ask() returns
+                    # (FrozenTrial keeps the storage id only as _trial_id)
                     trial = optuna.Trial(self.study, frozen._trial_id)
                     params = self.space.suggest(trial)  # its own values (all drawn when it was asked)
                     lease = leases.Lease(run_dir, self.options.stale_after).claim(takeover_of=former)
@@ -266,7 +270,7 @@ class Worker:
     def _tell(self, trial, number, params, outcome):
         best, pruned = outcome["best"], outcome["pruned"]
         if pruned:
-            self.study.tell(number, state=TrialState.PRUNED)
+            self.study.tell(number, state=TrialState.PRUNED)  # Optuna keeps its last reported value
             state, value = "pruned", (best or {}).get("value")
         elif best is None:
             trial.set_user_attr("error", f"no finite {self.space.metric} in {outcome['epoch']} epochs")
@@ -278,7 +282,7 @@ class Worker:
         write_hparams(outcome["run_dir"], params, {f"hparam/{self.space.metric}": value} if value is not None else {},
                       state)
         log.info("sweep %s: trial %d %s%s", self.options.study, number, state,
-                 f", {self.space.metric} {value:.4f}" if value is not None else "")
+                 f", {'best ' if pruned else ''}{self.space.metric} {value:.4f}" if value is not None else "")
 
     def _tell_failed(self, trial, number, params, text):
         trial.set_user_attr("error", text)
