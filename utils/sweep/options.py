@@ -47,6 +47,8 @@ def split_options(flags):
             rest[key] = value
     for name, (_, default, _) in OPTIONS.items():
         values.setdefault(name, default)
+    if values["storage"].lower() in ("none", "null"):
+        values["storage"] = ""  # as for any option that may be empty: the default, the journal file
     if not values["study"]:
         raise UsageError("sweep needs --study=<name>: the folder under --checkpoint-dir that holds its trials")
     if not _NAME.fullmatch(values["study"]) or values["study"] in (".", ".."):

@@ -77,8 +77,14 @@ def best_trial(study):
     return (min if minimize else max)(finished, key=lambda t: t.value)
 
 
+def shown(value):
+    """A parameter's value in a table: floats to 6 significant digits (the exact value is in
+    the trial's config.yaml and its reproduce command)."""
+    return f"{value:.6g}" if isinstance(value, float) else _shown(value)
+
+
 def params_text(params):
-    return " ".join(f"{flag(name)}={_shown(value)}" for name, value in params.items())
+    return " ".join(f"{flag(name)}={shown(value)}" for name, value in params.items())
 
 
 def reproduce_command(study_dir, number):
@@ -118,7 +124,7 @@ def render_summary(study_dir, storage="", stale_after=300.0):
         note = trial.user_attrs.get("error") or (f"retry of trial {trial.user_attrs['retry_of']}"
                                                   if "retry_of" in trial.user_attrs else "")
         rows.append([str(trial.number), state_of(study_dir, trial, stale_after), f"{value:.4f}" if value is not None else "-",
-                     _epochs(study_dir, trial.number), *(_shown(trial.params[n]) if n in trial.params else "-" for n in names),
+                     _epochs(study_dir, trial.number), *(shown(trial.params[n]) if n in trial.params else "-" for n in names),
                      note])
     direction = "lower is better" if minimize else "higher is better"
     lines = [f"study {study.study_name} in {study_dir}: {counts_text(trials)}; {metric}, {direction}"]
