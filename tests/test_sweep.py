@@ -142,6 +142,8 @@ def test_the_pruner_ends_a_bad_trial_and_keeps_its_checkpoint(data, tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert states(study_of(tmp_path, "prune")) == [(0, "COMPLETE"), (1, "PRUNED")]
+    reported = study_of(tmp_path, "prune").trials[1].intermediate_values
+    assert list(reported) == [0]  # epoch 1 is Optuna's step 0 (n_warmup_steps: 1 spares it)
     pruned = study_dir / "trial-1"
     state = load(pruned / "last.pth")
     assert state["epoch"] == 1 and state["pruned"].startswith("pruned at epoch 1: val_logloss")
@@ -339,3 +341,39 @@ def test_a_worker_that_lost_its_trial_writes_nothing_more_to_it(data, tmp_path, 
         engine.train(cfg, trial=Hooks())
     assert not (run_dir / "last.pth").exists() and not (run_dir / "best.pth").exists()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"  # written while it was ours
+
+
+def test_help_lists_sweep_and_its_options():
+    overview = run_cli("help")
+    assert "  sweep     one worker of an Optuna study" in overview.stdout
+    own = run_cli("sweep", "--help")
+    assert own.returncode == 0
+    for name in ("--study", "--trials", "--search-space", "--storage", "--stale-after", "--retries", "--summary"):
+        assert f"    {name} " in own.stdout, name
+    assert "--stale-after   number = 300.0" in own.stdout and len(own.stdout.splitlines()) < 60
+
+
+@pytest.mark.parametrize("space, base", [("demo.yaml", {}), ("dogcat.yaml", {"config": "configs/dogcat.yaml"})])
+def test_the_shipped_search_spaces_hold_for_the_commands_their_headers_show(space, base):
+    from configs import load_config
+    from utils.sweep.space import read_space
+
+    checked = read_space(ROOT / "configs" / "sweeps" / space, load_config(base), set(), 6)
+    assert checked.direction == "minimize"
+    assert checked.metric == ("val_logloss" if space == "demo.yaml" else "val_logloss_ema")  # the preset's --monitor
+
+
+def test_an_rdb_storage_by_url_holds_the_study_and_runs_finds_it(data, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = run_cli(*sweep_flags(data, tmp_path, "rdb", 2, **{"storage": url, "max-epoch": 1}))
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="rdb", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert not (tmp_path / "runs" / "rdb" / "optuna.journal").exists()
+    listing = run_cli("runs", f"--checkpoint-dir={tmp_path / 'runs'}")
+    assert "rdb    val_logloss  2 complete" in listing.stdout
+    summary = run_cli("sweep", "--study=rdb", f"--checkpoint-dir={tmp_path / 'runs'}", "--summary")
+    assert summary.returncode == 0 and ": 2 complete; val_logloss" in summary.stdout.splitlines()[0]
+    journal = run_cli(*sweep_flags(data, tmp_path, "rdb", 2, **{"max-epoch": 1}))  # the study's own storage, not given
+    assert journal.returncode == 2
+    assert f"study rdb keeps its trials in {url}" in journal.stderr and f"give --storage={url}" in journal.stderr
