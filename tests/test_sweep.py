@@ -19,6 +19,7 @@ from conftest import ROOT, load, make_dogcat, run_cli
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
+import main
 from utils.sweep import lease as leases
 
 SPACE = """\
@@ -267,12 +268,21 @@ BAD_SPACES = [
 
 
 @pytest.mark.parametrize("space, message", BAD_SPACES, ids=[m.split(":")[0][:40] for _, m in BAD_SPACES])
-def test_a_bad_search_space_is_one_line_and_exit_2_before_anything_is_written(data, tmp_path, space, message):
-    result = run_cli(*sweep_flags(data, tmp_path, "bad", 3, space))
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
+def test_a_bad_search_space_is_one_line_and_exit_2_before_anything_is_written(data, tmp_path, space, message, capsys):
+    # main.main in this process: the search space is checked before torch or optuna would load
+    code = main.main(sweep_flags(data, tmp_path, "bad", 3, space))
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --search-space=") and message in lines[0], lines
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_search_space_from_the_command_line(data, tmp_path):
+    result = run_cli(*sweep_flags(data, tmp_path, "bad", 3, BAD_SPACES[0][0]))
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --search-space={tmp_path / 'bad.yaml'}: unknown option --lrr; did you mean --lr? "
+                             f"(`python main.py help` lists every option)\n")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -283,14 +293,21 @@ def test_a_bad_search_space_is_one_line_and_exit_2_before_anything_is_written(da
     (["--study=a", "--trials=2", "--search-space=x.yaml", "--env=mine"], "drop --env"),
     (["--study=a", "--trials=2", "--search-space=x.yaml", "--stale-after=0"], "option --stale-after must be > 0"),
     (["--study=a", "--trials=2", "--search-space=missing.yaml"], "--search-space=missing.yaml: no such file"),
-    (["--study=a", "--summary"], "no study in checkpoints/a (no sweep.yaml)"),
 ])
-def test_bad_sweep_options_are_one_line_and_exit_2(flags, message, tmp_path):
-    result = run_cli("sweep", *flags, cwd=ROOT)
-    assert result.returncode in (1, 2), result.stderr
-    assert result.returncode == (1 if "--summary" in flags else 2)
-    lines = result.stderr.strip().splitlines()
+def test_bad_sweep_options_are_one_line_and_exit_2(flags, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = main.main(["sweep", *flags])  # in this process: these fail before threads or torch are set up
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_the_summary_of_a_study_that_does_not_exist_names_how_to_start_one(tmp_path):
+    result = run_cli("sweep", "--study=a", f"--checkpoint-dir={tmp_path}", "--summary")
+    assert result.returncode == 1
+    assert result.stderr == (f"error: no study in {tmp_path / 'a'} (no sweep.yaml); start one with `python main.py sweep "
+                             f"--study=a --trials=N --search-space=FILE`, or list them with `python main.py runs`\n")
 
 
 def test_the_lease_is_renewed_on_a_timer_and_taken_over_only_when_stale(tmp_path):
