@@ -44,6 +44,7 @@ def sweep(*args, **flags):
     if args:
         raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
                          f"`python main.py sweep --help` lists the sweep's own")
+    # here, not at the top: space.py loads yaml, which `help` does without
     from utils.sweep.options import split_options
     from utils.sweep.space import given_names, read_space
 
@@ -51,19 +52,13 @@ def sweep(*args, **flags):
     cfg = load_config({key: Text(value) if isinstance(value, str) else value for key, value in train_flags.items()})
     if not options.summary:  # a bad search space is one line, before torch or optuna load
         read_space(options.search_space, cfg, given_names(train_flags), options.trials)
-    runtime.prepare_threads()
-    distributed.setup(cfg)
-    runtime.apply_threads(cfg)
-    try:
-        from utils.sweep import worker
+
+    def work():
+        from utils.sweep import worker  # torch and optuna
 
         worker.main(options, train_flags)
-    except UserError as error:
-        if getattr(error, "agreed", False):
-            distributed.leave_together()
-        raise
-    finally:
-        distributed.shutdown()
+
+    _in_processes(cfg, work)
 
 
 def experiment_commands(name):
@@ -94,11 +89,8 @@ def _run(command, args, flags):
 
     if command == "train" and cfg.env and not distributed.launched():
         runtime.check_new_run(cfg)  # a run dir that holds a run: refused in a blink, before torch loads
-    runtime.prepare_threads()  # before torch is imported
 
-    distributed.setup(cfg)  # joins the process group under torchrun; nothing otherwise
-    runtime.apply_threads(cfg)
-    try:
+    def work():
         if command == "train":
             from utils.engine import loop as engine
 
@@ -106,6 +98,18 @@ def _run(command, args, flags):
             return
 
         getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
+
+    _in_processes(cfg, work)
+
+
+def _in_processes(cfg, work):
+    """work() with this process's threads set and, under torchrun, inside the process group,
+    which every rank leaves together on an agreed error."""
+    runtime.prepare_threads()  # before torch is imported
+    distributed.setup(cfg)  # joins the process group under torchrun; nothing otherwise
+    runtime.apply_threads(cfg)
+    try:
+        work()
     except UserError as error:
         if getattr(error, "agreed", False):
             distributed.leave_together()
