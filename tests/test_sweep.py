@@ -63,6 +63,7 @@ def states(study):
     return sorted((t.number, t.state.name) for t in study.get_trials(deepcopy=False))
 
 
+@pytest.mark.slow  # real interpreters, started together or killed
 def test_two_workers_in_parallel_finish_exactly_n_trials(data, tmp_path):
     args = sweep_flags(data, tmp_path, "pair", 5, **{"max-epoch": 1})
     workers = [start(args), start(args)]
@@ -82,6 +83,7 @@ def test_two_workers_in_parallel_finish_exactly_n_trials(data, tmp_path):
     assert len(seeds) == 5  # each trial its own seed, derived from --seed and its number
 
 
+@pytest.mark.slow  # real interpreters, started together or killed
 def test_a_killed_worker_leaves_its_trial_to_the_next_which_resumes_it_bit_exactly(data, tmp_path):
     space = "pruner: none\nparams:\n  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n"
     args = sweep_flags(data, tmp_path, "kill", 2, space, **{"max-epoch": 3, "stale-after": 1, "batch-size": 4})
