@@ -396,3 +396,16 @@ def test_an_rdb_storage_by_url_holds_the_study_and_runs_finds_it(data, tmp_path)
     journal = run_cli(*sweep_flags(data, tmp_path, "rdb", 2, **{"max-epoch": 1}))  # the study's own storage, not given
     assert journal.returncode == 2
     assert f"study rdb keeps its trials in {url}" in journal.stderr and f"give --storage={url}" in journal.stderr
+
+
+def test_the_grid_sampler_runs_every_point_once(data, tmp_path):
+    space = "sampler: grid\npruner: none\nparams:\n  lr: [0.001, 0.01]\n  batch_size: [4, 8]\n"
+    result = run_cli(*sweep_flags(data, tmp_path, "grid", 4, space, **{"max-epoch": 1}))
+    assert result.returncode == 0, result.stderr
+    trials = study_of(tmp_path, "grid").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted((t.params["lr"], t.params["batch_size"]) for t in trials) == [(0.001, 4), (0.001, 8), (0.01, 4),
+                                                                                (0.01, 8)]
+    for trial in trials:  # what each trial trained with is what the study recorded
+        config = load(tmp_path / "runs" / "grid" / f"trial-{trial.number}" / "last.pth")["config"]
+        assert (config["lr"], config["batch_size"]) == (trial.params["lr"], trial.params["batch_size"])

@@ -150,10 +150,14 @@ class Worker:
                              f"start another --study")
 
     def _sampler(self, seed_key):
+        """The sampler that draws the next trial, seeded from (--seed, `seed_key`: the trials
+        in the study so far). The grid's seed is --seed's alone: GridSampler shuffles the
+        grid by it, and every instance (each ask, each worker) must see one order."""
         seed = seeding.derive_seed(self.base.seed, seeding.stream("sweep sampler"), seed_key) % 2**32
         try:
             if self.sampler_type == "grid":
-                return optuna.samplers.GridSampler(self.space.grid(), seed=seed)
+                order = seeding.derive_seed(self.base.seed, seeding.stream("sweep grid")) % 2**32
+                return _Grid(self.space.grid(), seed=order)
             if self.sampler_type == "random":
                 return optuna.samplers.RandomSampler(seed=seed)
             return optuna.samplers.TPESampler(seed=seed, **self.sampler_arguments)
@@ -184,8 +188,8 @@ class Worker:
                     trial = optuna.Trial(self.study, frozen._trial_id)
                     params = self.space.suggest(trial)  # its own values (all drawn when it was asked)
                     lease = leases.Lease(run_dir, self.options.stale_after).claim(takeover_of=former)
-                    why = (f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for {quiet:.0f} s"
-                           if former else "its worker stopped and released it")
+                    why = (f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for "
+                           f"{quiet:.0f} s" if former else "its worker stopped and released it")
                     return Job(trial, frozen.number, params, why, lease)
             counts = _counts(trials)
             finished = counts["complete"] + counts["pruned"]
@@ -296,6 +300,15 @@ class Worker:
         log.error("sweep %s: trial %d failed: %s%s", self.options.study, number, text, again)
 
 
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its study.stop() once every point has run: stop() works
+    only inside study.optimize, and a worker stops at --trials, which read_space keeps within
+    the grid."""
+
+    def after_trial(self, study, trial, state, values):
+        pass
+
+
 def _counts(trials):
     counts = {"complete": 0, "pruned": 0, "running": 0, "waiting": 0, "fail": 0}
     for trial in trials:
@@ -324,7 +337,7 @@ def main(options, flags):
         print(render_summary(Path(cfg.checkpoint_dir) / options.study, options.storage, options.stale_after))
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens to each trial
-    worker = Worker(options, {key: value if not isinstance(value, str) else Text(value) for key, value in flags.items()})
+    worker = Worker(options, {key: Text(value) if isinstance(value, str) else value for key, value in flags.items()})
     distributed.on_main(worker.open)
     start = time.perf_counter()
     worker.run()
