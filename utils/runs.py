@@ -126,5 +126,6 @@ def _studies(checkpoint_dir):
         return []
     from utils.sweep.report import render_studies
 
-    lines = render_studies(checkpoint_dir)
-    return [f"sweeps (their trials: python main.py sweep --study=<study> --summary{'' if str(checkpoint_dir) == 'checkpoints' else ' --checkpoint-dir=' + str(checkpoint_dir)}):", *lines]
+    where = "" if str(checkpoint_dir) == "checkpoints" else f" --checkpoint-dir={checkpoint_dir}"
+    heading = f"sweeps (their trials: python main.py sweep --study=<study> --summary{where}):"
+    return [heading, *render_studies(checkpoint_dir)]

@@ -14,8 +14,9 @@ OPTIONS = {
                           "over every worker of the study"),
     "search_space": (str, None, "YAML file: the options to search (a range or a list of choices each), and "
                                 "optionally metric, direction, sampler, pruner (README: Sweeps)"),
-    "storage": (str, "", "Optuna storage URL for the study (sqlite:///study.db, postgresql://...); default: the "
-                         "journal file optuna.journal in the study's folder (no server; works on a shared file system)"),
+    "storage": (str, "", "Optuna storage URL for the study (sqlite:///study.db, postgresql://...); default: "
+                         "the journal file optuna.journal in the study's folder (no server; works on a shared "
+                         "file system)"),
     "stale_after": (float, 300.0, "seconds a running trial's lease may go unrenewed before its worker counts as "
                                   "gone and another worker resumes the trial from its last.pth"),
     "retries": (int, 1, "times a trial that failed with an error runs again with the same parameters (0 = never)"),
@@ -55,10 +56,9 @@ def split_options(flags):
         raise UsageError(f"--study names a folder under --checkpoint-dir: letters, digits and _.@+=- only; "
                          f"got {values['study']!r}")
     if not values["summary"]:
-        for name in ("trials", "search_space"):
+        for name, value in (("trials", "<how many finished trials>"), ("search_space", "<file.yaml>")):
             if values[name] is None:
-                raise UsageError(f"sweep needs {flag(name)}" + ("=<how many finished trials>" if name == "trials"
-                                                                else "=<file.yaml>") + " (or --summary to show the study)")
+                raise UsageError(f"sweep needs {flag(name)}={value} (or --summary to show the study)")
         if values["trials"] < 1:
             raise UsageError(f"option --trials must be >= 1; got {values['trials']}")
     if not values["stale_after"] > 0:
@@ -82,7 +82,7 @@ def _typed(name, value, kind):
     if kind is str:
         return text
     try:
-        number = kind(text)
+        return kind(text)
     except ValueError:
-        raise UsageError(f"option {flag(name)} expects {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-    return number
+        expected = "an integer" if kind is int else "a number"
+        raise UsageError(f"option {flag(name)} expects {expected}, got {text!r}") from None

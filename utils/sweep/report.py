@@ -31,9 +31,11 @@ def load(study_dir, storage=""):
     url = storage or (record.get("storage") if record.get("storage") != JOURNAL else "")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=record.get("study", Path(study_dir).name), storage=storage_of(study_dir, url))
+        study = optuna.load_study(study_name=record.get("study", Path(study_dir).name),
+                                  storage=storage_of(study_dir, url))
     except KeyError:
-        raise UserError(f"study {Path(study_dir).name} is not in its storage {url or Path(study_dir) / JOURNAL} yet") from None
+        where = url or Path(study_dir) / JOURNAL
+        raise UserError(f"study {Path(study_dir).name} is not in its storage {where} yet") from None
     return study, record
 
 
@@ -54,7 +56,8 @@ def state_of(study_dir, trial, stale_after=None):
     'running, no worker' when its lease has not been renewed for `stale_after` seconds)."""
     state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
              TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}[trial.state]
-    if state == "running" and stale_after is not None and leases.is_stale(trial_dir(study_dir, trial.number), stale_after):
+    stale = stale_after is not None and leases.is_stale(trial_dir(study_dir, trial.number), stale_after)
+    if state == "running" and stale:
         return "running, no worker"
     return state
 
@@ -123,9 +126,9 @@ def render_summary(study_dir, storage="", stale_after=300.0):
             value = trial.intermediate_values[max(trial.intermediate_values)]
         note = trial.user_attrs.get("error") or (f"retry of trial {trial.user_attrs['retry_of']}"
                                                   if "retry_of" in trial.user_attrs else "")
-        rows.append([str(trial.number), state_of(study_dir, trial, stale_after), f"{value:.4f}" if value is not None else "-",
-                     _epochs(study_dir, trial.number), *(shown(trial.params[n]) if n in trial.params else "-" for n in names),
-                     note])
+        params = [shown(trial.params[name]) if name in trial.params else "-" for name in names]
+        rows.append([str(trial.number), state_of(study_dir, trial, stale_after),
+                     f"{value:.4f}" if value is not None else "-", _epochs(study_dir, trial.number), *params, note])
     direction = "lower is better" if minimize else "higher is better"
     lines = [f"study {study.study_name} in {study_dir}: {counts_text(trials)}; {metric}, {direction}"]
     if rows:
@@ -151,13 +154,14 @@ def render_studies(checkpoint_dir):
         try:
             study, record = load(study_dir)
         except Exception as error:  # noqa: BLE001 - an unreadable study is a row, not a crash
-            rows.append([study_dir.name, "?", f"unreadable: {str(error).splitlines()[0] if str(error) else error!r}", "-", ""])
+            why = str(error).splitlines()[0] if str(error) else repr(error)
+            rows.append([study_dir.name, "?", f"unreadable: {why}", "-", ""])
             continue
         trials = study.get_trials(deepcopy=False)
         best = best_trial(study)
         metric = (record.get("search_space") or {}).get("metric", "value")
-        rows.append([study_dir.name, metric, counts_text(trials),
-                     f"{best.value:.4f} (trial {best.number})" if best else "-", params_text(best.params) if best else ""])
+        rows.append([study_dir.name, metric, counts_text(trials), f"{best.value:.4f} (trial {best.number})" if best
+                     else "-", params_text(best.params) if best else ""])
     if not rows:
         return []
     header = ["study", "metric", "trials", "best", "params"]

@@ -47,7 +47,8 @@ class SearchSpace:
         params = {name: (list(spec[1]) if spec[0] == "choices" else
                          {"low": spec[1], "high": spec[2], "log": spec[3], "step": spec[4]})
                   for name, spec in self.params.items()}
-        return {"metric": self.metric, "direction": self.direction, "sampler": {"type": self.sampler[0], **self.sampler[1]},
+        return {"metric": self.metric, "direction": self.direction,
+                "sampler": {"type": self.sampler[0], **self.sampler[1]},
                 "pruner": {"type": self.pruner[0], **self.pruner[1]}, "params": params}
 
     def grid(self):
@@ -99,14 +100,16 @@ def read_space(path, base, given, trials):
         if key not in TOP_KEYS:
             if str(key).replace("-", "_") in fields_of(base.experiment):
                 raise UsageError(f"{where}option {key} is at the top level; options to search go under `params:`")
-            raise UsageError(f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)} (keys: {', '.join(TOP_KEYS)})")
+            raise UsageError(f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)} "
+                             f"(keys: {', '.join(TOP_KEYS)})")
     raw = data.get("params")
     if not isinstance(raw, dict) or not raw:
         raise UsageError(f"{where}`params:` must map at least one option to a range {{low, high}} or a list of choices")
 
     monitors = run_monitors(base.experiment, base.ema)
     if not monitors:
-        raise UsageError(f"experiment {base.experiment} reports no validation metric, so a sweep has nothing to optimise")
+        raise UsageError(f"experiment {base.experiment} reports no validation metric, so a sweep has nothing to "
+                         f"optimise")
     metric = str(data.get("metric") or base.monitor)
     if metric not in monitors:
         raise UsageError(f"{where}metric {metric!r} is not one of experiment {base.experiment}'s: {', '.join(monitors)}"
@@ -167,9 +170,11 @@ def _param(name, spec, base, given, where):
                          f"not {spec!r}")
     unknown = [key for key in spec if key not in RANGE_KEYS]
     if unknown:
-        raise UsageError(f"{where}option {flag(name)}: unknown key {unknown[0]!r} in its range (keys: low, high, log, step)")
+        raise UsageError(f"{where}option {flag(name)}: unknown key {unknown[0]!r} in its range "
+                         f"(keys: low, high, log, step)")
     if base_type not in (int, float):
-        raise UsageError(f"{where}option {flag(name)} is a {base_type.__name__} option: give a list of choices, not a range")
+        raise UsageError(f"{where}option {flag(name)} is a {base_type.__name__} option: give a list of choices, "
+                         f"not a range")
     if "low" not in spec or "high" not in spec:
         raise UsageError(f"{where}option {flag(name)}: a range needs both low and high")
     low, high = (_number(name, spec[key], base_type, key, where) for key in ("low", "high"))
@@ -198,7 +203,8 @@ def _number(name, value, base_type, key, where):
         raise UsageError(f"{where}option {flag(name)}: {key} must be a number, got {value!r}")
     if base_type is int:
         if number != int(number):
-            raise UsageError(f"{where}option {flag(name)} is an integer option: {key} must be an integer, got {value!r}")
+            raise UsageError(f"{where}option {flag(name)} is an integer option: {key} must be an integer, "
+                             f"got {value!r}")
         return int(number)
     return float(number)
 
@@ -235,8 +241,8 @@ def _choice(kind, value, table, where):
         if key == "multivariate":
             if not isinstance(argument, bool):
                 raise UsageError(f"{where}{kind} {name}: {key} must be true or false, got {argument!r}")
-        elif isinstance(argument, bool) or not isinstance(argument, int) or argument < (1 if "resource" in key or
-                                                                                         key == "reduction_factor" else 0):
-            raise UsageError(f"{where}{kind} {name}: {key} must be a whole number >= 0 (>= 1 for a resource or factor), "
-                             f"got {argument!r}")
+        else:
+            least = 1 if "resource" in key or key == "reduction_factor" else 0
+            if isinstance(argument, bool) or not isinstance(argument, int) or argument < least:
+                raise UsageError(f"{where}{kind} {name}: {key} must be a whole number >= {least}, got {argument!r}")
     return name, arguments
