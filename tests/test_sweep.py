@@ -86,7 +86,7 @@ def test_two_workers_in_parallel_finish_exactly_n_trials(data, tmp_path):
 @pytest.mark.slow  # real interpreters, started together or killed
 def test_a_killed_worker_leaves_its_trial_to_the_next_which_resumes_it_bit_exactly(data, tmp_path):
     space = "pruner: none\nparams:\n  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n"
-    args = sweep_flags(data, tmp_path, "kill", 2, space, **{"max-epoch": 3, "stale-after": 1, "batch-size": 4})
+    args = sweep_flags(data, tmp_path, "kill", 2, space, **{"max-epoch": 3, "batch-size": 4})  # --stale-after 300
     # 12 train images in batches of 4: step 7 opens epoch 3, so epoch 1's last.pth is on disk
     # (epoch 2's may still be in flight: the epoch-end write runs in the background)
     killed = start(args, env={"RUNNER_FAULT_AT_STEP": "7:SIGKILL"})
@@ -96,11 +96,12 @@ def test_a_killed_worker_leaves_its_trial_to_the_next_which_resumes_it_bit_exact
     assert states(study) == [(0, "RUNNING")]
     trial_dir = tmp_path / "runs" / "kill" / "trial-0"
     assert (trial_dir / "last.pth").is_file() and (trial_dir / leases.LEASE).is_file()
-    time.sleep(1.2)  # the dead worker's lease goes stale (--stale-after=1)
 
+    # The same machine: the lease's pid is gone, so its trial is taken over at once (from
+    # another machine, after --stale-after: test_a_lease_is_stale_when_old_or_its_owner_is_gone)
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
-    assert "trial 0, resuming it (its worker" in again.stderr and "was not heard from" in again.stderr
+    assert f"trial 0, resuming it (its worker, pid {killed.pid} on this machine, is gone)" in again.stderr
     assert f"resuming {trial_dir / 'last.pth'}" in again.stderr
     assert states(study_of(tmp_path, "kill")) == [(0, "COMPLETE"), (1, "COMPLETE")]
 
@@ -409,3 +410,27 @@ def test_the_grid_sampler_runs_every_point_once(data, tmp_path):
     for trial in trials:  # what each trial trained with is what the study recorded
         config = load(tmp_path / "runs" / "grid" / f"trial-{trial.number}" / "last.pth")["config"]
         assert (config["lr"], config["batch_size"]) == (trial.params["lr"], trial.params["batch_size"])
+
+
+def test_a_lease_is_stale_when_old_or_its_owner_is_gone(tmp_path):
+    run_dir = tmp_path / "trial-0"
+    run_dir.mkdir()
+    lease = leases.Lease(run_dir, 60).claim()
+    record = leases.read(run_dir / leases.LEASE)
+    assert not leases.is_stale(run_dir, 60)  # ours, alive, fresh
+
+    def with_owner(**changes):
+        (run_dir / leases.LEASE).write_text(json.dumps({**record, **changes}))
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with_owner(pid=dead.pid)
+    assert leases.is_stale(run_dir, 60)  # this machine, this PID namespace, no such process
+    with_owner(pid=dead.pid, host="another-machine")
+    assert not leases.is_stale(run_dir, 60)  # cannot be told from here: only its age counts
+    with_owner(pid=dead.pid, pid_namespace="pid:[1]")
+    assert not leases.is_stale(run_dir, 60)  # another container with this host name
+    old = time.time() - 61
+    os.utime(run_dir / leases.LEASE, (old, old))
+    assert leases.is_stale(run_dir, 60)  # not renewed for --stale-after
+    lease.stop()

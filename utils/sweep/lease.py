@@ -52,8 +52,8 @@ class Lease:
 
     def claim(self, takeover_of=None):
         """Write the lease as this worker's (the caller holds the study lock)."""
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S"), "took_over": takeover_of}
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_namespace": pid_namespace(),
+                  "token": self.token, "since": time.strftime("%Y-%m-%d %H:%M:%S"), "took_over": takeover_of}
         with atomic_open(self.path, "w", encoding="utf-8") as handle:
             json.dump(record, handle)
         return self
@@ -131,6 +131,33 @@ def age(path):
 def is_stale(run_dir, stale_after):
     """Whether the trial in `run_dir` has no live owner: no lease (released, or its owner
     died before writing one: the caller holds the study lock, under which leases are
-    written), or one not renewed for `stale_after` seconds."""
+    written), one not renewed for `stale_after` seconds, or one whose owner ran on this
+    machine, in this PID namespace, and is no longer running (a worker restarted after a
+    crash takes its trials back at once instead of waiting --stale-after)."""
     seconds = age(run_dir / LEASE)
-    return seconds is None or seconds > stale_after
+    return seconds is None or seconds > stale_after or owner_is_gone(read(run_dir / LEASE))
+
+
+def owner_is_gone(record):
+    """True when the lease `record` names a process of this machine and PID namespace that
+    no longer exists; False when it is alive or cannot be told from here (another machine,
+    another container: then only the lease's age tells). A reused PID reads as alive, which
+    errs on the safe side."""
+    if not record or record.get("host") != socket.gethostname() or record.get("pid_namespace") != pid_namespace():
+        return False
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
+def pid_namespace():
+    """This process's PID namespace ('pid:[4026531836]'), or None where there is no /proc:
+    two containers may share a host name but not a PID namespace."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None

@@ -188,8 +188,13 @@ class Worker:
                     trial = optuna.Trial(self.study, frozen._trial_id)
                     params = self.space.suggest(trial)  # its own values (all drawn when it was asked)
                     lease = leases.Lease(run_dir, self.options.stale_after).claim(takeover_of=former)
-                    why = (f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for "
-                           f"{quiet:.0f} s" if former else "its worker stopped and released it")
+                    if former is None:
+                        why = "its worker stopped and released it"
+                    elif quiet is not None and quiet <= self.options.stale_after:
+                        why = f"its worker, pid {former.get('pid')} on this machine, is gone"
+                    else:
+                        why = (f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for "
+                               f"{quiet:.0f} s")
                     return Job(trial, frozen.number, params, why, lease)
             counts = _counts(trials)
             finished = counts["complete"] + counts["pruned"]
@@ -219,7 +224,8 @@ class Worker:
                                 f"(`python main.py sweep --study={self.options.study} --summary` lists the trials)")
         if distributed.is_main():
             finished, running = self.idle
-            others = f", {running} still running in other workers" if running else ""
+            others = (f", {running} still running in other workers (one whose worker is gone is taken over "
+                      f"once its lease is {self.options.stale_after:g} s old: --stale-after)") if running else ""
             print(f"sweep {self.options.study}: {finished} of {self.options.trials} trials finished{others}; "
                   f"this worker ran {plural(ran, 'trial')}. Summary: {runtime.main_command()} sweep "
                   f"--study={self.options.study}{runtime.checkpoint_dir_flag(self.base)} --summary")
