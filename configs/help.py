@@ -100,8 +100,8 @@ def command_help(command, width=None, experiment=None):
                   "  then any train option (python main.py train --help), e.g. --experiment, --config, --max-epoch;",
                   "  every trial gets them, plus its parameters, a seed derived from --seed and its number, and",
                   "  --monitor = the search space's metric. Example:",
-                  "    python main.py sweep --study=lr --trials=20 --search-space=configs/sweeps/dogcat_lr.yaml "
-                  "--max-epoch=5"]
+                  "    python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml "
+                  "--max-epoch=3"]
         return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
     if command == "runs":
         lines += textwrap.wrap(RUNS_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
@@ -177,7 +177,7 @@ def render_help(width=None, command=None):
         "  python main.py test --load-model-path=checkpoints/<env>/best.pth",
         "  python main.py train --experiment=gan                  # the DCGAN on its embedded sample",
         "  python main.py generate --experiment=gan --env=<run>   # best-scored faces -> result.png",
-        "  python main.py sweep --study=lr --trials=20 --search-space=configs/sweeps/dogcat_lr.yaml  # a study",
+        "  python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml  # a study",
         "  python main.py runs                                   # every run: epochs, best, state, size",
     ]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ pruner prunes and the pruned trial keeps its checkpoint; a failing trial is retr
 """
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -371,6 +372,9 @@ def test_help_lists_sweep_and_its_options():
     for name in ("--study", "--trials", "--search-space", "--storage", "--stale-after", "--retries", "--summary"):
         assert f"    {name} " in own.stdout, name
     assert "--stale-after   number = 300.0" in own.stdout and len(own.stdout.splitlines()) < 60
+    for text in (own.stdout, overview.stdout):  # the search spaces the examples name are shipped
+        for path in re.findall(r"--search-space=(\S+)", text):
+            assert (ROOT / path).is_file(), path
 
 
 @pytest.mark.parametrize("space, base", [("demo.yaml", {}), ("dogcat.yaml", {"config": "configs/dogcat.yaml"})])

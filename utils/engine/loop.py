@@ -410,21 +410,22 @@ def train(cfg, trial=None):
         over = {"run_dir": cfg.run_dir, "epoch": saved["epoch"], "best": saved["best"], "pruned": saved.get("pruned")}
         if saved.get("pruned"):
             if distributed.is_main() and trial is None:
-                print(f"run {cfg.env} has finished: its sweep's pruner ended it ({saved['pruned']}); nothing to resume. "
-                      f"Train its weights on in a new run: {runtime.main_command()} train --config={cfg.run_dir / 'config.yaml'} "
-                      f"--load-model-path={cfg.run_dir / checkpoint.LAST} --env=<new name>")
+                print(f"run {cfg.env} has finished: its sweep's pruner ended it ({saved['pruned']}); nothing to "
+                      f"resume. Train its weights on in a new run: {runtime.main_command()} train "
+                      f"--config={cfg.run_dir / 'config.yaml'} --load-model-path={cfg.run_dir / checkpoint.LAST} "
+                      f"--env=<new name>")
             return over
         if saved["epoch"] >= cfg.max_epoch:
             done = saved["epoch"]
             if distributed.is_main() and trial is None:
-                print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to resume. "
-                      f"Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
+                print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to "
+                      f"resume. Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
             return over
         if saved.get("stopped_early") and early_stop(cfg, saved["epoch"], saved["best"]):
             if distributed.is_main() and trial is None:
                 larger = saved["epoch"] - saved["best"]["epoch"] + 1 if saved["best"] else 0
-                print(f"run {cfg.env} has finished: {saved['stopped_early']}; nothing to resume. Train on with a larger "
-                      f"--patience (0 = off): {runtime.resume_command(cfg)} --patience={larger}")
+                print(f"run {cfg.env} has finished: {saved['stopped_early']}; nothing to resume. Train on with a "
+                      f"larger --patience (0 = off): {runtime.resume_command(cfg)} --patience={larger}")
             return over
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
@@ -438,7 +439,8 @@ def train(cfg, trial=None):
         raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
     distributed.on_main(lambda: runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir"))
     seeding.seed_everything(cfg.seed)  # the same initial weights on every rank
-    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(), guard=trial.check_owner if trial else None)
+    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(),
+                      guard=trial.check_owner if trial is not None else None)
     ctx = Context(cfg, device, Precision(cfg, device, train_set), TrainState(), outputs)
     objects = experiment.build(ctx)
     ctx.objects = objects  # the same dict: wrapped modules replace their entries below
