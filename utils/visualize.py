@@ -116,7 +116,6 @@ def save_grid(images, path, nrow=None):
     return path
 
 
-
 def write_hparams(run_dir, params, metrics, state="complete"):
     """A run's hyperparameters and final metrics in TensorBoard's HParams tab (one session
     per run dir, so `tensorboard --logdir <study folder>` compares a sweep's trials side by
@@ -125,7 +124,8 @@ def write_hparams(run_dir, params, metrics, state="complete"):
     from tensorboardX import SummaryWriter
     from tensorboardX.summary import hparams
 
-    shown = {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in params.items()}
+    shown = {name: value if isinstance(value, (bool, int, float, str)) else str(value)  # None: 'None'
+             for name, value in params.items()}
     experiment, start, end = hparams({**shown, "trial_state": state}, dict(metrics))
     with SummaryWriter(logdir=str(run_dir), filename_suffix=f".hparams.{os.getpid()}.{next(_WRITERS)}") as writer:
         for summary in (experiment, start, end):

@@ -56,8 +56,8 @@ def state_of(study_dir, trial, stale_after=None):
     'running, no worker' when its lease has not been renewed for `stale_after` seconds)."""
     state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
              TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}[trial.state]
-    stale = stale_after is not None and leases.is_stale(trial_dir(study_dir, trial.number), stale_after)
-    if state == "running" and stale:
+    if state == "running" and stale_after is not None and leases.is_stale(trial_dir(study_dir, trial.number),
+                                                                          stale_after):
         return "running, no worker"
     return state
 
@@ -72,7 +72,7 @@ def counts_text(trials):
 
 
 def best_trial(study):
-    """The best finished trial (complete, else pruned with a value), or None."""
+    """The best complete trial, or None (a pruned trial's value is of an unfinished run)."""
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
     if not finished:
