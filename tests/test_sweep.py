@@ -440,3 +440,18 @@ def test_a_lease_is_stale_when_old_or_its_owner_is_gone(tmp_path):
     os.utime(run_dir / leases.LEASE, (old, old))
     assert leases.is_stale(run_dir, 60)  # not renewed for --stale-after
     lease.stop()
+
+
+def test_each_searched_value_is_checked_with_the_metric_and_the_other_options(tmp_path):
+    """A trial's --monitor is the metric, and the other searched options come with it: an
+    --ema of 0 cannot keep best.pth by val_logloss_ema, while the same space without 0 can."""
+    from configs import load_config
+    from configs.loader import UsageError
+    from utils.sweep.space import read_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text("metric: val_logloss_ema\nparams:\n  ema: [0.0, 0.99]\n  lr: [0.01]\n")
+    with pytest.raises(UsageError, match=r"option --ema = 0.0 cannot run: .*the _ema metrics need --ema"):
+        read_space(space, load_config({}), set(), 2)
+    space.write_text("metric: val_logloss_ema\nparams:\n  ema: [0.9, 0.99]\n  lr: [0.01]\n")
+    assert read_space(space, load_config({}), set(), 2).metric == "val_logloss_ema"

@@ -106,7 +106,9 @@ def read_space(path, base, given, trials):
     if not isinstance(raw, dict) or not raw:
         raise UsageError(f"{where}`params:` must map at least one option to a range {{low, high}} or a list of choices")
 
-    monitors = run_monitors(base.experiment, base.ema)
+    # a searched --ema offers the _ema metrics (each trial's --ema is checked against the metric below)
+    searched = {str(key).replace("-", "_") for key in raw}
+    monitors = run_monitors(base.experiment, base.ema or "ema" in searched)
     if not monitors:
         raise UsageError(f"experiment {base.experiment} reports no validation metric, so a sweep has nothing to "
                          f"optimise")
@@ -128,6 +130,12 @@ def read_space(path, base, given, trials):
     for key, spec in raw.items():
         name = str(key).replace("-", "_")
         params[name] = _param(name, spec, base, given, where)
+    # Each value must make a trial that can start: with the metric as --monitor and every
+    # other searched option at its first value (or low), as a flag of the trial would.
+    typical = {name: spec[1][0] if spec[0] == "choices" else spec[1] for name, spec in params.items()}
+    for name, spec in params.items():
+        for value in spec[1] if spec[0] == "choices" else spec[1:3]:
+            _check_value(name, value, {**typical, "monitor": metric}, base, where)
     sampler = _choice("sampler", data.get("sampler", "tpe"), SAMPLERS, where)
     pruner = _choice("pruner", data.get("pruner", "median"), PRUNERS, where)
     space = SearchSpace(str(path), params, metric, direction, sampler, pruner)
@@ -162,8 +170,6 @@ def _param(name, spec, base, given, where):
         values = [coerce(name, value, f"{where}", base.experiment) for value in spec]
         if len(set(map(repr, values))) != len(values):
             raise UsageError(f"{where}option {flag(name)}: the choices repeat a value: {spec}")
-        for value in values:
-            _check_value(name, value, base, where)
         return ("choices", tuple(values))
     if not isinstance(spec, dict):
         raise UsageError(f"{where}option {flag(name)}: give a range {{low: .., high: ..}} or a list of choices, "
@@ -188,8 +194,6 @@ def _param(name, spec, base, given, where):
         raise UsageError(f"{where}option {flag(name)}: a log range needs low > 0, got {low}")
     if step is not None and (step <= 0 or (log and step != 1)):
         raise UsageError(f"{where}option {flag(name)}: step must be > 0, and a log range takes no step")
-    for value in (low, high):
-        _check_value(name, value, base, where)
     return ("range", low, high, log, step)
 
 
@@ -209,11 +213,12 @@ def _number(name, value, base_type, key, where):
     return float(number)
 
 
-def _check_value(name, value, base, where):
-    """UsageError when a trial with option `name` = `value` could not start (bounds, choices,
-    registered names, the experiment's own checks): the config resolves it as a flag would."""
+def _check_value(name, value, others, base, where):
+    """UsageError when a trial with option `name` = `value` (and the options `others`) could
+    not start (bounds, choices, registered names, the experiment's own checks): the config
+    resolves it as a flag would."""
     try:
-        load_config({**_settings(base), name: value})
+        load_config({**_settings(base), **others, name: value})
     except UsageError as error:
         raise UsageError(f"{where}option {flag(name)} = {value!r} cannot run: {error}") from None
 
