@@ -75,9 +75,16 @@ class Lease:
                 return
 
     def renew(self):
-        """Touch the lease if it is still ours; else note who holds it now."""
-        holder = read(self.path)
-        if holder is None or holder.get("token") != self.token:
+        """Touch the lease if it is still ours; else note who holds it now. A read that
+        fails (a file server's hiccup) raises OSError: it proves nothing, so the caller
+        tries again later instead of giving the trial up."""
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            holder = None  # the study's folder went away: nothing here is ours to write
+        except ValueError:
+            holder = {}  # not a lease this worker wrote
+        if not holder or holder.get("token") != self.token:
             self.lost = holder or {"host": "?", "pid": "?"}
             return False
         now = time.time()
