@@ -6,6 +6,7 @@ import textwrap
 from configs.loader import TYPE_NAMES, defaults_for, describe_type, experiment_defaults, flag
 from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
 from utils.core.registry import ALL, EXPERIMENTS, display_name
+from utils.sweep.options import OPTIONS
 
 HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
@@ -41,8 +42,6 @@ SWEEP_COMMAND = ("one worker of an Optuna study: trains trials (run dirs <checkp
 def _sweep_lines(width):
     """The sweep command's own options (utils/sweep/options.py), as `_option_lines` shows
     the schema's."""
-    from utils.sweep.options import OPTIONS
-
     name_width = max(len(flag(name)) for name in OPTIONS)
     lines = []
     for name, (kind, default, doc) in OPTIONS.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from configs.loader import read_yaml
 from utils.core.errors import UsageError, UserError
+from utils.tables import columns
 
 STATUS = "status.json"
 COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated")
@@ -112,9 +113,7 @@ def render(checkpoint_dir):
     if not rows:
         return f"no runs in {checkpoint_dir} yet (train one: python main.py train --env=<name>)"
     rows.sort(key=lambda row: row["updated"])
-    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip()]
-    lines += ["  ".join(row[c].ljust(widths[c]) for c in COLUMNS).rstrip() for row in rows]
+    lines = columns(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
     return "\n".join(lines + ([""] + studies if studies else []))
 
 

@@ -26,6 +26,13 @@ def confusion_lines(names, confusion):
     return lines
 
 
+def columns(header, rows):
+    """A header and rows of text cells as lines of left-aligned columns two spaces apart
+    (`runs`, a sweep's summary)."""
+    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(header)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
+
+
 def summary_line(what, count, metrics):
     """'val: 8 images  accuracy 0.8750  top-5 1.0000  log loss 0.3012'."""
     parts = [f"{what}: {plural(count, 'image')}", f"accuracy {metrics['val_accuracy']:.4f}"]

@@ -12,7 +12,8 @@ from configs.schema import FIELDS
 from utils.core.errors import UserError
 from utils.engine import runtime
 from utils.sweep import lease as leases
-from utils.sweep.study import JOURNAL, RECORD, read_record, storage_of, trial_dir
+from utils.sweep.study import JOURNAL, RECORD, read_record, state_counts, storage_of, trial_dir
+from utils.tables import columns
 
 
 def find_studies(checkpoint_dir):
@@ -63,12 +64,10 @@ def state_of(study_dir, trial, stale_after=None):
 
 
 def counts_text(trials):
-    counts = {}
-    for trial in trials:
-        name = {"fail": "failed"}.get(trial.state.name.lower(), trial.state.name.lower())
-        counts[name] = counts.get(name, 0) + 1
-    order = ("complete", "pruned", "running", "waiting", "failed")
-    return ", ".join(f"{counts[name]} {name}" for name in order if counts.get(name)) or "no trials yet"
+    counts = state_counts(trials)
+    order = (("complete", "complete"), ("pruned", "pruned"), ("running", "running"), ("waiting", "waiting"),
+             ("fail", "failed"))
+    return ", ".join(f"{counts[state]} {shown}" for state, shown in order if counts[state]) or "no trials yet"
 
 
 def best_trial(study):
@@ -132,9 +131,7 @@ def render_summary(study_dir, storage="", stale_after=300.0):
     direction = "lower is better" if minimize else "higher is better"
     lines = [f"study {study.study_name} in {study_dir}: {counts_text(trials)}; {metric}, {direction}"]
     if rows:
-        widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
-        lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines += ["", *columns(header, rows)]
     best = best_trial(study)
     if best is not None:
         lines += ["", f"best: trial {best.number}, {metric} {best.value:.4f} ({params_text(best.params)})"]
@@ -164,8 +161,4 @@ def render_studies(checkpoint_dir):
                      else "-", params_text(best.params) if best else ""])
     if not rows:
         return []
-    header = ["study", "metric", "trials", "best", "params"]
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return lines
+    return columns(["study", "metric", "trials", "best", "params"], rows)

@@ -31,6 +31,14 @@ def study_lock(study_dir):
         lock.release()
 
 
+def state_counts(trials):
+    """{"complete", "pruned", "running", "waiting", "fail": how many of `trials`}."""
+    counts = {"complete": 0, "pruned": 0, "running": 0, "waiting": 0, "fail": 0}
+    for trial in trials:
+        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    return counts
+
+
 def read_record(study_dir):
     """The study's sweep.yaml as a dict, or None when it has none yet."""
     path = Path(study_dir) / RECORD

@@ -33,6 +33,7 @@ import yaml
 from optuna.trial import TrialState
 
 from configs.loader import Text, changed_options, defaults_for, flag, load_config
+from configs.schema import fields_of
 from utils.core import seeding
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import atomic_open
@@ -41,7 +42,7 @@ from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
 from utils.sweep import lease as leases
 from utils.sweep.space import given_names, read_space
-from utils.sweep.study import JOURNAL, RECORD, read_record, storage_of, study_lock, trial_dir
+from utils.sweep.study import JOURNAL, RECORD, read_record, state_counts, storage_of, study_lock, trial_dir
 from utils.visualize import write_hparams
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,6 @@ class Worker:
 
     def _run_options(self):
         """The options that define what the trials compute (not how they execute)."""
-        from configs.schema import fields_of
-
         fields = fields_of(self.base.experiment)
         return {name: value for name, value in changed_options(self.base).items()
                 if fields[name].metadata["role"] not in ("execution", "invocation")}
@@ -196,7 +195,7 @@ class Worker:
                         why = (f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for "
                                f"{quiet:.0f} s")
                     return Job(trial, frozen.number, params, why, lease)
-            counts = _counts(trials)
+            counts = state_counts(trials)
             finished = counts["complete"] + counts["pruned"]
             if finished + counts["running"] >= self.options.trials:  # a waiting trial (a retry) is asked for next
                 self.idle = (finished, counts["running"])
@@ -313,13 +312,6 @@ class _Grid(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values):
         pass
-
-
-def _counts(trials):
-    counts = {"complete": 0, "pruned": 0, "running": 0, "waiting": 0, "fail": 0}
-    for trial in trials:
-        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
-    return counts
 
 
 def _pruner(kind, arguments):
