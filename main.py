@@ -49,14 +49,15 @@ def sweep(*args, **flags):
     from utils.sweep.space import given_names, read_space
 
     options, train_flags = split_options(flags)
-    cfg = load_config({key: Text(value) if isinstance(value, str) else value for key, value in train_flags.items()})
-    if not options.summary:  # a bad search space is one line, before torch or optuna load
-        read_space(options.search_space, cfg, given_names(train_flags), options.trials)
+    train_flags = {key: Text(value) if isinstance(value, str) else value for key, value in train_flags.items()}
+    cfg = load_config(train_flags)
+    # a bad search space is one line, before torch or optuna load
+    space = None if options.summary else read_space(options.search_space, cfg, given_names(train_flags), options.trials)
 
     def work():
         from utils.sweep import worker  # torch and optuna
 
-        worker.main(options, train_flags)
+        worker.main(options, cfg, train_flags, space)
 
     _in_processes(cfg, work)
 

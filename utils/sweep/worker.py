@@ -32,7 +32,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from configs.loader import Text, changed_options, defaults_for, flag, load_config
+from configs.loader import changed_options, defaults_for, flag, load_config
 from configs.schema import fields_of
 from utils.core import seeding
 from utils.core.errors import UsageError, UserError, plural
@@ -41,7 +41,6 @@ from utils.engine import distributed, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
 from utils.sweep import lease as leases
-from utils.sweep.space import given_names, read_space
 from utils.sweep.study import JOURNAL, RECORD, read_record, state_counts, storage_of, study_lock, trial_dir
 from utils.visualize import write_hparams
 
@@ -86,14 +85,11 @@ class TrialHooks:
 
 
 class Worker:
-    """One worker of study `options.study`; `flags` are the train options of every trial."""
+    """One worker of study `options.study`: `base` is the config of the train options
+    `flags` every trial gets, `space` the search space checked against it (space.py)."""
 
-    def __init__(self, options, flags):
-        self.options = options
-        self.flags = dict(flags)
-        self.base = load_config(self.flags)
-        self.given = given_names(self.flags)
-        self.space = read_space(options.search_space, self.base, self.given, options.trials)
+    def __init__(self, options, base, flags, space):
+        self.options, self.base, self.flags, self.space = options, base, dict(flags), space
         self.study_dir = Path(self.base.checkpoint_dir) / options.study
         self.sampler_type, self.sampler_arguments = self.space.sampler
         self.pruner = _pruner(*self.space.pruner)
@@ -325,17 +321,16 @@ def _pruner(kind, arguments):
         raise UsageError(f"pruner {kind}: {error}") from None
 
 
-def main(options, flags):
-    """The sweep command: check everything, then run this worker (or print the summary)."""
+def main(options, base, flags, space):
+    """The sweep command, once main.py has checked the options and the search space: run
+    this worker (or print the summary)."""
     if options.summary:
         from utils.sweep.report import render_summary
 
-        cfg = load_config({key: value for key, value in flags.items()
-                           if str(key).replace("-", "_") in ("checkpoint_dir", "experiment")})
-        print(render_summary(Path(cfg.checkpoint_dir) / options.study, options.storage, options.stale_after))
+        print(render_summary(Path(base.checkpoint_dir) / options.study, options.storage, options.stale_after))
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens to each trial
-    worker = Worker(options, {key: Text(value) if isinstance(value, str) else value for key, value in flags.items()})
+    worker = Worker(options, base, flags, space)
     distributed.on_main(worker.open)
     start = time.perf_counter()
     worker.run()
