@@ -34,6 +34,23 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
+def command_value(name, value, kind):
+    """`value` (text from the command line, or a Python value) as the type `kind` of option
+    `name` of a command's own table (sweep, export), which the schema does not type."""
+    text = str(value).strip()
+    if kind is bool:
+        if isinstance(value, bool) or text.lower() in _TRUE | _FALSE:
+            return value if isinstance(value, bool) else text.lower() in _TRUE
+        raise UsageError(f"option {flag(name)} expects a boolean (true/false), got {text!r}")
+    if kind is str:
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise UsageError(f"option {flag(name)} expects {expected}, got {text!r}") from None
+
+
 def _field(name, experiment=None):
     return (fields_of(experiment) if experiment else all_fields())[name]
 

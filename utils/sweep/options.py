@@ -3,7 +3,7 @@ every trial; `help` reads this table without importing torch or optuna."""
 import dataclasses
 import re
 
-from configs.loader import _FALSE, _TRUE, flag
+from configs.loader import command_value, flag
 from utils.core.errors import UsageError
 
 # {name: (type, default, doc)}; a default of None means the option must be given.
@@ -43,7 +43,7 @@ def split_options(flags):
     for key, value in flags.items():
         name = str(key).replace("-", "_")
         if name in OPTIONS:
-            values[name] = _typed(name, value, OPTIONS[name][0])
+            values[name] = command_value(name, value, OPTIONS[name][0])
         else:
             rest[key] = value
     for name, (_, default, _) in OPTIONS.items():
@@ -71,18 +71,3 @@ def split_options(flags):
                              f"drop {flag(name)}")
     return SweepOptions(**values), rest
 
-
-def _typed(name, value, kind):
-    """`value` (text from the command line, or a Python value) as option `name`'s type."""
-    text = str(value).strip()
-    if kind is bool:
-        if isinstance(value, bool) or text.lower() in _TRUE | _FALSE:
-            return value if isinstance(value, bool) else text.lower() in _TRUE
-        raise UsageError(f"option {flag(name)} expects a boolean (true/false), got {text!r}")
-    if kind is str:
-        return text
-    try:
-        return kind(text)
-    except ValueError:
-        expected = "an integer" if kind is int else "a number"
-        raise UsageError(f"option {flag(name)} expects {expected}, got {text!r}") from None
