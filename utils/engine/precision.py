@@ -122,16 +122,58 @@ def for_inference(model, memory_format=torch.contiguous_format):
     convolution folded into that convolution's weights (one oneDNN kernel instead of a
     convolution and a normalisation pass: 1.1x on ResNet34 on a CPU), in `memory_format`.
     The model itself is not changed. A model torch.fx cannot trace (Python control flow on
-    its input) is returned as it is, in eval mode."""
-    from torch.fx.experimental.optimization import fuse
+    its input) is returned as it is, in eval mode; so is anything that is not a module (an
+    ONNX Runtime session's wrapper)."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    folded, _ = fold_batchnorm(model)
+    return folded.to(memory_format=memory_format) if folded is not model else model
+
+
+_FOLDS_INTO = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+def fold_batchnorm(model):
+    """(a copy of `model` in eval mode with every BatchNorm that directly follows a
+    convolution or transposed convolution, and is that layer's only reader, folded into its
+    weights; the number folded). In eval mode BatchNorm is an affine map per channel, so the
+    folded network computes the same function up to float rounding. `model` itself is not
+    changed; a model torch.fx cannot trace comes back as it is, in eval mode, with 0."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     model.eval()
     try:
-        folded = fuse(model)  # traces and copies; the live model keeps its BatchNorm layers
+        traced = torch.fx.symbolic_trace(copy.deepcopy(model))
     except Exception as error:  # noqa: BLE001 - tracing fails in many ways; folding is only an optimisation
-        log.debug("evaluating %s unfolded: torch.fx cannot trace it (%s)", type(model).__name__, error)
-        return model
-    return folded.to(memory_format=memory_format)
+        log.debug("%s left unfolded: torch.fx cannot trace it (%s)", type(model).__name__, error)
+        return model, 0
+    modules = dict(traced.named_modules())
+    count = 0
+    for node in list(traced.graph.nodes):
+        norm = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(norm, torch.nn.modules.batchnorm._BatchNorm) or norm.running_mean is None:
+            continue
+        source = node.args[0]
+        layer = modules.get(source.target) if getattr(source, "op", None) == "call_module" else None
+        transposed = isinstance(layer, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))
+        # a grouped transposed convolution keeps out-channels / groups on its weight's axis 1,
+        # where the fold would scale the wrong weights: left as it is
+        if not isinstance(layer, _FOLDS_INTO) or len(source.users) != 1 or (transposed and layer.groups != 1):
+            continue
+        fused = fuse_conv_bn_eval(layer, norm, transpose=transposed)
+        parent, _, name = source.target.rpartition(".")
+        setattr(traced.get_submodule(parent) if parent else traced, name, fused)
+        modules[source.target] = fused
+        node.replace_all_uses_with(source)
+        traced.graph.erase_node(node)
+        count += 1
+    traced.graph.lint()
+    traced.recompile()
+    traced.delete_all_unused_submodules()
+    return traced.eval(), count
 
 
 def compiled(module):
