@@ -62,6 +62,30 @@ def sweep(*args, **flags):
     _in_processes(cfg, work)
 
 
+def export(*args, **flags):
+    """Export a run's model to ONNX or torch.export after a parity check (README: Export)."""
+    if args:
+        raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
+                         f"`python main.py export --help` lists them")
+    from utils.export.options import split_options  # here, not at the top: as for sweep
+
+    options, run_flags = split_options(flags)
+    run_flags = {key: Text(value) if isinstance(value, str) else value for key, value in run_flags.items()}
+    cfg = load_config(run_flags)
+    if not cfg.env and not cfg.load_model_path:
+        raise UsageError("export needs a run: give --env=<run name> (a folder under --checkpoint-dir) or "
+                         "--load-model-path=<checkpoint.pth>")
+    if options.output:
+        runtime.check_output_file(options.output, "--output")  # a bad path fails before torch loads
+
+    def work():
+        from utils.export import exporter  # torch
+
+        exporter.main(options, cfg, run_flags)
+
+    _in_processes(cfg, work)
+
+
 def experiment_commands(name):
     """{command: method name} of experiment `name`, read from its source (no import)."""
     commands = {command: command for command in EXPERIMENTS.declared(name, "commands") or {}}
@@ -73,7 +97,7 @@ def all_commands():
     found = {}
     for name in EXPERIMENTS.names():
         found.update(experiment_commands(name))
-    return [*found, "sweep", "runs", "help"]
+    return [*found, "export", "sweep", "runs", "help"]
 
 
 def _run(command, args, flags):
@@ -177,10 +201,11 @@ def _main(argv):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     as_text = fire.decorators.SetParseFn(str)  # the schema types values, not fire
-    table = {name: as_text(_command(name)) for name in commands if name not in ("help", "runs", "sweep")}
+    table = {name: as_text(_command(name)) for name in commands if name not in ("help", "runs", "sweep", "export")}
     table["help"] = help
     table["runs"] = as_text(runs)
     table["sweep"] = as_text(sweep)
+    table["export"] = as_text(export)
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:

@@ -6,7 +6,8 @@ import textwrap
 from configs.loader import TYPE_NAMES, defaults_for, describe_type, experiment_defaults, flag
 from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
 from utils.core.registry import ALL, EXPERIMENTS, display_name
-from utils.sweep.options import OPTIONS
+from utils.export.options import OPTIONS as EXPORT_OPTIONS
+from utils.sweep.options import OPTIONS as SWEEP_OPTIONS
 
 HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
@@ -39,12 +40,17 @@ SWEEP_COMMAND = ("one worker of an Optuna study: trains trials (run dirs <checkp
                  "machines or GPUs as you like. Every other flag is a train option of every trial")
 
 
-def _sweep_lines(width):
-    """The sweep command's own options (utils/sweep/options.py), as `_option_lines` shows
-    the schema's."""
-    name_width = max(len(flag(name)) for name in OPTIONS)
+EXPORT_COMMAND = ("write a run's model (classify) or generator (gan) as an ONNX file or a torch.export archive, "
+                  "BatchNorm folded, with its class names, input size, mean and std; fails (exit 1, nothing "
+                  "written) unless the file gives PyTorch's outputs on a test batch")
+
+
+def _table_lines(options, width):
+    """A command's own options (sweep: utils/sweep/options.py, export: utils/export/options.py),
+    as `_option_lines` shows the schema's."""
+    name_width = max(len(flag(name)) for name in options)
     lines = []
-    for name, (kind, default, doc) in OPTIONS.items():
+    for name, (kind, default, doc) in options.items():
         shown = "required" if default is None else _show_default(default)
         lines.append(f"    {flag(name):<{name_width}}  {TYPE_NAMES[kind]} = {shown}")
         lines += textwrap.wrap(doc, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
@@ -95,12 +101,21 @@ def command_help(command, width=None, experiment=None):
     lines = [f"python main.py {command}:"]
     if command == "sweep":
         lines += textwrap.wrap(SWEEP_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
-        lines += ["", "  options of the sweep itself (--summary needs only --study):", *_sweep_lines(width), "",
+        lines += ["", "  options of the sweep itself (--summary needs only --study):", *_table_lines(SWEEP_OPTIONS, width), "",
                   "  then any train option (python main.py train --help), e.g. --experiment, --config, --max-epoch;",
                   "  every trial gets them, plus its parameters, a seed derived from --seed and its number, and",
                   "  --monitor = the search space's metric. Example:",
                   "    python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml "
                   "--max-epoch=3"]
+        return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
+    if command == "export":
+        lines += textwrap.wrap(EXPORT_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
+        lines += ["", "  options of the export itself:", *_table_lines(EXPORT_OPTIONS, width), "",
+                  "  the checkpoint: --env=<run> (its best.pth, else last.pth) or --load-model-path=<file.pth>, and",
+                  "  --use-ema=false for the raw weights of a run trained with --ema. Examples:",
+                  "    python main.py export --env=<run>                    # <run dir>/model.onnx",
+                  "    python main.py export --env=<run> --format=pt2       # <run dir>/model.pt2",
+                  "    python main.py test --env=<run> --runtime=onnxruntime   # the csv, computed by ONNX Runtime"]
         return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
     if command == "runs":
         lines += textwrap.wrap(RUNS_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
@@ -146,7 +161,8 @@ def render_help(width=None, command=None):
                             if k != "monitor" or k in (EXPERIMENTS.declared(experiment, "defaults") or {}))
         if defaults:
             lines += textwrap.wrap(f"defaults: {defaults}", width, initial_indent="    ", subsequent_indent=" " * 14)
-    for name, text in (("sweep", SWEEP_COMMAND), ("runs", RUNS_COMMAND), ("help", HELP_COMMAND)):
+    for name, text in (("export", EXPORT_COMMAND), ("sweep", SWEEP_COMMAND), ("runs", RUNS_COMMAND),
+                       ("help", HELP_COMMAND)):
         lines += textwrap.wrap(f"{name:<9} {text}", width, initial_indent="  ", subsequent_indent=" " * 12)
     lines += [
         "",
@@ -176,6 +192,7 @@ def render_help(width=None, command=None):
         "  python main.py test --load-model-path=checkpoints/<env>/best.pth",
         "  python main.py train --experiment=gan                  # the DCGAN on its embedded sample",
         "  python main.py generate --experiment=gan --env=<run>   # best-scored faces -> result.png",
+        "  python main.py export --env=<run>                     # <run dir>/model.onnx, checked",
         "  python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml  # a study",
         "  python main.py runs                                   # every run: epochs, best, state, size",
     ]

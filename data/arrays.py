@@ -56,6 +56,7 @@ class ArrayDataset(Dataset):
     size, channels = 32, 3
     mean, std = (0.5,), (0.5,)
     augmentation = {"hflip": 0.0, "crop_padding": 0}
+    resize = "whole"  # an image from elsewhere is scaled whole to the side of the set's own (data/base.py)
 
     def __init__(self, cfg, split):
         root = Path(cfg.train_data_root if split != "test" else cfg.test_data_root or cfg.train_data_root)

@@ -16,6 +16,12 @@ data.sampling.EpochSampler (or a bare index), so random augmentation can be a fu
                   shows, and --tta refuses to average over a mirror) and "crop_scale" (random
                   resized crop) or "crop_padding" (pad and crop); the run's --hflip,
                   --crop-scale, --crop-padding and --augment override them
+    resize        how an image from outside the data set (predict(), a caller of an
+                  exported model) is fitted to image_size: "centre-crop" (short side to
+                  image_size / 0.875, centre crop: the eval transform of image files) or
+                  "whole" (scaled whole to image_size, as array sets hold theirs); with
+                  `channels` and the class attributes `mean` and `std` (ImageNet's when a
+                  registered entry has none), read by data.transforms.model_input
     skipped       [(path, why unreadable)] left out by --skip-bad-images
     image_parts   which parts of a batch are images: moved to the device in the run's memory
                   format (channels_last); other parts (labels, ids, tokens) just move
@@ -41,6 +47,7 @@ class Dataset(torch.utils.data.Dataset):
     image_size = None
     channels = 3
     augmentation = {}
+    resize = "centre-crop"
     skipped = ()
     image_parts = (0,)
     name = "this data set"  # how messages name it

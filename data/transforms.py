@@ -95,10 +95,42 @@ def eval_image(path, size):
     """uint8 (3, size, size): the image at `path` resized to a short side of size / 0.875,
     centre-cropped to `size` (one resize of the centre box)."""
     with open_image(path) as image:
-        width, height = image.size
-        side = size * min(width, height) / round(size / EVAL_RATIO)  # the crop's side in stored pixels
-        left, top = (width - side) / 2, (height - side) / 2
-        return resized_box(image, (left, top, left + side, top + side), size)
+        return centre_crop(image, size)
+
+
+def centre_crop(image, size):
+    """eval_image of an opened PIL image."""
+    width, height = image.size
+    side = size * min(width, height) / round(size / EVAL_RATIO)  # the crop's side in stored pixels
+    left, top = (width - side) / 2, (height - side) / 2
+    return resized_box(image, (left, top, left + side, top + side), size)
+
+
+def model_input(dataset, image_size):
+    """How an image from outside the data (predict(), a caller of an exported model) becomes
+    the input of a model trained on data set `dataset` at `image_size`: {"channels",
+    "image_size", "mean", "std", "resize", "crop_ratio"}, from the registered entry's
+    attributes (data/base.py), ImageFiles' where it has none."""
+    from utils.core.registry import DATASETS
+
+    entry = DATASETS.get(dataset)
+    return {"channels": getattr(entry, "channels", 3), "image_size": image_size,
+            "mean": list(getattr(entry, "mean", MEAN)), "std": list(getattr(entry, "std", STD)),
+            "resize": getattr(entry, "resize", "centre-crop"), "crop_ratio": EVAL_RATIO}
+
+
+def fit_image(image, spec):
+    """uint8 (C, size, size) of an opened PIL image, as model_input's `spec` says: resize
+    "centre-crop" is exactly `test`'s eval transform of image files; "whole" scales the
+    whole image to size x size (antialiased bilinear), as array data sets hold theirs."""
+    size = spec["image_size"]
+    if spec["resize"] == "centre-crop" and spec["channels"] == 3:
+        return centre_crop(image, size)
+    pixels = torch.from_numpy(np.array(image.convert("L" if spec["channels"] == 1 else "RGB")))
+    pixels = (pixels[..., None] if pixels.dim() == 2 else pixels).permute(2, 0, 1)[None]
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return pixels[0]
 
 
 def resized_box(image, box, size):

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from configs.loader import run_monitors
 from data import readable
-from data.transforms import AUGMENT_OPTIONS
-from models import build_for_weights, build_model, check_takes
+from data.transforms import AUGMENT_OPTIONS, model_input
+from models import build_for_weights, build_model, check_takes, data_channels
 from utils import tables
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.registry import DATASETS, EXPERIMENTS, METERS
@@ -42,6 +42,7 @@ from utils.engine import checkpoint, distributed, runtime
 from utils.engine.loop import Experiment, chosen_average, eval_loader, gather, load_for_inference, reduce_sums
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
+from utils.export import Exportable, onnx_runtime
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,11 @@ class Classify(Experiment):
                    "minimum": 0.0, "commands": ["train"]},
         "mixup_switch_prob": {"default": 0.5, "doc": "with --mixup and --cutmix both on: the chance a batch uses CutMix",
                               "minimum": 0.0, "maximum": 1.0, "commands": ["train"]},
+        "runtime": {"default": "torch", "doc": "what computes val / test: torch (the checkpoint) | onnxruntime (the --onnx "
+                    "file that `python main.py export` wrote, on the CPU; needs `bash scripts/setup.sh --export`)",
+                    "role": "execution", "choices": ["torch", "onnxruntime"], "commands": ["val", "test"]},
+        "onnx": {"default": "", "doc": "the ONNX file --runtime=onnxruntime runs; '' = model.onnx in the run dir (where "
+                 "`export` writes it)", "role": "execution", "path": True, "commands": ["val", "test"]},
     }
 
     def datasets(self):
@@ -297,14 +303,45 @@ class Classify(Experiment):
         built; a bare weights file (the book's model.save()) gets the options a run resolves
         from its data (--num-classes, --image-size) from the data here too."""
         cfg, device, state, path = load_for_inference(self.cfg)
-        weights, source = chosen_weights(cfg, state, path)
+        if cfg.onnx and cfg.runtime != "onnxruntime":
+            raise UsageError("--onnx is the file --runtime=onnxruntime runs; add --runtime=onnxruntime")
+        if cfg.runtime == "onnxruntime":
+            onnx_runtime.require("onnxruntime", why="--runtime=onnxruntime")
+            device = torch.device("cpu")  # the CPU build of ONNX Runtime (the export extra)
+        else:
+            weights, source = chosen_weights(cfg, state, path)
         dataset = load_data(cfg, split)
         check_tta(cfg, dataset)
         cfg, classes = resolve_from_data(cfg, dataset, path)
+        info = state.get("info") or {"classes": classes}
+        if cfg.runtime == "onnxruntime":
+            return onnx_model(cfg, state, path), cfg, device, info, dataset
         model = build_for_weights(cfg, device)
         checkpoint.load_weights(model, weights, source=source)
         model = for_inference(model.to(device), Precision(cfg, device).memory_format)
-        return model, cfg, device, state.get("info") or {"classes": classes}, dataset
+        return model, cfg, device, info, dataset
+
+    def exportable(self, state, path):
+        """The model of checkpoint `state` (its EMA weights unless --use-ema=false), taking
+        normalised float32 images; the metadata says what a caller needs: the class names and
+        how to turn an image into the input (size, resize, mean, std)."""
+        cfg = self.cfg
+        if cfg.num_classes is None:
+            raise UsageError(f"{path} holds weights only, not the number of classes they were trained for; give "
+                             f"--num-classes=K (and --image-size=N when not 224), or export a run's best.pth / last.pth")
+        cfg = dataclasses.replace(cfg, image_size=cfg.image_size or 224)
+        average = chosen_average(cfg, state, "model", path)
+        model = build_for_weights(cfg, torch.device("cpu"))
+        checkpoint.load_weights(model, checkpoint.model_state(state) if average is None else average,
+                                source=f"{path}{'' if average is None else ' (model_ema)'}")
+        spec = model_input(cfg.dataset, cfg.image_size)
+        classes = (state.get("info") or {}).get("classes") or [str(k) for k in range(cfg.num_classes)]
+        metadata = {"experiment": cfg.experiment, "model": cfg.model, "dataset": cfg.dataset, "classes": list(classes),
+                    **spec, "weights": "raw" if average is None else "ema", "epoch": state.get("epoch"),
+                    "global_step": state.get("global_step"),
+                    "about": "input: images resized as 'resize' says, RGB (grey when channels is 1) scaled to [0, 1], "
+                             "minus mean, over std, NCHW; output: logits, whose softmax gives the class probabilities"}
+        return Exportable(model, "images", "logits", (spec["channels"], cfg.image_size, cfg.image_size), metadata)
 
     def val(self):
         """Print accuracy, log loss, per-class accuracy and the confusion matrix of a
@@ -365,6 +402,28 @@ def resolve_from_data(cfg, dataset, source):
                         f"--train-data-root cannot tell it ({error}); give --num-classes=K, or a run's best.pth / last.pth") from None
     log.info("%s holds weights only: %d classes and %d px images, from the data", source, len(classes), cfg.image_size)
     return dataclasses.replace(cfg, num_classes=len(classes)), list(classes)
+
+
+def onnx_model(cfg, state, path):
+    """The --onnx file as a model val / test call (onnx_runtime.OnnxModel), checked against the
+    run: it must take this run's images and give its number of classes. A file exported
+    from another checkpoint of the run (an older best.pth) is used, with a warning."""
+    onnx_file = cfg.onnx or runtime.default_output(cfg, "model.onnx")
+    onnx_runtime.check_file(onnx_file)
+    model = onnx_runtime.OnnxModel(onnx_file, cfg.threads)
+    taken = (data_channels(cfg.dataset), cfg.image_size, cfg.image_size)
+    export_hint = f"export this run's model with `python main.py export {runtime.run_flags(cfg)}`"
+    if model.item_shape != taken:
+        raise UserError(f"{onnx_file} takes {' x '.join(map(str, model.item_shape))} images but this run's are "
+                        f"{' x '.join(map(str, taken))}; {export_hint}")
+    if model.classes not in (None, cfg.num_classes):
+        raise UserError(f"{onnx_file} gives {model.classes} classes but this run has {cfg.num_classes}; {export_hint}")
+    exported = model.metadata
+    if exported and (exported.get("global_step"), exported.get("exported_from")) != (state.get("global_step"), str(path)):
+        log.warning("%s was exported from %s at step %s; this run's %s is at step %s: %s", onnx_file,
+                    exported.get("exported_from"), exported.get("global_step"), path, state.get("global_step"), export_hint)
+    log.info("ONNX Runtime %s on the CPU, %d thread(s): %s", onnx_runtime.version(), model.threads, onnx_file)
+    return model
 
 
 def chosen_weights(cfg, state, path):

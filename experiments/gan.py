@@ -32,6 +32,7 @@ from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
 from utils.engine.loop import Experiment, chosen_average, load_for_inference
 from utils.engine.lr_policy import LrPolicy
+from utils.export import Exportable
 from utils.visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,23 @@ class Gan(Experiment):
             grids[tag] = (netg(objects["fixed_noise"]).float() + 1) / 2
             netg.train(was_training)
         return grids
+
+    def exportable(self, state, path):
+        """The generator of checkpoint `state` (its EMA weights unless --use-ema=false): noise
+        (N, nz, 1, 1) in, images (N, 3, size, size) in [-1, 1] out."""
+        cfg = self.cfg
+        if not isinstance(state.get("netg"), dict):
+            raise UsageError(f"{path} has no 'netg' weights: give a checkpoint written by `train --experiment=gan`")
+        netg = MODELS.build(cfg.model, nz=cfg.nz, ngf=cfg.ngf, image_size=cfg.image_size)
+        average = chosen_average(cfg, state, "netg", path)
+        checkpoint.load_weights(netg, state["netg"] if average is None else average,
+                                source=f"{path} ({'netg' if average is None else 'netg_ema'})")
+        metadata = {"experiment": cfg.experiment, "model": cfg.model, "nz": cfg.nz, "image_size": cfg.image_size,
+                    "noise_mean": cfg.gen_mean, "noise_std": cfg.gen_std, "weights": "raw" if average is None else "ema",
+                    "epoch": state.get("epoch"), "global_step": state.get("global_step"),
+                    "about": "input: noise drawn from N(noise_mean, noise_std^2), N x nz x 1 x 1; output: RGB images "
+                             "in [-1, 1], NCHW: (x + 1) / 2 gives [0, 1]"}
+        return Exportable(netg.eval(), "noise", "images", (cfg.nz, 1, 1), metadata)
 
     @torch.no_grad()
     def generate(self):

@@ -129,6 +129,12 @@ class Experiment:
         collective may run here (use checkpoint.unwrap(module) for a DDP-wrapped one)."""
         return {}
 
+    def exportable(self, state, path):
+        """What `export` writes for checkpoint dict `state` (read from `path`): a
+        utils.export.Exportable. The default: nothing, said in one line."""
+        raise UserError(f"experiment {self.cfg.experiment} has nothing to export (export takes classify's models and "
+                        f"the gan's generator)")
+
 
 @dataclasses.dataclass
 class TrainState:
@@ -847,14 +853,19 @@ def load_for_inference(cfg):
     """(cfg, device, checkpoint dict, path) for val/test/generate: the checkpoint from
     --load-model-path, else <run dir>/best.pth or last.pth; the options that define the model
     and the data split come from the checkpoint's saved config."""
-    if cfg.load_model_path:
-        path = cfg.load_model_path
-    elif cfg.env:
-        path = checkpoint.find_for_inference(cfg.run_dir)
-    else:
-        raise UsageError("give --load-model-path=<checkpoint.pth> or --env=<run name> (a folder under --checkpoint-dir)")
+    path = inference_checkpoint(cfg)
     state = checkpoint.load_checkpoint(path)
     if isinstance(state.get("config"), dict):
         cfg = adopt_checkpoint_config(cfg, state["config"], source=str(path))
     log.info("loaded %s", path)
     return cfg, distributed.pick_device(cfg), state, path
+
+
+def inference_checkpoint(cfg):
+    """The checkpoint val / test / generate / export read: --load-model-path, else <run
+    dir>/best.pth or last.pth."""
+    if cfg.load_model_path:
+        return cfg.load_model_path
+    if cfg.env:
+        return checkpoint.find_for_inference(cfg.run_dir)
+    raise UsageError("give --load-model-path=<checkpoint.pth> or --env=<run name> (a folder under --checkpoint-dir)")

@@ -64,6 +64,14 @@ def checkpoint_dir_flag(cfg):
     return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"
 
 
+def run_flags(cfg):
+    """'--env=E [--checkpoint-dir=D]', or '--load-model-path=P': the flags that name cfg's
+    checkpoint in a printed command."""
+    if cfg.env:
+        return f"--env={cfg.env}{checkpoint_dir_flag(cfg)}"
+    return f"--load-model-path={cfg.load_model_path}"
+
+
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 
 
@@ -138,9 +146,11 @@ def output_file(cfg, option, name):
     else `name` in the run dir (of --env, or the folder of a --load-model-path that lies in a
     run dir), else beside a bare weights file under the file's name (lenet.pth -> lenet.csv).
     So one run's test never overwrites another run's csv."""
-    given = getattr(cfg, option)
-    if given:
-        return given
+    return getattr(cfg, option) or default_output(cfg, name)
+
+
+def default_output(cfg, name):
+    """Where a command writes `name` when no file is given: see output_file."""
     if cfg.load_model_path:
         weights = Path(cfg.load_model_path)
         if (weights.parent / "config.yaml").is_file():
@@ -153,7 +163,7 @@ def check_output_file(path, option):
     """UserError unless `path` can be written as a file: not a folder, in a writable folder."""
     path = Path(path)
     if path.is_dir():
-        example = {"--result-file": "result.csv", "--gen-img": "result.png"}.get(option, "out")
+        example = {"--result-file": "result.csv", "--gen-img": "result.png", "--output": "model.onnx"}.get(option, "out")
         raise UserError(f"{option}={path} is a folder; give a file name, e.g. {option}={path / example}")
     check_output_dir(path.parent, option)
 
