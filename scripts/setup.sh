@@ -2,7 +2,8 @@
 # Create (or update) the project's virtual environment and install pinned dependencies.
 #
 #   bash scripts/setup.sh              # runtime: what `python main.py ...` needs
-#   bash scripts/setup.sh --dev        # runtime + test tools (pytest, pexpect)
+#   bash scripts/setup.sh --dev        # runtime + export extra + test tools (pytest, pexpect)
+#   bash scripts/setup.sh --export     # runtime + onnx, onnxscript, onnxruntime (`export`, --runtime=onnxruntime)
 #   bash scripts/setup.sh --dashboard  # runtime + optuna-dashboard, a web view of sweeps
 #
 # The venv lives in $RUNNER_VENV (default: .venv beside this script's parent). Re-running is
@@ -15,8 +16,9 @@ requirements=("$here/requirements.txt")
 for option in "$@"; do
     case "$option" in
         --dev) requirements+=("$here/requirements-dev.txt") ;;
+        --export) requirements+=("$here/requirements-export.txt") ;;
         --dashboard) requirements+=("$here/requirements-dashboard.txt") ;;
-        *) echo "usage: bash scripts/setup.sh [--dev] [--dashboard]" >&2; exit 2 ;;
+        *) echo "usage: bash scripts/setup.sh [--dev] [--export] [--dashboard]" >&2; exit 2 ;;
     esac
 done
 

@@ -28,6 +28,9 @@ import torchvision  # noqa: E402,F401
 import main  # noqa: E402
 from utils.engine import loop as engine  # noqa: E402,F401
 from utils.sweep import worker  # noqa: E402,F401 - optuna, for `sweep`
+from utils.export import exporter  # noqa: E402,F401 - for `export`
+import onnxruntime  # noqa: E402,F401 - for `export` and --runtime=onnxruntime (a session is made per child)
+import onnxscript  # noqa: E402,F401
 
 
 def child(request):

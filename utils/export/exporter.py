@@ -20,6 +20,7 @@
 import io
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -129,8 +130,12 @@ def _to_pt2(module, example, metadata, fixed):
 
 
 def _cannot(what, metadata, error, other):
+    """The one-line error of a failed export: the root cause (torch.onnx wraps torch.export's
+    error in its own), its first line without terminal colours."""
     log.debug("export failed", exc_info=error)
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    while error.__cause__ is not None:
+        error = error.__cause__
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", (str(error).strip().splitlines() or [""])[0])[:300]
     return UserError(f"cannot export {metadata.get('model')} to {what}: {type(error).__name__}: {reason}; "
                      f"docs/export.md lists the models that export (try {other})")
 

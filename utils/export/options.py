@@ -2,6 +2,7 @@
 the checkpoint (--env, --load-model-path, --checkpoint-dir, --use-ema, --batch-size, --device);
 `help` reads this table without importing torch."""
 import dataclasses
+from pathlib import Path
 
 from configs.loader import command_value, flag
 from utils.core.errors import UsageError
@@ -52,7 +53,8 @@ def split_options(flags):
     if values["output"].lower() in ("none", "null"):
         values["output"] = ""
     suffix = FORMATS[values["format"]]
-    if values["output"] and not values["output"].endswith(suffix):
+    # (a folder is refused as a folder, by the command, with an example file name)
+    if values["output"] and not values["output"].endswith(suffix) and not Path(values["output"]).is_dir():
         other = next((name for name, ending in FORMATS.items() if values["output"].endswith(ending)), None)
         fix = f"add --format={other}" if other else f"name it <file>{suffix}"
         raise UsageError(f"--output={values['output']} does not end in {suffix}, as a --format={values['format']} "

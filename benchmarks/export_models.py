@@ -1,0 +1,112 @@
+"""Which registered classify models export: every model of the MODELS registry and every
+torchvision classification model (torchvision.<name>), randomly initialised, through the
+same path as `python main.py export` (BatchNorm folded, torch.export, ONNX by torch.onnx,
+the parity check against PyTorch on batches of 1 and 3), to both formats.
+
+    .venv/bin/python benchmarks/export_models.py [--size 64] [--only resnet18,vit_b_16]
+        [--timeout 900] > table.md
+
+Each model runs in its own process (a crash or a hang is one row, not the end). Models with
+a fixed input size (ViT, Swin, MaxViT: 224) get it; the rest get --size (default 64, which
+keeps the run to about an hour on 2 CPU cores). Prints a markdown table: params, export
+seconds, the parity line's numbers or the first line of the error.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+FIXED_SIZE = ("vit_", "swin_", "maxvit_")  # position embeddings / windows for 224 px only
+
+
+def one(name, size):
+    """Export model `name` at `size` px to both formats; print one JSON line."""
+    import logging
+
+    import torch
+
+    import models  # noqa: F401 - registers the models
+    from utils.core.registry import MODELS
+    from utils.engine.precision import fold_batchnorm
+    from utils.export import Exportable
+    from utils.export.exporter import _batch, _onnx_runner, _pt2_runner, _to_onnx, _to_pt2, parity
+    from utils.export.options import split_options
+
+    logging.disable(logging.WARNING)
+    torch.manual_seed(0)
+    if name.split(".")[-1].startswith(FIXED_SIZE):
+        size = 224
+    model = MODELS.build(name, num_classes=10, image_size=size) if name.startswith("torchvision.") \
+        else MODELS.build(name, num_classes=10)
+    with torch.no_grad():  # a zero-initialised head (torchvision's ViT) would make every output 0 and parity trivial
+        for parameter in model.parameters():
+            if parameter.dim() >= 2 and not parameter.any():
+                parameter.normal_(0, 0.02)
+    model.eval()
+    target = Exportable(model, "images", "logits", (3, size, size), {"model": name})
+    options, _ = split_options({})
+    row = {"model": name, "size": size, "params": sum(p.numel() for p in model.parameters())}
+    folded_module, row["folded"] = fold_batchnorm(model)
+    example = _batch(target.input_shape, 2, seed=1)
+    for kind in ("onnx", "pt2"):
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                if kind == "onnx":
+                    run = _onnx_runner(_to_onnx(folded_module, example, target, {"model": name}, options, None), "images")
+                else:
+                    run = _pt2_runner(_to_pt2(folded_module, example, {"model": name}, None))
+                report = parity(model, run, target.input_shape, (1, 3), options)
+            row[kind] = ("ok: " if report.ok else "PARITY FAILED: ") + report.line.split(": ", 1)[1].rsplit(" (", 1)[0]
+        except Exception as error:  # noqa: BLE001 - the row says what failed
+            row[kind] = "fails: " + (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
+        row[f"{kind}_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(row), flush=True)
+
+
+def names(only):
+    import torchvision
+
+    import models  # noqa: F401
+    from utils.core.registry import MODELS
+
+    found = [name for name in MODELS.names() if "*" not in name and name not in ("NetG", "NetD", "CharRNN")]
+    found += [f"torchvision.{arch}" for arch in torchvision.models.list_models(module=torchvision.models)]
+    return [name for name in found if not only or name.split(".")[-1] in only or name in only]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="all", choices=("all", "one"))
+    parser.add_argument("--model")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--only", default="")
+    parser.add_argument("--timeout", type=int, default=900)
+    args = parser.parse_args()
+    if args.mode == "one":
+        one(args.model, args.size)
+        return
+    print("| model | px | params | BN folded | ONNX | s | pt2 | s |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in names([part for part in args.only.split(",") if part]):
+        command = [sys.executable, __file__, "one", f"--model={name}", f"--size={args.size}"]
+        try:
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if not lines:
+                tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                print(f"| {name} | | | | fails: {tail} | | | |", flush=True)
+                continue
+            row = json.loads(lines[-1])
+        except subprocess.TimeoutExpired:
+            print(f"| {name} | | | | timed out after {args.timeout} s | | | |", flush=True)
+            continue
+        print(f"| {row['model']} | {row['size']} | {row['params'] / 1e6:.1f}M | {row['folded']} | {row['onnx']} | "
+              f"{row['onnx_s']} | {row['pt2']} | {row['pt2_s']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

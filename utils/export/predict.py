@@ -1,0 +1,116 @@
+"""Class probabilities from Python, without the CLI:
+
+    from utils.export.predict import Predictor, predict
+
+    predict("checkpoints/dogcat/model.onnx", "cat.1.jpg")   # {'cat': 0.03, 'dog': 0.97}
+    predictor = Predictor("checkpoints/dogcat/model.onnx")  # load once, call many times
+    predictor(["a.jpg", PIL.Image.open("b.png")])           # [{...}, {...}]
+    predictor.probabilities(images)                         # numpy N x K, columns = predictor.classes
+
+The source is what `python main.py export` wrote (.onnx: ONNX Runtime; .pt2: torch.export)
+or a checkpoint .pth / run dir (PyTorch). The metadata of the file (or the checkpoint's
+config) says how an image becomes the model's input, exactly as `test` does it: image files
+are resized to a short side of size / 0.875 and centre-cropped (dogcat, imagefolder), array
+data sets' images are scaled whole to their size (cifar10, mnist); then scaled to [0, 1],
+normalised with the data set's mean and std.
+"""
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configs.loader import Text, load_config
+from data.readable import open_image
+from data.transforms import fit_image
+from utils.core.errors import UserError
+from utils.core.registry import EXPERIMENTS
+from utils.engine import checkpoint
+from utils.engine.loop import inference_checkpoint
+from utils.engine.precision import for_inference
+from utils.export import METADATA_KEY
+from utils.export.onnx_runtime import OnnxModel
+
+
+def predict(source, image):
+    """Class probabilities {class name: probability} of one image (a file or a PIL image) by
+    the model in `source` (see the module docstring); a list of images gives a list."""
+    return Predictor(source)(image)
+
+
+class Predictor:
+    """A classifier loaded once from `source` (.onnx, .pt2, a checkpoint .pth or a run dir),
+    called on images. `classes` names the columns of `probabilities`; `spec` is how an image
+    becomes its input."""
+
+    def __init__(self, source, threads=0):
+        path = Path(source)
+        if not path.exists():
+            raise UserError(f"{source}: no such file or folder; give an exported .onnx / .pt2, a checkpoint .pth "
+                            f"or a run dir")
+        if path.suffix == ".onnx":
+            self.model = OnnxModel(path, threads)
+            self.spec = self.model.metadata
+        elif path.suffix == ".pt2":
+            self.model, self.spec = _load_pt2(path)
+        else:
+            self.model, self.spec = _load_checkpoint(path)
+        if self.spec.get("experiment", "classify") != "classify" or "classes" not in self.spec:
+            raise UserError(f"{source} is not a classifier exported by the runner (a gan's generator, or a file "
+                            f"without the runner's metadata); predict() takes a classify run's model")
+        self.classes = list(self.spec["classes"])
+        # the engine's normalisation, in its arithmetic (utils/engine/precision.py): the same bits as `test`
+        mean, std = (torch.tensor(self.spec[key], dtype=torch.float32).view(1, -1, 1, 1) for key in ("mean", "std"))
+        self._offset, self._factor = mean * 255, 1 / (std * 255)
+
+    def __call__(self, images):
+        """{class name: probability} of an image (a path or a PIL image); a list of them
+        gives a list of such dicts."""
+        many = isinstance(images, (list, tuple))
+        rows = self.probabilities(images if many else [images])
+        answers = [dict(zip(self.classes, map(float, row))) for row in rows]
+        return answers if many else answers[0]
+
+    def probabilities(self, images, batch_size=32):
+        """N x K numpy float32 array of class probabilities of `images` (paths or PIL images)."""
+        parts = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self._pixels(image) for image in images[start:start + batch_size]])
+            with torch.inference_mode():
+                logits = self.model(batch.float().sub_(self._offset).mul_(self._factor))
+            parts.append(logits.float().softmax(1).numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
+
+    def _pixels(self, image):
+        """uint8 C x size x size of a path or a PIL image."""
+        if isinstance(image, (str, Path)):
+            with open_image(image) as opened:
+                return fit_image(opened, self.spec)
+        return fit_image(image, self.spec)
+
+
+def _load_pt2(path):
+    """(module, metadata) of a torch.export archive written by `export`."""
+    extra = {f"{METADATA_KEY}.json": ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except (RuntimeError, zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"{path} is not a torch.export archive ({error}); write one with "
+                        f"`python main.py export --format=pt2`") from None
+    return program.module(), json.loads(extra[f"{METADATA_KEY}.json"] or "{}")
+
+
+def _load_checkpoint(path):
+    """(module, metadata) of a checkpoint .pth or a run dir's best.pth / last.pth, through
+    the experiment's exportable(): the same model and metadata `export` would write."""
+    from utils.export.exporter import run_config
+
+    flags = {"env": Text(path.name), "checkpoint_dir": Text(str(path.parent))} if path.is_dir() \
+        else {"load_model_path": Text(str(path))}
+    cfg = load_config(flags)
+    checkpoint_path = inference_checkpoint(cfg)
+    state = checkpoint.load_checkpoint(checkpoint_path)
+    cfg = run_config(cfg, flags, state, checkpoint_path)
+    target = EXPERIMENTS.get(cfg.experiment)(cfg).exportable(state, checkpoint_path)
+    return for_inference(target.module), target.metadata
