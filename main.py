@@ -75,6 +75,8 @@ def export(*args, **flags):
     if not cfg.env and not cfg.load_model_path:
         raise UsageError("export needs a run: give --env=<run name> (a folder under --checkpoint-dir) or "
                          "--load-model-path=<checkpoint.pth>")
+    if distributed.launched():
+        raise UsageError("export writes one file from one checkpoint: run it without torchrun")
     if options.output:
         runtime.check_output_file(options.output, "--output")  # a bad path fails before torch loads
 

@@ -11,7 +11,9 @@ Both sides are separate processes, so imports and start-up count, timed by this 
           print_freq steps, validation under no_grad after each epoch, the weights saved each
           epoch; test under no_grad, softmax, a csv of P(dog). The model class is the
           runner's (models/), so both train the same network.
-  runner: python main.py train / test with the same options and its defaults.
+  runner: python main.py train / test with the same options and its defaults; then
+          `python main.py export` (timed apart: done once per model) and
+          `python main.py test --runtime=onnxruntime` on the exported file.
 The sides alternate for --rounds rounds; the best round of each is compared.
 Goal on a CPU: train >= 1.15x, test >= 1.5x (runner speed / book speed).
 """
@@ -152,6 +154,11 @@ def compare(args):
                 "book test": timed([sys.executable, __file__, "book-test", *common]),
                 "runner test": timed([sys.executable, "main.py", "test", *runner, f"--env=r{round_}",
                                       f"--test-data-root={data / 'test'}", f"--result-file={folder / 'result.csv'}"]),
+                "runner export": timed([sys.executable, "main.py", "export", f"--env=r{round_}",
+                                        f"--checkpoint-dir={folder / 'runs'}"]),
+                "runner test onnxruntime": timed([sys.executable, "main.py", "test", *runner, f"--env=r{round_}",
+                                                  "--runtime=onnxruntime", f"--test-data-root={data / 'test'}",
+                                                  f"--result-file={folder / 'result_ort.csv'}"]),
             }
             for name, seconds in times.items():
                 best[name] = min(best.get(name, float("inf")), seconds)
@@ -163,6 +170,9 @@ def compare(args):
           f"runner speed / book = {best['book train'] / best['runner train']:.2f}x")
     print(f"test:  book {best['book test']:.1f} s, runner {best['runner test']:.1f} s, "
           f"runner speed / book = {best['book test'] / best['runner test']:.2f}x")
+    print(f"test with ONNX Runtime: runner {best['runner test onnxruntime']:.1f} s, "
+          f"runner speed / book = {best['book test'] / best['runner test onnxruntime']:.2f}x "
+          f"(export, once per model: {best['runner export']:.1f} s)")
 
 
 def main():

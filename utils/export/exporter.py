@@ -166,7 +166,7 @@ class ParityReport:
 def parity(reference, run, shape, sizes, options):
     """Whether `run` (the exported model) gives `reference`'s outputs on seeded batches of
     `sizes` items, within options.atol / options.rtol, and the line that says so."""
-    worst_abs, worst_rel, ok = 0.0, 0.0, True
+    worst_abs, worst_rel, largest, ok = 0.0, 0.0, 0.0, True
     for seed, size in enumerate(sizes, start=PARITY_SEED + 2):
         batch = _batch(shape, size, seed)
         expected = reference(batch).float()
@@ -177,6 +177,7 @@ def parity(reference, run, shape, sizes, options):
         difference = (got - expected).abs()
         ok = ok and bool((difference <= options.atol + options.rtol * expected.abs()).all())
         worst_abs = max(worst_abs, float(difference.max()))
+        largest = max(largest, float(expected.abs().max()))
         # relative to the values that are not ~0 (|value| > atol), where a ratio means something
         meaningful = expected.abs() > options.atol
         if meaningful.any():
@@ -184,6 +185,6 @@ def parity(reference, run, shape, sizes, options):
     counted = " and ".join(str(size) for size in sizes)
     verdict = "ok" if ok else "FAILED"
     line = (f"parity with PyTorch on random batches of {counted}: max abs diff {worst_abs:.2e}, max rel diff "
-            f"{worst_rel:.2e} (--atol={options.atol:g} --rtol={options.rtol:g}): {verdict}")
+            f"{worst_rel:.2e}, outputs up to {largest:.2g} (--atol={options.atol:g} --rtol={options.rtol:g}): {verdict}")
     return ParityReport(ok, line)
 
