@@ -310,3 +310,22 @@ def test_the_registered_models_export_to_both_formats_within_tolerance(name):
                            "--size=64"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     row = json.loads(done.stdout.strip().splitlines()[-1])
     assert row["onnx"].startswith("ok: ") and row["pt2"].startswith("ok: "), row
+
+
+def test_a_file_exported_from_another_checkpoint_of_the_run_is_used_with_a_warning(run):
+    tmp_path, _ = run
+    older = tmp_path / "from_last.onnx"
+    last = tmp_path / "runs" / "tiny" / "last.pth"
+    assert run_cli("export", f"--load-model-path={last}", f"--output={older}").returncode == 0
+    result = run_cli("test", *flags(tmp_path, "--runtime=onnxruntime", f"--onnx={older}", f"--result-file={tmp_path / 'o.csv'}"))
+    assert result.returncode == 0, result.stderr
+    assert f"WARNING {older} was exported from {last} at step " in result.stderr
+    assert f"export this run's model with `python main.py export --env=tiny --checkpoint-dir={tmp_path / 'runs'}`" in result.stderr
+
+
+def test_an_experiment_without_an_export_says_so(tmp_path, capsys):
+    torch.save({"config": {"experiment": "poetry"}, "model": {}}, tmp_path / "poet.pth")
+    assert main.main(["export", f"--load-model-path={tmp_path / 'poet.pth'}"]) == 1
+    assert capsys.readouterr().err == ("error: experiment poetry has nothing to export (export takes classify's models "
+                                       "and the gan's generator)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poet.pth"]
