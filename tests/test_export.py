@@ -329,3 +329,31 @@ def test_an_experiment_without_an_export_says_so(tmp_path, capsys):
     assert capsys.readouterr().err == ("error: experiment poetry has nothing to export (export takes classify's models "
                                        "and the gan's generator)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["poet.pth"]
+
+
+def test_a_grey_array_data_set_exports_tests_and_predicts_the_same(tmp_path):
+    """MNIST: 1 channel, items already float (no uint8 normalisation), resize 'whole'."""
+    from conftest import make_mnist
+
+    make_mnist(tmp_path / "mnist")
+    common = ["--env=m", f"--checkpoint-dir={tmp_path / 'runs'}", "--num-workers=0"]
+    trained = run_cli("train", *common, "--dataset=mnist", f"--train-data-root={tmp_path / 'mnist'}", "--model=LeNet",
+                      "--batch-size=8", "--max-epoch=1", "--progress=false", "--debug-file=")
+    assert trained.returncode == 0, trained.stderr
+    assert run_cli("export", *common).returncode == 0
+    _, meta = metadata(tmp_path / "runs" / "m" / "model.onnx")
+    assert (meta["channels"], meta["image_size"], meta["resize"]) == (1, 28, "whole")
+    assert meta["mean"] == [0.1307] and meta["classes"] == [str(digit) for digit in range(10)]
+    by_torch = run_cli("test", *common, f"--result-file={tmp_path / 'torch.csv'}")
+    by_onnx = run_cli("test", *common, "--runtime=onnxruntime", f"--result-file={tmp_path / 'ort.csv'}")
+    assert by_torch.returncode == by_onnx.returncode == 0, by_onnx.stderr
+    assert rows(tmp_path / "ort.csv") == rows(tmp_path / "torch.csv")  # id,class name
+    assert by_onnx.stdout.splitlines()[1:] == by_torch.stdout.splitlines()[1:]  # accuracy and the per-class table
+    # the first test image as a PNG a user might have: predict() names the class test wrote
+    from configs.loader import load_config
+    from data.mnist import Mnist
+
+    test_split = Mnist(load_config({"dataset": "mnist", "train_data_root": str(tmp_path / "mnist")}), "test")
+    Image.fromarray(test_split.images[test_split.positions[0]][..., 0]).save(tmp_path / "digit.png")
+    probabilities = predict(tmp_path / "runs" / "m" / "model.onnx", tmp_path / "digit.png")
+    assert max(probabilities, key=probabilities.get) == rows(tmp_path / "torch.csv")[1][1]

@@ -61,7 +61,7 @@ def main(options, cfg, flags):
                 "output": target.output_name, "input_shape": list(target.input_shape), "batch": fixed,
                 "exported_from": str(path), "torch": torch.__version__}
     example = _batch(target.input_shape, fixed or 2, seed=PARITY_SEED + 1)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.no_grad():
         if options.format == "onnx":
             data = _to_onnx(module, example, target, metadata, options, fixed)
             run = _onnx_runner(data, target.input_name)
