@@ -33,7 +33,7 @@ def one(name, size):
     from utils.core.registry import MODELS
     from utils.engine.precision import fold_batchnorm
     from utils.export import Exportable
-    from utils.export.exporter import _batch, _onnx_runner, _pt2_runner, _to_onnx, _to_pt2, parity
+    from utils.export.exporter import random_batch, onnx_runner, pt2_runner, to_onnx, to_pt2, parity
     from utils.export.options import split_options
 
     logging.disable(logging.WARNING)
@@ -59,15 +59,15 @@ def one(name, size):
     options, _ = split_options({})
     row = {"model": name, "size": size, "params": sum(p.numel() for p in model.parameters())}
     folded_module, row["folded"] = fold_batchnorm(model)
-    example = _batch(target.input_shape, 2, seed=1)
+    example = random_batch(target.input_shape, 2, seed=1)
     for kind in ("onnx", "pt2"):
         started = time.perf_counter()
         try:
             with torch.no_grad():
                 if kind == "onnx":
-                    run = _onnx_runner(_to_onnx(folded_module, example, target, {"model": name}, options, None), "images")
+                    run = onnx_runner(to_onnx(folded_module, example, target, {"model": name}, options, None), "images")
                 else:
-                    run = _pt2_runner(_to_pt2(folded_module, example, {"model": name}, None))
+                    run = pt2_runner(to_pt2(folded_module, example, {"model": name}, None))
                 report = parity(model, run, target.input_shape, (1, 3), options)
             row[kind] = ("ok: " if report.ok else "PARITY FAILED: ") + report.line.split(": ", 1)[1].rsplit(" (--", 1)[0]
         except Exception as error:  # noqa: BLE001 - the row says what failed

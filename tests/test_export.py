@@ -203,13 +203,13 @@ def test_a_parity_failure_is_exit_1_and_writes_nothing(run, capsys, monkeypatch)
     tmp_path, _ = run
     target = tmp_path / "runs" / "tiny" / "model.onnx"
     before = target.read_bytes()
-    original = exporter._onnx_runner
+    original = exporter.onnx_runner
 
     def off_by_a_little(data, name):
         run_model = original(data, name)
         return lambda batch: run_model(batch) + 1e-3  # what a loosely translated op would do
 
-    monkeypatch.setattr(exporter, "_onnx_runner", off_by_a_little)
+    monkeypatch.setattr(exporter, "onnx_runner", off_by_a_little)
     code = main.main(["export", *flags(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1, err

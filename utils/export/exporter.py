@@ -60,14 +60,14 @@ def main(options, cfg, flags):
     metadata = {"version": METADATA_VERSION, **target.metadata, "input": target.input_name,
                 "output": target.output_name, "input_shape": list(target.input_shape), "batch": fixed,
                 "exported_from": str(path), "torch": torch.__version__}
-    example = _batch(target.input_shape, fixed or 2, seed=PARITY_SEED + 1)
+    example = random_batch(target.input_shape, fixed or 2, seed=PARITY_SEED + 1)
     with torch.no_grad():
         if options.format == "onnx":
-            data = _to_onnx(module, example, target, metadata, options, fixed)
-            run = _onnx_runner(data, target.input_name)
+            data = to_onnx(module, example, target, metadata, options, fixed)
+            run = onnx_runner(data, target.input_name)
         else:
-            data = _to_pt2(module, example, metadata, fixed)
-            run = _pt2_runner(data)
+            data = to_pt2(module, example, metadata, fixed)
+            run = pt2_runner(data)
         report = parity(reference, run, target.input_shape, [fixed] if fixed else DYNAMIC_BATCHES, options)
     print(report.line)
     if not report.ok:
@@ -93,7 +93,7 @@ def run_config(cfg, flags, state, path):
     return adopt_checkpoint_config(cfg, saved, source=str(path))
 
 
-def _batch(shape, size, seed):
+def random_batch(shape, size, seed):
     """A seeded standard-normal float32 batch of `size` items of `shape`: what normalised
     images (and a generator's noise) look like to a network."""
     return torch.randn(size, *shape, generator=torch.Generator().manual_seed(seed))
@@ -103,14 +103,14 @@ def _dynamic_shapes(fixed):
     return None if fixed else ({0: torch.export.Dim("batch", min=1)},)
 
 
-def _to_onnx(module, example, target, metadata, options, fixed):
+def to_onnx(module, example, target, metadata, options, fixed):
     """The ONNX file's bytes, with the metadata entry."""
     try:
         program = torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=[target.input_name],
                                     output_names=[target.output_name], opset_version=options.opset,
                                     dynamic_shapes=_dynamic_shapes(fixed), external_data=False)
     except Exception as error:  # noqa: BLE001 - torch.export and the translator fail in many ways
-        raise _cannot("ONNX", metadata, error, "--format=pt2") from None
+        raise _cannot("ONNX", metadata, error, "--format=pt2", fixed) from None
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
     try:
         return program.model_proto.SerializeToString()
@@ -118,18 +118,18 @@ def _to_onnx(module, example, target, metadata, options, fixed):
         raise UserError(f"cannot write {metadata.get('model')} as one ONNX file ({error}); use --format=pt2") from None
 
 
-def _to_pt2(module, example, metadata, fixed):
+def to_pt2(module, example, metadata, fixed):
     """The torch.export archive's bytes, with the metadata as runner.json."""
     try:
         program = torch.export.export(module, (example,), dynamic_shapes=_dynamic_shapes(fixed))
-    except Exception as error:  # noqa: BLE001 - see _to_onnx
-        raise _cannot("torch.export", metadata, error, "--format=onnx") from None
+    except Exception as error:  # noqa: BLE001 - see to_onnx
+        raise _cannot("torch.export", metadata, error, "--format=onnx", fixed) from None
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
     return buffer.getvalue()
 
 
-def _cannot(what, metadata, error, other):
+def _cannot(what, metadata, error, other, fixed):
     """The one-line error of a failed export: the root cause (torch.onnx wraps torch.export's
     error in its own), its first line without terminal colours."""
     log.debug("export failed", exc_info=error)
@@ -137,10 +137,11 @@ def _cannot(what, metadata, error, other):
         error = error.__cause__
     reason = re.sub(r"\x1b\[[0-9;]*m", "", (str(error).strip().splitlines() or [""])[0])[:300]
     return UserError(f"cannot export {metadata.get('model')} to {what}: {type(error).__name__}: {reason}; "
-                     f"docs/export.md lists the models that export (try {other})")
+                     f"docs/export.md lists the models that export (try {other}"
+                     f"{'' if fixed else ', or --dynamic-batch=false for a model that needs a fixed batch'})")
 
 
-def _onnx_runner(data, input_name):
+def onnx_runner(data, input_name):
     exported = session(data)
 
     def run(batch):
@@ -149,7 +150,7 @@ def _onnx_runner(data, input_name):
     return run
 
 
-def _pt2_runner(data):
+def pt2_runner(data):
     module = torch.export.load(io.BytesIO(data)).module()
 
     def run(batch):
@@ -168,7 +169,7 @@ def parity(reference, run, shape, sizes, options):
     `sizes` items, within options.atol / options.rtol, and the line that says so."""
     worst_abs, worst_rel, largest, ok = 0.0, 0.0, 0.0, True
     for seed, size in enumerate(sizes, start=PARITY_SEED + 2):
-        batch = _batch(shape, size, seed)
+        batch = random_batch(shape, size, seed)
         expected = reference(batch).float()
         got = run(batch).float()
         if got.shape != expected.shape:
