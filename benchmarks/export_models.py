@@ -33,7 +33,7 @@ def one(name, size):
     from utils.core.registry import MODELS
     from utils.engine.precision import fold_batchnorm
     from utils.export import Exportable
-    from utils.export.exporter import random_batch, onnx_runner, pt2_runner, to_onnx, to_pt2, parity
+    from utils.export.exporter import onnx_runner, parity, pt2_runner, random_batch, to_onnx, to_pt2
     from utils.export.options import split_options
 
     logging.disable(logging.WARNING)

@@ -22,15 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import onnxruntime  # noqa: E402,F401 - for `export` and --runtime=onnxruntime (a session is made per child)
+import onnxscript  # noqa: E402,F401
 import torch  # noqa: E402,F401 - the point: import once, before any fork
 import torchvision  # noqa: E402,F401
 
 import main  # noqa: E402
 from utils.engine import loop as engine  # noqa: E402,F401
-from utils.sweep import worker  # noqa: E402,F401 - optuna, for `sweep`
 from utils.export import exporter  # noqa: E402,F401 - for `export`
-import onnxruntime  # noqa: E402,F401 - for `export` and --runtime=onnxruntime (a session is made per child)
-import onnxscript  # noqa: E402,F401
+from utils.sweep import worker  # noqa: E402,F401 - optuna, for `sweep`
 
 
 def child(request):
