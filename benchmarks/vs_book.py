@@ -127,6 +127,12 @@ def book_test(args):
 
 
 # -- the comparison ---------------------------------------------------------------------------
+def read_csv(path):
+    """{id: P(dog)} of a Kaggle csv, in file order."""
+    with open(path, newline="") as handle:
+        return {row["id"]: float(row["label"]) for row in csv.DictReader(handle)}
+
+
 def timed(command):
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -145,7 +151,7 @@ def compare(args):
                   f"--epochs={args.epochs}", f"--data={data}", f"--out={folder}", f"--debug-file={folder / 'debug'}"]
         runner = [f"--model={args.model}", f"--batch-size={args.batch_size}", f"--num-workers={args.workers}",
                   f"--checkpoint-dir={folder / 'runs'}", f"--debug-file={folder / 'debug'}", "--progress=false"]
-        best = {}
+        best, differences = {}, []
         for round_ in range(args.rounds):
             times = {
                 "book train": timed([sys.executable, __file__, "book-train", *common]),
@@ -162,6 +168,10 @@ def compare(args):
             }
             for name, seconds in times.items():
                 best[name] = min(best.get(name, float("inf")), seconds)
+            by_torch, by_onnx = (read_csv(folder / name) for name in ("result.csv", "result_ort.csv"))
+            if list(by_torch) != list(by_onnx):
+                sys.exit("the ONNX Runtime csv has other ids, or another order, than the PyTorch csv")
+            differences.append(max(abs(by_torch[key] - by_onnx[key]) for key in by_torch))
             print(f"  round {round_ + 1}: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items()),
                   flush=True)
     print(f"{args.train} train + {args.test} test Kaggle-size JPEGs, {args.model} at 224 px, batch {args.batch_size}, "
@@ -172,7 +182,8 @@ def compare(args):
           f"runner speed / book = {best['book test'] / best['runner test']:.2f}x")
     print(f"test with ONNX Runtime: runner {best['runner test onnxruntime']:.1f} s, "
           f"runner speed / book = {best['book test'] / best['runner test onnxruntime']:.2f}x "
-          f"(export, once per model: {best['runner export']:.1f} s)")
+          f"(export, once per model: {best['runner export']:.1f} s); its csv vs PyTorch's: the same ids in the "
+          f"same order, P(dog) within {max(differences):.1e}")
 
 
 def main():

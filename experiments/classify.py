@@ -327,8 +327,9 @@ class Classify(Experiment):
         how to turn an image into the input (size, resize, mean, std)."""
         cfg = self.cfg
         if cfg.num_classes is None:
-            raise UsageError(f"{path} holds weights only, not the model or the number of classes they were trained for; give "
-                             f"--model=<its architecture> --num-classes=K (and --image-size=N when not 224), or export a run's best.pth / last.pth")
+            raise UsageError(f"{path} holds weights only, not the model or the number of classes they were trained "
+                             f"for; give --model=<its architecture> --num-classes=K (and --image-size=N when not 224), "
+                             f"or export a run's best.pth / last.pth")
         cfg = dataclasses.replace(cfg, image_size=cfg.image_size or 224)
         average = chosen_average(cfg, state, "model", path)
         model = build_for_weights(cfg, torch.device("cpu"))
