@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 for _chatty in ("onnxscript", "onnx_ir"):  # their graph passes log each step at INFO
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 PARITY_SEED = 0
+ONNX_LIMIT = 2 ** 31 - 2 ** 24  # bytes of weights one ONNX file can hold: protobuf's 2 GB, less room for the graph
 DYNAMIC_BATCHES = (1, 3)  # parity batch sizes of a dynamic-batch export; the traced example has 2
 
 
@@ -105,6 +106,10 @@ def _dynamic_shapes(fixed):
 
 def to_onnx(module, example, target, metadata, options, fixed):
     """The ONNX file's bytes, with the metadata entry."""
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in [*module.parameters(), *module.buffers()])
+    if weights >= ONNX_LIMIT:
+        raise UserError(f"{metadata.get('model')} has {weights / 2 ** 30:.1f} GB of weights, more than the 2 GB one ONNX "
+                        f"file holds (protobuf's limit); use --format=pt2")
     try:
         program = torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=[target.input_name],
                                     output_names=[target.output_name], opset_version=options.opset,
@@ -112,10 +117,7 @@ def to_onnx(module, example, target, metadata, options, fixed):
     except Exception as error:  # noqa: BLE001 - torch.export and the translator fail in many ways
         raise _cannot("ONNX", metadata, error, "--format=pt2", fixed) from None
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
-    try:
-        return program.model_proto.SerializeToString()
-    except ValueError as error:  # protobuf's 2 GB limit
-        raise UserError(f"cannot write {metadata.get('model')} as one ONNX file ({error}); use --format=pt2") from None
+    return program.model_proto.SerializeToString()
 
 
 def to_pt2(module, example, metadata, fixed):
