@@ -357,3 +357,13 @@ def test_a_grey_array_data_set_exports_tests_and_predicts_the_same(tmp_path):
     Image.fromarray(test_split.images[test_split.positions[0]][..., 0]).save(tmp_path / "digit.png")
     probabilities = predict(tmp_path / "runs" / "m" / "model.onnx", tmp_path / "digit.png")
     assert max(probabilities, key=probabilities.get) == rows(tmp_path / "torch.csv")[1][1]
+
+
+def test_a_model_over_the_2_gb_one_onnx_file_holds_is_refused_before_exporting():
+    from utils.export.options import split_options
+
+    with torch.device("meta"):  # 2 GiB of float32 weights, none of them allocated
+        big = torch.nn.Linear(2 ** 15, 2 ** 14, bias=False)
+    with pytest.raises(UserError, match=r"^big has 2\.0 GB of weights, more than the 2 GB one ONNX file holds "
+                                        r"\(protobuf's limit\); use --format=pt2$"):
+        exporter.to_onnx(big, None, None, {"model": "big"}, split_options({})[0], None)
