@@ -47,13 +47,20 @@ def one(name, size):
         for parameter in model.parameters():
             if parameter.dim() >= 2 and not parameter.any():
                 parameter.normal_(0, 0.02)
-        # a fresh BatchNorm (mean 0, var 1, weight 1, bias 0) folds into nothing: give it the
-        # statistics a trained one has, so the fold is tested for real
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-                module.running_mean.uniform_(-0.1, 0.1), module.running_var.uniform_(0.5, 1.5)
-                if module.affine:
-                    module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.1, 0.1)
+        # a fresh BatchNorm (mean 0, var 1, weight 1, bias 0) folds into nothing: give it an
+        # affine part and the statistics of the activations it sees (two random batches in
+        # training mode, averaged), as training would, so the fold is tested for real and the
+        # outputs keep a trained network's scale
+        norms = [module for module in model.modules()
+                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None]
+        for norm in norms:
+            norm.momentum = None  # a plain average over the calibration batches
+            if norm.affine:
+                norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.1, 0.1)
+        if norms:
+            model.train()
+            for seed in (10, 11):
+                model(torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(seed)))
     model.eval()
     target = Exportable(model, "images", "logits", (3, size, size), {"model": name})
     options, _ = split_options({})
