@@ -226,6 +226,7 @@ def test_a_parity_failure_is_exit_1_and_writes_nothing(run, capsys, monkeypatch)
     (["--format=tflite"], 2, "--format=tflite is not an export format; use --format=onnx or --format=pt2"),
     (["--output=model.pt2"], 2, "--output=model.pt2 does not end in .onnx, as a --format=onnx file must; add --format=pt2"),
     (["--opset=11"], 2, "--opset=11: torch.onnx writes opset 18 and newer; use --opset=18"),
+    (["--opset=99"], 2, "--opset=99: the installed onnx "),
     (["--atol=-1"], 2, "option --atol must be >= 0; got -1.0"),
     (["--dynamic-batch=maybe"], 2, "option --dynamic-batch expects a boolean (true/false), got 'maybe'"),
     (["--test-data-root=x"], 2, "export reads a checkpoint and no data; drop --test-data-root"),

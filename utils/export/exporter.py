@@ -17,6 +17,7 @@
    interrupted export never leaves a partial file, and an earlier file of the same name
    survives it.
 """
+import dataclasses
 import io
 import json
 import logging
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from configs.loader import Text, adopt_checkpoint_config, changed_options, load_config
-from utils.core.errors import UserError
+from utils.core.errors import UsageError, UserError
 from utils.core.io import atomic_open
 from utils.core.registry import EXPERIMENTS
 from utils.engine import checkpoint, runtime
@@ -34,7 +35,7 @@ from utils.engine.loop import inference_checkpoint
 from utils.engine.precision import fold_batchnorm
 from utils.export import METADATA_KEY, METADATA_VERSION
 from utils.export.onnx_runtime import require, session
-from utils.export.options import FORMATS
+from utils.export.options import FORMATS, MIN_OPSET
 
 log = logging.getLogger(__name__)
 for _chatty in ("onnxscript", "onnx_ir"):  # their graph passes log each step at INFO
@@ -52,7 +53,11 @@ def main(options, cfg, flags):
     output = Path(options.output or runtime.default_output(cfg, "model" + FORMATS[options.format]))
     runtime.check_output_file(output, "--output")
     if options.format == "onnx":
-        require()  # before any time goes into building the model
+        onnx = require()[0]  # before any time goes into building the model
+        newest = onnx.defs.onnx_opset_version()
+        if options.opset > newest:
+            raise UsageError(f"--opset={options.opset}: the installed onnx {onnx.__version__} knows opsets up to "
+                             f"{newest}; use --opset={MIN_OPSET} (read by every current runtime) up to {newest}")
     target = EXPERIMENTS.get(cfg.experiment)(cfg).exportable(state, path)
     reference = target.module.eval()
     module, folded = fold_batchnorm(reference)
@@ -161,9 +166,10 @@ def pt2_runner(data):
     return run
 
 
+@dataclasses.dataclass(frozen=True)
 class ParityReport:
-    def __init__(self, ok, line):
-        self.ok, self.line = ok, line
+    ok: bool  # every output within the tolerances
+    line: str  # what export prints
 
 
 def parity(reference, run, shape, sizes, options):
