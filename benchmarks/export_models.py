@@ -34,7 +34,7 @@ def one(name, size):
     from utils.core.registry import MODELS
     from utils.engine.precision import fold_batchnorm
     from utils.export import Exportable
-    from utils.export.exporter import onnx_runner, parity, pt2_runner, random_batch, to_onnx, to_pt2
+    from utils.export.exporter import fold_drift, onnx_runner, parity, pt2_runner, random_batch, to_onnx, to_pt2
     from utils.export.options import split_options
 
     logging.disable(logging.WARNING)
@@ -66,6 +66,7 @@ def one(name, size):
     options, _ = split_options({})
     row = {"model": name, "size": size, "params": sum(p.numel() for p in model.parameters())}
     folded_module, row["folded"] = fold_batchnorm(model)
+    row["drift"] = fold_drift(model, folded_module, target.input_shape) if row["folded"] else 0.0
     example = random_batch(target.input_shape, 2, seed=1)
     for kind in ("onnx", "pt2"):
         started = time.perf_counter()
@@ -75,7 +76,7 @@ def one(name, size):
                     run = onnx_runner(to_onnx(folded_module, example, target, {"model": name}, options, None), "images")
                 else:
                     run = pt2_runner(to_pt2(folded_module, example, {"model": name}, None))
-                report = parity(model, run, target.input_shape, (1, 3), options)
+                report = parity(folded_module, run, target.input_shape, (1, 3), options)
             row[kind] = ("ok: " if report.ok else "PARITY FAILED: ") + report.line.split(": ", 1)[1].rsplit(" (--", 1)[0]
         except Exception as error:  # noqa: BLE001 - the row says what failed
             row[kind] = "fails: " + (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
@@ -105,7 +106,8 @@ def main():
     if args.mode == "one":
         one(args.model, args.size)
         return
-    print("| model | px | params | BN folded | ONNX | s | pt2 | s |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | px | params | BN folded (outputs moved) | ONNX | s | pt2 | s |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names([part for part in args.only.split(",") if part]):
         command = [sys.executable, __file__, "one", f"--model={name}", f"--size={args.size}"]
         try:
@@ -119,7 +121,8 @@ def main():
         except subprocess.TimeoutExpired:
             print(f"| {name} | | | | timed out after {args.timeout} s | | | |", flush=True)
             continue
-        print(f"| {row['model']} | {row['size']} | {row['params'] / 1e6:.1f}M | {row['folded']} | {row['onnx']} | "
+        folded = f"{row['folded']} ({row['drift']:.1e})" if row["folded"] else "0"
+        print(f"| {row['model']} | {row['size']} | {row['params'] / 1e6:.1f}M | {folded} | {row['onnx']} | "
               f"{row['onnx_s']} | {row['pt2']} | {row['pt2_s']} |", flush=True)
 
 
