@@ -34,6 +34,21 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
+def split_command_flags(flags, table):
+    """({name: typed value, defaults filled in} of the flags a command's own option `table`
+    ({name: (type, default, doc)}: sweep's, export's) names, {the other flags as given})."""
+    values, rest = {}, {}
+    for key, value in flags.items():
+        name = str(key).replace("-", "_")
+        if name in table:
+            values[name] = command_value(name, value, table[name][0])
+        else:
+            rest[key] = value
+    for name, (_, default, _) in table.items():
+        values.setdefault(name, default)
+    return values, rest
+
+
 def command_value(name, value, kind):
     """`value` (text from the command line, or a Python value) as the type `kind` of option
     `name` of a command's own table (sweep, export), which the schema does not type."""

@@ -20,14 +20,17 @@ from utils.export.predict import Predictor, predict
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny dogcat run (LeNet, 16 px, 20 test images), its model exported to ONNX, and the
-    csv `test` writes with PyTorch."""
+    """A tiny dogcat run (LeNet, 16 px, 20 test images), its model exported to ONNX (the
+    result is returned) and to .pt2, and the csv `test` writes with PyTorch."""
     tmp_path = tmp_path_factory.mktemp("export")
     make_dogcat(tmp_path / "data", per_class=8, test_images=20)
     trained = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path))
     assert trained.returncode == 0, trained.stderr
     exported = run_cli("export", "--env=tiny", f"--checkpoint-dir={tmp_path / 'runs'}")
     assert exported.returncode == 0, exported.stderr
+    as_pt2 = run_cli("export", "--env=tiny", f"--checkpoint-dir={tmp_path / 'runs'}", "--format=pt2")
+    assert as_pt2.returncode == 0, as_pt2.stderr
+    assert as_pt2.stdout.splitlines()[1].startswith(f"wrote {tmp_path / 'runs' / 'tiny' / 'model.pt2'} (")
     tested = run_cli("test", "--env=tiny", f"--checkpoint-dir={tmp_path / 'runs'}", f"--result-file={tmp_path / 'torch.csv'}",
                      "--num-workers=0")
     assert tested.returncode == 0, tested.stderr
@@ -113,10 +116,7 @@ def test_a_fixed_batch_export_serves_every_batch_size(run):
 
 def test_pt2_export_loads_with_torch_export_and_matches_the_checkpoint(run):
     tmp_path, _ = run
-    path = tmp_path / "runs" / "tiny" / "model.pt2"
-    result = run_cli("export", *flags(tmp_path, "--format=pt2"))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[1].startswith(f"wrote {path} (")
+    path = tmp_path / "runs" / "tiny" / "model.pt2"  # the fixture's --format=pt2
     extra = {"runner.json": ""}
     module = torch.export.load(str(path), extra_files=extra).module()
     assert json.loads(extra["runner.json"])["classes"] == ["cat", "dog"]
@@ -164,14 +164,15 @@ def gan_run(tmp_path_factory):
                       "--env=g", "--image-size=32", "--nz=16", "--ngf=8", "--ndf=8", "--batch-size=8", "--max-epoch=1",
                       "--num-workers=0", "--progress=false", "--debug-file=")
     assert trained.returncode == 0, trained.stderr
-    return tmp_path
+    exported = run_cli("export", "--env=g", f"--checkpoint-dir={tmp_path}")  # no --experiment: the checkpoint says gan
+    assert exported.returncode == 0, exported.stderr
+    return tmp_path, exported
 
 
 def test_the_gan_exports_its_generator_with_batchnorm_folded(gan_run):
-    # no --experiment: the checkpoint says gan
-    result = run_cli("export", "--env=g", f"--checkpoint-dir={gan_run}")
-    assert result.returncode == 0, result.stderr
+    gan_run, result = gan_run
     assert "input 'noise' float32 batch x 16 x 1 x 1, output 'images'" in result.stdout
+    assert "NetG: 3 BatchNorm layer(s) folded into the convolution before" in result.stderr
     model, meta = metadata(gan_run / "g" / "model.onnx")
     assert {node.op_type for node in model.graph.node} >= {"ConvTranspose", "Tanh"}
     assert "BatchNormalization" not in {node.op_type for node in model.graph.node}
@@ -269,7 +270,7 @@ def test_missing_onnx_packages_are_one_line_naming_the_setup_command(run, capsys
 
 
 def test_bad_onnx_files_for_test_are_one_line_errors(run, gan_run, tmp_path, capsys):
-    runs = run[0]
+    runs, gan_run = run[0], gan_run[0]
     cases = [
         (["--onnx=x.onnx"], 2, "--onnx is the file --runtime=onnxruntime runs; add --runtime=onnxruntime"),
         (["--runtime=onnxruntime", f"--onnx={tmp_path / 'none.onnx'}"], 1,

@@ -4,7 +4,7 @@ the checkpoint (--env, --load-model-path, --checkpoint-dir, --use-ema, --batch-s
 import dataclasses
 from pathlib import Path
 
-from configs.loader import command_value, flag
+from configs.loader import flag, split_command_flags
 from utils.core.errors import UsageError
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
@@ -38,15 +38,7 @@ class ExportOptions:
 
 def split_options(flags):
     """(ExportOptions, the run flags) of the export command's flags {name: text}."""
-    values, rest = {}, {}
-    for key, value in flags.items():
-        name = str(key).replace("-", "_")
-        if name in OPTIONS:
-            values[name] = command_value(name, value, OPTIONS[name][0])
-        else:
-            rest[key] = value
-    for name, (_, default, _) in OPTIONS.items():
-        values.setdefault(name, default)
+    values, rest = split_command_flags(flags, OPTIONS)
     values["format"] = values["format"].lower()
     if values["format"] not in FORMATS:
         raise UsageError(f"--format={values['format']} is not an export format; use --format=onnx or --format=pt2")

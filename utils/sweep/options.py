@@ -3,7 +3,7 @@ every trial; `help` reads this table without importing torch or optuna."""
 import dataclasses
 import re
 
-from configs.loader import command_value, flag
+from configs.loader import flag, split_command_flags
 from utils.core.errors import UsageError
 
 # {name: (type, default, doc)}; a default of None means the option must be given.
@@ -39,15 +39,7 @@ class SweepOptions:
 
 def split_options(flags):
     """(SweepOptions, the train flags) of the sweep command's flags {name: text}."""
-    values, rest = {}, {}
-    for key, value in flags.items():
-        name = str(key).replace("-", "_")
-        if name in OPTIONS:
-            values[name] = command_value(name, value, OPTIONS[name][0])
-        else:
-            rest[key] = value
-    for name, (_, default, _) in OPTIONS.items():
-        values.setdefault(name, default)
+    values, rest = split_command_flags(flags, OPTIONS)
     if values["storage"].lower() in ("none", "null"):
         values["storage"] = ""  # as for any option that may be empty: the default, the journal file
     if not values["study"]:
