@@ -65,7 +65,7 @@ def test_export_writes_an_onnx_file_with_names_a_dynamic_batch_and_what_a_caller
     path = tmp_path / "runs" / "tiny" / "model.onnx"
     lines = exported.stdout.splitlines()
     assert lines[0].startswith("parity with PyTorch on random batches of 1 and 3: max abs diff ")
-    assert lines[0].endswith("(--atol=0.0001 --rtol=0.001): ok")
+    assert lines[0].endswith("(--atol=0.001 --rtol=0.001): ok")
     assert lines[1] == (f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MB, onnx): input 'images' float32 "
                         f"batch x 3 x 16 x 16, output 'logits'; metadata entry 'runner'")
     model, meta = metadata(path)
@@ -208,18 +208,18 @@ def test_a_parity_failure_is_exit_1_and_writes_nothing(run, capsys, monkeypatch)
 
     def off_by_a_little(data, name):
         run_model = original(data, name)
-        return lambda batch: run_model(batch) + 1e-3  # what a loosely translated op would do
+        return lambda batch: run_model(batch) + 1e-2  # what a loosely translated op would do
 
     monkeypatch.setattr(exporter, "onnx_runner", off_by_a_little)
     code = main.main(["export", *flags(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1, err
-    assert "max abs diff 1.00e-03" in out and out.strip().endswith("(--atol=0.0001 --rtol=0.001): FAILED")
-    assert err.startswith("error: the exported model differs from PyTorch beyond --atol=0.0001 / --rtol=0.001 (see above); "
+    assert "max abs diff 1.00e-02" in out and out.strip().endswith("(--atol=0.001 --rtol=0.001): FAILED")
+    assert err.startswith("error: the exported model differs from PyTorch beyond --atol=0.001 / --rtol=0.001 (see above); "
                           "nothing was written.") and len(err.strip().splitlines()) == 1
     assert target.read_bytes() == before  # the earlier export survives
     assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == []  # no temp file left
-    code = main.main(["export", *flags(tmp_path, "--atol=0.01", f"--output={tmp_path / 'loose.onnx'}")])
+    code = main.main(["export", *flags(tmp_path, "--atol=0.05", f"--output={tmp_path / 'loose.onnx'}")])
     assert code == 0 and (tmp_path / "loose.onnx").is_file()  # a looser tolerance lets it through
 
 
