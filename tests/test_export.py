@@ -279,6 +279,11 @@ def test_bad_onnx_files_for_test_are_one_line_errors(run, gan_run, tmp_path, cap
          f"{gan_run / 'g' / 'model.onnx'} takes 16 x 1 x 1 images but this run's are 3 x 16 x 16; export this run's "
          f"model with `python main.py export --env=tiny --checkpoint-dir={runs / 'runs'}`"),
     ]
+    two_inputs = torch.onnx.export(torch.nn.Bilinear(2, 2, 2).eval(), (torch.zeros(1, 2), torch.zeros(1, 2)), dynamo=True,
+                                   verbose=False)
+    two_inputs.save(str(tmp_path / "two.onnx"))
+    cases.append((["--runtime=onnxruntime", f"--onnx={tmp_path / 'two.onnx'}"], 1,
+                  f"{tmp_path / 'two.onnx'} takes 2 input(s) and gives 1 output(s); the runner runs a classifier"))
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     cases.append((["--runtime=onnxruntime", f"--onnx={tmp_path / 'junk.onnx'}"], 1, f"ONNX Runtime cannot load {tmp_path / 'junk.onnx'}: "))
     for extra, code, message in cases:

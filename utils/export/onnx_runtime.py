@@ -79,7 +79,12 @@ class OnnxModel:
     def __init__(self, path, threads=0):
         self.session = session(path, threads)
         self.threads = self.session.get_session_options().intra_op_num_threads
-        (given,), (answer,) = self.session.get_inputs(), self.session.get_outputs()
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+            raise UserError(f"{path} takes {len(inputs)} input(s) and gives {len(outputs)} output(s); the runner runs "
+                            f"a classifier with one image batch (N x C x H x W) in and one of logits out, as "
+                            f"`python main.py export` writes it")
+        (given,), (answer,) = inputs, outputs
         self.input_name = given.name
         self.batch = given.shape[0] if isinstance(given.shape[0], int) else None
         self.item_shape = tuple(given.shape[1:])
