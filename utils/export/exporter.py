@@ -47,9 +47,7 @@ DYNAMIC_BATCHES = (1, 3)  # parity batch sizes of a dynamic-batch export; the tr
 
 def main(options, cfg, flags):
     """Export the checkpoint cfg names as options say (see the module docstring)."""
-    path = inference_checkpoint(cfg)
-    state = checkpoint.load_checkpoint(path)
-    cfg = run_config(cfg, flags, state, path)
+    cfg, state, path = open_checkpoint(cfg, flags)
     output = Path(options.output or runtime.default_output(cfg, "model" + FORMATS[options.format]))
     runtime.check_output_file(output, "--output")
     if options.format == "onnx":
@@ -91,6 +89,14 @@ def main(options, cfg, flags):
     shape = " x ".join(str(size) for size in [fixed or "batch", *target.input_shape])
     print(f"wrote {output} ({len(data) / 2 ** 20:.1f} MB, {options.format}): input {target.input_name!r} "
           f"float32 {shape}, output {target.output_name!r}; metadata entry {METADATA_KEY!r}")
+
+
+def open_checkpoint(cfg, flags):
+    """(cfg, checkpoint dict, path) of the checkpoint cfg names, cfg made the checkpoint's
+    (run_config): what export and predict() start from."""
+    path = inference_checkpoint(cfg)
+    state = checkpoint.load_checkpoint(path)
+    return run_config(cfg, flags, state, path), state, path
 
 
 def run_config(cfg, flags, state, path):

@@ -26,8 +26,6 @@ from data.readable import open_image
 from data.transforms import fit_image
 from utils.core.errors import UserError
 from utils.core.registry import EXPERIMENTS
-from utils.engine import checkpoint
-from utils.engine.loop import inference_checkpoint
 from utils.engine.precision import for_inference
 from utils.export import METADATA_KEY
 from utils.export.onnx_runtime import OnnxModel
@@ -104,13 +102,10 @@ def _load_pt2(path):
 def _load_checkpoint(path):
     """(module, metadata) of a checkpoint .pth or a run dir's best.pth / last.pth, through
     the experiment's exportable(): the same model and metadata `export` would write."""
-    from utils.export.exporter import run_config
+    from utils.export.exporter import open_checkpoint
 
     flags = {"env": Text(path.name), "checkpoint_dir": Text(str(path.parent))} if path.is_dir() \
         else {"load_model_path": Text(str(path))}
-    cfg = load_config(flags)
-    checkpoint_path = inference_checkpoint(cfg)
-    state = checkpoint.load_checkpoint(checkpoint_path)
-    cfg = run_config(cfg, flags, state, checkpoint_path)
+    cfg, state, checkpoint_path = open_checkpoint(load_config(flags), flags)
     target = EXPERIMENTS.get(cfg.experiment)(cfg).exportable(state, checkpoint_path)
     return for_inference(target.module), target.metadata
