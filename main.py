@@ -226,4 +226,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.end_process(main())

@@ -209,6 +209,32 @@ def test_one_process_agrees_with_itself():
     assert distributed.gather_objects("x") == ["x"]
 
 
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_process_ends_with_its_code_and_nothing_it_wrote_lost(tmp_path, joined):
+    """end_process skips the interpreter's teardown after a process group (gloo could abort
+    there, exit -6, after a finished run); what a normal exit does first still happens:
+    a non-daemon writer thread finishes, atexit handlers run, buffered output reaches the pipe."""
+    script = f"""
+import atexit, sys, threading, time
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from utils.engine import distributed
+distributed._joined = {joined}
+def write():
+    time.sleep(0.5)
+    Path({str(tmp_path / "thread.txt")!r}).write_text("whole")
+threading.Thread(target=write).start()
+atexit.register(lambda: Path({str(tmp_path / "atexit.txt")!r}).write_text("ran"))
+sys.stdout.write("buffered, no newline")
+distributed.end_process(3)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "buffered, no newline"
+    assert (tmp_path / "thread.txt").read_text() == "whole"
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+
+
 def test_sync_bn_on_cpu_under_torchrun_is_refused_before_joining(tmp_path, forked_cli):
     """A launch with --sync-bn on CPU fails in one line before it waits for any peer."""
     env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}

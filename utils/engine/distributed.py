@@ -22,6 +22,7 @@ import datetime
 import logging
 import os
 import signal
+import sys
 
 from utils.core.errors import UsageError, UserError
 from utils.engine.checkpoint import unwrap
@@ -34,6 +35,7 @@ HUMAN_WAIT = datetime.timedelta(days=7)
 STOP_REASONS = ("debugger quit", signal.SIGINT, signal.SIGTERM, "requeue")
 _objects_group = None  # gloo group for pickled objects (the default group under nccl is GPU-only)
 _human_group = None
+_joined = False  # whether this process has been in a process group (end_process)
 
 
 class FollowerExit(UserError):
@@ -97,7 +99,7 @@ def pick_device(cfg):
 
 def setup(cfg):
     """Join the process group when torchrun launched more than one process (idempotent)."""
-    global _objects_group, _human_group
+    global _objects_group, _human_group, _joined
     if world_size() == 1 or active():
         return
     import torch
@@ -120,6 +122,7 @@ def setup(cfg):
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    _joined = True
     _objects_group = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
     _human_group = dist.new_group(backend="gloo", timeout=HUMAN_WAIT)
     if not is_main():
@@ -136,10 +139,39 @@ def setup(cfg):
 
 
 def shutdown():
+    """Leave the process group, and let go of the groups held here while the interpreter is whole."""
+    global _objects_group, _human_group
     if active():
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    _objects_group = _human_group = None
+
+
+def end_process(code):
+    """Exit with `code` without the interpreter's teardown, once a process group has existed.
+
+    After a finished run (files written, group destroyed), a gloo process could still abort at
+    interpreter exit, "terminate called without an active exception" and exit -6, in about one
+    exit in a hundred on a busy machine: gloo's threads and the groups DistributedDataParallel
+    keeps alive were torn down along with the interpreter. So this does the part of a normal
+    exit that matters (non-daemon threads joined, atexit handlers, streams flushed) and ends
+    the process with os._exit, which skips the rest. Without torchrun it is sys.exit(code)."""
+    if not _joined:
+        sys.exit(code)
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # logging.shutdown, multiprocessing's clean-up of worker processes, ...
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
+            pass
+    os._exit(code or 0)
 
 
 def leave_together():
