@@ -13,7 +13,7 @@ from pathlib import Path
 
 from configs.schema import FIELDS, GROUPS, all_fields, config_class, fields_of, inherited, owners
 from utils.core import registry
-from utils.core.errors import UsageError, did_you_mean
+from utils.core.errors import UsageError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
 
 _TRUE = {"true", "yes", "on", "1", "y"}
@@ -23,6 +23,12 @@ _INT = re.compile(r"[+-]?\d+")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ENV = re.compile(r"[A-Za-z0-9_.@+=-]+")
 TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+# Every number option stays within these (an option's own maximum may be lower): torch holds
+# integers in int64, and the engine computes in float32 (at most 3.4e38), where options
+# multiply one another (AdamW's lr x weight decay; Adam's lr / (1 - beta1**t), up to 1e16
+# times the lr as beta1 nears 1), so 1e15 leaves room for every product.
+NUMBER_LIMITS = {int: (2**63 - 1, "torch's 64-bit integers"),
+                 float: (1e15, "the engine computes in float32, and options multiply one another there")}
 
 
 class Text(str):
@@ -56,14 +62,17 @@ def command_value(name, value, kind):
     if kind is bool:
         if isinstance(value, bool) or text.lower() in _TRUE | _FALSE:
             return value if isinstance(value, bool) else text.lower() in _TRUE
-        raise UsageError(f"option {flag(name)} expects a boolean (true/false), got {text!r}")
+        raise UsageError(f"option {flag(name)} expects a boolean (true/false), got {excerpt(text)}")
     if kind is str:
         return text
     try:
-        return kind(text)
+        number = kind(text)
     except ValueError:
-        expected = "an integer" if kind is int else "a number"
-        raise UsageError(f"option {flag(name)} expects {expected}, got {text!r}") from None
+        number = None
+    if number is None or (kind is float and not math.isfinite(number)):
+        expected = "an integer" if kind is int else "a finite number"
+        raise UsageError(f"option {flag(name)} expects {expected}, got {excerpt(text)}")
+    return number
 
 
 def _field(name, experiment=None):
@@ -97,7 +106,7 @@ def coerce(name, value, where, experiment=None):
     meta = _field(name, experiment).metadata
 
     def fail(expected):
-        shown = value if isinstance(value, str) else repr(value)
+        shown = shorten(value if isinstance(value, str) else repr(value))
         raise UsageError(f"{where}option {flag(name)} expects {expected}, got {shown!r}")
 
     if value is None:
@@ -149,9 +158,9 @@ def coerce(name, value, where, experiment=None):
 # -- YAML -----------------------------------------------------------------------------------
 def read_yaml(path):
     """Options from a YAML file as {name: Text|str|None}; errors name the file and line."""
-    import yaml
+    from configs.yaml_files import BoundedLoader, load_yaml
 
-    class TextLoader(yaml.SafeLoader):
+    class TextLoader(BoundedLoader):
         """Keeps every scalar as text so the schema, not YAML 1.1, decides its type
         (YAML would read `env: 0701` as the octal number 449)."""
 
@@ -170,19 +179,7 @@ def read_yaml(path):
         raise UsageError(f"config file {str(path)!r} is a folder; give a .yaml file (presets live in configs/*.yaml)")
     if not file.is_file():
         raise UsageError(f"config file {str(path)!r} not found (check --config; presets live in configs/*.yaml)")
-    raw = file.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as UTF-8") from None
-    try:
-        data = yaml.load(text, Loader=TextLoader)  # noqa: S506 - safe subclass
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UsageError(f"{where}: invalid YAML: {problem}") from None
+    data = load_yaml(path, TextLoader)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -190,7 +187,7 @@ def read_yaml(path):
     options = {}
     for key, value in data.items():
         if isinstance(value, (dict, list)):
-            raise UsageError(f"{path}: option {key} must be a single value, not a {type(value).__name__}")
+            raise UsageError(f"{path}: option {shorten(key)} must be a single value, not a {type(value).__name__}")
         options[str(key)] = value
     return options
 
@@ -213,7 +210,8 @@ def _normalise_keys(options, where, experiment):
                                  f"add --experiment={has[0]} or drop it")
             else:
                 hint = did_you_mean(name, fields, render=flag)
-                raise UsageError(f"{where}unknown option {flag(name)}{hint} (`python main.py help` lists every option)")
+                raise UsageError(f"{where}unknown option {shorten(flag(name))}{hint} (`python main.py help` lists every "
+                                 f"option)")
         normalised[name] = value
     return normalised
 
@@ -302,14 +300,22 @@ def validate(cfg):
         value = getattr(cfg, name)
         if meta["choices"] and value is not None and value not in meta["choices"]:
             hint = did_you_mean(str(value), meta["choices"])
-            raise UsageError(f"option {flag(name)} must be one of {', '.join(meta['choices'])}; got {value!r}{hint}")
+            raise UsageError(f"option {flag(name)} must be one of {', '.join(meta['choices'])}; got {excerpt(value)}{hint}")
         if meta["minimum"] is not None and value is not None and value < meta["minimum"]:
-            raise UsageError(f"option {flag(name)} must be >= {meta['minimum']}; got {value!r}")
+            raise UsageError(f"option {flag(name)} must be >= {meta['minimum']}; got {excerpt(value)}")
         if meta["maximum"] is not None and value is not None and value > meta["maximum"]:
-            raise UsageError(f"option {flag(name)} must be <= {meta['maximum']}; got {value!r}")
+            raise UsageError(f"option {flag(name)} must be <= {meta['maximum']}; got {excerpt(value)}")
         if meta["below"] is not None and value is not None and not value < meta["below"][0]:
             bound, why = meta["below"]
-            raise UsageError(f"option {flag(name)} must be below {bound} ({why}); got {value!r}")
+            raise UsageError(f"option {flag(name)} must be below {bound} ({why}); got {excerpt(value)}")
+        if meta["smallest"] is not None and value and abs(value) < meta["smallest"][0]:
+            bound, why = meta["smallest"]
+            raise UsageError(f"option {flag(name)} must be 0 (off) or at least {bound:g} ({why}); got {excerpt(value)}")
+        limit, why = NUMBER_LIMITS.get(meta["type"], (None, None))
+        if limit is not None and value is not None and not isinstance(value, bool) and abs(value) > limit:
+            shown = limit if isinstance(limit, int) else f"{limit:g}"
+            bound = f"at most {shown}" if value > 0 else f"at least -{shown}"
+            raise UsageError(f"option {flag(name)} must be {bound} ({why}); got {excerpt(value)}")
         if meta["registry"]:
             _check_registered(name, value, cfg.experiment)
     _check_recipe(cfg)
@@ -318,11 +324,11 @@ def validate(cfg):
         hint = did_you_mean(str(cfg.monitor), monitors)
         needs = " (the _ema metrics need --ema)" if str(cfg.monitor).endswith("_ema") and not cfg.ema else ""
         raise UsageError(f"option --monitor must be a metric of experiment {cfg.experiment}: {', '.join(monitors)}; "
-                         f"got {cfg.monitor!r}{needs}{hint}")
+                         f"got {excerpt(cfg.monitor)}{needs}{hint}")
     if not _DEVICE.fullmatch(cfg.device):
-        raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {cfg.device!r}")
+        raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {excerpt(cfg.device)}")
     if cfg.env is not None and (not _ENV.fullmatch(cfg.env) or cfg.env in (".", "..")):
-        raise UsageError(f"option --env names a folder under --checkpoint-dir: letters, digits and _.@+=- only; got {cfg.env!r}")
+        raise UsageError(f"option --env names a folder under --checkpoint-dir: letters, digits and _.@+=- only; got {excerpt(cfg.env)}")
     if cfg.use_gpu is not None:
         wanted = "cuda" if cfg.use_gpu else "cpu"
         if cfg.device == "auto":

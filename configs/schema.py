@@ -38,17 +38,19 @@ ROLES = ("run", "model", "split", "execution", "invocation")
 
 
 def option(default, group, doc, *, role="run", choices=None, registry=None, path=False, bare=None, minimum=None,
-           maximum=None, below=None, inherited=None):
+           maximum=None, below=None, smallest=None, inherited=None):
     """A schema field. `role` is one of ROLES (see above), `registry` names a registry the
     value must be registered in, `path` expands `~`, `bare` is the value of the flag given
     without `=value`, `minimum` and `maximum` are inclusive bounds for numbers, `below` an exclusive upper
-    bound (with the reason, as (bound, why)), `inherited` says
-    whether val/test/generate take it from the checkpoint's config."""
+    bound (with the reason, as (bound, why)), `smallest` (with the reason, as (bound, why))
+    the least value other than 0 (= off) of a number, `inherited` says whether
+    val/test/generate take it from the checkpoint's config. Every number also stays within
+    NUMBER_LIMITS (configs/loader.py validate)."""
     if group not in GROUPS or role not in ROLES:
         raise ValueError(f"option group {group!r} must be one of {GROUPS} and role {role!r} one of {ROLES}")
     inherited = role in ("model", "split") if inherited is None else inherited
     metadata = dict(group=group, doc=doc, role=role, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum,
-                    maximum=maximum, below=below, inherited=inherited)
+                    maximum=maximum, below=below, smallest=smallest, inherited=inherited)
     return field(default=default, metadata=metadata)
 
 
@@ -72,10 +74,10 @@ class Config:
     test_data_root: Optional[str] = option(None, "data", "what `test` predicts; default: dogcat: test/ (or test1/) beside --train-data-root; cifar10 / mnist: the official test split under --train-data-root; imagefolder: give a folder of images (any names, nested) or one image; test takes the run's unless given", role="execution", path=True, inherited=True)
     download: bool = option(False, "data", "cifar10 / mnist: let torchvision download the data set into --train-data-root when it is missing (online only)", role="execution")
     val_ratio: float = option(0.3, "data", "share of train images held out for validation, per class", role="split", minimum=0.0, below=(1, "a share of the train images"))
-    image_size: Optional[int] = option(None, "data", "side of the square image fed to the model; default: the data's (cifar10 32, mnist 28, dogcat / imagefolder 224)", role="model", minimum=8)
+    image_size: Optional[int] = option(None, "data", "side of the square image fed to the model; default: the data's (cifar10 32, mnist 28, dogcat / imagefolder 224)", role="model", minimum=8, maximum=8192)
     batch_size: int = option(32, "data", "images per step of each process; under torchrun the global batch is N x this (logged at start)", minimum=1)
     skip_bad_images: bool = option(False, "data", "leave out unreadable images (empty, truncated, not an image), found by decoding each once at start; listed in <run dir>/skipped_images.txt", role="split")
-    num_workers: int = option(2, "data", "data-loading worker processes (0 = load in the main process)", role="execution", minimum=0)
+    num_workers: int = option(2, "data", "data-loading worker processes (0 = load in the main process)", role="execution", minimum=0, maximum=1024)
 
     # -- model ------------------------------------------------------------------------------
     model: str = option("SqueezeNet", "model", "architecture (MODELS registry), e.g. ResNet34, torchvision.resnet18; gan: the generator", role="model", registry="models")
@@ -119,7 +121,7 @@ class Config:
     amp_dtype: str = option("auto", "performance", "what --amp autocasts to: auto (see --amp) | bfloat16 | float16 (CUDA only)", choices=("auto", "bfloat16", "float16"))
     compile: bool = option(False, "performance", "torch.compile the models (first steps slower while it compiles; falls back to eager with a warning when it cannot); resume is not bit-exact across --compile", role="execution")
     channels_last: bool = option(True, "performance", "NHWC memory format for image batches and conv weights: faster convolutions on CPU (oneDNN) and on tensor-core GPUs; false = the classic NCHW")
-    threads: int = option(0, "performance", "intra-op CPU threads of each process; 0 = torch's default (one per physical core), at most the cores this process may use shared among torchrun's processes on the machine (OMP_NUM_THREADS, when set, decides instead). A resume with another count is not bit-exact (float rounding)", role="execution", minimum=0)
+    threads: int = option(0, "performance", "intra-op CPU threads of each process; 0 = torch's default (one per physical core), at most the cores this process may use shared among torchrun's processes on the machine (OMP_NUM_THREADS, when set, decides instead). A resume with another count is not bit-exact (float rounding)", role="execution", minimum=0, maximum=1024)
     pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA", role="execution")
 
     def __reduce__(self):
@@ -143,8 +145,8 @@ def _typed(f, hint):
 
 
 FIELDS = {f.name: _typed(f, hint) for f, hint in zip(dataclasses.fields(Config), typing.get_type_hints(Config).values())}
-OPTION_KEYS = {"default", "doc", "type", "role", "choices", "minimum", "maximum", "below", "registry", "path", "bare", "inherited",
-               "commands"}
+OPTION_KEYS = {"default", "doc", "type", "role", "choices", "minimum", "maximum", "below", "smallest", "registry", "path", "bare",
+               "inherited", "commands"}
 TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 
@@ -165,8 +167,9 @@ def experiment_fields(experiment):
         base = TYPES[spec["type"]] if "type" in spec else type(default)
         if base not in TYPES.values():
             raise ValueError(f"{where}: give 'type' (bool, int, float or str) for a default of {default!r}")
-        extra = {key: tuple(spec[key]) if key == "below" else spec[key]
-                 for key in ("role", "minimum", "maximum", "below", "registry", "path", "bare", "inherited") if key in spec}
+        extra = {key: tuple(spec[key]) if key in ("below", "smallest") else spec[key]
+                 for key in ("role", "minimum", "maximum", "below", "smallest", "registry", "path", "bare", "inherited")
+                 if key in spec}
         choices = tuple(spec["choices"]) if "choices" in spec else None
         made = option(default, "run", spec["doc"], choices=choices, **extra)
         # `commands`: whose `<command> --help` shows it (default: every command of the experiment)

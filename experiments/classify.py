@@ -217,9 +217,9 @@ class Classify(Experiment):
                             "common)", "minimum": 0.0, "below": [1, "a share of the target spread over every class"],
                             "commands": ["train"]},
         "mixup": {"default": 0.0, "doc": "mixup's Beta alpha: blend image pairs and their labels (0 = off; 0.2 is common)",
-                  "minimum": 0.0, "commands": ["train"]},
+                  "minimum": 0.0, "smallest": [1e-4, "float32's Beta sampling degenerates below it"], "commands": ["train"]},
         "cutmix": {"default": 0.0, "doc": "CutMix's Beta alpha: paste a box of another image, labels by area (0 = off; 1.0)",
-                   "minimum": 0.0, "commands": ["train"]},
+                   "minimum": 0.0, "smallest": [1e-4, "float32's Beta sampling degenerates below it"], "commands": ["train"]},
         "mixup_switch_prob": {"default": 0.5, "doc": "with --mixup and --cutmix both on: the chance a batch uses CutMix",
                               "minimum": 0.0, "maximum": 1.0, "commands": ["train"]},
         "runtime": {"default": "torch", "doc": "what computes val / test: torch (the checkpoint) | onnxruntime (the --onnx "
@@ -417,6 +417,7 @@ def onnx_model(cfg, state, path):
     if model.item_shape != taken:
         raise UserError(f"{onnx_file} takes {' x '.join(map(str, model.item_shape))} images but this run's are "
                         f"{' x '.join(map(str, taken))}; {export_hint}")
+    model.require_logits()
     if model.classes not in (None, cfg.num_classes):
         raise UserError(f"{onnx_file} gives {model.classes} classes but this run has {cfg.num_classes}; {export_hint}")
     exported = model.metadata

@@ -1,10 +1,10 @@
-import difflib
-
 """Exceptions that mean "the user asked for something we cannot do".
 
 main.py turns these into one line on stderr and an exit code; every other exception is a
 bug and keeps its traceback.
 """
+import difflib
+import reprlib
 
 
 class UserError(Exception):
@@ -60,3 +60,20 @@ def did_you_mean(word, candidates, render=str):
     if not matches:
         return ""
     return "; did you mean " + " or ".join(render(m) for m in matches) + "?"
+
+
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes its limits as attributes only
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 4, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def excerpt(value, limit=60):
+    """`value` as an error line quotes it: its repr, cut to about `limit` characters (a
+    hostile value of a megabyte, or a nested structure, stays one short line)."""
+    return shorten(_SHORT.repr(value), limit)
+
+
+def shorten(text, limit=60):
+    """`text` (as str), cut to `limit` characters with '...' marking the cut."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
