@@ -15,7 +15,7 @@ from pathlib import Path
 
 from configs.help import command_help, render_help
 from configs.loader import Text, commands_of, load_config, read_yaml
-from utils.core.errors import UsageError, UserError, did_you_mean
+from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
 from utils.engine import distributed, runtime
 from utils.runs import render
@@ -52,7 +52,7 @@ def sweep(*args, **flags):
     train_flags = {key: Text(value) if isinstance(value, str) else value for key, value in train_flags.items()}
     cfg = load_config(train_flags)
     # a bad search space is one line, before torch or optuna load
-    space = None if options.summary else read_space(options.search_space, cfg, given_names(train_flags), options.trials)
+    space = None if options.summary or options.repair else read_space(options.search_space, cfg, given_names(train_flags), options.trials)
 
     def work():
         from utils.sweep import worker  # torch and optuna
@@ -141,6 +141,12 @@ def _in_processes(cfg, work):
         if getattr(error, "agreed", False):
             distributed.leave_together()
         raise
+    except (MemoryError, RuntimeError) as error:
+        # a batch or model larger than the machine (--hidden-dim=10**9): one line, not a traceback
+        too_large = runtime.out_of_memory(error)
+        if too_large is None:
+            raise
+        raise too_large from None
     finally:
         distributed.shutdown()
 
@@ -185,7 +191,7 @@ def _main(argv):
     commands = all_commands()
     if argv[0] not in commands:
         hint = did_you_mean(argv[0], commands)
-        print(f"error: unknown command {argv[0]!r}{hint} Commands: {', '.join(commands)}.", file=sys.stderr)
+        print(f"error: unknown command {excerpt(argv[0])}{hint} Commands: {', '.join(commands)}.", file=sys.stderr)
         return 2
     if any(token in ("-h", "--help") for token in argv):
         chosen = [token.split("=", 1)[1] for token in argv if token.startswith("--experiment=")]
@@ -196,7 +202,7 @@ def _main(argv):
     single = next((token for token in argv[1:] if len(token) > 1 and token[0] == "-" and token[1] != "-"
                    and not token[1].isdigit()), None)
     if single:
-        print(f"error: option {single} has one dash; options take two: -{single}", file=sys.stderr)
+        print(f"error: option {shorten(single)} has one dash; options take two: -{shorten(single)}", file=sys.stderr)
         return 2
 
     import fire

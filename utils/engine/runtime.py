@@ -4,6 +4,7 @@ import dataclasses
 import logging
 import os
 import resource
+import shlex
 import shutil
 import signal
 import sys
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import configs
 from configs.schema import FIELDS
-from utils.core.errors import UsageError, UserError
+from utils.core.errors import UsageError, UserError, shorten
 from utils.core.io import atomic_open
 from utils.engine import distributed
 from utils.engine.checkpoint import BEST, LAST
 
 log = logging.getLogger(__name__)
+STUDY_RECORD = "sweep.yaml"  # what marks a sweep's study folder (utils/sweep/study.py RECORD)
 
 
 # How OpenMP threads wait between parallel regions, unless the user says otherwise. libgomp's
@@ -103,14 +105,23 @@ def main_command(launcher=None):
     return f"{launcher or program('python')} {_typed(MAIN)}"
 
 
+def _launcher():
+    """How this process was launched, for a printed command: None, or torchrun and its options."""
+    if distributed.world_size() == 1:
+        return None
+    per_node, torchrun = distributed.per_node(), program("torchrun")
+    one_node = per_node == distributed.world_size()
+    return f"{torchrun} --nproc_per_node={per_node}" if one_node else f"{torchrun} <the same torchrun options>"
+
+
 def resume_command(cfg):
     """The command that continues the run of `cfg` (under torchrun: with torchrun)."""
-    launcher, per_node = None, distributed.per_node()
-    if distributed.world_size() > 1:
-        one_node = per_node == distributed.world_size()
-        torchrun = program("torchrun")
-        launcher = f"{torchrun} --nproc_per_node={per_node}" if one_node else f"{torchrun} <the same torchrun options>"
-    return f"{main_command(launcher)} train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
+    return f"{main_command(_launcher())} train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
+
+
+def command_again():
+    """This process's command line as this shell can run it again (a sweep continues so)."""
+    return f"{main_command(_launcher())} {shlex.join(sys.argv[1:])}"
 
 
 def name_run(cfg):
@@ -172,6 +183,9 @@ def check_new_run(cfg):
     """UsageError when a new run (no --resume) would land in a run dir that holds a run:
     checked first, before any data is read or model built."""
     run_dir = cfg.run_dir
+    if (run_dir / STUDY_RECORD).exists():
+        raise UsageError(f"{run_dir} is a sweep's study, not a run; give another --env (its trials: `{main_command()} "
+                         f"sweep --study={cfg.env}{checkpoint_dir_flag(cfg)} --summary`)")
     if not cfg.resume and any((run_dir / name).exists() for name in (LAST, BEST)):
         raise UsageError(
             f"{run_dir} already holds a run; continue it with --env={cfg.env} --resume, "
@@ -251,3 +265,23 @@ def resident_megabytes():
     except OSError:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
         return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
+
+
+# How torch says an allocation failed (CPU, CUDA) or a size overflowed before allocating.
+ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "not enough memory",
+                       "storage size calculation overflowed")
+
+
+def out_of_memory(error):
+    """A one-line UserError for `error` when it is an allocation that failed (a batch or a
+    model larger than the machine holds), else None."""
+    text = str(error)
+    if not (isinstance(error, MemoryError) or (isinstance(error, RuntimeError)
+                                               and any(part in text.lower() for part in ALLOCATION_FAILURES))):
+        return None
+    reason = (text.strip().splitlines() or [type(error).__name__])[0]
+    # c10's "[enforce fail at alloc_cpu.cpp:117] err == 0. " says nothing to a user
+    reason = reason[reason.index("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in reason else reason
+    reason = shorten(reason, 160)
+    return UserError(f"out of memory: {reason}; lower --batch-size, --image-size or the model's sizes (`python "
+                     f"main.py help` lists them)")

@@ -61,8 +61,10 @@ class SafeStop:
     loop turns it into `requested` after each step (agreed by every rank under torchrun)
     and stops when that is set."""
 
-    def __init__(self, cfg, checkpoints, snapshot, close_outputs):
+    def __init__(self, cfg, checkpoints, snapshot, close_outputs, resume=None):
         self.cfg, self.checkpoints, self.snapshot, self.close_outputs = cfg, checkpoints, snapshot, close_outputs
+        # the command a stop prints to go on: the run's resume, or what the caller gives (a sweep's own command)
+        self.resume = resume or runtime.resume_command(cfg)
         self.pending = None  # a stop this process was asked for: a signal number or "requeue"
         self.requested = None  # the stop decided: a signal number, "requeue" or "debugger quit"
         self._previous = {}
@@ -86,7 +88,7 @@ class SafeStop:
         if not last.is_file():
             return f"no checkpoint on disk yet in {self.checkpoints.run_dir}"
         written = time.strftime("%H:%M:%S", time.localtime(last.stat().st_mtime))
-        return f"the latest checkpoint is {last} (written {written}); resume it: {runtime.resume_command(self.cfg)}"
+        return f"the latest checkpoint is {last} (written {written}); resume it: {self.resume}"
 
     def check_finite(self, scalars, epoch, step_in_epoch, names):
         """Raise NonFiniteLoss if a returned loss (a key in `names`) is NaN or infinite."""
@@ -130,7 +132,7 @@ class SafeStop:
             signum = self._requeue if self.requested == "requeue" else self.requested
             code = 130 if isinstance(signum, str) else 128 + int(signum)
             reason = signum if isinstance(signum, str) else signal.Signals(signum).name
-            raise Stopped(f"stopped ({reason}); saved {path}. Resume: {runtime.resume_command(self.cfg)}", code) from None
+            raise Stopped(f"stopped ({reason}); saved {path}. Resume: {self.resume}", code) from None
         if issubclass(kind, KeyboardInterrupt) and (self.requested or self.pending) is not None:
             self.close_outputs()
             raise Stopped(f"interrupted again: stopped at once, and this stop wrote nothing; {self._latest()}", 130,
@@ -140,6 +142,11 @@ class SafeStop:
             # checkpoints on disk are the last good state; an emergency save adds nothing.
             self.close_outputs()
             return False
+        too_large = runtime.out_of_memory(error)
+        if too_large is not None:
+            # a batch or model the machine cannot hold is the options' fault, like a full disk
+            self.close_outputs()
+            raise too_large from None
         if self.cfg.pdb_on_error:
             debug.post_mortem(error)
         if distributed.active():
