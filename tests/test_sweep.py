@@ -98,7 +98,7 @@ def test_a_killed_worker_leaves_its_trial_to_the_next_which_resumes_it_bit_exact
     trial_dir = tmp_path / "runs" / "kill" / "trial-0"
     assert (trial_dir / "last.pth").is_file() and (trial_dir / leases.LEASE).is_file()
     summary = run_cli("sweep", "--study=kill", f"--checkpoint-dir={tmp_path / 'runs'}", "--summary")
-    assert re.split(r"\s{2,}", summary.stdout.splitlines()[3])[:2] == ["0", "running, no worker"]
+    assert re.split(r"\s{2,}", summary.stdout.splitlines()[3])[:2] == ["0", "stale (resumable)"]
 
     # The same machine: the lease's pid is gone, so its trial is taken over at once (from
     # another machine, after --stale-after: test_a_lease_is_stale_when_old_or_its_owner_is_gone)

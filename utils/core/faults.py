@@ -11,14 +11,22 @@ RUNNER_FAULT_AT_SAVE="N:WHAT[,...]": at the N-th checkpoint write of this proces
 the process kills itself with SIGKILL, as `kill -9` would: `kill` right after the file was
 renamed into place, `kill-before-rename` with the fully written temp file still beside it;
 `slow` waits 2 s before the rename (a slow disk: a background write still in flight).
+
+RUNNER_FAULT_AT_APPEND="N:WHAT[,...]": in the N-th append of this process to a study journal
+(utils/sweep/journal.py), once half of it is written and fsynced: `kill` (SIGKILL: a worker
+killed inside an append leaves a cut last line), `ENOSPC` or `EIO` (the write fails as on a
+full or failing disk).
 """
+import errno
 import os
 import signal
 import time
 
 STEP_VARIABLE = "RUNNER_FAULT_AT_STEP"
 SAVE_VARIABLE = "RUNNER_FAULT_AT_SAVE"
+APPEND_VARIABLE = "RUNNER_FAULT_AT_APPEND"
 _saves = 0
+_appends = 0
 
 
 def _planned(variable, count):
@@ -52,3 +60,17 @@ def at_save(stage):
             os.kill(os.getpid(), signal.SIGKILL)
         elif (what, stage) == ("slow", "written"):
             time.sleep(2)
+
+
+def at_append(sync):
+    """Called by a journal append halfway through its bytes; `sync()` makes the half that is
+    written durable first, so a kill leaves exactly that cut record on disk."""
+    global _appends
+    _appends += 1
+    for what in _planned(APPEND_VARIABLE, _appends):
+        sync()
+        if what == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif what in ("ENOSPC", "EIO"):
+            code = getattr(errno, what)
+            raise OSError(code, os.strerror(code))

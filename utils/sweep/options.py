@@ -4,7 +4,7 @@ import dataclasses
 import re
 
 from configs.loader import flag, split_command_flags
-from utils.core.errors import UsageError
+from utils.core.errors import UsageError, excerpt
 
 # {name: (type, default, doc)}; a default of None means the option must be given.
 OPTIONS = {
@@ -22,7 +22,10 @@ OPTIONS = {
     "retries": (int, 1, "times a trial that failed with an error runs again with the same parameters (0 = never)"),
     "summary": (bool, False, "print the study's trials sorted by the metric and the command that reproduces the "
                              "best one; run nothing"),
+    "repair": (bool, False, "mend a damaged study journal: keep every readable record in order (the original is "
+                            "saved beside it first) and say how many were dropped; run nothing"),
 }
+MAX_STALE_AFTER = 30 * 24 * 3600.0  # a lease unheard of for a month: its worker is gone
 _NAME = re.compile(r"[A-Za-z0-9_.@+=-]+")
 
 
@@ -35,6 +38,7 @@ class SweepOptions:
     stale_after: float
     retries: int
     summary: bool
+    repair: bool
 
 
 def split_options(flags):
@@ -46,8 +50,12 @@ def split_options(flags):
         raise UsageError("sweep needs --study=<name>: the folder under --checkpoint-dir that holds its trials")
     if not _NAME.fullmatch(values["study"]) or values["study"] in (".", ".."):
         raise UsageError(f"--study names a folder under --checkpoint-dir: letters, digits and _.@+=- only; "
-                         f"got {values['study']!r}")
-    if not values["summary"]:
+                         f"got {excerpt(values['study'])}")
+    if values["summary"] and values["repair"]:
+        raise UsageError("give --summary or --repair, not both: repair first, then look")
+    if values["repair"] and values["storage"]:
+        raise UsageError("--repair mends the study's journal file; a --storage database is repaired with its own tools")
+    if not values["summary"] and not values["repair"]:
         for name, value in (("trials", "<how many finished trials>"), ("search_space", "<file.yaml>")):
             if values[name] is None:
                 raise UsageError(f"sweep needs {flag(name)}={value} (or --summary to show the study)")
@@ -55,6 +63,9 @@ def split_options(flags):
             raise UsageError(f"option --trials must be >= 1; got {values['trials']}")
     if not values["stale_after"] > 0:
         raise UsageError(f"option --stale-after must be > 0 seconds; got {values['stale_after']}")
+    if values["stale_after"] > MAX_STALE_AFTER:
+        raise UsageError(f"option --stale-after must be at most {MAX_STALE_AFTER:g} seconds (30 days); got "
+                         f"{values['stale_after']:g}")
     if values["retries"] < 0:
         raise UsageError(f"option --retries must be >= 0; got {values['retries']}")
     for name in ("env", "resume"):

@@ -12,7 +12,8 @@ from configs.schema import FIELDS
 from utils.core.errors import UserError
 from utils.engine import runtime
 from utils.sweep import lease as leases
-from utils.sweep.study import JOURNAL, RECORD, read_record, state_counts, storage_of, trial_dir
+from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, state_counts, storage_of,
+                               trial_dir)
 from utils.tables import columns
 
 
@@ -24,12 +25,15 @@ def find_studies(checkpoint_dir):
 
 def load(study_dir, storage=""):
     """(optuna Study, its sweep.yaml record) of the study in `study_dir`."""
+    check_study_dir(study_dir)
     record = read_record(study_dir)
     if record is None:
         raise UserError(f"no study in {study_dir} (no {RECORD}); start one with `python main.py sweep "
                         f"--study={Path(study_dir).name} --trials=N --search-space=FILE`, or list them with "
                         f"`python main.py runs`")
     url = storage or (record.get("storage") if record.get("storage") != JOURNAL else "")
+    if url:
+        check_storage(url, create=False)  # reading a study creates no database
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=record.get("study", Path(study_dir).name),
@@ -54,19 +58,24 @@ def _epochs(study_dir, number):
 
 def state_of(study_dir, trial, stale_after=None):
     """The trial's state as shown: complete, pruned, failed, waiting, running (or
-    'running, no worker' when its lease has not been renewed for `stale_after` seconds)."""
+    'stale (resumable)' when its worker is gone: its lease was released, not renewed for
+    `stale_after` seconds, or names a process of this machine that no longer runs; the next
+    worker resumes it)."""
     state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
              TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}[trial.state]
     if state == "running" and stale_after is not None and leases.is_stale(trial_dir(study_dir, trial.number),
                                                                           stale_after):
-        return "running, no worker"
+        return "stale (resumable)"
     return state
 
 
-def counts_text(trials):
+def counts_text(trials, study_dir, stale_after=300.0):
+    """'3 complete, 1 stale (resumable), 1 running': the trials by the state they show as."""
     counts = state_counts(trials)
-    order = (("complete", "complete"), ("pruned", "pruned"), ("running", "running"), ("waiting", "waiting"),
-             ("fail", "failed"))
+    counts["stale"] = sum(state_of(study_dir, trial, stale_after) == "stale (resumable)" for trial in trials)
+    counts["running"] -= counts["stale"]
+    order = (("complete", "complete"), ("pruned", "pruned"), ("running", "running"), ("stale", "stale (resumable)"),
+             ("waiting", "waiting"), ("fail", "failed"))
     return ", ".join(f"{counts[state]} {shown}" for state, shown in order if counts[state]) or "no trials yet"
 
 
@@ -129,7 +138,8 @@ def render_summary(study_dir, storage="", stale_after=300.0):
         rows.append([str(trial.number), state_of(study_dir, trial, stale_after),
                      f"{value:.4f}" if value is not None else "-", _epochs(study_dir, trial.number), *params, note])
     direction = "lower is better" if minimize else "higher is better"
-    lines = [f"study {study.study_name} in {study_dir}: {counts_text(trials)}; {metric}, {direction}"]
+    lines = [f"study {study.study_name} in {study_dir}: {counts_text(trials, study_dir, stale_after)}; {metric}, "
+             f"{direction}"]
     if rows:
         lines += ["", *columns(header, rows)]
     best = best_trial(study)
@@ -157,7 +167,7 @@ def render_studies(checkpoint_dir):
         trials = study.get_trials(deepcopy=False)
         best = best_trial(study)
         metric = (record.get("search_space") or {}).get("metric", "value")
-        rows.append([study_dir.name, metric, counts_text(trials), f"{best.value:.4f} (trial {best.number})" if best
+        rows.append([study_dir.name, metric, counts_text(trials, study_dir), f"{best.value:.4f} (trial {best.number})" if best
                      else "-", params_text(best.params) if best else ""])
     if not rows:
         return []

@@ -12,14 +12,14 @@
 Every value is checked the way a flag is (type, bounds, choices, registered names), with a
 one-line error naming the file, the option and the fix. Nothing here imports torch or optuna.
 """
+import decimal
 import math
 from pathlib import Path
 
-import yaml
-
 from configs.loader import coerce, flag, load_config, run_monitors
 from configs.schema import fields_of
-from utils.core.errors import UsageError, did_you_mean
+from configs.yaml_files import load_yaml
+from utils.core.errors import UsageError, did_you_mean, excerpt
 
 TOP_KEYS = ("metric", "direction", "sampler", "pruner", "params")
 RANGE_KEYS = ("low", "high", "log", "step")
@@ -30,6 +30,7 @@ OWNED = {"env": "each trial's run dir is <checkpoint-dir>/<study>/trial-<number>
          "seed": "each trial's seed is derived from --seed and its number",
          "monitor": "give `metric:` in the search space instead"}
 SAMPLERS = {"tpe": ("n_startup_trials", "multivariate"), "random": (), "grid": ()}
+MAX_GRID = 10**6  # grid points: Optuna's GridSampler lists every one of them in memory, in every worker
 PRUNERS = {"median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
            "hyperband": ("min_resource", "max_resource", "reduction_factor"), "none": ()}
 
@@ -50,6 +51,11 @@ class SearchSpace:
         return {"metric": self.metric, "direction": self.direction,
                 "sampler": {"type": self.sampler[0], **self.sampler[1]},
                 "pruner": {"type": self.pruner[0], **self.pruner[1]}, "params": params}
+
+    def grid_size(self):
+        """How many points the grid of these options has, counted without listing them."""
+        return math.prod(len(spec[1]) if spec[0] == "choices" else (spec[2] - spec[1]) // (spec[4] or 1) + 1
+                         for spec in self.params.values())
 
     def grid(self):
         """{option: every value} for the grid sampler (a range of integers counts its steps)."""
@@ -89,10 +95,9 @@ def read_space(path, base, given, trials):
     if not file.is_file():
         raise UsageError(f"{where}no such file; write one (the README's Sweeps section has an example)")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark else ""
+        data = load_yaml(file)
+    except UsageError as error:
+        line = f"line {error.line}: " if getattr(error, "line", None) else ""
         raise UsageError(f"{where}{line}not valid YAML ({getattr(error, 'problem', None) or error})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{where}expected a mapping with `params:` (and optionally {', '.join(TOP_KEYS[:-1])})")
@@ -100,7 +105,7 @@ def read_space(path, base, given, trials):
         if key not in TOP_KEYS:
             if str(key).replace("-", "_") in fields_of(base.experiment):
                 raise UsageError(f"{where}option {key} is at the top level; options to search go under `params:`")
-            raise UsageError(f"{where}unknown key {key!r}{did_you_mean(str(key), TOP_KEYS)} "
+            raise UsageError(f"{where}unknown key {excerpt(key)}{did_you_mean(str(key), TOP_KEYS)} "
                              f"(keys: {', '.join(TOP_KEYS)})")
     raw = data.get("params")
     if not isinstance(raw, dict) or not raw:
@@ -114,7 +119,7 @@ def read_space(path, base, given, trials):
                          f"optimise")
     metric = str(data.get("metric") or base.monitor)
     if metric not in monitors:
-        raise UsageError(f"{where}metric {metric!r} is not one of experiment {base.experiment}'s: {', '.join(monitors)}"
+        raise UsageError(f"{where}metric {excerpt(metric)} is not one of experiment {base.experiment}'s: {', '.join(monitors)}"
                          f"{did_you_mean(metric, monitors)}")
     if "monitor" in given and base.monitor != metric:
         raise UsageError(f"{where}metric {metric} differs from --monitor={base.monitor}; the trials keep best.pth by "
@@ -123,7 +128,7 @@ def read_space(path, base, given, trials):
     direction = str(data.get("direction") or natural)
     if direction != natural:
         better = "lower" if natural == "minimize" else "higher"
-        raise UsageError(f"{where}direction {direction!r} contradicts {metric}, where {better} is better "
+        raise UsageError(f"{where}direction {excerpt(direction)} contradicts {metric}, where {better} is better "
                          f"(direction: {natural}, or leave it out)")
 
     params = {}
@@ -144,7 +149,10 @@ def read_space(path, base, given, trials):
         if floats:
             raise UsageError(f"{where}the grid sampler needs a list of values for {flag(floats[0])} (a float range "
                              f"has no grid points)")
-        size = math.prod(len(values) for values in space.grid().values())
+        size = space.grid_size()
+        if size > MAX_GRID:
+            raise UsageError(f"{where}the grid has {size:,} points, more than the {MAX_GRID:,} a grid sweep may have "
+                             f"(its sampler lists every point); search fewer values, or use sampler: tpe or random")
         if trials is not None and trials > size:
             raise UsageError(f"{where}the grid has {size} points and --trials={trials} would repeat them: give "
                              f"--trials={size} or fewer")
@@ -169,14 +177,14 @@ def _param(name, spec, base, given, where):
             raise UsageError(f"{where}option {flag(name)}: the list of choices is empty")
         values = [coerce(name, value, f"{where}", base.experiment) for value in spec]
         if len(set(map(repr, values))) != len(values):
-            raise UsageError(f"{where}option {flag(name)}: the choices repeat a value: {spec}")
+            raise UsageError(f"{where}option {flag(name)}: the choices repeat a value: {excerpt(spec)}")
         return ("choices", tuple(values))
     if not isinstance(spec, dict):
         raise UsageError(f"{where}option {flag(name)}: give a range {{low: .., high: ..}} or a list of choices, "
-                         f"not {spec!r}")
+                         f"not {excerpt(spec)}")
     unknown = [key for key in spec if key not in RANGE_KEYS]
     if unknown:
-        raise UsageError(f"{where}option {flag(name)}: unknown key {unknown[0]!r} in its range "
+        raise UsageError(f"{where}option {flag(name)}: unknown key {excerpt(unknown[0])} in its range "
                          f"(keys: low, high, log, step)")
     if base_type not in (int, float):
         raise UsageError(f"{where}option {flag(name)} is a {base_type.__name__} option: give a list of choices, "
@@ -186,7 +194,7 @@ def _param(name, spec, base, given, where):
     low, high = (_number(name, spec[key], base_type, key, where) for key in ("low", "high"))
     log = spec.get("log", False)
     if not isinstance(log, bool):
-        raise UsageError(f"{where}option {flag(name)}: log must be true or false, got {log!r}")
+        raise UsageError(f"{where}option {flag(name)}: log must be true or false, got {excerpt(log)}")
     step = _number(name, spec["step"], base_type, "step", where) if spec.get("step") is not None else None
     if not low < high:
         raise UsageError(f"{where}option {flag(name)}: low ({low}) must be below high ({high})")
@@ -194,7 +202,23 @@ def _param(name, spec, base, given, where):
         raise UsageError(f"{where}option {flag(name)}: a log range needs low > 0, got {low}")
     if step is not None and (step <= 0 or (log and step != 1)):
         raise UsageError(f"{where}option {flag(name)}: step must be > 0, and a log range takes no step")
+    if step is not None and not log:
+        _check_step(name, low, high, step, where)
     return ("range", low, high, log, step)
+
+
+def _check_step(name, low, high, step, where):
+    """UsageError unless `step` cuts the range low..high into whole steps (Optuna would
+    otherwise warn and move high, or draw only low)."""
+    if step > high - low:
+        raise UsageError(f"{where}option {flag(name)}: step {step} is larger than the range {low}..{high}, so only "
+                         f"{low} would ever run; give a smaller step, or a list of choices")
+    exact_low, exact_step = decimal.Decimal(str(low)), decimal.Decimal(str(step))
+    span = decimal.Decimal(str(high)) - exact_low
+    if span % exact_step:
+        last = span // exact_step * exact_step + exact_low
+        raise UsageError(f"{where}option {flag(name)}: the range {low}..{high} is not a whole number of steps of "
+                         f"{step}; give high: {int(last) if isinstance(low, int) else float(last)} (or another step)")
 
 
 def _number(name, value, base_type, key, where):
@@ -204,11 +228,11 @@ def _number(name, value, base_type, key, where):
     except ValueError:
         number = None
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-        raise UsageError(f"{where}option {flag(name)}: {key} must be a number, got {value!r}")
+        raise UsageError(f"{where}option {flag(name)}: {key} must be a number, got {excerpt(value)}")
     if base_type is int:
         if number != int(number):
             raise UsageError(f"{where}option {flag(name)} is an integer option: {key} must be an integer, "
-                             f"got {value!r}")
+                             f"got {excerpt(value)}")
         return int(number)
     return float(number)
 
@@ -220,7 +244,7 @@ def _check_value(name, value, others, base, where):
     try:
         load_config({**_settings(base), **others, name: value})
     except UsageError as error:
-        raise UsageError(f"{where}option {flag(name)} = {value!r} cannot run: {error}") from None
+        raise UsageError(f"{where}option {flag(name)} = {excerpt(value)} cannot run: {error}") from None
 
 
 def _settings(base):
@@ -238,16 +262,16 @@ def _choice(kind, value, table, where):
     else:
         name, arguments = str(value), {}
     if name not in table:
-        raise UsageError(f"{where}{kind} {name!r} is not one of {', '.join(table)}{did_you_mean(name, table)}")
+        raise UsageError(f"{where}{kind} {excerpt(name)} is not one of {', '.join(table)}{did_you_mean(name, table)}")
     for key, argument in arguments.items():
         if key not in table[name]:
             allowed = ", ".join(table[name]) or "no arguments"
-            raise UsageError(f"{where}{kind} {name} takes {allowed}; got {key!r}")
+            raise UsageError(f"{where}{kind} {name} takes {allowed}; got {excerpt(key)}")
         if key == "multivariate":
             if not isinstance(argument, bool):
-                raise UsageError(f"{where}{kind} {name}: {key} must be true or false, got {argument!r}")
+                raise UsageError(f"{where}{kind} {name}: {key} must be true or false, got {excerpt(argument)}")
         else:
             least = 1 if "resource" in key or key == "reduction_factor" else 0
             if isinstance(argument, bool) or not isinstance(argument, int) or argument < least:
-                raise UsageError(f"{where}{kind} {name}: {key} must be a whole number >= {least}, got {argument!r}")
+                raise UsageError(f"{where}{kind} {name}: {key} must be a whole number >= {least}, got {excerpt(argument)}")
     return name, arguments

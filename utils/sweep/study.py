@@ -1,12 +1,22 @@
 """Where a study lives: its folder under --checkpoint-dir (the trials' run dirs, sweep.yaml,
-the lock) and its Optuna storage (the journal file there, or an RDB by URL)."""
+the lock) and its Optuna storage (the journal file there, utils/sweep/journal.py, or an RDB
+by URL), with the checks that turn a wrong folder, record or URL into one line."""
 import contextlib
 from pathlib import Path
 
-import yaml
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.storages.journal import JournalFileOpenLock, JournalStorage
 
-JOURNAL, RECORD, LOCK = "optuna.journal", "sweep.yaml", "sweep"
+from configs.yaml_files import load_yaml
+from utils.core.errors import UsageError, UserError, excerpt
+from utils.engine import runtime
+from utils.sweep.journal import Journal
+
+JOURNAL, RECORD, LOCK = "optuna.journal", runtime.STUDY_RECORD, "sweep"
+# What sweep.yaml must hold, and the type of each entry.
+RECORD_KEYS = {"study": str, "storage": str, "search_space": dict, "options": dict}
+# Python packages SQLAlchemy's drivers come in (module name -> what to pip install).
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                   "pymysql": "PyMySQL"}
 
 
 def trial_dir(study_dir, number):
@@ -14,10 +24,11 @@ def trial_dir(study_dir, number):
 
 
 def storage_of(study_dir, url=""):
-    """The Optuna storage of a study: `url` (an RDB), or the journal file in its folder."""
+    """The Optuna storage of a study: `url` (an RDB), or the journal file in its folder
+    (reading it creates nothing; a damaged one is a one-line error)."""
     if url:
         return url
-    return JournalStorage(JournalFileBackend(str(Path(study_dir) / JOURNAL)))
+    return JournalStorage(Journal(Path(study_dir) / JOURNAL))
 
 
 @contextlib.contextmanager
@@ -39,10 +50,94 @@ def state_counts(trials):
     return counts
 
 
+def check_study_dir(study_dir):
+    """UsageError when `study_dir` holds a train run instead of a study (--study names the
+    folder of a run): a sweep would mix its trials into it."""
+    study_dir = Path(study_dir)
+    if study_dir.is_file():
+        raise UsageError(f"--study={study_dir.name}: {study_dir} is a file, not a study's folder; give another --study")
+    holds_run = any((study_dir / name).exists() for name in ("config.yaml", "last.pth", "best.pth", "emergency.pth"))
+    if holds_run and not (study_dir / RECORD).exists():
+        raise UsageError(f"--study={study_dir.name}: {study_dir} holds a train run, not a sweep's study; give another "
+                         f"--study")
+
+
 def read_record(study_dir):
-    """The study's sweep.yaml as a dict, or None when it has none yet."""
+    """The study's sweep.yaml as a checked dict, or None when it has none yet."""
     path = Path(study_dir) / RECORD
-    if not path.is_file():
+    if not path.exists():
         return None
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+    fix = "restore it, or delete it (the next worker writes it again from its own options)"
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not the study's record; move it away")
+    try:
+        record = load_yaml(path)
+    except UsageError as error:
+        raise UserError(f"{path} is not a valid sweep record ({error}); {fix}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is not a valid sweep record (not a mapping); {fix}")
+    for key, kind in RECORD_KEYS.items():
+        if not isinstance(record.get(key), kind):
+            raise UserError(f"{path} is not a valid sweep record ({key}: {excerpt(record.get(key))}); {fix}")
+    return record
+
+
+def check_storage(url, create=True):
+    """UsageError or UserError unless `url` names a database Optuna can keep a study in, its
+    driver is installed and it answers (SQLite: its folder is writable, or with `create`
+    false, the file exists): checked before anything is written."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError(f"--storage={excerpt(url)} is not a database URL; give e.g. sqlite:///study.db or "
+                         f"postgresql://user@host/db, or leave --storage out for the journal file") from None
+    shown = f"--storage={parsed.render_as_string(hide_password=True)}"  # never print a password
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise UsageError(f"{shown}: unknown database {parsed.drivername!r}; Optuna keeps studies in sqlite, "
+                         f"postgresql, mysql and the other SQLAlchemy databases") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        package = DRIVER_PACKAGES.get(error.name, error.name)
+        raise UserError(f"{shown} needs the Python package {package} (the driver of {parsed.drivername}), which is "
+                        f"not installed: {runtime.program('python')} -m pip install '{package}'") from None
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite(shown, parsed.database, create)
+        return
+    timeout = {"postgresql": {"connect_timeout": 10}, "mysql": {"connect_timeout": 10}}
+    engine = create_engine(parsed, connect_args=timeout.get(parsed.get_backend_name(), {}))
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise UserError(f"{shown}: cannot reach the database ({excerpt(reason, 200)}); start it, or check the host, "
+                        f"port, name and credentials") from None
+    finally:
+        engine.dispose()
+
+
+def _check_sqlite(shown, database, create):
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        raise UsageError(f"{shown}: an in-memory database ends with its worker, and other workers cannot see it; "
+                         f"give a file (sqlite:///study.db)")
+    path = Path(database)
+    if path.is_dir():
+        raise UserError(f"{shown}: {path} is a folder; give a file (sqlite:///{path}/study.db)")
+    if path.is_file():
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise UserError(f"{shown}: {path} is not an SQLite database; give another file")
+    elif not create:
+        raise UserError(f"{shown}: {path} does not exist: no study was kept there")
+    else:
+        runtime.check_output_dir(path.parent, "--storage")
+        if not path.parent.is_dir():
+            raise UserError(f"{shown}: the folder {path.parent} does not exist; create it, or give another file")

@@ -22,10 +22,12 @@ seeded from (--seed, trials in the study so far), so a study run by one worker i
 study every time. Under torchrun, rank 0 talks to the study and every rank trains the trial
 it chose.
 """
+import contextlib
 import logging
 import math
 import time
 import typing
+import warnings
 from pathlib import Path
 
 import optuna
@@ -35,17 +37,28 @@ from optuna.trial import TrialState
 from configs.loader import changed_options, defaults_for, flag, load_config
 from configs.schema import fields_of
 from utils.core import seeding
-from utils.core.errors import UsageError, UserError, plural
-from utils.core.io import atomic_open
+from utils.core.errors import UsageError, UserError, excerpt, plural
+from utils.core.io import OutputError, atomic_open
+from utils.core.registry import EXPERIMENTS
 from utils.engine import distributed, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
 from utils.sweep import lease as leases
-from utils.sweep.study import JOURNAL, RECORD, read_record, state_counts, storage_of, study_lock, trial_dir
+from utils.sweep.journal import BROKEN, repair
+from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, state_counts, storage_of,
+                               study_lock, trial_dir)
 from utils.visualize import write_hparams
 
 log = logging.getLogger(__name__)
 FAILURES_IN_A_ROW = 3  # a worker stops after this many failed trials in a row
+# A write that failed (a full disk, an I/O error, the database gone): the machine's problem,
+# not the trial's parameters, so the trial is handed back instead of failed.
+STORAGE_ERRORS = (OutputError, optuna.exceptions.StorageInternalError)
+
+
+class HandedBack(UserError):
+    """A trial given back to the study after a failed write (see STORAGE_ERRORS)."""
+    agreed = True  # under torchrun every rank learns of it (TrialHooks.epoch_end shares it)
 
 
 class Job(typing.NamedTuple):
@@ -63,21 +76,30 @@ class TrialHooks:
     to the pruner (on rank 0, which shares the decision), and every write first checks that
     this worker still holds the lease."""
 
-    def __init__(self, trial, metric, lease, pruner_name):
+    def __init__(self, trial, metric, lease, pruner_name, resume_command):
         self.trial, self.metric, self.lease, self.pruner_name = trial, metric, lease, pruner_name
+        self.resume_command = resume_command  # what a stop prints: the sweep's own command, which resumes the trial
 
     def epoch_end(self, epoch, metrics):
         verdict = None
         if distributed.is_main():
             value = (metrics or {}).get(self.metric)
-            if value is not None and math.isfinite(value):
-                # Optuna counts steps from 0: epoch 1 is step 0, so a pruner's n_warmup_steps=1
-                # never ends a trial in its first epoch
-                self.trial.report(value, epoch - 1)
-                if self.trial.should_prune():
-                    verdict = (f"pruned at epoch {epoch}: {self.metric} {value:.4f} "
-                               f"(the {self.pruner_name} pruner of the sweep)")
-        return distributed.broadcast_object(verdict)
+            try:
+                if value is not None and math.isfinite(value):
+                    # Optuna counts steps from 0: epoch 1 is step 0, so a pruner's n_warmup_steps=1
+                    # never ends a trial in its first epoch
+                    with warnings.catch_warnings():  # a resumed trial redoes epochs it reported: the first value stands
+                        warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+                        self.trial.report(value, epoch - 1)
+                    if self.trial.should_prune():
+                        verdict = (f"pruned at epoch {epoch}: {self.metric} {value:.4f} "
+                                   f"(the {self.pruner_name} pruner of the sweep)")
+            except STORAGE_ERRORS as error:
+                verdict = HandedBack(_first_line(error))  # every rank stops with it
+        verdict = distributed.broadcast_object(verdict)
+        if isinstance(verdict, HandedBack):
+            raise verdict
+        return verdict
 
     def check_owner(self):
         if self.lease is not None:
@@ -100,24 +122,62 @@ class Worker:
     # -- the study ----------------------------------------------------------------------------
     def open(self):
         """Create the study, or join it: the same search space and run options as it was
-        started with (sweep.yaml in its folder), else a one-line error."""
+        started with (sweep.yaml in its folder), else a one-line error. The folder, the
+        storage and the data are checked first, and sweep.yaml is written only once the
+        study is open, so a command that failed here works once corrected."""
+        check_study_dir(self.study_dir)
+        if self.options.storage:
+            check_storage(self.options.storage)
         runtime.check_output_dir(self.study_dir, "--checkpoint-dir")
-        self.study_dir.mkdir(parents=True, exist_ok=True)
+        saved = read_record(self.study_dir)
         record = {"study": self.options.study, "storage": self.options.storage or JOURNAL,
                   "search_space": self.space.as_dict(), "options": self._run_options()}
-        with study_lock(self.study_dir):
-            saved = read_record(self.study_dir)
-            if saved is None:
-                with atomic_open(self.study_dir / RECORD, "w", encoding="utf-8") as handle:
-                    handle.write(f"# sweep {self.options.study}: what every worker of this study must bring "
-                                 f"(written by its first worker)\n")
-                    yaml.safe_dump(record, handle, sort_keys=False)
-            else:
-                self._check_same(saved, record)
-            self.study = optuna.create_study(study_name=self.options.study, direction=self.space.direction,
-                                             storage=storage_of(self.study_dir, self.options.storage),
-                                             pruner=self.pruner, load_if_exists=True)
+        if saved is not None:
+            self._check_same(saved, record)
+        else:
+            self._check_data()
+        created = not self.study_dir.exists()
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with study_lock(self.study_dir):
+                self.study = optuna.create_study(study_name=self.options.study, direction=self.space.direction,
+                                                 storage=storage_of(self.study_dir, self.options.storage),
+                                                 pruner=self.pruner, load_if_exists=True)
+                self._check_known_trials()
+                if read_record(self.study_dir) is None:
+                    with atomic_open(self.study_dir / RECORD, "w", encoding="utf-8") as handle:
+                        handle.write(f"# sweep {self.options.study}: what every worker of this study must bring "
+                                     f"(written by its first worker)\n")
+                        yaml.safe_dump(record, handle, sort_keys=False)
+        except BaseException:
+            if created:  # nothing of this study was kept: leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    self.study_dir.rmdir()
+            raise
         return self
+
+    def _check_known_trials(self):
+        """UserError when the folder holds a trial's run the storage does not know (an emptied
+        or replaced journal): new trials would take those numbers and collide with the runs."""
+        known = len(self.study.get_trials(deepcopy=False))
+        runs = [int(folder.name[len("trial-"):]) for folder in self.study_dir.glob("trial-*")
+                if folder.name[len("trial-"):].isdigit() and (folder / "config.yaml").is_file()]
+        if any(number >= known for number in runs):
+            raise UserError(f"{self.study_dir} holds the run of trial {max(runs)}, but its storage knows "
+                            f"{plural(known, 'trial')}: the study's records were lost; restore them (a copy of the "
+                            f"journal, or the {JOURNAL}{BROKEN}* that --repair keeps), or start another --study")
+
+    def _check_data(self):
+        """The first worker reads the trials' data once before the study exists: a wrong
+        --train-data-root is one line, and the corrected command then starts the study."""
+        typical = {name: spec[1][0] if spec[0] == "choices" else spec[1] for name, spec in self.space.params.items()}
+        cfg = load_config({**self.flags, **typical, "monitor": self.space.metric})
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # the first trial reads the data again and says what it found
+        try:
+            EXPERIMENTS.get(cfg.experiment)(cfg).datasets()
+        finally:
+            logging.disable(previous)
 
     def _run_options(self):
         """The options that define what the trials compute (not how they execute)."""
@@ -140,8 +200,8 @@ class Worker:
             name = next(iter(sorted(set(theirs) ^ set(ours)) or
                              sorted(key for key in theirs if theirs[key] != ours.get(key))))
             raise UsageError(f"study {self.options.study}'s trials run with {flag(name)}="
-                             f"{theirs.get(name, defaults.get(name))!r} and this worker gives "
-                             f"{ours.get(name, defaults.get(name))!r} (see {where}); give the study's options, or "
+                             f"{excerpt(theirs.get(name, defaults.get(name)))} and this worker gives "
+                             f"{excerpt(ours.get(name, defaults.get(name)))} (see {where}); give the study's options, or "
                              f"start another --study")
 
     def _sampler(self, seed_key):
@@ -207,7 +267,10 @@ class Worker:
         """Run trials until the study needs no more from this worker; returns how many ran."""
         ran, failed_in_a_row = 0, []
         while True:
-            job = self.next_job()
+            try:
+                job = self.next_job()
+            except STORAGE_ERRORS as error:
+                raise UserError(f"{_first_line(error)}; no trial was started: fix that and run the sweep again") from None
             if job is None:
                 break
             ran += 1
@@ -246,31 +309,46 @@ class Worker:
             how = f"resuming it ({took_over})" if took_over else "new"
             log.info("sweep %s: trial %d, %s: %s", self.options.study, number, how, shown)
             lease.start()
-        hooks = TrialHooks(trial, self.space.metric, lease, self.space.pruner[0])
+        hooks = TrialHooks(trial, self.space.metric, lease, self.space.pruner[0], runtime.command_again())
         try:
-            outcome = engine.train(self.trial_config(number, params, resume), trial=hooks)
-        except (Stopped, KeyboardInterrupt):
-            if lease is not None:
-                lease.release()  # last.pth is saved: the next worker resumes it at once
-            raise
-        except leases.LeaseLost as error:
-            lease.stop()
-            if distributed.world_size() > 1:
-                raise  # the other ranks are inside this trial still; torchrun ends them
-            log.warning("%s", error)
-            return None
-        except Exception as error:  # noqa: BLE001 - a trial's failure is recorded, the sweep goes on
-            text = str(error).splitlines()[0] if str(error) else type(error).__name__
-            if not isinstance(error, UserError):
-                log.exception("trial %d failed with an unexpected error", number)
+            try:
+                outcome = engine.train(self.trial_config(number, params, resume), trial=hooks)
+            except (Stopped, KeyboardInterrupt):
+                if lease is not None:
+                    lease.release()  # last.pth is saved: the next worker resumes it at once
+                raise
+            except leases.LeaseLost as error:
+                lease.stop()
+                if distributed.world_size() > 1:
+                    raise  # the other ranks are inside this trial still; torchrun ends them
+                log.warning("%s", error)
+                return None
+            except (*STORAGE_ERRORS, HandedBack):
+                raise
+            except Exception as error:  # noqa: BLE001 - a trial's failure is recorded, the sweep goes on
+                text = _first_line(error)
+                if not isinstance(error, UserError):
+                    log.exception("trial %d failed with an unexpected error", number)
+                if distributed.is_main():
+                    self._tell_failed(trial, number, params, text)
+                    lease.release()
+                return text
             if distributed.is_main():
-                self._tell_failed(trial, number, params, text)
+                try:
+                    lease.check()  # a worker that was frozen past --stale-after tells nothing of a trial now another's
+                except leases.LeaseLost as error:
+                    lease.stop()
+                    log.warning("%s", error)
+                    return None
+                self._tell(trial, number, params, outcome)
                 lease.release()
-            return text
-        if distributed.is_main():
-            self._tell(trial, number, params, outcome)
-            lease.release()
-        return None
+            return None
+        except (*STORAGE_ERRORS, HandedBack) as error:
+            if lease is not None:
+                with contextlib.suppress(OSError):
+                    lease.release()  # RUNNING without a lease: the next worker resumes it at once
+            raise HandedBack(f"{_first_line(error)}; trial {number} is handed back (what it saved is kept): fix that "
+                             f"and run the sweep again, which resumes it") from None
 
     def _tell(self, trial, number, params, outcome):
         best, pruned = outcome["best"], outcome["pruned"]
@@ -286,8 +364,9 @@ class Worker:
             state, value = "complete", best["value"]
         write_hparams(outcome["run_dir"], params, {f"hparam/{self.space.metric}": value} if value is not None else {},
                       state)
-        log.info("sweep %s: trial %d %s%s", self.options.study, number, state,
-                 f", {'best ' if pruned else ''}{self.space.metric} {value:.4f}" if value is not None else "")
+        # the one line that says a trial was pruned, and why (the engine leaves it to the sweep)
+        said = pruned if pruned else state + (f", {self.space.metric} {value:.4f}" if value is not None else "")
+        log.info("sweep %s: trial %d %s", self.options.study, number, said)
 
     def _tell_failed(self, trial, number, params, text):
         trial.set_user_attr("error", text)
@@ -299,6 +378,10 @@ class Worker:
         else:
             again = f"; not retried (--retries={self.options.retries})"
         log.error("sweep %s: trial %d failed: %s%s", self.options.study, number, text, again)
+
+
+def _first_line(error):
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 class _Grid(optuna.samplers.GridSampler):
@@ -324,10 +407,19 @@ def _pruner(kind, arguments):
 def main(options, base, flags, space):
     """The sweep command, once main.py has checked the options and the search space: run
     this worker (or print the summary)."""
+    study_dir = Path(base.checkpoint_dir) / options.study
     if options.summary:
         from utils.sweep.report import render_summary
 
-        print(render_summary(Path(base.checkpoint_dir) / options.study, options.storage, options.stale_after))
+        print(render_summary(study_dir, options.storage, options.stale_after))
+        return
+    if options.repair:
+        check_study_dir(study_dir)
+        saved = read_record(study_dir)
+        if saved is not None and saved["storage"] != JOURNAL:
+            raise UsageError(f"study {options.study} keeps its trials in {saved['storage']}, not a journal file; "
+                             f"--repair mends journal files only")
+        print(repair(study_dir / JOURNAL))
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens to each trial
     worker = Worker(options, base, flags, space)
