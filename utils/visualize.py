@@ -11,7 +11,7 @@ import os
 
 from PIL import Image
 
-from utils.core.io import atomic_open
+from utils.core.io import OutputError, atomic_open
 
 log = logging.getLogger(__name__)
 _WRITERS = itertools.count(1)  # numbers the event files this process opens
@@ -27,16 +27,21 @@ class Visualizer:
         self.writer = None
         self.vis = None
         if backend == "tensorboard":
-            from tensorboardX import SummaryWriter
-
             # purge_step drops points at/after it left by an interrupted run, so a resumed
             # run continues the curves without duplicates.
             # tensorboardX names the file after the host and the second it opens it: a run
             # stopped and resumed within one second would overwrite the first one's points.
-            self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step, flush_secs=30,
-                                        filename_suffix=f".{os.getpid()}.{next(_WRITERS)}")
+            self.writer, self._events = _summary_writer(run_dir, f".{os.getpid()}.{next(_WRITERS)}",
+                                                        purge_step=purge_step, flush_secs=30)
         elif backend == "visdom":
             self.vis = _connect_visdom(env)
+
+    def _check(self):
+        """OutputError once the event file could not be written (a full disk): one line, the
+        run stops as on any failed write; the points written before it are kept."""
+        if self.writer is not None and self._events.failure:
+            error = self._events.failure[0]
+            raise OutputError(f"cannot write {self._events.name}: {_reason(error)}; the curves written before are kept")
 
     def _step(self, name, step):
         if step is None:
@@ -48,6 +53,7 @@ class Visualizer:
         """One scalar point on curve `name`."""
         step = self._step(name, step)
         if self.writer is not None:
+            self._check()
             self.writer.add_scalar(name, float(y), step)
         elif self.vis is not None:
             self.vis.line(Y=[float(y)], X=[step], win=name, opts={"title": name}, update=None if step == 0 else "append")
@@ -59,6 +65,7 @@ class Visualizer:
         if images.dim() == 3:
             images = images.unsqueeze(0)
         if self.writer is not None:
+            self._check()
             self.writer.add_images(name, images, step)
         elif self.vis is not None:
             self.vis.images(images.numpy(), win=name, opts={"title": name})
@@ -67,6 +74,7 @@ class Visualizer:
         """A line of text (markdown in TensorBoard's Text tab)."""
         step = self._step(name, step)
         if self.writer is not None:
+            self._check()
             self.writer.add_text(name, text, step)
         elif self.vis is not None:
             self.vis.text(text, win=name, append=step > 0)
@@ -80,11 +88,60 @@ class Visualizer:
     def flush(self):
         if self.writer is not None:
             self.writer.flush()
+            self._check()
 
     def close(self):
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close()  # a failed write was said already, or is said by the error that stops the run
             self.writer = None
+
+
+def _summary_writer(run_dir, suffix, **options):
+    """(tensorboardX SummaryWriter of a new event file in `run_dir`, its _guard); a file
+    that cannot be created is an OutputError."""
+    from tensorboardX import SummaryWriter
+
+    try:
+        writer = SummaryWriter(logdir=str(run_dir), filename_suffix=suffix, **options)
+    except OSError as error:
+        raise OutputError(f"cannot write TensorBoard's event file in {run_dir}: {_reason(error)}") from None
+    # tensorboardX 2.6's objects (pinned in requirements.txt): writer -> FileWriter -> EventFileWriter -> EventsWriter
+    return writer, _guard(writer._get_file_writer().event_writer._ev_writer)
+
+
+class _Guarded:
+    """What _guard gives back: the event file's name and the write error, once one happened."""
+
+    def __init__(self, name):
+        self.name, self.failure = name, []
+
+
+def _guard(events_writer):
+    """Make tensorboardX's EventsWriter keep an OSError (ENOSPC, EIO) instead of raising it.
+    Its writes run on tensorboardX's logging thread, where an error kills the thread with a
+    traceback, after which the next add blocks for ever on a full queue; guarded, the thread
+    drops what comes after the first error and Visualizer._check raises it as one line."""
+    guarded = _Guarded(events_writer._file_name)
+
+    def keeping_errors(method, after_failure):
+        def call(*args):
+            if guarded.failure and not after_failure:
+                return None
+            try:
+                return method(*args)
+            except OSError as error:
+                guarded.failure.append(error)
+                return None
+        return call
+
+    # close runs even after a failure: it releases the file (its flush, guarded, writes nothing more)
+    for name, after_failure in (("_write_serialized_event", False), ("flush", False), ("close", True)):
+        setattr(events_writer, name, keeping_errors(getattr(events_writer, name), after_failure))
+    return guarded
+
+
+def _reason(error):
+    return (error.strerror or str(error)).lower()
 
 
 def _connect_visdom(env):
@@ -121,14 +178,16 @@ def write_hparams(run_dir, params, metrics, state="complete"):
     per run dir, so `tensorboard --logdir <study folder>` compares a sweep's trials side by
     side); `state` is the trial's ("complete", "pruned", "failed"), shown as an hparam too.
     Written to an event file of its own in the run dir, next to the run's curves."""
-    from tensorboardX import SummaryWriter
     from tensorboardX.summary import hparams
 
     shown = {name: value if isinstance(value, (bool, int, float, str)) else str(value)  # None: 'None'
              for name, value in params.items()}
     experiment, start, end = hparams({**shown, "trial_state": state}, dict(metrics))
-    with SummaryWriter(logdir=str(run_dir), filename_suffix=f".hparams.{os.getpid()}.{next(_WRITERS)}") as writer:
+    writer, events = _summary_writer(run_dir, f".hparams.{os.getpid()}.{next(_WRITERS)}")
+    with writer:
         for summary in (experiment, start, end):
             writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
             writer.add_scalar(tag, float(value), 0)
+    if events.failure:
+        raise OutputError(f"cannot write {events.name}: {_reason(events.failure[0])}")
