@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.core.errors import UserError
+from utils.core.errors import UserError, excerpt
 from utils.export import METADATA_KEY
 
 EXTRA = "bash scripts/setup.sh --export"
+EXPORT_COMMAND = "python main.py export --env=<run>"
+# What ONNX Runtime calls the element types the runner feeds and reads back.
+FLOAT_INPUT = "tensor(float)"
+FLOAT_OUTPUTS = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
@@ -45,15 +49,32 @@ def session(model, threads=0):
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... types
         name = f"{model}" if isinstance(model, (str, os.PathLike)) else "the exported model"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-        raise UserError(f"ONNX Runtime cannot load {name}: {reason[:300]}") from None
+        raise UserError(f"ONNX Runtime cannot load {name}: {reason[:300]}; give an ONNX file, or write one again "
+                        f"with `{EXPORT_COMMAND}`") from None
 
 
-def metadata_of(session_or_path):
+def metadata_of(session_or_path, name=None):
     """The runner's metadata entry of an ONNX file (a path or an open session): {} when the
-    file has none (exported by something else)."""
+    file has none (exported by something else); one that is not a JSON object is a
+    UserError (`name`: how to call the file in it)."""
     open_session = session(session_or_path) if isinstance(session_or_path, (str, os.PathLike)) else session_or_path
     text = open_session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    return json.loads(text) if text else {}
+    return parse_metadata(text, name or session_or_path)
+
+
+def parse_metadata(text, name):
+    """The runner's metadata entry `text` (JSON) of the exported file `name` as a dict ({} for
+    none), or a UserError that names the fix."""
+    if not text:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise UserError(f"{name}: its {METADATA_KEY!r} metadata entry is not a JSON object ({excerpt(text)}); "
+                        f"write the file again with `{EXPORT_COMMAND}`")
+    return metadata
 
 
 def check_file(path, option="--onnx"):
@@ -85,11 +106,21 @@ class OnnxModel:
                             f"a classifier with one image batch (N x C x H x W) in and one of logits out, as "
                             f"`python main.py export` writes it")
         (given,), (answer,) = inputs, outputs
+        if given.type != FLOAT_INPUT or answer.type not in FLOAT_OUTPUTS:
+            raise UserError(f"{path} takes {given.type} and gives {answer.type}; the runner feeds float32 image batches "
+                            f"(N x C x H x W) and reads float outputs, as `{EXPORT_COMMAND}` writes them")
+        self.path, self.output_rank = path, len(answer.shape)
         self.input_name = given.name
         self.batch = given.shape[0] if isinstance(given.shape[0], int) else None
         self.item_shape = tuple(given.shape[1:])
         self.classes = answer.shape[-1] if isinstance(answer.shape[-1], int) else None
-        self.metadata = metadata_of(self.session)
+        self.metadata = metadata_of(self.session, path)
+
+    def require_logits(self):
+        """UserError unless the file gives N x classes logits (a classifier's output)."""
+        if self.output_rank != 2:
+            raise UserError(f"{self.path} gives an output of {self.output_rank} dimensions, not N x classes logits: it "
+                            f"is not a classifier; export a classify run's model with `{EXPORT_COMMAND}`")
 
     def __call__(self, images):
         import torch

@@ -14,7 +14,8 @@ are resized to a short side of size / 0.875 and centre-cropped (dogcat, imagefol
 data sets' images are scaled whole to their size (cifar10, mnist); then scaled to [0, 1],
 normalised with the data set's mean and std.
 """
-import json
+import functools
+import math
 import zipfile
 from pathlib import Path
 
@@ -24,16 +25,36 @@ import torch
 from configs.loader import Text, load_config
 from data.readable import open_image
 from data.transforms import fit_image
-from utils.core.errors import UserError
+from utils.core.errors import UserError, excerpt
 from utils.core.registry import EXPERIMENTS
 from utils.engine.precision import for_inference
 from utils.export import METADATA_KEY
-from utils.export.onnx_runtime import OnnxModel
+from utils.export.onnx_runtime import OnnxModel, parse_metadata
+
+
+class PredictError(UserError, ValueError):
+    """What predict() and Predictor raise for a source or an image they cannot use (a missing
+    or foreign file, broken metadata, an unreadable image): one line that names the fix, the
+    same line the CLI prints. A ValueError, so callers may catch either."""
+
+
+def _one_line_errors(method):
+    """`method`, raising PredictError for every mistake of its caller (the runner's UserError)."""
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except PredictError:
+            raise
+        except UserError as error:
+            raise PredictError(str(error)) from None
+    return wrapped
 
 
 def predict(source, image):
     """Class probabilities {class name: probability} of one image (a file or a PIL image) by
-    the model in `source` (see the module docstring); a list of images gives a list."""
+    the model in `source` (see the module docstring); a list of images gives a list. Raises
+    PredictError."""
     return Predictor(source)(image)
 
 
@@ -42,6 +63,7 @@ class Predictor:
     called on images. `classes` names the columns of `probabilities`; `spec` is how an image
     becomes its input."""
 
+    @_one_line_errors
     def __init__(self, source, threads=0):
         path = Path(source)
         if not path.exists():
@@ -57,6 +79,9 @@ class Predictor:
         if self.spec.get("experiment", "classify") != "classify" or "classes" not in self.spec:
             raise UserError(f"{source} is not a classifier exported by the runner (a gan's generator, or a file "
                             f"without the runner's metadata); predict() takes a classify run's model")
+        _check_spec(self.spec, source)
+        if isinstance(self.model, OnnxModel):
+            self.model.require_logits()
         self.classes = list(self.spec["classes"])
         # the engine's normalisation, in its arithmetic (utils/engine/precision.py): the same bits as `test`
         mean, std = (torch.tensor(self.spec[key], dtype=torch.float32).view(1, -1, 1, 1) for key in ("mean", "std"))
@@ -70,6 +95,7 @@ class Predictor:
         answers = [dict(zip(self.classes, map(float, row))) for row in rows]
         return answers if many else answers[0]
 
+    @_one_line_errors
     def probabilities(self, images, batch_size=32):
         """N x K numpy float32 array of class probabilities of `images` (paths or PIL images)."""
         parts = []
@@ -88,6 +114,28 @@ class Predictor:
         return fit_image(image, self.spec)
 
 
+MAX_IMAGE_SIZE = 8192  # pixels a side: what an exported file may ask an image to be resized to
+
+
+def _check_spec(spec, source):
+    """UserError unless the metadata `spec` says, in values this code can use, how an image
+    becomes the model's input (a hand-edited or foreign entry must not reach the resize)."""
+    channels = spec.get("channels")
+    checks = {
+        "classes": isinstance(spec.get("classes"), list) and all(isinstance(name, str) for name in spec["classes"]),
+        "channels": channels in (1, 3),
+        "image_size": type(spec.get("image_size")) is int and 1 <= spec["image_size"] <= MAX_IMAGE_SIZE,
+        "resize": spec.get("resize") in ("centre-crop", "whole"),
+        **{key: isinstance(spec.get(key), list) and len(spec[key]) == channels
+           and all(type(value) in (int, float) and math.isfinite(value) and (key == "mean" or value > 0)
+                   for value in spec[key]) for key in ("mean", "std")},
+    }
+    bad = [key for key, good in checks.items() if not good]
+    if bad:
+        raise UserError(f"{source}: the runner's metadata holds no usable {bad[0]} ({excerpt(spec.get(bad[0]))}); "
+                        f"write the file again with `python main.py export --env=<run>`")
+
+
 def _load_pt2(path):
     """(module, metadata) of a torch.export archive written by `export`."""
     extra = {f"{METADATA_KEY}.json": ""}
@@ -96,7 +144,7 @@ def _load_pt2(path):
     except (RuntimeError, zipfile.BadZipFile, OSError) as error:
         raise UserError(f"{path} is not a torch.export archive ({error}); write one with "
                         f"`python main.py export --format=pt2`") from None
-    return program.module(), json.loads(extra[f"{METADATA_KEY}.json"] or "{}")
+    return program.module(), parse_metadata(extra[f"{METADATA_KEY}.json"], path)
 
 
 def _load_checkpoint(path):
