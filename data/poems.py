@@ -72,7 +72,7 @@ def read_corpus(root):
     """The poems (a tuple of strings) under `root`, read once per process."""
     path = Path(root)
     if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
+        files = sorted(file for file in path.rglob("*.txt") if file.is_file())  # not a folder named x.txt
         if not files:
             raise UserError(f"no .txt files in {str(path)!r}; --train-data-root takes {LAYOUT}")
         poems = [line for file in files for line in read_lines(file)]
@@ -92,6 +92,9 @@ def read_lines(path):
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {(error.strerror or str(error)).lower()}; --train-data-root takes "
+                        f"{LAYOUT}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

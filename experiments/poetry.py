@@ -25,7 +25,7 @@ from models import check_takes
 from utils.core.errors import UsageError
 from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, load_for_inference
+from utils.engine.loop import Experiment, chosen_average, load_for_inference
 from utils.engine.lr_policy import LrPolicy
 from utils.writers import write_text
 
@@ -44,13 +44,16 @@ def build_net(cfg, vocabulary_size, device):
 def sample_next(logits, temperature, top_k, generator):
     """The index of the next character, drawn from softmax(logits / temperature) over the
     `top_k` likeliest (0 = all), with `generator`; temperature 0 takes the likeliest."""
-    logits = logits.float().cpu()
+    logits = logits.double().cpu()
     if temperature == 0:
         return int(logits.argmax())
     if top_k:
         threshold = logits.topk(min(top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < threshold, -math.inf)
-    return int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator))
+    # From the largest logit down, in float64: a temperature of 1e-300 gives the likeliest
+    # (ties share), not 0 / 0; one of 1e300 gives every character alike.
+    scaled = (logits - logits.max()) / temperature
+    return int(torch.multinomial(scaled.softmax(-1), 1, generator=generator))
 
 
 @torch.no_grad()
@@ -124,9 +127,10 @@ class Poetry(Experiment):
         "embedding_dim": {"default": 128, "doc": "size of each character's embedding (the book's 128)", "role": "model",
                           "minimum": 1},
         "hidden_dim": {"default": 256, "doc": "LSTM hidden size (the book's 256)", "role": "model", "minimum": 1},
-        "num_layers": {"default": 2, "doc": "stacked LSTM layers (the book's 2)", "role": "model", "minimum": 1},
+        "num_layers": {"default": 2, "doc": "stacked LSTM layers (the book's 2)", "role": "model", "minimum": 1,
+                       "maximum": 1000},
         "seq_len": {"default": 48, "doc": "characters per training sequence: longer poems are cut, shorter padded "
-                    "(the book's 125 for tang.npz)", "minimum": 1, "commands": ["train"]},
+                    "(the book's 125 for tang.npz)", "minimum": 1, "maximum": 100000, "commands": ["train"]},
         "start_words": {"default": "", "doc": "generate: the poem starts with these characters (with --acrostic: one "
                         "line per character)", "role": "execution", "commands": ["generate"]},
         "prefix_words": {"default": "", "doc": "generate: characters read first to set the mood, not printed",
@@ -134,7 +138,7 @@ class Poetry(Experiment):
         "acrostic": {"default": False, "doc": "generate an acrostic (藏头诗): each line begins with the next of --start-words",
                      "role": "execution", "commands": ["generate"]},
         "max_gen_len": {"default": 200, "doc": "generate: at most this many characters (per line with --acrostic)",
-                        "role": "execution", "minimum": 1, "commands": ["generate"]},
+                        "role": "execution", "minimum": 1, "maximum": 100000, "commands": ["generate"]},
         "temperature": {"default": 1.0, "doc": "generate: sampling temperature (lower: safer, 0: always the likeliest)",
                         "role": "execution", "minimum": 0.0, "commands": ["generate"]},
         "top_k": {"default": 0, "doc": "generate: sample only from the k likeliest characters (0 = all)",
@@ -206,8 +210,9 @@ class Poetry(Experiment):
                              f"`train --experiment=poetry`")
         check_characters(cfg.start_words, vocabulary, "--start-words")
         check_characters(cfg.prefix_words, vocabulary, "--prefix-words")
+        average = chosen_average(cfg, state, "model", path)  # --use-ema of a run without an average: one line
         model = build_net(cfg, len(vocabulary), device)
-        checkpoint.load_weights(model, state["model"], source=str(path))
+        checkpoint.load_weights(model, state["model"] if average is None else average, source=str(path))
         # Its own CPU generator: the same --seed writes the same poem on any device.
         poem = write_poem(model, vocabulary, cfg, device, torch.Generator().manual_seed(cfg.seed))
         write_text(cfg.result_file, poem + "\n")
