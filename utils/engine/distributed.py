@@ -215,6 +215,61 @@ def on_main(fn):
     return result
 
 
+class NotShared(UserError):
+    """A rank cannot see a file rank 0 wrote: the checkpoint dir is not on a shared file system."""
+    agreed = True  # every rank raises it; rank 0 says it
+
+
+# Seconds a rank looks for a file rank 0 wrote: NFS may cache a directory's entries for 30 s
+# (acdirmax's default is 60; RUNNER_SHARED_WAIT sets another wait).
+SHARED_WAIT_VARIABLE = "RUNNER_SHARED_WAIT"
+
+
+def check_shared(path):
+    """Under torchrun, that every rank sees the file `path` (relative paths in its own
+    working directory) as rank 0 does: the same size and the same first and last megabyte.
+    A run across nodes whose --checkpoint-dir is not shared would otherwise fail at its
+    first resume or sweep takeover, in a collective's traceback. Nothing is compared when
+    rank 0 has no such file (the caller reports that itself)."""
+    if not active():
+        return
+    import socket
+    import time
+
+    expected = broadcast_object(_fingerprint(path) if is_main() else None)
+    seen = expected is None or is_main()
+    deadline = time.monotonic() + float(os.environ.get(SHARED_WAIT_VARIABLE, 30))
+    while not seen:
+        seen = _fingerprint(path) == expected
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    views = gather_objects((seen, socket.gethostname()))
+    blind = [(index, host) for index, (ok, host) in enumerate(views) if not ok]
+    if blind:
+        index, host = blind[0]
+        others = f" (and {len(blind) - 1} more)" if len(blind) > 1 else ""
+        raise NotShared(f"the checkpoint dir must be shared by every node: rank {index} on {host}{others} cannot see "
+                        f"{path} as rank 0 wrote it; put --checkpoint-dir on a file system every node mounts at the "
+                        f"same path (NFS, Lustre, ...)")
+
+
+def _fingerprint(path, part=1 << 20):
+    """(size, sha256 of the first and last `part` bytes) of the file at `path`, or None."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            digest = hashlib.sha256(handle.read(part))
+            if size > part:
+                handle.seek(max(part, size - part))
+                digest.update(handle.read(part))
+    except OSError:
+        return None
+    return size, digest.hexdigest()
+
+
 def broadcast_object(value):
     """Rank 0's `value` on every rank."""
     if not active():

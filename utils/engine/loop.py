@@ -407,7 +407,10 @@ def train(cfg, trial=None):
     `trial` (a sweep's, utils/sweep/worker.py) is told each epoch's metrics on every rank
     (`trial.epoch_end(epoch, metrics)`), and a reason it returns ends the run, pruned, after
     that epoch's checkpoints; `trial.check_owner()` is called before every write and raises
-    when the run dir now belongs to another worker."""
+    when the run dir now belongs to another worker; `trial.resume_command`, when it has one,
+    is what a stop prints to go on."""
+    if cfg.resume:
+        distributed.check_shared(resume.checkpoint_path(cfg))  # every node must see the run it resumes
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
     # Rank 0 names a new run (its clock, its look at the folder) for every rank.
     cfg = resumed["config"] if resumed else distributed.broadcast_object(runtime.name_run(cfg))
@@ -470,6 +473,12 @@ def train(cfg, trial=None):
         # Dropout masks, a GAN's noise: each rank draws its own, from (seed, rank).
         seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank()))
     run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg, named)) or (cfg.run_dir, False)
+    try:
+        distributed.check_shared(cfg.run_dir / "config.yaml")  # across nodes: one line now, not a traceback later
+    except distributed.NotShared:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     describe_world(cfg, resumed["state"] if restored else None)
     try:
         _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored, trial)
@@ -494,9 +503,8 @@ def train(cfg, trial=None):
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
                else "no finite validation metric" if experiment.monitors else plural(ctx.state.epoch, "epoch"))
-    for why in (ctx.state.stopped_early, ctx.state.pruned):
-        if why:
-            print(why)
+    if ctx.state.stopped_early:
+        print(ctx.state.stopped_early)
     print(f"trained {cfg.env}: {summary}; checkpoints in {run_dir}")
     if trial is None:  # a sweep says what comes next itself
         print("next:\n" + "\n".join(f"  {command}" for command in next_commands(cfg, experiment)))
@@ -522,7 +530,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
 
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
     monitors = run_monitors(cfg.experiment, cfg.ema)  # read from the experiment's source: once, not per epoch
-    with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close) as stopper:
+    resume_with = getattr(trial, "resume_command", None)  # a sweep goes on by its own command
+    with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close, resume_with) as stopper:
         # One loader for the run: its workers stay up between epochs (persistent_workers), and
         # each epoch only tells the sampler, which runs in this process, which order to give.
         loader = runtime.make_loader(train_set, cfg, ctx.device, shuffle=True, epoch=ctx.state.epoch,
@@ -553,8 +562,9 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
                                                                                experiment.checkpoint_info()))
             outputs.write_status(ctx.state, "running")
-            if ctx.state.stopped_early or ctx.state.pruned:
-                log.info("%s", ctx.state.stopped_early or ctx.state.pruned)
+            if ctx.state.stopped_early:
+                log.info("%s", ctx.state.stopped_early)
+            if ctx.state.stopped_early or ctx.state.pruned:  # a sweep's worker says why it pruned
                 break
     outputs.checkpoints.wait()  # "finished" means every file is whole on disk
     outputs.close()
