@@ -52,7 +52,8 @@ def sweep(*args, **flags):
     train_flags = {key: Text(value) if isinstance(value, str) else value for key, value in train_flags.items()}
     cfg = load_config(train_flags)
     # a bad search space is one line, before torch or optuna load
-    space = None if options.summary or options.repair else read_space(options.search_space, cfg, given_names(train_flags), options.trials)
+    space = None if options.summary or options.repair else read_space(options.search_space, cfg,
+                                                                      given_names(train_flags), options.trials)
 
     def work():
         from utils.sweep import worker  # torch and optuna

@@ -101,7 +101,7 @@ def command_help(command, width=None, experiment=None):
     lines = [f"python main.py {command}:"]
     if command == "sweep":
         lines += textwrap.wrap(SWEEP_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
-        lines += ["", "  options of the sweep itself (--summary needs only --study):", *_table_lines(SWEEP_OPTIONS, width), "",
+        lines += ["", "  options of the sweep itself (--summary and --repair need only --study):", *_table_lines(SWEEP_OPTIONS, width), "",
                   "  then any train option (python main.py train --help), e.g. --experiment, --config, --max-epoch;",
                   "  every trial gets them, plus its parameters, a seed derived from --seed and its number, and",
                   "  --monitor = the search space's metric. Example:",

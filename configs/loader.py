@@ -327,8 +327,9 @@ def validate(cfg):
                          f"got {excerpt(cfg.monitor)}{needs}{hint}")
     if not _DEVICE.fullmatch(cfg.device):
         raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {excerpt(cfg.device)}")
-    if cfg.env is not None and (not _ENV.fullmatch(cfg.env) or cfg.env in (".", "..")):
-        raise UsageError(f"option --env names a folder under --checkpoint-dir: letters, digits and _.@+=- only; got {excerpt(cfg.env)}")
+    if cfg.env is not None and (not _ENV.fullmatch(cfg.env) or cfg.env in (".", "..") or len(cfg.env) > 200):
+        raise UsageError(f"option --env names a folder under --checkpoint-dir: letters, digits and _.@+=- only, at most "
+                         f"200 of them; got {excerpt(cfg.env)}")
     if cfg.use_gpu is not None:
         wanted = "cuda" if cfg.use_gpu else "cpu"
         if cfg.device == "auto":

@@ -91,6 +91,8 @@ def load_yaml(path, loader=BoundedLoader):
         raise error from None
 
     file = Path(path)
+    if not file.is_file():  # a FIFO or a device (/dev/zero) would be read for ever
+        fail("not a regular file")
     size = file.stat().st_size
     if size > MAX_BYTES:
         fail(f"the file has {size / 1e6:.1f} MB; a runner YAML file is at most {MAX_BYTES // 1024} kB")

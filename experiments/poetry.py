@@ -104,7 +104,8 @@ def write_poem(model, vocabulary, cfg, device, generator, start_words=None, acro
 def check_characters(words, vocabulary, option):
     unknown = sorted({char for char in words if char not in vocabulary})
     if unknown:
-        raise UsageError(f"{option} has characters the model never saw: {' '.join(unknown)}; use characters of its "
+        shown = " ".join(unknown[:20]) + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else "")
+        raise UsageError(f"{option} has characters the model never saw: {shown}; use characters of its "
                          f"corpus (e.g. {''.join(vocabulary[len(MARKS):len(MARKS) + 10])})")
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the project root, a CLI runner and tiny generated Kaggle-layout data."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -259,3 +260,29 @@ def make_imagefolder(root, classes=("daisy", "rose", "tulip"), per_class=6, seed
         Image.fromarray(class_image(3 * label, rng, 24, 3)).save(path, format="JPEG")
         truth[path.relative_to(root).as_posix()] = classes[label]
     return truth
+
+
+# -- a disk that really fills up ------------------------------------------------------------
+@contextlib.contextmanager
+def small_disk(path, size):
+    """A tmpfs of `size` bytes mounted at `path`: a disk that really fills up (root on Linux);
+    skips the test where this machine cannot mount one."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+        why = mounted.stderr.decode().strip() if mounted.returncode else None
+    except OSError as error:  # no mount command
+        why = str(error)
+    if why is not None:
+        pytest.skip(f"cannot mount a tmpfs here ({why}); the fault hook tests cover the same code")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(folder):
+    """Take every free byte of the file system of `folder`."""
+    with open(folder / "filler", "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)

@@ -75,6 +75,14 @@ def ws(tmp_path_factory):
     (root / "latin1.yaml").write_bytes("# r\xe9sum\xe9\nlr: 0.1\n".encode("latin-1"))
     (root / "broken.yaml").write_text("lr: [0.1\n")
     (root / "typo.yaml").write_text("lr: 0.1\nbatch_sise: 8\n")
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
+                                                              for p, n in zip("abcdefgh", "bcdefghi"))
+    (root / "laughs.yaml").write_text(laughs)
+    (root / "twice.yaml").write_text("lr: 0.1\nbatch_size: 8\nlr: 0.2\n")
+    (root / "itself.yaml").write_text("lr: &a [1, *a]\n")
+    (root / "deep.yaml").write_text("lr: " + "[" * 3000 + "]" * 3000 + "\n")
+    (root / "huge.yaml").write_text("# " + "x" * (2 << 20) + "\n")
+    (root / "poems.txt").write_text("\n".join(["床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"] * 4) + "\n")
     (root / "empty_folder").mkdir()
     make_cifar10(root / "cifar_broken")
     (root / "cifar_broken" / "cifar-10-batches-py" / "data_batch_2").write_text("not a pickle")
@@ -135,6 +143,48 @@ CASES = [
     ("resume needs env", ["train", "--resume"], 2, r"--resume needs --env=<run name>"),
     ("command of another experiment", ["generate"], 2, r"experiment classify has no command 'generate'"),
     ("gan has no val", ["val", "--experiment=gan"], 2, r"experiment gan has no command 'val'"),
+    # -- hostile YAML: one line in well under a second, however the file is built
+    ("config billion laughs", ["train", "--config=laughs.yaml"], 2,
+     r"laughs.yaml:\d+:\d+: invalid YAML: expands to more than 100,000 values \(aliases of aliases\?\)"),
+    ("config duplicate key", ["train", "--config=twice.yaml"], 2,
+     r"twice.yaml:3:1: invalid YAML: key 'lr' appears twice \(first on line 1\); keep one"),
+    ("config alias of itself", ["train", "--config=itself.yaml"], 2,
+     r"itself.yaml:1:5: invalid YAML: an alias refers to the collection that holds it"),
+    ("config nested deep", ["train", "--config=deep.yaml"], 2, r"deep.yaml: invalid YAML: nested too deeply"),
+    ("config of megabytes", ["train", "--config=huge.yaml"], 2,
+     r"huge.yaml: invalid YAML: the file has 2.1 MB; a runner YAML file is at most 1024 kB"),
+    ("100 kB of value", ["train", "--lr=" + "9" * 100_000], 2, r"option --lr expects a finite number, got '9{57}\.\.\.'"),
+    # -- absurd numbers: finite and within what the code holds (exit 2, before torch)
+    ("lr past float32", ["train", "--lr=1e39"], 2,
+     r"option --lr must be at most 1e\+15 \(the engine computes in float32, and options multiply one another there\); "
+     r"got 1e\+39"),
+    ("weight decay 1e300", ["train", "--weight-decay=1e300"], 2, r"option --weight-decay must be at most 1e\+15"),
+    ("batch size 1e20", ["train", "--batch-size=1e20"], 2, r"option --batch-size expects an integer, got '1e20'"),
+    ("batch size past int64", ["train", "--batch-size=" + "1" + "0" * 20], 2,
+     r"option --batch-size must be at most 9223372036854775807 \(torch's 64-bit integers\); got 1" + "0" * 20),
+    ("seq len 10**12", ["train", "--experiment=poetry", "--seq-len=10**12"], 2,
+     r"option --seq-len expects an integer, got '10\*\*12'"),
+    ("seq len a trillion", ["train", "--experiment=poetry", "--seq-len=1000000000000"], 2,
+     r"option --seq-len must be <= 100000; got 1000000000000"),
+    ("mixup alpha 1e-300", ["train", "--mixup=1e-300"], 2,
+     r"option --mixup must be 0 \(off\) or at least 0.0001 \(float32's Beta sampling degenerates below it\); got 1e-300"),
+    ("cutmix alpha 1e-300", ["train", "--cutmix=1e-300"], 2, r"option --cutmix must be 0 \(off\) or at least 0.0001"),
+    ("temperature nan", ["generate", "--experiment=poetry", "--temperature=nan"], 2,
+     r"option --temperature expects a finite number, got 'nan'"),
+    ("stale-after inf", ["sweep", "--study=s", "--trials=1", "--search-space=x.yaml", "--stale-after=inf"], 2,
+     r"option --stale-after expects a finite number, got 'inf'"),
+    ("stale-after a century", ["sweep", "--study=s", "--trials=1", "--search-space=x.yaml", "--stale-after=3e9"], 2,
+     r"option --stale-after must be at most 2.592e\+06 seconds \(30 days\); got 3e\+09"),
+    ("threads past the machine", ["train", "--threads=100000"], 2, r"option --threads must be <= 1024; got 100000"),
+    ("workers past the machine", ["train", "--num-workers=100000"], 2, r"option --num-workers must be <= 1024"),
+    ("image size past the limit", ["train", "--image-size=100000"], 2, r"option --image-size must be <= 8192"),
+    ("beta1 of 1", ["train", "--experiment=gan", "--beta1=1"], 2,
+     r"option --beta1 must be below 1 \(Adam's moving-average factor\); got 1.0"),
+    ("layers past the limit", ["train", "--experiment=poetry", "--num-layers=1000000000000"], 2,
+     r"option --num-layers must be <= 1000"),
+    ("model larger than memory", ["train", "--experiment=poetry", "--train-data-root=poems.txt", "--checkpoint-dir=runs",
+                                  "--env=new", "--num-workers=0", "--hidden-dim=1000000000", "--debug-file="], 1,
+     r"out of memory: .*; lower --batch-size, --image-size or the model's sizes \(`python main.py help` lists them\)"),
     # -- the run: exit 2 for a contradiction, before a run folder exists
     ("resume unknown run", ["train", "--checkpoint-dir=runs", "--env=dnoe", "--resume"], 2,
      r"nothing to resume: runs/dnoe/last.pth does not exist; did you mean --env=done\?"),

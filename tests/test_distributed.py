@@ -313,3 +313,38 @@ def test_a_sweep_under_two_processes_trains_the_trials_rank_0_chose(reference):
         state = load(tmp_path / "runs" / "ddp" / f"trial-{trial.number}" / "last.pth")
         assert state["world_size"] == 2 and state["global_step"] == STEPS_PER_EPOCH
         assert state["config"]["lr"] == trial.params["lr"] and trial.value == state["best"]["value"]
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow  # two torchrun agents
+def test_two_nodes_without_a_shared_checkpoint_dir_stop_with_one_line_on_rank_0(tmp_path):
+    """Two "nodes" on this machine, each in a working directory of its own with a relative
+    --checkpoint-dir: rank 1 cannot see what rank 0 writes, as on nodes without a shared
+    file system. Rank 0 says so in one line; no gloo traceback; no run folder is left."""
+    make_dogcat(tmp_path / "data", per_class=6, test_images=2)
+    port = free_port()
+    nodes = []
+    for node in (0, 1):
+        cwd = tmp_path / f"node{node}"
+        cwd.mkdir()
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+                   "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}", str(ROOT / "main.py"),
+                   "train", *tiny_flags(tmp_path / "data", tmp_path, env="apart", **{"checkpoint-dir": "runs"})]
+        nodes.append(subprocess.Popen(command, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL,
+                                      env=dict(os.environ, PYTHONUNBUFFERED="1", RUNNER_SHARED_WAIT="2")))
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [1, 1], outputs
+    ours = [line for line in outputs[0][1].splitlines() if line.startswith("error: ")]
+    assert ours == [f"error: the checkpoint dir must be shared by every node: rank 1 on {os.uname().nodename} cannot see "
+                    f"runs/apart/config.yaml as rank 0 wrote it; put --checkpoint-dir on a file system every node mounts "
+                    f"at the same path (NFS, Lustre, ...)"], outputs[0][1]
+    assert "[rank 1]" not in outputs[1][1] and "ProcessGroupGloo" not in outputs[0][1] + outputs[1][1]
+    assert not (tmp_path / "node0" / "runs" / "apart").exists()  # a failed start leaves no run folder

@@ -2,6 +2,7 @@
 --runtime=onnxruntime, and predict() from Python: on tiny trained runs."""
 import csv
 import json
+import re
 
 import numpy as np
 import onnx
@@ -374,3 +375,69 @@ def test_a_model_over_the_2_gb_one_onnx_file_holds_is_refused_before_exporting()
     with pytest.raises(UserError, match=r"^big has 2\.0 GB of weights, more than the 2 GB one ONNX file holds "
                                         r"\(protobuf's limit\); use --format=pt2$"):
         exporter.to_onnx(big, None, None, {"model": "big"}, split_options({})[0], None)
+
+
+def foreign_onnx(path, input_type=onnx.TensorProto.UINT8):
+    """A classifier-shaped ONNX file the runner did not write: an N x 3 x 16 x 16 `pixels`
+    input of `input_type` (cast to float), a mean over the image, N x 2 float out."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["pixels"], ["as_float"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["as_float", "axes"], ["mean"], keepdims=0),
+         helper.make_node("Concat", ["mean", "mean"], ["scores"], axis=1)],
+        "foreign", [helper.make_tensor_value_info("pixels", input_type, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2])],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def with_metadata(source, path, text):
+    """A copy of the ONNX file `source` whose runner metadata entry is `text`."""
+    model = onnx.load(str(source))
+    for entry in model.metadata_props:
+        if entry.key == "runner":
+            entry.value = text
+    onnx.save(model, str(path))
+    return path
+
+
+def test_foreign_or_broken_onnx_files_are_one_line_for_test_and_a_value_error_for_predict(run, tmp_path, capsys):
+    from utils.export.predict import PredictError
+
+    runs, _ = run
+    exported = runs / "runs" / "tiny" / "model.onnx"
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk")
+    cases = [
+        (foreign_onnx(tmp_path / "uint8.onnx"), r"uint8.onnx takes tensor\(uint8\) and gives tensor\(float\); the "
+                                                r"runner feeds float32 image batches \(N x C x H x W\) and reads float "
+                                                r"outputs, as `python main.py export --env=<run>` writes them"),
+        (with_metadata(exported, tmp_path / "not-json.onnx", "{'classes': [cat"),
+         r"not-json.onnx: its 'runner' metadata entry is not a JSON object \(.*\); write the file again with `python "
+         r"main.py export --env=<run>`"),
+        (with_metadata(exported, tmp_path / "a-list.onnx", "[1, 2]"), r"a-list.onnx: its 'runner' metadata entry is not "
+                                                                      r"a JSON object"),
+        (tmp_path / "junk.onnx", r"ONNX Runtime cannot load .*junk.onnx: .*; give an ONNX file, or write one again with "
+                                 r"`python main.py export --env=<run>`"),
+    ]
+    for path, message in cases:
+        result_file = tmp_path / "out.csv"
+        assert main.main(["test", *flags(runs, "--runtime=onnxruntime", f"--onnx={path}",
+                                         f"--result-file={result_file}")]) == 1, path
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+        assert not result_file.exists()
+        with pytest.raises(PredictError, match=message) as raised:
+            Predictor(path)
+        assert isinstance(raised.value, ValueError)  # one ValueError subclass a caller may catch
+    # runner metadata whose values cannot be used: no resize of a billion pixels, no KeyError
+    spec = metadata(exported)[1]
+    for key, value in (("image_size", 10**9), ("mean", "dark"), ("channels", 7)):
+        bad = with_metadata(exported, tmp_path / f"bad-{key}.onnx", json.dumps({**spec, key: value}))
+        with pytest.raises(PredictError, match=rf"the runner's metadata holds no usable {key} "):
+            predict(bad, str(runs / "data" / "test" / "1.jpg"))
+    with pytest.raises(PredictError, match="cannot read image"):
+        predict(exported, str(tmp_path / "missing.jpg"))

@@ -88,6 +88,37 @@ def test_the_books_npz_a_text_file_and_a_folder_give_the_same_poems(tmp_path):
         assert list(poems.read_corpus(str(tmp_path / source))) == lines, source  # folder: a.txt, then deep/b.txt
 
 
+def test_a_folder_named_like_a_text_file_is_not_read_and_an_unreadable_file_is_one_line(tmp_path):
+    from utils.core.errors import UserError
+
+    (tmp_path / "corpus" / "x.txt").mkdir(parents=True)  # a folder whose name ends in .txt
+    with pytest.raises(UserError, match=r"no .txt files in '.*corpus'; --train-data-root takes"):
+        poems.read_corpus(str(tmp_path / "corpus"))
+    (tmp_path / "corpus" / "poems.txt").write_text("床前明月光\n", encoding="utf-8")
+    assert poems.read_corpus(str(tmp_path / "corpus")) == ("床前明月光",)
+    with pytest.raises(UserError, match=r"cannot read .*x.txt: is a directory; --train-data-root takes"):
+        poems.read_lines(tmp_path / "corpus" / "x.txt")
+
+
+def test_a_temperature_near_zero_writes_the_likeliest_poem_not_nan(reference, tmp_path):
+    from experiments.poetry import sample_next
+
+    logits = torch.tensor([0.5, 2.0, 2.0 - 1e-6, -3.0])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1e-300, 1e-30, 5e-324):
+        assert {sample_next(logits, temperature, 0, generator) for _ in range(20)} <= {1, 2}  # the top two, tied
+    assert sample_next(torch.tensor([0.0, 9.0, 1.0]), 1e-300, 0, generator) == 1
+    assert sample_next(torch.tensor([0.0, 9.0, 1.0]), 1e15, 2, generator) in (1, 2)  # flat over the top k
+    run_dir = reference[0] / "runs" / "reference"
+    poems_by = {}
+    for temperature in ("0", "1e-300"):
+        result = run_cli("generate", "--experiment=poetry", f"--load-model-path={run_dir / 'best.pth'}",
+                         f"--temperature={temperature}", f"--result-file={tmp_path / temperature}.txt")
+        assert result.returncode == 0, result.stderr
+        poems_by[temperature] = (tmp_path / f"{temperature}.txt").read_text(encoding="utf-8")
+    assert poems_by["1e-300"] == poems_by["0"]
+
+
 def test_a_npz_that_asks_to_build_anything_else_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -132,6 +163,8 @@ def test_an_acrostic_has_one_line_per_start_word_each_beginning_with_it(referenc
     (["--prefix-words=<s>"], r"--prefix-words has characters the model never saw"),
     (["--acrostic"], r"--acrostic writes one line per character of --start-words; give --start-words"),
     (["--top-k=-1"], r"option --top-k must be >= 0"),
+    (["--use-ema"], r"best.pth holds no moving average of the weights \(the run was trained without --ema\); drop "
+                    r"--use-ema"),
 ])
 def test_generate_refuses_what_it_cannot_write_in_one_line(reference, tmp_path, args, message):
     result = run_cli("generate", "--experiment=poetry", "--env=reference", f"--checkpoint-dir={reference[0] / 'runs'}",

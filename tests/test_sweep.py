@@ -149,6 +149,8 @@ def test_the_pruner_ends_a_bad_trial_and_keeps_its_checkpoint(data, tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert states(study_of(tmp_path, "prune")) == [(0, "COMPLETE"), (1, "PRUNED")]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "pruned" in line]
+    assert len(said) == 1 and "sweep prune: trial 1 pruned at epoch 1: val_logloss" in said[0], said  # said once
     reported = study_of(tmp_path, "prune").trials[1].intermediate_values
     assert list(reported) == [0]  # epoch 1 is Optuna's step 0 (n_warmup_steps: 1 spares it)
     pruned = study_dir / "trial-1"

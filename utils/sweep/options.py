@@ -48,9 +48,9 @@ def split_options(flags):
         values["storage"] = ""  # as for any option that may be empty: the default, the journal file
     if not values["study"]:
         raise UsageError("sweep needs --study=<name>: the folder under --checkpoint-dir that holds its trials")
-    if not _NAME.fullmatch(values["study"]) or values["study"] in (".", ".."):
-        raise UsageError(f"--study names a folder under --checkpoint-dir: letters, digits and _.@+=- only; "
-                         f"got {excerpt(values['study'])}")
+    if not _NAME.fullmatch(values["study"]) or values["study"] in (".", "..") or len(values["study"]) > 200:
+        raise UsageError(f"--study names a folder under --checkpoint-dir: letters, digits and _.@+=- only, at most 200 "
+                         f"of them; got {excerpt(values['study'])}")
     if values["summary"] and values["repair"]:
         raise UsageError("give --summary or --repair, not both: repair first, then look")
     if values["repair"] and values["storage"]:

@@ -31,22 +31,19 @@ import warnings
 from pathlib import Path
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
-from configs.loader import changed_options, defaults_for, flag, load_config
-from configs.schema import fields_of
+from configs.loader import flag, load_config
 from utils.core import seeding
-from utils.core.errors import UsageError, UserError, excerpt, plural
-from utils.core.io import OutputError, atomic_open
-from utils.core.registry import EXPERIMENTS
+from utils.core.errors import UsageError, UserError, plural
+from utils.core.io import OutputError
 from utils.engine import distributed, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
+from utils.sweep import joining
 from utils.sweep import lease as leases
-from utils.sweep.journal import BROKEN, repair
-from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, state_counts, storage_of,
-                               study_lock, trial_dir)
+from utils.sweep.journal import repair
+from utils.sweep.study import JOURNAL, check_study_dir, read_record, state_counts, study_lock, trial_dir
 from utils.visualize import write_hparams
 
 log = logging.getLogger(__name__)
@@ -121,88 +118,9 @@ class Worker:
 
     # -- the study ----------------------------------------------------------------------------
     def open(self):
-        """Create the study, or join it: the same search space and run options as it was
-        started with (sweep.yaml in its folder), else a one-line error. The folder, the
-        storage and the data are checked first, and sweep.yaml is written only once the
-        study is open, so a command that failed here works once corrected."""
-        check_study_dir(self.study_dir)
-        if self.options.storage:
-            check_storage(self.options.storage)
-        runtime.check_output_dir(self.study_dir, "--checkpoint-dir")
-        saved = read_record(self.study_dir)
-        record = {"study": self.options.study, "storage": self.options.storage or JOURNAL,
-                  "search_space": self.space.as_dict(), "options": self._run_options()}
-        if saved is not None:
-            self._check_same(saved, record)
-        else:
-            self._check_data()
-        created = not self.study_dir.exists()
-        self.study_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with study_lock(self.study_dir):
-                self.study = optuna.create_study(study_name=self.options.study, direction=self.space.direction,
-                                                 storage=storage_of(self.study_dir, self.options.storage),
-                                                 pruner=self.pruner, load_if_exists=True)
-                self._check_known_trials()
-                if read_record(self.study_dir) is None:
-                    with atomic_open(self.study_dir / RECORD, "w", encoding="utf-8") as handle:
-                        handle.write(f"# sweep {self.options.study}: what every worker of this study must bring "
-                                     f"(written by its first worker)\n")
-                        yaml.safe_dump(record, handle, sort_keys=False)
-        except BaseException:
-            if created:  # nothing of this study was kept: leave no empty folder behind
-                with contextlib.suppress(OSError):
-                    self.study_dir.rmdir()
-            raise
+        """Create the study, or join it (utils/sweep/joining.py)."""
+        self.study = joining.open_study(self.options, self.base, self.flags, self.space, self.pruner)
         return self
-
-    def _check_known_trials(self):
-        """UserError when the folder holds a trial's run the storage does not know (an emptied
-        or replaced journal): new trials would take those numbers and collide with the runs."""
-        known = len(self.study.get_trials(deepcopy=False))
-        runs = [int(folder.name[len("trial-"):]) for folder in self.study_dir.glob("trial-*")
-                if folder.name[len("trial-"):].isdigit() and (folder / "config.yaml").is_file()]
-        if any(number >= known for number in runs):
-            raise UserError(f"{self.study_dir} holds the run of trial {max(runs)}, but its storage knows "
-                            f"{plural(known, 'trial')}: the study's records were lost; restore them (a copy of the "
-                            f"journal, or the {JOURNAL}{BROKEN}* that --repair keeps), or start another --study")
-
-    def _check_data(self):
-        """The first worker reads the trials' data once before the study exists: a wrong
-        --train-data-root is one line, and the corrected command then starts the study."""
-        typical = {name: spec[1][0] if spec[0] == "choices" else spec[1] for name, spec in self.space.params.items()}
-        cfg = load_config({**self.flags, **typical, "monitor": self.space.metric})
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # the first trial reads the data again and says what it found
-        try:
-            EXPERIMENTS.get(cfg.experiment)(cfg).datasets()
-        finally:
-            logging.disable(previous)
-
-    def _run_options(self):
-        """The options that define what the trials compute (not how they execute)."""
-        fields = fields_of(self.base.experiment)
-        return {name: value for name, value in changed_options(self.base).items()
-                if fields[name].metadata["role"] not in ("execution", "invocation")}
-
-    def _check_same(self, saved, record):
-        where = self.study_dir / RECORD
-        if saved.get("storage") != record["storage"]:
-            raise UsageError(f"study {self.options.study} keeps its trials in {saved.get('storage')} ({where}); "
-                             f"give --storage={saved.get('storage') if saved.get('storage') != JOURNAL else 'none'} "
-                             f"or another --study")
-        if saved.get("search_space") != record["search_space"]:
-            raise UsageError(f"study {self.options.study} was started with another search space (see {where}); "
-                             f"give the same file, or start another --study")
-        if saved.get("options") != record["options"]:
-            defaults = defaults_for(self.base.experiment)
-            theirs, ours = saved.get("options") or {}, record["options"]
-            name = next(iter(sorted(set(theirs) ^ set(ours)) or
-                             sorted(key for key in theirs if theirs[key] != ours.get(key))))
-            raise UsageError(f"study {self.options.study}'s trials run with {flag(name)}="
-                             f"{excerpt(theirs.get(name, defaults.get(name)))} and this worker gives "
-                             f"{excerpt(ours.get(name, defaults.get(name)))} (see {where}); give the study's options, or "
-                             f"start another --study")
 
     def _sampler(self, seed_key):
         """The sampler that draws the next trial, seeded from (--seed, `seed_key`: the trials
@@ -270,7 +188,7 @@ class Worker:
             try:
                 job = self.next_job()
             except STORAGE_ERRORS as error:
-                raise UserError(f"{_first_line(error)}; no trial was started: fix that and run the sweep again") from None
+                raise UserError(f"{_first_line(error)}; this worker ran no trial: fix that and run the sweep again") from None
             if job is None:
                 break
             ran += 1
@@ -419,6 +337,11 @@ def main(options, base, flags, space):
         if saved is not None and saved["storage"] != JOURNAL:
             raise UsageError(f"study {options.study} keeps its trials in {saved['storage']}, not a journal file; "
                              f"--repair mends journal files only")
+        busy = [run_dir.name for run_dir in sorted(study_dir.glob("trial-*"))
+                if (run_dir / leases.LEASE).exists() and not leases.is_stale(run_dir, options.stale_after)]
+        if busy:  # a running worker keeps byte offsets into the journal that a rewrite would shift
+            raise UserError(f"study {options.study} has running workers ({busy[0]} holds a live lease); stop them "
+                            f"before --repair")
         print(repair(study_dir / JOURNAL))
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens to each trial
