@@ -1,5 +1,6 @@
 """What a study holds, as text: `sweep --summary` (its trials sorted by the metric and the
 command that reproduces the best one) and the studies part of `python main.py runs`."""
+import collections
 import json
 import math
 from pathlib import Path
@@ -12,9 +13,12 @@ from configs.schema import FIELDS
 from utils.core.errors import UserError
 from utils.engine import runtime
 from utils.sweep import lease as leases
-from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, state_counts, storage_of,
-                               trial_dir)
+from utils.sweep.options import OPTIONS
+from utils.sweep.study import JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, trial_dir
 from utils.tables import columns
+
+
+STALE_AFTER = OPTIONS["stale_after"][1]  # `runs` takes a lease this old as its worker's end, as a worker does by default
 
 
 def find_studies(checkpoint_dir):
@@ -69,14 +73,11 @@ def state_of(study_dir, trial, stale_after=None):
     return state
 
 
-def counts_text(trials, study_dir, stale_after=300.0):
-    """'3 complete, 1 stale (resumable), 1 running': the trials by the state they show as."""
-    counts = state_counts(trials)
-    counts["stale"] = sum(state_of(study_dir, trial, stale_after) == "stale (resumable)" for trial in trials)
-    counts["running"] -= counts["stale"]
-    order = (("complete", "complete"), ("pruned", "pruned"), ("running", "running"), ("stale", "stale (resumable)"),
-             ("waiting", "waiting"), ("fail", "failed"))
-    return ", ".join(f"{counts[state]} {shown}" for state, shown in order if counts[state]) or "no trials yet"
+def counts_text(states):
+    """'3 complete, 1 stale (resumable)': how many trials show each state (`states`: state_of's)."""
+    counts = collections.Counter(states)
+    order = ("complete", "pruned", "running", "stale (resumable)", "waiting", "failed")
+    return ", ".join(f"{counts[state]} {state}" for state in order if counts[state]) or "no trials yet"
 
 
 def best_trial(study):
@@ -112,7 +113,7 @@ def reproduce_command(study_dir, number):
     return f"{runtime.main_command()} train {flags} --env={Path(study_dir).name}-trial-{number}{where}"
 
 
-def render_summary(study_dir, storage="", stale_after=300.0):
+def render_summary(study_dir, storage="", stale_after=STALE_AFTER):
     """`sweep --study=NAME --summary`: every trial, best first, then the best's command."""
     study, record = load(study_dir, storage)
     space = record.get("search_space") or {}
@@ -127,6 +128,7 @@ def render_summary(study_dir, storage="", stale_after=300.0):
         return rank.get(trial.state, 4), not known, (value if minimize else -value) if known else 0, trial.number
 
     header = ["trial", "state", metric, "epochs", *names, "note"]
+    states = {trial.number: state_of(study_dir, trial, stale_after) for trial in trials}
     rows = []
     for trial in sorted(trials, key=order):
         value = _value(trial)
@@ -135,11 +137,10 @@ def render_summary(study_dir, storage="", stale_after=300.0):
         note = trial.user_attrs.get("error") or (f"retry of trial {trial.user_attrs['retry_of']}"
                                                   if "retry_of" in trial.user_attrs else "")
         params = [shown(trial.params[name]) if name in trial.params else "-" for name in names]
-        rows.append([str(trial.number), state_of(study_dir, trial, stale_after),
+        rows.append([str(trial.number), states[trial.number],
                      f"{value:.4f}" if value is not None else "-", _epochs(study_dir, trial.number), *params, note])
     direction = "lower is better" if minimize else "higher is better"
-    lines = [f"study {study.study_name} in {study_dir}: {counts_text(trials, study_dir, stale_after)}; {metric}, "
-             f"{direction}"]
+    lines = [f"study {study.study_name} in {study_dir}: {counts_text(states.values())}; {metric}, {direction}"]
     if rows:
         lines += ["", *columns(header, rows)]
     best = best_trial(study)
@@ -167,7 +168,8 @@ def render_studies(checkpoint_dir):
         trials = study.get_trials(deepcopy=False)
         best = best_trial(study)
         metric = (record.get("search_space") or {}).get("metric", "value")
-        rows.append([study_dir.name, metric, counts_text(trials, study_dir), f"{best.value:.4f} (trial {best.number})" if best
+        states = [state_of(study_dir, trial, STALE_AFTER) for trial in trials]
+        rows.append([study_dir.name, metric, counts_text(states), f"{best.value:.4f} (trial {best.number})" if best
                      else "-", params_text(best.params) if best else ""])
     if not rows:
         return []
