@@ -97,7 +97,7 @@ class Journal(JournalFileBackend):
     # -- appending ----------------------------------------------------------------------------
     def append_logs(self, logs):
         payload = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in logs).encode("utf-8")
-        with _held(self._lock):
+        with held(self._lock, self._file_path):
             try:
                 fd = os.open(self._file_path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as error:
@@ -177,7 +177,7 @@ def repair(path):
     path = Path(path)
     if path.is_dir() or not path.is_file():
         raise UserError(f"no journal to repair at {path}" + (" (a folder is there)" if path.is_dir() else ""))
-    with _held(JournalFileSymlinkLock(str(path))):
+    with held(JournalFileSymlinkLock(str(path)), path):
         original = path.read_bytes()
         kept, salvaged, dropped = [], 0, []
         replay = JournalStorageReplayResult("repair-")
@@ -210,12 +210,23 @@ def repair(path):
 
 
 @contextlib.contextmanager
-def _held(lock):
-    lock.acquire()
+def held(lock, path):
+    """Optuna's file `lock` (of the file `path`) held inside: taking it fails as one line
+    (a full disk or a read-only folder cannot take a new lock file), and a lock that another
+    process broke meanwhile (after Optuna's 30 s grace period) is a warning, not a crash
+    after the work is done."""
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise OutputError(f"cannot create the lock file {path}.lock: {_reason(error)}; nothing was written") from None
     try:
         yield
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except RuntimeError:
+            log.warning("the lock of %s was broken by another process while this one held it (it held it longer than "
+                        "Optuna's 30 s grace period)", path)
 
 
 def _write_all(fd, data):

@@ -1,7 +1,6 @@
 """Where a study lives: its folder under --checkpoint-dir (the trials' run dirs, sweep.yaml,
 the lock) and its Optuna storage (the journal file there, utils/sweep/journal.py, or an RDB
 by URL), with the checks that turn a wrong folder, record or URL into one line."""
-import contextlib
 from pathlib import Path
 
 from optuna.storages.journal import JournalFileOpenLock, JournalStorage
@@ -9,7 +8,7 @@ from optuna.storages.journal import JournalFileOpenLock, JournalStorage
 from configs.yaml_files import load_yaml
 from utils.core.errors import UsageError, UserError, excerpt
 from utils.engine import runtime
-from utils.sweep.journal import Journal
+from utils.sweep.journal import Journal, held
 
 JOURNAL, RECORD, LOCK = "optuna.journal", runtime.STUDY_RECORD, "sweep"
 # What sweep.yaml must hold, and the type of each entry.
@@ -31,15 +30,9 @@ def storage_of(study_dir, url=""):
     return JournalStorage(Journal(Path(study_dir) / JOURNAL))
 
 
-@contextlib.contextmanager
 def study_lock(study_dir):
     """The study's lock: held for the milliseconds it takes to pick, ask and lease a trial."""
-    lock = JournalFileOpenLock(str(Path(study_dir) / LOCK), grace_period=30)
-    lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+    return held(JournalFileOpenLock(str(Path(study_dir) / LOCK), grace_period=30), Path(study_dir) / LOCK)
 
 
 def state_counts(trials):
