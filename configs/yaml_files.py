@@ -7,8 +7,8 @@ the result next (a comparison, an error message, a dump), deep nesting overflows
 recursion, and a key written twice silently keeps the second value. Here a file is at most
 MAX_BYTES, its document at most MAX_NODES nodes with every alias counted each time it is used
 (measured on the composed graph, in time linear in the file), an alias may not contain itself,
-and a duplicate key is an error naming both lines. Every failure is one YamlError (a
-UsageError: exit 2) that names the file, the line and the problem.
+and a duplicate key is an error naming both lines. Every failure is one UsageError (exit 2)
+that names the file, the line and the problem.
 """
 from pathlib import Path
 

@@ -220,8 +220,9 @@ class NotShared(UserError):
     agreed = True  # every rank raises it; rank 0 says it
 
 
-# Seconds a rank looks for a file rank 0 wrote: NFS may cache a directory's entries for 30 s
-# (acdirmax's default is 60; RUNNER_SHARED_WAIT sets another wait).
+# A rank looks for a file rank 0 wrote for 30 s by default: an NFS client caches a directory's
+# entries for 30 to 60 s (acdirmin, acdirmax) unless it is told to look again. RUNNER_SHARED_WAIT
+# (seconds) sets another wait.
 SHARED_WAIT_VARIABLE = "RUNNER_SHARED_WAIT"
 
 
