@@ -39,9 +39,11 @@ from utils import tables
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.registry import DATASETS, EXPERIMENTS, METERS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, chosen_average, eval_loader, gather, load_for_inference, reduce_sums
+from utils.engine.averages import chosen_average
+from utils.engine.experiment import Experiment, eval_loader, gather, reduce_sums
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
+from utils.engine.state import load_for_inference
 from utils.export import Exportable, onnx_runtime
 
 log = logging.getLogger(__name__)

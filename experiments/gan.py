@@ -30,8 +30,10 @@ from models.dcgan import layout
 from utils.core.errors import UsageError, plural
 from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, chosen_average, load_for_inference
+from utils.engine.averages import chosen_average
+from utils.engine.experiment import Experiment
 from utils.engine.lr_policy import LrPolicy
+from utils.engine.state import load_for_inference
 from utils.export import Exportable
 from utils.visualize import save_grid
 

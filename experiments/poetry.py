@@ -25,8 +25,10 @@ from models import check_takes
 from utils.core.errors import UsageError
 from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
-from utils.engine.loop import Experiment, chosen_average, load_for_inference
+from utils.engine.averages import chosen_average
+from utils.engine.experiment import Experiment
 from utils.engine.lr_policy import LrPolicy
+from utils.engine.state import load_for_inference
 from utils.writers import write_text
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import torch
 
 import configs
 from conftest import load, make_dogcat, run_cli, tiny_flags
-from utils.engine import checkpoint, loop as engine
+from utils.engine import checkpoint, state
 from utils.engine.lr_policy import LrPolicy
 
 EPOCHS = 2
@@ -114,7 +114,7 @@ def test_saved_state_dicts_have_no_compile_or_ddp_prefix(tmp_path):
     try:
         wrapped = torch.nn.parallel.DistributedDataParallel(compiled)
         assert list(wrapped.state_dict())[0].startswith("module._orig_mod.")
-        saved = engine.checkpoint_state({"model": wrapped}, engine.TrainState(), configs.load_config({}))
+        saved = state.checkpoint_state({"model": wrapped}, state.TrainState(), configs.load_config({}))
         assert list(saved["model"]) == ["0.weight", "0.bias"]
         assert checkpoint.unwrap(wrapped) is model
     finally:

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from conftest import ROOT, load, make_dogcat, run_cli, tiny_flags
 from experiments.gan import discriminator_loss, generator_loss
 from utils.core import seeding
-from utils.engine.loop import Context, TrainState
+from utils.engine.experiment import Context
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision
+from utils.engine.state import TrainState
 
 
 def context(**options):

@@ -17,8 +17,11 @@ from data import transforms
 from data.image_files import ImageFiles
 from data.sampling import augmentation_rng
 from utils.core.errors import UsageError
-from utils.engine.loop import Context, TrainState, accumulation_place, add_averages, gradients_kept_local
+from utils.engine.averages import add_averages
+from utils.engine.experiment import Context
+from utils.engine.loop import accumulation_place, gradients_kept_local
 from utils.engine.precision import Precision
+from utils.engine.state import TrainState
 
 
 def context(**options):

@@ -31,8 +31,8 @@ from utils.core.errors import UsageError, UserError
 from utils.core.io import atomic_open
 from utils.core.registry import EXPERIMENTS
 from utils.engine import checkpoint, runtime
-from utils.engine.loop import inference_checkpoint
 from utils.engine.precision import fold_batchnorm
+from utils.engine.state import inference_checkpoint
 from utils.export import METADATA_KEY, METADATA_VERSION
 from utils.export.onnx_runtime import require, session
 from utils.export.options import FORMATS, MIN_OPSET
