@@ -18,7 +18,9 @@ from configs.loader import Text, commands_of, load_config, read_yaml
 from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
 from utils.engine import distributed, runtime
+from utils.export import options as export_options  # each registers its command's help (configs/commands.py)
 from utils.runs import render
+from utils.sweep import options as sweep_options
 
 HELP_TOKENS = ("help", "-h", "--help")
 
@@ -45,10 +47,9 @@ def sweep(*args, **flags):
         raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
                          f"`python main.py sweep --help` lists the sweep's own")
     # here, not at the top: space.py loads yaml, which `help` does without
-    from utils.sweep.options import split_options
     from utils.sweep.space import given_names, read_space
 
-    options, train_flags = split_options(flags)
+    options, train_flags = sweep_options.split_options(flags)
     train_flags = {key: Text(value) if isinstance(value, str) else value for key, value in train_flags.items()}
     cfg = load_config(train_flags)
     # a bad search space is one line, before torch or optuna load
@@ -68,9 +69,7 @@ def export(*args, **flags):
     if args:
         raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
                          f"`python main.py export --help` lists them")
-    from utils.export.options import split_options  # here, not at the top: as for sweep
-
-    options, run_flags = split_options(flags)
+    options, run_flags = export_options.split_options(flags)
     run_flags = {key: Text(value) if isinstance(value, str) else value for key, value in run_flags.items()}
     cfg = load_config(run_flags)
     if not cfg.env and not cfg.load_model_path:

@@ -5,9 +5,8 @@ import textwrap
 
 from configs.loader import TYPE_NAMES, defaults_for, describe_type, experiment_defaults, flag
 from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
+from configs.commands import COMMANDS
 from utils.core.registry import ALL, EXPERIMENTS, display_name
-from utils.export.options import OPTIONS as EXPORT_OPTIONS
-from utils.sweep.options import OPTIONS as SWEEP_OPTIONS
 
 HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
@@ -35,19 +34,10 @@ COMMAND_OPTIONS = {
 OTHER_COMMAND = ("experiment", "env", "load_model_path", "checkpoint_dir", "seed", "device")
 RUNS_COMMAND = ("a table of the runs under --checkpoint-dir: env, experiment, model, epochs, best metric, state, size; "
                 "then the sweeps' studies: trials by state, best value and parameters")
-SWEEP_COMMAND = ("one worker of an Optuna study: trains trials (run dirs <checkpoint-dir>/<study>/trial-<n>, "
-                 "resumed after a kill) until the study holds --trials finished ones; start it on as many "
-                 "machines or GPUs as you like. Every other flag is a train option of every trial")
-
-
-EXPORT_COMMAND = ("write a run's model (classify) or generator (gan) as an ONNX file or a torch.export archive, "
-                  "BatchNorm folded, with its class names, input size, mean and std; fails (exit 1, nothing "
-                  "written) unless the file gives PyTorch's outputs on a test batch")
-
 
 def _table_lines(options, width):
-    """A command's own options (sweep: utils/sweep/options.py, export: utils/export/options.py),
-    as `_option_lines` shows the schema's."""
+    """A registered command's own options (configs/commands.py), as `_option_lines` shows the
+    schema's."""
     name_width = max(len(flag(name)) for name in options)
     lines = []
     for name, (kind, default, doc) in options.items():
@@ -99,23 +89,10 @@ def command_help(command, width=None, experiment=None):
     if experiment is None:
         experiment = default if default in having or not having else next(iter(having))
     lines = [f"python main.py {command}:"]
-    if command == "sweep":
-        lines += textwrap.wrap(SWEEP_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
-        lines += ["", "  options of the sweep itself (--summary and --repair need only --study):", *_table_lines(SWEEP_OPTIONS, width), "",
-                  "  then any train option (python main.py train --help), e.g. --experiment, --config, --max-epoch;",
-                  "  every trial gets them, plus its parameters, a seed derived from --seed and its number, and",
-                  "  --monitor = the search space's metric. Example:",
-                  "    python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml "
-                  "--max-epoch=3"]
-        return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
-    if command == "export":
-        lines += textwrap.wrap(EXPORT_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
-        lines += ["", "  options of the export itself:", *_table_lines(EXPORT_OPTIONS, width), "",
-                  "  the checkpoint: --env=<run> (its best.pth, else last.pth) or --load-model-path=<file.pth>, and",
-                  "  --use-ema=false for the raw weights of a run trained with --ema. Examples:",
-                  "    python main.py export --env=<run>                    # <run dir>/model.onnx",
-                  "    python main.py export --env=<run> --format=pt2       # <run dir>/model.pt2",
-                  "    python main.py test --env=<run> --runtime=onnxruntime   # the csv, computed by ONNX Runtime"]
+    if command in COMMANDS:
+        registered = COMMANDS[command]
+        lines += textwrap.wrap(registered.summary, width, initial_indent="  ", subsequent_indent="    ")
+        lines += ["", f"  {registered.heading}:", *_table_lines(registered.options, width), "", *registered.notes]
         return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
     if command == "runs":
         lines += textwrap.wrap(RUNS_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
@@ -161,8 +138,8 @@ def render_help(width=None, command=None):
                             if k != "monitor" or k in (EXPERIMENTS.declared(experiment, "defaults") or {}))
         if defaults:
             lines += textwrap.wrap(f"defaults: {defaults}", width, initial_indent="    ", subsequent_indent=" " * 14)
-    for name, text in (("export", EXPORT_COMMAND), ("sweep", SWEEP_COMMAND), ("runs", RUNS_COMMAND),
-                       ("help", HELP_COMMAND)):
+    listed = [(name, registered.summary) for name, registered in COMMANDS.items()]
+    for name, text in (*listed, ("runs", RUNS_COMMAND), ("help", HELP_COMMAND)):
         lines += textwrap.wrap(f"{name:<9} {text}", width, initial_indent="  ", subsequent_indent=" " * 12)
     lines += [
         "",
@@ -192,8 +169,7 @@ def render_help(width=None, command=None):
         "  python main.py test --load-model-path=checkpoints/<env>/best.pth",
         "  python main.py train --experiment=gan                  # the DCGAN on its embedded sample",
         "  python main.py generate --experiment=gan --env=<run>   # best-scored faces -> result.png",
-        "  python main.py export --env=<run>                     # <run dir>/model.onnx, checked",
-        "  python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml  # a study",
+        *(f"  {example}" for registered in COMMANDS.values() for example in registered.examples),
         "  python main.py runs                                   # every run: epochs, best, state, size",
     ]
     return "\n".join(lines)

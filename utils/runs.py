@@ -11,9 +11,9 @@ from pathlib import Path
 
 from configs.loader import read_yaml
 from utils.core.errors import UsageError, UserError
+from utils.engine.checkpoint import STATUS, is_run
 from utils.tables import columns
 
-STATUS = "status.json"
 COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated")
 
 
@@ -25,11 +25,6 @@ def find_runs(checkpoint_dir):
     if not root.is_dir():
         raise UserError(f"--checkpoint-dir={checkpoint_dir} does not exist: no runs yet (train one: python main.py train --env=<name>)")
     return sorted(p for p in root.iterdir() if is_run(p))
-
-
-def is_run(folder):
-    """Whether `folder` is a run dir: it holds a config.yaml or a checkpoint."""
-    return folder.is_dir() and ((folder / "config.yaml").is_file() or any(folder.glob("*.pth")))
 
 
 def describe_run(run_dir):

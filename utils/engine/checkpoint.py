@@ -20,12 +20,17 @@ from pathlib import Path
 from utils.core import faults
 from utils.core.errors import UserError, close_matches, plural
 from utils.core.io import atomic_open, remove_temp_files
-from utils.runs import is_run
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 LAST, BEST, EMERGENCY = "last.pth", "best.pth", "emergency.pth"
 WEIGHTS_KIND = "weights"  # the "kind" of best.pth: weights, config and metrics, no run state
+STATUS = "status.json"  # where a run says how it stands (Outputs.write_status; `runs` reads it)
+
+
+def is_run(folder):
+    """Whether `folder` is a run dir: it holds a config.yaml or a checkpoint."""
+    return folder.is_dir() and ((folder / "config.yaml").is_file() or any(folder.glob("*.pth")))
 
 
 def save_checkpoint(state, path):

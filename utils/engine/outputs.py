@@ -5,7 +5,6 @@ import os
 import socket
 import time
 
-from utils import runs
 from utils.core.io import atomic_open
 from utils.engine import checkpoint
 from utils.visualize import Visualizer, save_grid
@@ -67,7 +66,7 @@ class Outputs:
                   "global_step": state.global_step, "best": state.best, "error": error,
                   "stopped_early": state.stopped_early, "pruned": state.pruned,
                   "pid": os.getpid(), "host": socket.gethostname(), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
-        with atomic_open(self.run_dir / runs.STATUS, "w", encoding="utf-8") as handle:
+        with atomic_open(self.run_dir / checkpoint.STATUS, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1)
 
     def close(self):

@@ -4,6 +4,7 @@ the checkpoint (--env, --load-model-path, --checkpoint-dir, --use-ema, --batch-s
 import dataclasses
 from pathlib import Path
 
+from configs.commands import register_command
 from configs.loader import flag, split_command_flags
 from utils.core.errors import UsageError
 
@@ -24,6 +25,19 @@ OPTIONS = {
                           "|exported - PyTorch| <= atol + rtol x |PyTorch| (numpy.allclose), else the export fails "
                           "(exit 1) and writes nothing"),
 }
+
+register_command(
+    "export",
+    "write a run's model (classify) or generator (gan) as an ONNX file or a torch.export archive, BatchNorm folded, "
+    "with its class names, input size, mean and std; fails (exit 1, nothing written) unless the file gives "
+    "PyTorch's outputs on a test batch",
+    OPTIONS, "options of the export itself",
+    notes=("  the checkpoint: --env=<run> (its best.pth, else last.pth) or --load-model-path=<file.pth>, and",
+           "  --use-ema=false for the raw weights of a run trained with --ema. Examples:",
+           "    python main.py export --env=<run>                    # <run dir>/model.onnx",
+           "    python main.py export --env=<run> --format=pt2       # <run dir>/model.pt2",
+           "    python main.py test --env=<run> --runtime=onnxruntime   # the csv, computed by ONNX Runtime"),
+    examples=("python main.py export --env=<run>                     # <run dir>/model.onnx, checked",))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ every trial; `help` reads this table without importing torch or optuna."""
 import dataclasses
 import re
 
+from configs.commands import register_command
 from configs.loader import flag, split_command_flags
 from utils.core.errors import UsageError, excerpt
 
@@ -25,6 +26,17 @@ OPTIONS = {
     "repair": (bool, False, "mend a damaged study journal: keep every readable record in order (the original is "
                             "saved beside it first) and say how many were dropped; run nothing"),
 }
+register_command(
+    "sweep",
+    "one worker of an Optuna study: trains trials (run dirs <checkpoint-dir>/<study>/trial-<n>, resumed after a kill) "
+    "until the study holds --trials finished ones; start it on as many machines or GPUs as you like. Every other "
+    "flag is a train option of every trial",
+    OPTIONS, "options of the sweep itself (--summary and --repair need only --study)",
+    notes=("  then any train option (python main.py train --help), e.g. --experiment, --config, --max-epoch;",
+           "  every trial gets them, plus its parameters, a seed derived from --seed and its number, and",
+           "  --monitor = the search space's metric. Example:",
+           "    python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml --max-epoch=3"),
+    examples=("python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml  # a study",))
 MAX_STALE_AFTER = 30 * 24 * 3600.0  # a lease unheard of for a month: its worker is gone
 _NAME = re.compile(r"[A-Za-z0-9_.@+=-]+")
 
