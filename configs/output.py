@@ -1,0 +1,52 @@
+"""The config as a run shows it: the start-of-run log lines (describe) and the resolved
+config.yaml in its run dir (dump_yaml), each value as it would be typed."""
+import shlex
+
+from configs.loader import changed_options, flag
+from configs.schema import GROUPS, fields_of
+
+
+def describe(cfg, named=None):
+    """The start-of-run log: the options the user set (flags, --config file) and those
+    resolved from the data (what differs between `named`, the config before the data was
+    read, and `cfg`). The whole config is in the run dir's config.yaml, not the log."""
+    named = named or cfg
+    from_data = {name: getattr(cfg, name) for name in fields_of(cfg.experiment) if getattr(cfg, name) != getattr(named, name)}
+    given = {name: value for name, value in changed_options(named).items() if name != "env"}
+
+    def shown(options):
+        return " ".join(f"{flag(name)}={_shown(value)}" for name, value in options.items())
+
+    lines = [f"config: you set {shown(given)}" if given else f"config: the defaults of experiment {cfg.experiment}"]
+    if from_data:
+        lines.append(f"config from the data: {shown(from_data)}")
+    return lines
+
+
+def _shown(value):
+    """A value as it would be typed on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return shlex.quote(str(value))
+
+
+def dump_yaml(cfg, path=None):
+    """The resolved config as YAML, grouped and commented; `--config` of it gives `cfg` back
+    (the run saved at `path` in its header's reproduce command)."""
+    import yaml
+
+    where = path or "<this file>"
+    again = f"{cfg.env}-again" if cfg.env else "<new name>"
+    out = [f"# Resolved config of this run. Reproduce it in a new run dir: python main.py train --config={where} --env={again}"]
+    fields = fields_of(cfg.experiment)
+    for group in (*GROUPS, cfg.experiment):
+        if not any(f.metadata["group"] == group for f in fields.values()):
+            continue
+        out.append(f"\n# -- {group}" + (" (the experiment's own options)" if group == cfg.experiment else ""))
+        for name, f in fields.items():
+            if f.metadata["group"] != group or f.metadata["role"] == "invocation":
+                continue  # how this run was invoked, not what it is
+            out.append(yaml.safe_dump({name: getattr(cfg, name)}, default_flow_style=False, width=1000).rstrip())
+    return "\n".join(out) + "\n"
