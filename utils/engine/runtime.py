@@ -16,6 +16,7 @@ import configs
 from configs.schema import FIELDS
 from utils.core.errors import UsageError, UserError, shorten
 from utils.core.io import atomic_open
+from utils.core.shell import main_command, program
 from utils.engine import distributed
 from utils.engine.checkpoint import BEST, LAST
 
@@ -72,37 +73,6 @@ def run_flags(cfg):
     if cfg.env:
         return f"--env={cfg.env}{checkpoint_dir_flag(cfg)}"
     return f"--load-model-path={cfg.load_model_path}"
-
-
-MAIN = Path(__file__).resolve().parents[2] / "main.py"
-
-
-def _typed(path):
-    """`path` as the user can type it here: relative to the working directory when below it."""
-    path = Path(os.path.abspath(path))
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def program(name):
-    """How to call `name` (python, tensorboard, torchrun) so that it runs with this
-    interpreter's packages: the bare name when the shell finds this interpreter's copy (the
-    venv is activated), else its path in this interpreter's bin folder (`.venv/bin/python`).
-    Printed commands then work as printed, activated or not."""
-    mine = Path(sys.executable).parent / name
-    if name == "python":
-        mine = Path(sys.executable)
-    found = shutil.which(name)
-    if found and os.path.abspath(found) == os.path.abspath(mine):
-        return name
-    return _typed(mine) if mine.exists() else name
-
-
-def main_command(launcher=None):
-    """`python main.py` as this shell can run it (see program)."""
-    return f"{launcher or program('python')} {_typed(MAIN)}"
 
 
 def _launcher():
