@@ -96,10 +96,17 @@ def command_help(command, width=None, experiment=None):
         return lines + ["", "every option with its type, default and doc, and every registered name: python main.py help"]
     if command == "runs":
         lines += textwrap.wrap(RUNS_COMMAND, width, initial_indent="  ", subsequent_indent="    ")
-    for name, target in having.items():
-        doc = (EXPERIMENTS.declared(name, "commands") or {})[target]
-        lines += textwrap.wrap(f"{name}: {doc}", width, initial_indent="  ", subsequent_indent="    ")
-    if having and experiment not in having:
+    # The experiment it runs, and the others that have it by name only: the text stays one
+    # screen however many experiments there are.
+    if experiment in having:
+        doc = (EXPERIMENTS.declared(experiment, "commands") or {})[having[experiment]]
+        lines += textwrap.wrap(f"{experiment}: {doc}", width, initial_indent="  ", subsequent_indent="    ")
+        others = [name for name in having if name != experiment]
+        if others:
+            lines += textwrap.wrap(f"({', '.join(others)} {'has' if len(others) == 1 else 'have'} it too: "
+                                   f"--experiment=<name> --help shows theirs)", width, initial_indent="  ",
+                                   subsequent_indent="    ")
+    elif having:
         lines.append(f"  (experiment {experiment} has no {command}: add --experiment={next(iter(having))})")
     names = list(COMMAND_OPTIONS.get(command, OTHER_COMMAND))
     if command != "runs" and experiment in having:

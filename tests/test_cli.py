@@ -10,6 +10,7 @@ from conftest import ROOT, run_cli
 from utils.core.registry import ALL
 
 
+@pytest.mark.registry
 @pytest.mark.parametrize("args", [[], ["help"], ["-h"], ["--help"]])  # `<command> --help`: tests/test_newcomer.py
 def test_help_everywhere_lists_every_option_and_registered_name(args):
     result = run_cli(*args)
@@ -23,11 +24,19 @@ def test_help_everywhere_lists_every_option_and_registered_name(args):
     assert "NAME" not in result.stdout and "SYNOPSIS" not in result.stdout  # not fire's help
 
 
+def experiment_section(text, name):
+    """The lines `help` shows under "  <name>:" in its commands, up to the next entry at that
+    indent (another experiment or a command of no experiment)."""
+    lines = text.split("\n")
+    start = lines.index(f"  {name}:") + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("   "))
+    return "\n".join(lines[start:end])
+
+
+@pytest.mark.registry
 def test_help_lists_each_experiments_commands_and_defaults():
     result = run_cli("help")
-    classify = result.stdout.split("\n  classify:\n")[1].split("\n  gan:\n")[0]
-    gan = result.stdout.split("\n  gan:\n")[1].split("\n  poetry:\n")[0]
-    poetry = result.stdout.split("\n  poetry:\n")[1].split("\n  help ")[0]
+    classify, gan, poetry = (experiment_section(result.stdout, name) for name in ("classify", "gan", "poetry"))
     assert [line.split()[0] for line in classify.splitlines() if line.startswith("    ") and line[4] != " "] == ["train", "val", "test"]
     assert [line.split()[0] for line in gan.splitlines() if line.startswith("    ") and line[4] != " "] == \
         ["train", "generate", "test", "defaults:"]

@@ -178,13 +178,19 @@ def test_every_field_has_a_doc_and_option_refuses_unknown_groups_and_roles():
     assert option(1, "run", "a doc").metadata["role"] == "run"  # a new option is fixed on --resume unless declared
 
 
+@pytest.mark.registry
 def test_roles_answer_which_options_define_a_run():
-    from configs.schema import with_role
+    from configs.schema import FIELDS, experiment_fields, with_role
+    from utils.core.registry import EXPERIMENTS
+
+    def declared(role):  # the options of that role in the schema and in every experiment, however many
+        return {name for fields in (FIELDS, *map(experiment_fields, EXPERIMENTS.names()))
+                for name, f in fields.items() if f.metadata["role"] == role}
 
     assert {"model", "num_classes", "image_size", "experiment", "netd", "nz", "ngf", "ndf", "embedding_dim", "hidden_dim",
-            "num_layers"} == set(with_role("model"))
+            "num_layers"} <= set(with_role("model")) == declared("model")
     assert {"model", "image_size", "experiment", "netd", "nz", "ngf", "ndf"} == set(with_role("model", experiment="gan"))
-    assert {"dataset", "train_data_root", "val_ratio", "seed", "skip_bad_images"} == set(with_role("split"))
+    assert {"dataset", "train_data_root", "val_ratio", "seed", "skip_bad_images"} <= set(with_role("split")) == declared("split")
     assert {"config", "resume"} == set(with_role("invocation"))
     may_change = set(with_role("execution"))
     assert {"max_epoch", "num_workers", "print_freq", "debug_file", "env", "load_model_path", "gen_num"} <= may_change

@@ -134,6 +134,7 @@ def test_runs_lists_every_run_with_its_state(tmp_path):
     assert set(rows) == {"done", "stopped", "nan", "killed"}
 
 
+@pytest.mark.registry
 def test_help_of_a_command_shows_that_command_only_with_its_experiments_defaults():
     for command, first in (("train", "--experiment"), ("test", "--env"), ("generate", "--experiment")):
         result = run_cli(command, "--help")

@@ -127,6 +127,7 @@ def test_augmentation_options_the_data_set_does_not_take_fail_before_a_run_exist
         assert not (tmp_path / "runs" / "wrong").exists()
 
 
+@pytest.mark.registry
 def test_help_lists_every_recipe_option():
     result = run_cli("help")
     assert result.returncode == 0

@@ -1,12 +1,19 @@
 """utils.registry: lookup, family names, errors, duplicates, and the no-import name scan."""
+import re
+
 import pytest
 
 from utils.core.errors import UsageError
-from utils.core.registry import ALL, MODELS, Registry
+from utils.core.registry import ALL, MODELS, Registry, display_name
+
+pytestmark = pytest.mark.registry  # every test here reads the registries as they are
 
 
 def test_unknown_name_lists_registry_available_and_close_matches():
-    with pytest.raises(UsageError, match=r"unknown model 'resnet34' in the models registry; closest: ResNet34, LeNet\. Available: AlexNet, CharRNN, LeNet, NetD, NetG, ResNet34, SqueezeNet, torchvision\.<name>\. To add one, create models/<file>\.py"):
+    available = ", ".join(display_name(name) for name in sorted(MODELS.names()))  # every model, however many
+    assert {"AlexNet", "LeNet", "ResNet34", "SqueezeNet", "torchvision.*"} <= set(MODELS.names())
+    with pytest.raises(UsageError, match=r"unknown model 'resnet34' in the models registry; closest: ResNet34, LeNet\. "
+                                         rf"Available: {re.escape(available)}\. To add one, create models/<file>\.py"):
         MODELS.get("resnet34")
 
 
