@@ -17,6 +17,7 @@ from configs.help import command_help, render_help
 from configs.loader import Text, commands_of, load_config, read_yaml
 from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
+from utils.core.shell import main_command
 from utils.engine import distributed, runtime
 from utils.export import options as export_options  # each registers its command's help (configs/commands.py)
 from utils.runs import render
@@ -45,7 +46,7 @@ def sweep(*args, **flags):
     """Run trials of an Optuna study (README: Sweeps); every other flag is a train option."""
     if args:
         raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
-                         f"`python main.py sweep --help` lists the sweep's own")
+                         f"`{main_command()} sweep --help` lists the sweep's own")
     # here, not at the top: space.py loads yaml, which `help` does without
     from utils.sweep.space import given_names, read_space
 
@@ -68,7 +69,7 @@ def export(*args, **flags):
     """Export a run's model to ONNX or torch.export after a parity check (README: Export)."""
     if args:
         raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
-                         f"`python main.py export --help` lists them")
+                         f"`{main_command()} export --help` lists them")
     options, run_flags = export_options.split_options(flags)
     run_flags = {key: Text(value) if isinstance(value, str) else value for key, value in run_flags.items()}
     cfg = load_config(run_flags)
@@ -106,7 +107,7 @@ def _run(command, args, flags):
     if args:
         raise UsageError(
             f"unexpected argument {args[0]!r}: options are written --name=value "
-            f"(e.g. --model={args[0]}); `python main.py help` lists them"
+            f"(e.g. --model={args[0]}); `{main_command()} help` lists them"
         )
     cfg = load_config({key: Text(value) for key, value in flags.items()})
     commands = experiment_commands(cfg.experiment)
@@ -158,7 +159,7 @@ def _run_hint(cfg, command):
     experiment = str(read_yaml(saved).get("experiment") or "") if cfg.env and saved.is_file() else ""
     if experiment and command in experiment_commands(experiment):
         return f"; run {cfg.env} is a {experiment} run: add --experiment={experiment}"
-    return " (pick another with --experiment; `python main.py help` lists them)"
+    return f" (pick another with --experiment; `{main_command()} help` lists them)"
 
 
 def _command(name):

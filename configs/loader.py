@@ -14,6 +14,7 @@ from configs.schema import FIELDS, all_fields, config_class, fields_of, inherite
 from utils.core import registry
 from utils.core.errors import UsageError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
+from utils.core.shell import main_command
 
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
@@ -209,7 +210,7 @@ def _normalise_keys(options, where, experiment):
                                  f"add --experiment={has[0]} or drop it")
             else:
                 hint = did_you_mean(name, fields, render=flag)
-                raise UsageError(f"{where}unknown option {shorten(flag(name))}{hint} (`python main.py help` lists every "
+                raise UsageError(f"{where}unknown option {shorten(flag(name))}{hint} (`{main_command()} help` lists every "
                                  f"option)")
         normalised[name] = value
     return normalised

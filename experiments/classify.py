@@ -340,7 +340,7 @@ def onnx_model(cfg, state, path):
     onnx_runtime.check_file(onnx_file)
     model = onnx_runtime.OnnxModel(onnx_file, cfg.threads)
     taken = (data_channels(cfg.dataset), cfg.image_size, cfg.image_size)
-    export_hint = f"export this run's model with `python main.py export {runtime.run_flags(cfg)}`"
+    export_hint = f"export this run's model with `{runtime.main_command()} export {runtime.run_flags(cfg)}`"
     if model.item_shape != taken:
         raise UserError(f"{onnx_file} takes {' x '.join(map(str, model.item_shape))} images but this run's are "
                         f"{' x '.join(map(str, taken))}; {export_hint}")

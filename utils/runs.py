@@ -11,6 +11,7 @@ from pathlib import Path
 
 from configs.loader import read_yaml
 from utils.core.errors import UsageError, UserError
+from utils.core.shell import main_command
 from utils.engine.checkpoint import STATUS, is_run
 from utils.tables import columns
 
@@ -23,7 +24,7 @@ def find_runs(checkpoint_dir):
     if root.is_file():
         raise UserError(f"--checkpoint-dir={checkpoint_dir} is a file, not a folder of runs")
     if not root.is_dir():
-        raise UserError(f"--checkpoint-dir={checkpoint_dir} does not exist: no runs yet (train one: python main.py train --env=<name>)")
+        raise UserError(f"--checkpoint-dir={checkpoint_dir} does not exist: no runs yet (train one: {main_command()} train --env=<name>)")
     return sorted(p for p in root.iterdir() if is_run(p))
 
 
@@ -106,7 +107,7 @@ def render(checkpoint_dir):
     if not rows and studies:
         return "\n".join(studies)
     if not rows:
-        return f"no runs in {checkpoint_dir} yet (train one: python main.py train --env=<name>)"
+        return f"no runs in {checkpoint_dir} yet (train one: {main_command()} train --env=<name>)"
     rows.sort(key=lambda row: row["updated"])
     lines = columns(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
     return "\n".join(lines + ([""] + studies if studies else []))
@@ -121,5 +122,5 @@ def _studies(checkpoint_dir):
     from utils.sweep.report import render_studies
 
     where = "" if str(checkpoint_dir) == "checkpoints" else f" --checkpoint-dir={checkpoint_dir}"
-    heading = f"sweeps (their trials: python main.py sweep --study=<study> --summary{where}):"
+    heading = f"sweeps (their trials: {main_command()} sweep --study=<study> --summary{where}):"
     return [heading, *render_studies(checkpoint_dir)]

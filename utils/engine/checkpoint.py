@@ -20,6 +20,7 @@ from pathlib import Path
 from utils.core import faults
 from utils.core.errors import UserError, close_matches, plural
 from utils.core.io import atomic_open, remove_temp_files
+from utils.core.shell import main_command
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -198,8 +199,8 @@ def run_hint(run_dir):
         return f"; there are no runs in {parent}"
     near = close_matches(run_dir.name, runs)
     if near:
-        return "; did you mean " + " or ".join(f"--env={name}" for name in near) + "? (`python main.py runs` lists them)"
-    return f"; {parent} holds {plural(len(runs), 'other run')}: `python main.py runs{'' if str(parent) == 'checkpoints' else ' --checkpoint-dir=' + str(parent)}` lists them"
+        return "; did you mean " + " or ".join(f"--env={name}" for name in near) + f"? (`{main_command()} runs` lists them)"
+    return f"; {parent} holds {plural(len(runs), 'other run')}: `{main_command()} runs{'' if str(parent) == 'checkpoints' else ' --checkpoint-dir=' + str(parent)}` lists them"
 
 
 def unwrap(module):

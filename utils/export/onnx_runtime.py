@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from utils.core.errors import UserError, excerpt
+from utils.core.shell import main_command
 from utils.export import METADATA_KEY
 
 EXTRA = "bash scripts/setup.sh --export"
-EXPORT_COMMAND = "python main.py export --env=<run>"
 # What ONNX Runtime calls the element types the runner feeds and reads back.
 FLOAT_INPUT = "tensor(float)"
 FLOAT_OUTPUTS = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
@@ -50,7 +50,7 @@ def session(model, threads=0):
         name = f"{model}" if isinstance(model, (str, os.PathLike)) else "the exported model"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
         raise UserError(f"ONNX Runtime cannot load {name}: {reason[:300]}; give an ONNX file, or write one again "
-                        f"with `{EXPORT_COMMAND}`") from None
+                        f"with `{main_command()} export --env=<run>`") from None
 
 
 def metadata_of(session_or_path, name=None):
@@ -73,7 +73,7 @@ def parse_metadata(text, name):
         metadata = None
     if not isinstance(metadata, dict):
         raise UserError(f"{name}: its {METADATA_KEY!r} metadata entry is not a JSON object ({excerpt(text)}); "
-                        f"write the file again with `{EXPORT_COMMAND}`")
+                        f"write the file again with `{main_command()} export --env=<run>`")
     return metadata
 
 
@@ -81,10 +81,10 @@ def check_file(path, option="--onnx"):
     """UserError unless `path` names an ONNX file that exists."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{option}={path} is a folder; give the .onnx file `python main.py export` wrote, "
+        raise UserError(f"{option}={path} is a folder; give the .onnx file `{main_command()} export` wrote, "
                         f"e.g. {option}={path / 'model.onnx'}")
     if not path.is_file():
-        raise UserError(f"{option}={path}: no such file; write it with `python main.py export --env=<run>`")
+        raise UserError(f"{option}={path}: no such file; write it with `{main_command()} export --env=<run>`")
 
 
 def version():
@@ -104,11 +104,11 @@ class OnnxModel:
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
             raise UserError(f"{path} takes {len(inputs)} input(s) and gives {len(outputs)} output(s); the runner runs "
                             f"a classifier with one image batch (N x C x H x W) in and one of logits out, as "
-                            f"`python main.py export` writes it")
+                            f"`{main_command()} export` writes it")
         (given,), (answer,) = inputs, outputs
         if given.type != FLOAT_INPUT or answer.type not in FLOAT_OUTPUTS:
             raise UserError(f"{path} takes {given.type} and gives {answer.type}; the runner feeds float32 image batches "
-                            f"(N x C x H x W) and reads float outputs, as `{EXPORT_COMMAND}` writes them")
+                            f"(N x C x H x W) and reads float outputs, as `{main_command()} export --env=<run>` writes them")
         self.path, self.output_rank = path, len(answer.shape)
         self.input_name = given.name
         self.batch = given.shape[0] if isinstance(given.shape[0], int) else None
@@ -120,7 +120,7 @@ class OnnxModel:
         """UserError unless the file gives N x classes logits (a classifier's output)."""
         if self.output_rank != 2:
             raise UserError(f"{self.path} gives an output of {self.output_rank} dimensions, not N x classes logits: it "
-                            f"is not a classifier; export a classify run's model with `{EXPORT_COMMAND}`")
+                            f"is not a classifier; export a classify run's model with `{main_command()} export --env=<run>`")
 
     def __call__(self, images):
         import torch

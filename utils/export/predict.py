@@ -27,6 +27,7 @@ from data.readable import open_image
 from data.transforms import fit_image
 from utils.core.errors import UserError, excerpt
 from utils.core.registry import EXPERIMENTS
+from utils.core.shell import main_command
 from utils.engine.precision import for_inference
 from utils.export import METADATA_KEY
 from utils.export.onnx_runtime import OnnxModel, parse_metadata
@@ -133,7 +134,7 @@ def _check_spec(spec, source):
     bad = [key for key, good in checks.items() if not good]
     if bad:
         raise UserError(f"{source}: the runner's metadata holds no usable {bad[0]} ({excerpt(spec.get(bad[0]))}); "
-                        f"write the file again with `python main.py export --env=<run>`")
+                        f"write the file again with `{main_command()} export --env=<run>`")
 
 
 def _load_pt2(path):
@@ -143,7 +144,7 @@ def _load_pt2(path):
         program = torch.export.load(str(path), extra_files=extra)
     except (RuntimeError, zipfile.BadZipFile, OSError) as error:
         raise UserError(f"{path} is not a torch.export archive ({error}); write one with "
-                        f"`python main.py export --format=pt2`") from None
+                        f"`{main_command()} export --format=pt2`") from None
     return program.module(), parse_metadata(extra[f"{METADATA_KEY}.json"], path)
 
 

@@ -12,6 +12,7 @@ from configs.loader import changed_options, flag, load_config
 from configs.output import _shown
 from configs.schema import FIELDS
 from utils.core.errors import UserError
+from utils.core.shell import main_command
 from utils.engine import runtime
 from utils.sweep import lease as leases
 from utils.sweep.options import OPTIONS
@@ -33,9 +34,9 @@ def load(study_dir, storage=""):
     check_study_dir(study_dir)
     record = read_record(study_dir)
     if record is None:
-        raise UserError(f"no study in {study_dir} (no {RECORD}); start one with `python main.py sweep "
+        raise UserError(f"no study in {study_dir} (no {RECORD}); start one with `{main_command()} sweep "
                         f"--study={Path(study_dir).name} --trials=N --search-space=FILE`, or list them with "
-                        f"`python main.py runs`")
+                        f"`{main_command()} runs`")
     url = storage or (record.get("storage") if record.get("storage") != JOURNAL else "")
     if url:
         check_storage(url, create=False)  # reading a study creates no database

@@ -20,6 +20,7 @@ from configs.loader import coerce, flag, load_config, run_monitors
 from configs.schema import fields_of
 from configs.yaml_files import load_yaml
 from utils.core.errors import UsageError, did_you_mean, excerpt
+from utils.core.shell import main_command
 
 TOP_KEYS = ("metric", "direction", "sampler", "pruner", "params")
 RANGE_KEYS = ("low", "high", "log", "step")
@@ -166,7 +167,7 @@ def _param(name, spec, base, given, where):
         raise UsageError(f"{where}option {flag(name)} cannot be searched: {OWNED[name]}")
     if name not in fields:
         raise UsageError(f"{where}unknown option {flag(name)}{did_you_mean(name, fields, render=flag)} "
-                         f"(`python main.py help` lists every option)")
+                         f"(`{main_command()} help` lists every option)")
     if fields[name].metadata["role"] == "invocation":
         raise UsageError(f"{where}option {flag(name)} says how a command is called; it cannot be searched")
     if name in given:

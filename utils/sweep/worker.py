@@ -37,6 +37,7 @@ from configs.loader import flag, load_config
 from utils.core import seeding
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import OutputError
+from utils.core.shell import main_command
 from utils.engine import distributed, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
@@ -197,7 +198,7 @@ class Worker:
             if len(failed_in_a_row) >= FAILURES_IN_A_ROW:
                 raise UserError(f"sweep {self.options.study}: the last {len(failed_in_a_row)} trials of this worker "
                                 f"failed, the last with: {failed_in_a_row[-1]}; fix that and start the sweep again "
-                                f"(`python main.py sweep --study={self.options.study} --summary` lists the trials)")
+                                f"(`{main_command()} sweep --study={self.options.study} --summary` lists the trials)")
         if distributed.is_main():
             finished, running = self.idle
             others = (f", {running} still running in other workers (one whose worker is gone is taken over "
