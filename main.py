@@ -8,16 +8,17 @@ the other commands are the experiment's methods. Exit codes: 0 ok, 1 runtime fai
 2 usage or config error, 130 interrupted (SIGINT), 143 terminated (SIGTERM), 128 + N stopped
 by --requeue-signal N. Under torchrun every process runs this same command (utils/engine/distributed.py).
 """
+import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
 
 from configs.help import command_help, render_help
-from configs.loader import Text, commands_of, load_config, read_yaml
+from configs.loader import Text, commands_of, given_names, load_config, read_yaml
 from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
-from utils.core.shell import main_command
+from utils.core.shell import main_command, typed
 from utils.engine import distributed, runtime
 from utils.export import options as export_options  # each registers its command's help (configs/commands.py)
 from utils.runs import render
@@ -122,7 +123,7 @@ def _run(command, args, flags):
         if command == "train":
             from utils.engine import loop as engine
 
-            engine.train(cfg)
+            engine.train(cfg, given=given_names(flags, cfg))
             return
 
         getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
@@ -185,10 +186,31 @@ def main(argv=None):
         return 141
 
 
+# What every command needs, by import name (requirements.txt pins them); `help` needs none.
+REQUIRED = ("fire", "yaml", "torch", "torchvision", "numpy", "tqdm", "torchnet", "tensorboardX")
+
+
+def _not_set_up():
+    """One line when this Python lacks the runner's packages (run outside the venv, or before
+    the set-up): which ones, and the command that fixes it. None when all are there."""
+    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    here = Path(__file__).resolve().parent
+    venv_python, command = here / ".venv" / "bin" / "python", f"{typed(here / '.venv' / 'bin' / 'python')} {typed(__file__)}"
+    fix = (f"run {command} (or `source {typed(venv_python.parent / 'activate')}` first)" if venv_python.exists() else
+           f"set it up once with `bash {typed(here / 'scripts' / 'setup.sh')}` (about 2 minutes), then run {command}")
+    return f"error: this Python ({sys.executable}) lacks {', '.join(missing)}; {fix}"
+
+
 def _main(argv):
     if not argv or argv[0] in HELP_TOKENS:
         print(render_help())
         return 0
+    not_set_up = _not_set_up()
+    if not_set_up:
+        print(not_set_up, file=sys.stderr)
+        return 2
     commands = all_commands()
     if argv[0] not in commands:
         hint = did_you_mean(argv[0], commands)

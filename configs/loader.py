@@ -22,6 +22,7 @@ _NULL = {"none", "null", "~"}
 _INT = re.compile(r"[+-]?\d+")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ENV = re.compile(r"[A-Za-z0-9_.@+=-]+")
+REPOSITORY = Path(__file__).resolve().parents[1]
 TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 # Every number option stays within these (an option's own maximum may be lower): torch holds
 # integers in int64, and the engine computes in float32 (at most 3.4e38), where options
@@ -216,6 +217,17 @@ def _normalise_keys(options, where, experiment):
     return normalised
 
 
+def given_names(overrides, cfg):
+    """Names of the options `overrides` (the flags) and cfg's --config file set, whatever their
+    values: what the start-of-run log says the user set, a default typed again included."""
+    sources = [overrides or {}] + ([read_yaml(cfg.config)] if cfg.config else [])
+    names = set()
+    for source in sources:
+        names.update(_normalise_keys({str(key).replace("-", "_"): value for key, value in source.items()}, "",
+                                     cfg.experiment))
+    return names - {"config", "resume"}
+
+
 def experiment_defaults(name):
     """{option: value} the experiment `name` declares as its defaults (its class's
     `defaults` literal, read without importing it), and its first monitored metric as
@@ -230,8 +242,21 @@ def experiment_defaults(name):
 
 def defaults_for(experiment):
     """Every option's default for runs of `experiment`: the schema's, its own options', then
-    its `defaults`."""
-    return {**{name: f.default for name, f in fields_of(experiment).items()}, **experiment_defaults(experiment)}
+    its `defaults`; the demo data's folders anchored at the repository (repo_defaults)."""
+    defaults = {**{name: f.default for name, f in fields_of(experiment).items()}, **experiment_defaults(experiment)}
+    return {**defaults, **repo_defaults(defaults, experiment)}
+
+
+def repo_defaults(defaults, experiment):
+    """The default paths into the repository's own data/ folder (the embedded demo samples),
+    as paths from the working directory: unchanged when it is the repository, absolute
+    elsewhere, so `python /path/to/main.py train` finds the demo from any folder. Paths the
+    user gives, and --checkpoint-dir, stay relative to the working directory."""
+    if Path.cwd().resolve() == REPOSITORY:
+        return {}
+    fields = fields_of(experiment)
+    return {name: str(REPOSITORY / value) for name, value in defaults.items()
+            if fields[name].metadata["path"] and isinstance(value, str) and Path(value).parts[:1] == ("data",)}
 
 
 def load_config(overrides=None):
@@ -258,7 +283,7 @@ def load_config(overrides=None):
     from_file = {k: coerce(k, v, f"{config_path}: ", experiment)
                  for k, v in _normalise_keys(from_file, f"{config_path}: ", experiment).items()}
     flags = {k: coerce(k, v, "", experiment) for k, v in _normalise_keys(flags, "", experiment).items()}
-    values = {**experiment_defaults(experiment), **from_file, **flags}
+    values = {**defaults_for(experiment), **from_file, **flags}
     values["config"] = config_path or None
     return validate(config_class(experiment)(**values))
 

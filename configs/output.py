@@ -6,13 +6,17 @@ from configs.loader import changed_options, flag
 from configs.schema import GROUPS, fields_of
 
 
-def describe(cfg, named=None):
-    """The start-of-run log: the options the user set (flags, --config file) and those
+def describe(cfg, named=None, given=()):
+    """The start-of-run log: the options the user set (`given`: the names typed as flags or in
+    the --config file, even at their default; and any option not at its default) and those
     resolved from the data (what differs between `named`, the config before the data was
     read, and `cfg`). The whole config is in the run dir's config.yaml, not the log."""
     named = named or cfg
-    from_data = {name: getattr(cfg, name) for name in fields_of(cfg.experiment) if getattr(cfg, name) != getattr(named, name)}
-    given = {name: value for name, value in changed_options(named).items() if name != "env"}
+    fields = fields_of(cfg.experiment)
+    from_data = {name: getattr(cfg, name) for name in fields if getattr(cfg, name) != getattr(named, name)}
+    changed = changed_options(named)
+    given = {name: getattr(named, name) for name in fields
+             if (name in given or name in changed) and name not in ("env", "config", "resume")}
 
     def shown(options):
         return " ".join(f"{flag(name)}={_shown(value)}" for name, value in options.items())
@@ -29,6 +33,8 @@ def _shown(value):
         return "none"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # --lr=2 is shown as typed, not as 2.0; the schema types it again
     return shlex.quote(str(value))
 
 

@@ -184,7 +184,7 @@ CASES = [
      r"option --num-layers must be <= 1000"),
     ("model larger than memory", ["train", "--experiment=poetry", "--train-data-root=poems.txt", "--checkpoint-dir=runs",
                                   "--env=new", "--num-workers=0", "--hidden-dim=1000000000", "--debug-file="], 1,
-     r"out of memory: .*; lower --batch-size, --image-size or the model's sizes \(`python main.py help` lists them\)"),
+     r"out of memory: .*; lower --batch-size, --image-size or the model's sizes \(`\S*python\S* \S*main.py help` lists them\)"),
     # -- the run: exit 2 for a contradiction, before a run folder exists
     ("resume unknown run", ["train", "--checkpoint-dir=runs", "--env=dnoe", "--resume"], 2,
      r"nothing to resume: runs/dnoe/last.pth does not exist; did you mean --env=done\?"),

@@ -227,3 +227,31 @@ def test_an_experiments_own_options_join_only_its_runs_config(tmp_path):
     with pytest.raises(UsageError, match=r"option --monitor must be a metric of experiment classify: .*; "
                                          r"got 'val_acuracy'; did you mean val_accuracy\?"):
         load_config(flags(monitor="val_acuracy"))
+
+
+def test_the_start_of_run_log_lists_every_option_typed_even_at_its_default(tmp_path):
+    from configs import describe
+    from configs.loader import given_names
+
+    path = write(tmp_path, "num_workers: 2\n")  # the default, set in the file
+    flags = {"batch-size": Text("32"), "lr": Text("2"), "max_epoch": Text("3"), "config": str(path)}
+    cfg = load_config(flags)
+    assert given_names(flags, cfg) == {"batch_size", "lr", "max_epoch", "num_workers"}
+    line = describe(cfg, cfg, given_names(flags, cfg))[0]
+    assert line == "config: you set --batch-size=32 --num-workers=2 --lr=2 --max-epoch=3", line  # schema order; 2, not 2.0
+    assert describe(cfg)[0] == "config: you set --lr=2 --max-epoch=3"  # without the names: what differs only
+
+
+def test_the_demo_data_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    assert load_config({}).train_data_root == "data/sample/train"  # in the repository: as the defaults say
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config({})
+    assert cfg.train_data_root == str(ROOT / "data" / "sample" / "train")
+    assert load_config({"experiment": "gan"}).train_data_root == str(ROOT / "data" / "faces_sample")
+    assert cfg.checkpoint_dir == "checkpoints"  # runs go where you are
+    assert load_config({"train_data_root": "data/mine"}).train_data_root == "data/mine"  # what you give is yours
+    from configs import changed_options
+
+    assert changed_options(cfg) == {}  # the anchored demo path is still the default

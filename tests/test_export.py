@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import load, make_dogcat, run_cli, tiny_flags
+from conftest import load, make_dogcat, run_cli, tiny_flags, typed
 from PIL import Image
 
 import main
@@ -275,10 +275,10 @@ def test_bad_onnx_files_for_test_are_one_line_errors(run, gan_run, tmp_path, cap
     cases = [
         (["--onnx=x.onnx"], 2, "--onnx is the file --runtime=onnxruntime runs; add --runtime=onnxruntime"),
         (["--runtime=onnxruntime", f"--onnx={tmp_path / 'none.onnx'}"], 1,
-         f"--onnx={tmp_path / 'none.onnx'}: no such file; write it with `python main.py export --env=<run>`"),
+         f"--onnx={tmp_path / 'none.onnx'}: no such file; write it with `{typed()} export --env=<run>`"),
         (["--runtime=onnxruntime", f"--onnx={gan_run / 'g' / 'model.onnx'}"], 1,
          f"{gan_run / 'g' / 'model.onnx'} takes 16 x 1 x 1 images but this run's are 3 x 16 x 16; export this run's "
-         f"model with `python main.py export --env=tiny --checkpoint-dir={runs / 'runs'}`"),
+         f"model with `{typed()} export --env=tiny --checkpoint-dir={runs / 'runs'}`"),
     ]
     two_inputs = torch.onnx.export(torch.nn.Bilinear(2, 2, 2).eval(), (torch.zeros(1, 2), torch.zeros(1, 2)), dynamo=True,
                                    verbose=False)
@@ -328,7 +328,7 @@ def test_a_file_exported_from_another_checkpoint_of_the_run_is_used_with_a_warni
     result = run_cli("test", *flags(tmp_path, "--runtime=onnxruntime", f"--onnx={older}", f"--result-file={tmp_path / 'o.csv'}"))
     assert result.returncode == 0, result.stderr
     assert f"WARNING {older} was exported from {last} at step " in result.stderr
-    assert f"export this run's model with `python main.py export --env=tiny --checkpoint-dir={tmp_path / 'runs'}`" in result.stderr
+    assert f"export this run's model with `{typed()} export --env=tiny --checkpoint-dir={tmp_path / 'runs'}`" in result.stderr
 
 
 def test_an_experiment_without_an_export_says_so(tmp_path, capsys):
@@ -414,14 +414,14 @@ def test_foreign_or_broken_onnx_files_are_one_line_for_test_and_a_value_error_fo
     cases = [
         (foreign_onnx(tmp_path / "uint8.onnx"), r"uint8.onnx takes tensor\(uint8\) and gives tensor\(float\); the "
                                                 r"runner feeds float32 image batches \(N x C x H x W\) and reads float "
-                                                r"outputs, as `python main.py export --env=<run>` writes them"),
+                                                rf"outputs, as `{re.escape(typed())} export --env=<run>` writes them"),
         (with_metadata(exported, tmp_path / "not-json.onnx", "{'classes': [cat"),
-         r"not-json.onnx: its 'runner' metadata entry is not a JSON object \(.*\); write the file again with `python "
-         r"main.py export --env=<run>`"),
+         r"not-json.onnx: its 'runner' metadata entry is not a JSON object \(.*\); write the file again with "
+         rf"`{re.escape(typed())} export --env=<run>`"),
         (with_metadata(exported, tmp_path / "a-list.onnx", "[1, 2]"), r"a-list.onnx: its 'runner' metadata entry is not "
                                                                       r"a JSON object"),
         (tmp_path / "junk.onnx", r"ONNX Runtime cannot load .*junk.onnx: .*; give an ONNX file, or write one again with "
-                                 r"`python main.py export --env=<run>`"),
+                                 rf"`{re.escape(typed())} export --env=<run>`"),
     ]
     for path, message in cases:
         result_file = tmp_path / "out.csv"

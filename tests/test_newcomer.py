@@ -156,6 +156,19 @@ def test_help_of_a_command_shows_that_command_only_with_its_experiments_defaults
     assert "(experiment gan has no val: add --experiment=classify)" in run_cli("val", "--experiment=gan", "--help").stdout
 
 
+def test_a_python_without_the_packages_is_told_the_set_up_in_one_line(tmp_path):
+    """`python3 main.py train` outside the venv: one line naming what to run, not a traceback
+    of a ModuleNotFoundError; `help` needs none of the packages."""
+    bare = [sys.executable, "-S"]  # no site-packages: a Python without the runner's packages
+    result = subprocess.run([*bare, str(ROOT / "main.py"), "train"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: this Python ({sys.executable}) lacks fire, ")
+    assert f"{ROOT / 'main.py'}" in result.stderr and ("scripts/setup.sh" in result.stderr or "/bin/python" in result.stderr)
+    shown = subprocess.run([*bare, str(ROOT / "main.py"), "help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python main.py <command>"), shown.stderr
+
+
 def test_a_closed_pipe_ends_quietly():
     process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "help"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, COLUMNS="80"))

@@ -16,7 +16,7 @@ import time
 import optuna
 import pytest
 import torch
-from conftest import ROOT, load, make_dogcat, run_cli
+from conftest import ROOT, load, make_dogcat, run_cli, typed
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
@@ -218,7 +218,7 @@ def test_runs_shows_the_study_and_tensorboard_has_each_trials_hparams(finished):
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith("sweeps")):]  # after the runs, if any
-    assert lines[0].startswith("sweeps (their trials: python main.py sweep --study=<study> --summary")
+    assert lines[0].startswith(f"sweeps (their trials: {typed()} sweep --study=<study> --summary")
     assert lines[1].split() == ["study", "metric", "trials", "best", "params"]
     row = lines[2].split()
     best = min(study_of(finished, "done").trials, key=lambda t: t.value)
@@ -290,7 +290,7 @@ def test_a_bad_search_space_from_the_command_line(data, tmp_path):
     result = run_cli(*sweep_flags(data, tmp_path, "bad", 3, BAD_SPACES[0][0]))
     assert result.returncode == 2
     assert result.stderr == (f"error: --search-space={tmp_path / 'bad.yaml'}: unknown option --lrr; did you mean --lr? "
-                             f"(`python main.py help` lists every option)\n")
+                             f"(`{typed()} help` lists every option)\n")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -314,8 +314,8 @@ def test_bad_sweep_options_are_one_line_and_exit_2(flags, message, capsys, monke
 def test_the_summary_of_a_study_that_does_not_exist_names_how_to_start_one(tmp_path):
     result = run_cli("sweep", "--study=a", f"--checkpoint-dir={tmp_path}", "--summary")
     assert result.returncode == 1
-    assert result.stderr == (f"error: no study in {tmp_path / 'a'} (no sweep.yaml); start one with `python main.py sweep "
-                             f"--study=a --trials=N --search-space=FILE`, or list them with `python main.py runs`\n")
+    assert result.stderr == (f"error: no study in {tmp_path / 'a'} (no sweep.yaml); start one with `{typed()} sweep "
+                             f"--study=a --trials=N --search-space=FILE`, or list them with `{typed()} runs`\n")
 
 
 def test_the_lease_is_renewed_on_a_timer_and_taken_over_only_when_stale(tmp_path):

@@ -48,9 +48,10 @@ from utils.engine.state import ENGINE_KEYS, TrainState, checkpoint_state, infere
 log = logging.getLogger(__name__)
 
 
-def train(cfg, trial=None):
+def train(cfg, trial=None, given=()):
     """`python main.py train`: a new run, or --resume of one, of cfg.experiment. Returns its
-    outcome: {"run_dir", "epoch" (epochs done), "best", "pruned"}.
+    outcome: {"run_dir", "epoch" (epochs done), "best", "pruned"}. `given`: the option names
+    the user typed, which the start-of-run log lists even at their defaults.
 
     `trial` (a sweep's, utils/sweep/worker.py) is told each epoch's metrics on every rank
     (`trial.epoch_end(epoch, metrics)`), and a reason it returns ends the run, pruned, after
@@ -120,7 +121,7 @@ def train(cfg, trial=None):
     if distributed.world_size() > 1 and not restored:
         # Dropout masks, a GAN's noise: each rank draws its own, from (seed, rank).
         seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank()))
-    run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg, named)) or (cfg.run_dir, False)
+    run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg, named, given)) or (cfg.run_dir, False)
     try:
         distributed.check_shared(cfg.run_dir / "config.yaml")  # across nodes: one line now, not a traceback later
     except distributed.NotShared:

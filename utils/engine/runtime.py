@@ -163,9 +163,10 @@ def check_new_run(cfg):
         )
 
 
-def start_run(cfg, named=None):
-    """Create the run dir, refuse to overwrite another run, log what the user set and what
-    came from the data (`named`: the config before the data was read) and save config.yaml.
+def start_run(cfg, named=None, given=()):
+    """Create the run dir, refuse to overwrite another run, log what the user set (`given`:
+    the option names typed) and what came from the data (`named`: the config before the data
+    was read) and save config.yaml.
     Returns (run dir, whether this call created it)."""
     check_new_run(cfg)
     run_dir = cfg.run_dir
@@ -174,7 +175,7 @@ def start_run(cfg, named=None):
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create run folder {str(run_dir)!r}: {(error.strerror or str(error)).lower()}") from None
-    for line in configs.describe(cfg, named):
+    for line in configs.describe(cfg, named, given):
         log.info("%s", line)
     try:
         with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as handle:
@@ -253,5 +254,5 @@ def out_of_memory(error):
     # c10's "[enforce fail at alloc_cpu.cpp:117] err == 0. " says nothing to a user
     reason = reason[reason.index("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in reason else reason
     reason = shorten(reason, 160)
-    return UserError(f"out of memory: {reason}; lower --batch-size, --image-size or the model's sizes (`python "
-                     f"main.py help` lists them)")
+    return UserError(f"out of memory: {reason}; lower --batch-size, --image-size or the model's sizes "
+                     f"(`{main_command()} help` lists them)")
