@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from configs.demo_paths import repo_defaults
 from configs.schema import FIELDS, all_fields, config_class, fields_of, inherited, owners
 from utils.core import registry
 from utils.core.errors import UsageError, did_you_mean, excerpt, shorten
@@ -22,7 +23,6 @@ _NULL = {"none", "null", "~"}
 _INT = re.compile(r"[+-]?\d+")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ENV = re.compile(r"[A-Za-z0-9_.@+=-]+")
-REPOSITORY = Path(__file__).resolve().parents[1]
 TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 # Every number option stays within these (an option's own maximum may be lower): torch holds
 # integers in int64, and the engine computes in float32 (at most 3.4e38), where options
@@ -244,19 +244,7 @@ def defaults_for(experiment):
     """Every option's default for runs of `experiment`: the schema's, its own options', then
     its `defaults`; the demo data's folders anchored at the repository (repo_defaults)."""
     defaults = {**{name: f.default for name, f in fields_of(experiment).items()}, **experiment_defaults(experiment)}
-    return {**defaults, **repo_defaults(defaults, experiment)}
-
-
-def repo_defaults(defaults, experiment):
-    """The default paths into the repository's own data/ folder (the embedded demo samples),
-    as paths from the working directory: unchanged when it is the repository, absolute
-    elsewhere, so `python /path/to/main.py train` finds the demo from any folder. Paths the
-    user gives, and --checkpoint-dir, stay relative to the working directory."""
-    if Path.cwd().resolve() == REPOSITORY:
-        return {}
-    fields = fields_of(experiment)
-    return {name: str(REPOSITORY / value) for name, value in defaults.items()
-            if fields[name].metadata["path"] and isinstance(value, str) and Path(value).parts[:1] == ("data",)}
+    return {**defaults, **repo_defaults(defaults, fields_of(experiment))}
 
 
 def load_config(overrides=None):
@@ -279,13 +267,35 @@ def load_config(overrides=None):
     for where, source in ((f"{config_path}: ", from_file), ("", flags)):
         if source.get("experiment") is not None:
             experiment = coerce("experiment", source["experiment"], where)
+    if all(source.get("experiment") is None for source in (from_file, flags)):
+        experiment = _experiment_of_run({**from_file, **flags}) or experiment
     _check_registered("experiment", experiment)
     from_file = {k: coerce(k, v, f"{config_path}: ", experiment)
                  for k, v in _normalise_keys(from_file, f"{config_path}: ", experiment).items()}
     flags = {k: coerce(k, v, "", experiment) for k, v in _normalise_keys(flags, "", experiment).items()}
     values = {**defaults_for(experiment), **from_file, **flags}
     values["config"] = config_path or None
+    values["experiment"] = experiment
     return validate(config_class(experiment)(**values))
+
+
+def _experiment_of_run(given):
+    """The experiment of the run `given` names with --env (its config.yaml says it), or None:
+    a command on an existing run (train --resume, val, generate) needs no --experiment, even
+    with the run's own options."""
+    if given.get("env") is None:
+        return None
+    env = coerce("env", given["env"], "")
+    folder = given.get("checkpoint_dir")
+    folder = coerce("checkpoint_dir", folder, "") if folder is not None else FIELDS["checkpoint_dir"].default
+    saved = Path(folder) / env / "config.yaml"
+    if not env or not saved.is_file():
+        return None
+    try:
+        experiment = read_yaml(saved).get("experiment")
+    except UsageError:
+        return None  # a damaged config.yaml is reported where the run is read
+    return str(experiment) if experiment else None
 
 
 def _check_registered(name, value, experiment=None):

@@ -255,3 +255,16 @@ def test_the_demo_data_is_found_from_any_working_directory(tmp_path, monkeypatch
     from configs import changed_options
 
     assert changed_options(cfg) == {}  # the anchored demo path is still the default
+
+
+def test_a_command_on_an_existing_run_takes_the_runs_experiment(tmp_path):
+    """train --resume (or val, generate) with --env needs no --experiment, even with the run's
+    own options; a given --experiment still decides, and a new --env is the default's."""
+    (tmp_path / "runs" / "poet").mkdir(parents=True)
+    (tmp_path / "runs" / "poet" / "config.yaml").write_text("experiment: poetry\nhidden_dim: 64\n")
+    given = {"env": "poet", "checkpoint-dir": str(tmp_path / "runs"), "resume": "", "hidden-dim": Text("64")}
+    cfg = load_config(given)
+    assert (cfg.experiment, cfg.hidden_dim, cfg.monitor) == ("poetry", 64, "val_perplexity")
+    assert load_config({"env": "other", "checkpoint-dir": str(tmp_path / "runs")}).experiment == "classify"
+    with pytest.raises(UsageError, match="option --hidden-dim belongs to experiment poetry, not gan"):
+        load_config({**given, "experiment": "gan"})
