@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from configs.help import command_help, render_help
-from configs.loader import Text, commands_of, given_names, load_config, read_yaml
+from configs.loader import commands_of, given_names, load_config, read_yaml
+from configs.values import Text
 from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
 from utils.core.shell import main_command, typed

@@ -3,7 +3,8 @@ from the schema and the registries (no torch import, so it answers in a blink)."
 import shutil
 import textwrap
 
-from configs.loader import TYPE_NAMES, defaults_for, describe_type, experiment_defaults, flag
+from configs.loader import defaults_for, experiment_defaults
+from configs.values import TYPE_NAMES, describe_type, flag
 from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
 from configs.commands import COMMANDS
 from utils.core.registry import ALL, EXPERIMENTS, display_name

@@ -5,155 +5,19 @@ typed against the schema here, so fire's guesses (`--lr=1` -> int, `--use-gpu=fa
 the string 'false', `--env=0701` -> ?) never reach the program. Nothing here imports torch.
 """
 import dataclasses
-import math
-import os
 import re
 from pathlib import Path
 
 from configs.demo_paths import repo_defaults
-from configs.schema import FIELDS, all_fields, config_class, fields_of, inherited, owners
+from configs.schema import FIELDS, config_class, fields_of, inherited, owners
+from configs.values import NUMBER_LIMITS, Text, coerce, flag, option_field
 from utils.core import registry
 from utils.core.errors import UsageError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
 from utils.core.shell import main_command
 
-_TRUE = {"true", "yes", "on", "1", "y"}
-_FALSE = {"false", "no", "off", "0", "n"}
-_NULL = {"none", "null", "~"}
-_INT = re.compile(r"[+-]?\d+")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ENV = re.compile(r"[A-Za-z0-9_.@+=-]+")
-TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
-# Every number option stays within these (an option's own maximum may be lower): torch holds
-# integers in int64, and the engine computes in float32 (at most 3.4e38), where options
-# multiply one another (AdamW's lr x weight decay; Adam's lr / (1 - beta1**t), up to 1e16
-# times the lr as beta1 nears 1), so 1e15 leaves room for every product.
-NUMBER_LIMITS = {int: (2**63 - 1, "torch's 64-bit integers"),
-                 float: (1e15, "the engine computes in float32, and options multiply one another there")}
-
-
-class Text(str):
-    """A value given as text (a flag, a plain YAML scalar): parse it against the schema.
-    A quoted YAML string is a plain `str` and is taken literally for string options."""
-
-
-def flag(name):
-    return "--" + name.replace("_", "-")
-
-
-def split_command_flags(flags, table):
-    """({name: typed value, defaults filled in} of the flags a command's own option `table`
-    ({name: (type, default, doc)}: sweep's, export's) names, {the other flags as given})."""
-    values, rest = {}, {}
-    for key, value in flags.items():
-        name = str(key).replace("-", "_")
-        if name in table:
-            values[name] = command_value(name, value, table[name][0])
-        else:
-            rest[key] = value
-    for name, (_, default, _) in table.items():
-        values.setdefault(name, default)
-    return values, rest
-
-
-def command_value(name, value, kind):
-    """`value` (text from the command line, or a Python value) as the type `kind` of option
-    `name` of a command's own table (sweep, export), which the schema does not type."""
-    text = str(value).strip()
-    if kind is bool:
-        if isinstance(value, bool) or text.lower() in _TRUE | _FALSE:
-            return value if isinstance(value, bool) else text.lower() in _TRUE
-        raise UsageError(f"option {flag(name)} expects a boolean (true/false), got {excerpt(text)}")
-    if kind is str:
-        return text
-    try:
-        number = kind(text)
-    except ValueError:
-        number = None
-    if number is None or (kind is float and not math.isfinite(number)):
-        expected = "an integer" if kind is int else "a finite number"
-        raise UsageError(f"option {flag(name)} expects {expected}, got {excerpt(text)}")
-    return number
-
-
-def _field(name, experiment=None):
-    return (fields_of(experiment) if experiment else all_fields())[name]
-
-
-def field_type(name, experiment=None):
-    """(base type, optional?) of an option: Optional[int] -> (int, True); of runs of
-    `experiment` (None: the first experiment that has the option)."""
-    meta = _field(name, experiment).metadata
-    return meta["type"], meta["optional"]
-
-
-def describe_type(name, experiment=None):
-    base, optional = field_type(name, experiment)
-    text = TYPE_NAMES[base]
-    meta = _field(name, experiment).metadata
-    choices = meta["choices"]
-    if choices:
-        text = "|".join(choices)
-    if meta["bare"] is not None:
-        text = "flag|" + text  # --resume alone, or --resume=<path>
-    return text + ("|none" if optional else "")
-
-
-# -- coercion -------------------------------------------------------------------------------
-def coerce(name, value, where, experiment=None):
-    """Return `value` typed for option `name` (of runs of `experiment`), or raise UsageError
-    saying what was expected."""
-    base, optional = field_type(name, experiment)
-    meta = _field(name, experiment).metadata
-
-    def fail(expected):
-        shown = shorten(value if isinstance(value, str) else repr(value))
-        raise UsageError(f"{where}option {flag(name)} expects {expected}, got {shown!r}")
-
-    if value is None:
-        if optional:
-            return None
-        fail(f"a {TYPE_NAMES[base]} (it cannot be none)")
-    is_text = isinstance(value, Text) or (isinstance(value, str) and base is not str)
-    nulls = _NULL if base is str else _NULL | {""}  # an empty string option stays ''
-    if is_text and optional and value.strip().lower() in nulls:
-        return None
-    if meta["bare"] is not None and (isinstance(value, bool) or (is_text and value.lower() in _TRUE | _FALSE)):
-        truthy = value if isinstance(value, bool) else value.lower() in _TRUE
-        return meta["bare"] if truthy else ""
-
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if is_text and value.strip().lower() in _TRUE:
-            return True
-        if is_text and value.strip().lower() in _FALSE:
-            return False
-        fail("a boolean (true/false, yes/no, 1/0)")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if is_text and _INT.fullmatch(value.strip()):
-            return int(value)
-        fail("an integer")
-    if base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif is_text:
-            try:
-                number = float(value)
-            except ValueError:
-                fail("a number")
-        else:
-            fail("a number")
-        if not math.isfinite(number):
-            fail("a finite number")
-        return number
-    # base is str
-    if not isinstance(value, str):
-        fail("a string (quote it in YAML)")
-    text = str(value)
-    return os.path.expanduser(text) if meta["path"] and text else text
 
 
 # -- YAML -----------------------------------------------------------------------------------
@@ -300,7 +164,7 @@ def _experiment_of_run(given):
 
 def _check_registered(name, value, experiment=None):
     """UsageError unless `value` is registered in the registry option `name` names."""
-    table = next(r for r in registry.ALL if r.name == _field(name, experiment).metadata["registry"])
+    table = next(r for r in registry.ALL if r.name == option_field(name, experiment).metadata["registry"])
     try:
         table.check(value)
     except UsageError as error:
@@ -402,7 +266,7 @@ def adopt_checkpoint_config(cfg, saved, source):
         if key not in saved:
             continue
         if key in changed and changed[key] != saved[key]:
-            if _field(key, cfg.experiment).metadata["role"] == "model":
+            if option_field(key, cfg.experiment).metadata["role"] == "model":
                 raise UsageError(f"{flag(key)}={changed[key]} differs from the checkpoint's {saved[key]!r}; drop the flag")
         else:
             adopted[key] = saved[key]

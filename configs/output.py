@@ -2,7 +2,8 @@
 config.yaml in its run dir (dump_yaml), each value as it would be typed."""
 import shlex
 
-from configs.loader import changed_options, flag
+from configs.loader import changed_options
+from configs.values import flag
 from configs.schema import GROUPS, fields_of
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import logging
 
-from configs.loader import flag
+from configs.values import flag
 from utils.core.errors import UsageError
 from utils.core.registry import DATASETS, MODELS
 

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from configs import dump_yaml, load_config
-from configs.loader import Text
+from configs.values import Text
 from configs.schema import FIELDS, Config
 from utils.core.errors import UsageError
 

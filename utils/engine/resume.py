@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 
 import configs
-from configs.loader import flag, validate
+from configs.loader import validate
+from configs.values import flag
 from configs.schema import all_fields, config_class, fields_of, with_role
 from utils.core.errors import UsageError
 from utils.engine import checkpoint

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from configs.loader import Text, adopt_checkpoint_config, changed_options, load_config
+from configs.loader import adopt_checkpoint_config, changed_options, load_config
+from configs.values import Text
 from utils.core.errors import UsageError, UserError
 from utils.core.io import atomic_open
 from utils.core.registry import EXPERIMENTS

@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from configs.commands import register_command
-from configs.loader import flag, split_command_flags
+from configs.values import flag, split_command_flags
 from utils.core.errors import UsageError
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}

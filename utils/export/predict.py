@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configs.loader import Text, load_config
+from configs.loader import load_config
+from configs.values import Text
 from data.readable import open_image
 from data.transforms import fit_image
 from utils.core.errors import UserError, excerpt

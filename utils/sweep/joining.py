@@ -16,7 +16,8 @@ import optuna
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
-from configs.loader import changed_options, defaults_for, flag, load_config
+from configs.loader import changed_options, defaults_for, load_config
+from configs.values import flag
 from configs.schema import fields_of
 from utils.core.errors import UsageError, UserError, excerpt, plural, shorten
 from utils.core.io import atomic_open

@@ -4,7 +4,7 @@ import dataclasses
 import re
 
 from configs.commands import register_command
-from configs.loader import flag, split_command_flags
+from configs.values import flag, split_command_flags
 from utils.core.errors import UsageError, excerpt
 
 # {name: (type, default, doc)}; a default of None means the option must be given.

@@ -8,7 +8,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from configs.loader import changed_options, flag, load_config
+from configs.loader import changed_options, load_config
+from configs.values import flag
 from configs.output import _shown
 from configs.schema import FIELDS
 from utils.core.errors import UserError

@@ -16,7 +16,8 @@ import decimal
 import math
 from pathlib import Path
 
-from configs.loader import coerce, flag, load_config, run_monitors
+from configs.loader import load_config, run_monitors
+from configs.values import coerce, flag
 from configs.schema import fields_of
 from configs.yaml_files import load_yaml
 from utils.core.errors import UsageError, did_you_mean, excerpt

@@ -33,7 +33,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from configs.loader import flag, load_config
+from configs.loader import load_config
+from configs.values import flag
 from utils.core import seeding
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import OutputError
