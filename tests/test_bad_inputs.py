@@ -186,13 +186,12 @@ CASES = [
                                   "--env=new", "--num-workers=0", "--hidden-dim=1000000000", "--debug-file="], 1,
      r"out of memory: .*; lower --batch-size, --image-size or the model's sizes \(`\S*python\S* \S*main.py help` lists them\)"),
     # -- the run: exit 2 for a contradiction, before a run folder exists
-    ("resume unknown run", ["train", "--checkpoint-dir=runs", "--env=dnoe", "--resume"], 2,
-     r"nothing to resume: runs/dnoe/last.pth does not exist; did you mean --env=done\?"),
     ("resume changes lr", ["train", "--checkpoint-dir=runs", "--env=done", "--resume", "--lr=0.5"], 2,
      r"--lr=0.5 would change the resumed run \(it has 0.01\)"),
     ("resume best.pth", ["train", "--resume=runs/done/best.pth"], 2,
      r"runs/done/best.pth holds weights only \(no run state\) \(resume runs/done/last.pth\)"),
-    ("run exists", ["train", *flags("--env=done")], 2, r"runs/done already holds a run; continue it with --env=done --resume"),
+    ("run exists", ["train", *flags("--env=done")], 2, r"runs/done already holds a run; (continue it with|it has finished .*; train it further with) `.*main.py train "
+                                                    r"--env=done --checkpoint-dir=runs --resume"),
     ("num classes unlike the data", ["train", *flags("--env=new", "--num-classes=1")], 2,
      r"--num-classes=1 but the data has 2 classes \(cat, dog\); drop --num-classes \(it comes from the data\) or use "
      r"--num-classes=2"),
@@ -250,6 +249,8 @@ CASES = [
     ("truncated checkpoint", ["test", "--load-model-path=truncated.pth"], 1, r"checkpoint 'truncated.pth' is unreadable"),
     ("checkpoint is a folder", ["test", "--load-model-path=runs/done"], 1, r"checkpoint 'runs/done' is a folder; give a .pth file"),
     ("unknown run", ["val", "--checkpoint-dir=runs", "--env=dnoe"], 1, r"no checkpoint in runs/dnoe .*; did you mean --env=done\?"),
+    ("resume unknown run", ["train", "--checkpoint-dir=runs", "--env=dnoe", "--resume"], 1,
+     r"nothing to resume: runs/dnoe/last.pth does not exist; did you mean --env=done\?"),
     ("only emergency.pth", ["test", "--checkpoint-dir=runs", "--env=crashed"], 1,
      r"no checkpoint in runs/crashed but emergency.pth, the state saved when the run crashed; use it with "
      r"--load-model-path=runs/crashed/emergency.pth"),

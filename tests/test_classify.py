@@ -41,7 +41,9 @@ def test_tensorboard_reader_finds_the_scalars(trained):
     events = EventAccumulator(str(trained[0] / "runs" / "tiny"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/accuracy", "val/logloss", "lr", "images_per_second"} <= tags
+    assert {"train/loss", "val/accuracy", "val/logloss", "train/lr", "train/images_per_second",
+            "train/epoch_images_per_second"} <= tags
+    assert not tags & {"lr", "images_per_second"}  # one tag per curve: no top-level twins of the train/ ones
     assert len(events.Scalars("val/logloss")) == 4
     assert [e.step for e in events.Scalars("train/loss")] == list(range(2, 17, 2))
     assert "inputs" in events.Tags()["images"]
@@ -96,7 +98,9 @@ def test_a_new_run_never_overwrites_an_existing_one(trained):
     before = (run_tmp / "runs" / "tiny" / "last.pth").read_bytes()
     result = run_cli("train", *tiny_flags(data_root, run_tmp))
     assert result.returncode == 2
-    assert "already holds a run; continue it with --env=tiny --resume" in result.stderr
+    # a finished run: the words `train --resume` prints for it, the command to train it further
+    assert re.search(r"already holds a run; it has finished \(4 of --max-epoch=4 epochs done\); train it further with "
+                     r"`.*main.py train --env=tiny --checkpoint-dir=.* --resume --max-epoch=6`", result.stderr), result.stderr
     assert "train split" not in result.stderr and "model LeNet" not in result.stderr  # refused before any heavy work
     assert (run_tmp / "runs" / "tiny" / "last.pth").read_bytes() == before
 

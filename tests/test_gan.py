@@ -53,7 +53,7 @@ def test_tensorboard_has_both_losses_and_d_outputs(reference):
     events = EventAccumulator(str(reference[0] / "runs" / "reference"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss_d", "train/loss_g", "train/d_real", "train/d_fake", "lr/g", "lr/d"} <= tags
+    assert {"train/loss_d", "train/loss_g", "train/d_real", "train/d_fake", "train/lr/g", "train/lr/d"} <= tags
     assert [e.step for e in events.Scalars("train/loss_g")] == [3, 6, 9, 12]
     assert "generated" in events.Tags()["images"]
 

@@ -204,7 +204,7 @@ def test_summary_sorts_by_the_metric_and_its_command_reproduces_the_best_trial(f
     assert lines[3].split()[0] == str(best.number) and lines[7].startswith(f"best: trial {best.number}, val_logloss")
     command = next(line for line in lines if line.startswith("reproduce it: ")).split(": ", 1)[1]
     argv = shlex.split(command)
-    assert argv[1].endswith("main.py") and argv[2] == "train"
+    assert argv[1].endswith("main.py") and argv[2] == "train" and argv[3] == "--experiment=classify"  # named, always
     assert argv[-1] == f"--checkpoint-dir={finished / 'runs'}"  # a new run beside the study, not in it
     again = run_cli(*argv[2:])  # verbatim
     assert again.returncode == 0, again.stderr

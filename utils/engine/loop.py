@@ -194,7 +194,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             distributed.sync_buffers(obj.module if isinstance(obj, AveragedModel) else obj
                                      for obj in objects.values() if isinstance(obj, torch.nn.Module))
             metrics = experiment.evaluate(objects, ctx)
-            # "lr_policy" -> curve "lr", "lr_policy_g" -> "lr/g"
+            # "lr_policy" -> curve "train/lr", "lr_policy_g" -> "train/lr/g"
             lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
                    for name, policy in policies.items()}
             ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.samples_in_epoch, ctx.state.meters = epoch + 1, 0, 0, {}

@@ -61,8 +61,8 @@ def report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, im
     for name, value in (metrics or {}).items():
         outputs.plot(name.replace("_", "/", 1), value, step)
     for name, lr in lrs.items():
-        outputs.plot(name.replace("_", "/", 1), lr, step)
-    outputs.plot("images_per_second", images_per_second, step)
+        outputs.plot(f"train/{name.replace('_', '/', 1)}", lr, step)  # the tag of the warm-up's points too
+    outputs.plot("train/epoch_images_per_second", images_per_second, step)  # beside train/epoch_<loss>
     if outputs.writes:
         outputs.images(experiment.images(objects, ctx), step)
     outputs.flush()

@@ -11,7 +11,7 @@ import configs
 from configs.loader import validate
 from configs.values import flag
 from configs.schema import all_fields, config_class, fields_of, with_role
-from utils.core.errors import UsageError
+from utils.core.errors import UsageError, UserError
 from utils.engine import checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def load_resume_state(cfg):
         state, saved = None, configs.as_dict(configs.load_config({"config": str(saved_config)}))
     elif not path.is_file():
         hint = checkpoint.run_hint(path.parent) if cfg.resume == "last" else ""
-        raise UsageError(f"nothing to resume: {path} does not exist{hint or ' (is --env or --checkpoint-dir right?)'}")
+        # exit 1, as for every missing checkpoint (val / test of an unknown --env, --load-model-path)
+        raise UserError(f"nothing to resume: {path} does not exist{hint or ' (is --env or --checkpoint-dir right?)'}")
     else:
         state = checkpoint.load_checkpoint(path)
         saved = state.get("config")

@@ -1,6 +1,7 @@
 """What every command does before its real work: pick the device, name and create the run
 directory, log and save the resolved config, build data loaders."""
 import dataclasses
+import json
 import logging
 import os
 import resource
@@ -18,7 +19,7 @@ from utils.core.errors import UsageError, UserError, shorten
 from utils.core.io import atomic_open
 from utils.core.shell import main_command, program
 from utils.engine import distributed
-from utils.engine.checkpoint import BEST, LAST
+from utils.engine.checkpoint import BEST, LAST, STATUS
 
 log = logging.getLogger(__name__)
 STUDY_RECORD = "sweep.yaml"  # what marks a sweep's study folder (utils/sweep/study.py RECORD)
@@ -157,10 +158,21 @@ def check_new_run(cfg):
         raise UsageError(f"{run_dir} is a sweep's study, not a run; give another --env (its trials: `{main_command()} "
                          f"sweep --study={cfg.env}{checkpoint_dir_flag(cfg)} --summary`)")
     if not cfg.resume and any((run_dir / name).exists() for name in (LAST, BEST)):
-        raise UsageError(
-            f"{run_dir} already holds a run; continue it with --env={cfg.env} --resume, "
-            f"or start a new one with another --env"
-        )
+        raise UsageError(f"{run_dir} already holds a run; {_go_on(cfg)}, or start a new one with another --env")
+
+
+def _go_on(cfg):
+    """How to go on with the run in cfg's run dir, as its status.json tells: a finished run
+    trains further with a larger --max-epoch (the words `train --resume` prints for it)."""
+    try:
+        record = json.loads((cfg.run_dir / STATUS).read_text(encoding="utf-8"))
+        done, planned = int(record["epoch"]), int(record["max_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"continue it with `{resume_command(cfg)}`"
+    if record.get("status") == "finished" and done >= planned:
+        return (f"it has finished ({done} of --max-epoch={planned} epochs done); train it further with "
+                f"`{resume_command(cfg)} --max-epoch={done + max(1, done // 2)}`")
+    return f"continue it with `{resume_command(cfg)}`"
 
 
 def start_run(cfg, named=None, given=()):

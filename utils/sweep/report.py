@@ -103,13 +103,15 @@ def params_text(params):
 
 
 def reproduce_command(study_dir, number):
-    """The train command of a new run that computes what trial `number` did: its options
-    (from its config.yaml) as flags, in a run dir of its own."""
+    """The train command of a new run that computes what trial `number` did: its experiment
+    (always named, as the default may change) and options (from its config.yaml) as flags, in
+    a run dir of its own."""
     config = trial_dir(study_dir, number) / "config.yaml"
     if not config.is_file():
         return None
     cfg = load_config({"config": str(config)})
-    options = {name: value for name, value in changed_options(cfg).items() if name not in ("env", "checkpoint_dir")}
+    options = {"experiment": cfg.experiment, **{name: value for name, value in changed_options(cfg).items()
+                                               if name not in ("env", "checkpoint_dir")}}
     parent = str(Path(study_dir).parent)
     where = "" if parent == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={parent}"
     flags = " ".join(f"{flag(name)}={_shown(value)}" for name, value in options.items())
