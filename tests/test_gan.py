@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load, run_cli
+from conftest import load, run_cli, typed
 from data import face_sample
 from models.dcgan import NetD, NetG
 from utils.core.errors import UsageError
@@ -99,11 +99,18 @@ def test_generate_writes_a_grid_of_gen_num_images_and_is_deterministic(reference
     assert (run_tmp / "runs" / "reference" / "result.png").read_bytes() == (tmp_path / "a.png").read_bytes()
 
 
-def test_generate_without_experiment_names_the_runs_experiment(reference):
-    result = run_cli("generate", f"--checkpoint-dir={reference[0] / 'runs'}", "--env=reference")
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("error: experiment classify has no command 'generate'; its commands: train, val, "
-                                     "test; run reference is a gan run: add --experiment=gan")
+def test_generate_of_a_gan_run_needs_no_experiment_and_a_new_env_names_the_commands(reference, tmp_path):
+    """--env of an existing run picks its experiment (its config.yaml says gan); without a
+    run to read, the default experiment answers and names its commands."""
+    result = run_cli("generate", f"--checkpoint-dir={reference[0] / 'runs'}", "--env=reference",
+                     f"--gen-img={tmp_path / 'faces.png'}")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "faces.png").stat().st_size > 0
+    unknown = run_cli("generate", f"--checkpoint-dir={reference[0] / 'runs'}", "--env=nothing-here")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == ("error: experiment classify has no command 'generate'; its commands: train, val, "
+                                      "test (pick another with --experiment; `python main.py help` lists them)"
+                                      ).replace("python main.py", typed())
 
 
 def test_val_of_a_gan_run_names_every_command_of_the_gan_aliases_too(reference):
