@@ -35,8 +35,8 @@ register_command(
     notes=("  then any train option (python main.py train --help), e.g. --experiment, --config, --max-epoch;",
            "  every trial gets them, plus its parameters, a seed derived from --seed and its number, and",
            "  --monitor = the search space's metric. Example:",
-           "    python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml --max-epoch=3"),
-    examples=("python main.py sweep --study=demo --trials=6 --search-space=configs/sweeps/demo.yaml  # a study",))
+           "    python main.py sweep --study=demo-sweep --trials=6 --search-space=configs/sweeps/demo.yaml --max-epoch=3"),
+    examples=("python main.py sweep --study=demo-sweep --trials=6 --search-space=configs/sweeps/demo.yaml  # a study",))
 MAX_STALE_AFTER = 30 * 24 * 3600.0  # a lease unheard of for a month: its worker is gone
 _NAME = re.compile(r"[A-Za-z0-9_.@+=-]+")
 
