@@ -145,3 +145,47 @@ def test_a_dropped_in_experiment_model_and_data_set_keep_the_suite_green(tmp_pat
                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " deselected" in result.stdout
+
+
+def engine_names_used(path):
+    """{'module.name'} of the engine names a file uses: `from utils.engine.M import name` and
+    `M.name` after `from utils.engine import M`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    used, modules = set(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("utils.engine"):
+            for alias in node.names:
+                if node.module == "utils.engine":
+                    modules[alias.asname or alias.name] = alias.name
+                else:
+                    used.add(f"{node.module.rsplit('.', 1)[1]}.{alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            used.add(f"{modules[node.value.id]}.{node.attr}")
+    return used
+
+
+@pytest.mark.registry
+def test_experiments_use_only_the_engines_documented_names_and_no_other_experiment():
+    """docs/extending.md's reference lists every engine name an experiment uses (with its
+    module), and no experiment imports another: what an extender reads is the whole surface."""
+    guide = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    modules = project_modules()
+    experiments = {name for name, path in modules.items()
+                   if name.startswith("experiments.") and "@EXPERIMENTS.register" in path.read_text(encoding="utf-8")}
+    assert {"experiments.classify", "experiments.gan", "experiments.poetry"} <= experiments
+    for name in sorted(experiments):
+        imported = imports_of(modules[name], modules)
+        assert not imported & (experiments - {name}), f"{name} imports another experiment: {imported & experiments}"
+        for used in sorted(engine_names_used(modules[name])):
+            module, attribute = used.split(".")
+            documented = f"{module}.{attribute}" in guide or any(
+                attribute in line and (f"utils.engine.{module}" in line or f"utils/engine/{module}.py" in line)
+                for line in guide.splitlines())
+            assert documented, f"{name} uses utils.engine.{used}, which docs/extending.md does not document"
+
+
+def test_the_surface_check_sees_an_undocumented_name(tmp_path):
+    (tmp_path / "x.py").write_text("from utils.engine import runtime\nfrom utils.engine.loop import run_epoch\n"
+                                   "runtime.start_run(1)\n")
+    assert engine_names_used(tmp_path / "x.py") == {"runtime.start_run", "loop.run_epoch"}
