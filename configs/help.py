@@ -9,6 +9,7 @@ from configs.schema import FIELDS, GROUPS, experiment_fields, fields_of
 from configs.commands import COMMANDS
 from utils.core.registry import ALL, EXPERIMENTS, display_name
 
+TYPE_WIDTH = 22  # the type = default column of `help`; a longer one pushes its doc along
 HELP_COMMAND = "print this text (also: no command, -h, --help, <command> --help)"
 
 
@@ -45,6 +46,19 @@ def _table_lines(options, width):
         shown = "required" if default is None else _show_default(default)
         lines.append(f"    {flag(name):<{name_width}}  {TYPE_NAMES[kind]} = {shown}")
         lines += textwrap.wrap(doc, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    return lines
+
+
+def _compact_lines(names, width, name_width, experiment=None):
+    """One entry per option for `help`: flag, type = default, then the doc on the same line,
+    wrapped under it (`<command> --help` keeps the roomier layout of _option_lines)."""
+    fields = fields_of(experiment) if experiment else FIELDS
+    lines = []
+    for name in names:
+        shown = f"{describe_type(name, experiment)} = {_show_default(fields[name].default)}"
+        head = f"    {flag(name):<{name_width}}  {shown:<{TYPE_WIDTH}}  "
+        lines += textwrap.wrap(head + fields[name].metadata["doc"], width, subsequent_indent=" " * 8,
+                               break_on_hyphens=False)
     return lines
 
 
@@ -159,12 +173,12 @@ def render_help(width=None, command=None):
     name_width = max(len(flag(name)) for name in FIELDS)
     for group in GROUPS:
         lines += ["", f"  {group}:"]
-        lines += _option_lines([name for name, f in FIELDS.items() if f.metadata["group"] == group], width, name_width)
+        lines += _compact_lines([name for name, f in FIELDS.items() if f.metadata["group"] == group], width, name_width)
     for experiment in EXPERIMENTS.names():
         own = experiment_fields(experiment)
         if own:
             lines += ["", f"  options of experiment {experiment} (with --experiment={experiment}):"]
-            lines += _option_lines(list(own), width, name_width, experiment=experiment)
+            lines += _compact_lines(list(own), width, name_width, experiment=experiment)
     lines += ["", "registered names (add one: a file in the package + @REGISTRY.register()):"]
     for table in ALL:
         names = ", ".join(display_name(n) for n in table.names()) or "(none yet)"
