@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._storage import JournalOperation, JournalStorageReplayResult
 
 from configs.schema import FIELDS
@@ -33,6 +33,7 @@ from utils.core import faults
 from utils.core.errors import UserError, plural
 from utils.core.io import OutputError, atomic_open
 from utils.engine import runtime
+from utils.sweep.lock import OwnedLock
 
 log = logging.getLogger(__name__)
 CUT = ".cut"  # suffix of the side file that keeps removed cut lines
@@ -57,7 +58,7 @@ class Journal(JournalFileBackend):
         # Not Optuna's __init__: it creates the file, and `sweep --summary` or `runs` must
         # create nothing. The first append creates it.
         self._file_path = str(path)
-        self._lock = JournalFileSymlinkLock(self._file_path)
+        self._lock = OwnedLock(self._file_path)  # a killed holder is seen at once (lock.py)
         self._log_number_offset = {0: 0}
 
     @property
@@ -177,7 +178,7 @@ def repair(path):
     path = Path(path)
     if path.is_dir() or not path.is_file():
         raise UserError(f"no journal to repair at {path}" + (" (a folder is there)" if path.is_dir() else ""))
-    with held(JournalFileSymlinkLock(str(path)), path):
+    with held(OwnedLock(str(path)), path):
         original = path.read_bytes()
         kept, salvaged, dropped = [], 0, []
         replay = JournalStorageReplayResult("repair-")

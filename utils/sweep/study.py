@@ -3,12 +3,13 @@ the lock) and its Optuna storage (the journal file there, utils/sweep/journal.py
 by URL), with the checks that turn a wrong folder, record or URL into one line."""
 from pathlib import Path
 
-from optuna.storages.journal import JournalFileOpenLock, JournalStorage
+from optuna.storages.journal import JournalStorage
 
 from configs.yaml_files import load_yaml
 from utils.core.errors import UsageError, UserError, excerpt
 from utils.engine import runtime
 from utils.sweep.journal import Journal, held
+from utils.sweep.lock import OwnedLock
 
 JOURNAL, RECORD, LOCK = "optuna.journal", runtime.STUDY_RECORD, "sweep"
 # What sweep.yaml must hold, and the type of each entry.
@@ -32,7 +33,7 @@ def storage_of(study_dir, url=""):
 
 def study_lock(study_dir):
     """The study's lock: held for the milliseconds it takes to pick, ask and lease a trial."""
-    return held(JournalFileOpenLock(str(Path(study_dir) / LOCK), grace_period=30), Path(study_dir) / LOCK)
+    return held(OwnedLock(str(Path(study_dir) / LOCK)), Path(study_dir) / LOCK)  # a killed holder: taken over at once
 
 
 def state_counts(trials):

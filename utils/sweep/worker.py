@@ -1,7 +1,7 @@
 """`python main.py sweep`: one worker of an Optuna study whose trials are ordinary runs.
 
-A worker repeats: take the study lock (a file beside the trials: optuna's
-JournalFileOpenLock, safe on NFS), look for a running trial whose lease is stale and take it
+A worker repeats: take the study lock (a file beside the trials: utils/sweep/lock.py,
+Optuna's symlink lock naming its holder, safe on NFS), look for a running trial whose lease is stale and take it
 over, else ask the study for a new trial (a retry waiting in the queue first) unless the
 study already holds --trials finished or running ones; write the trial's lease; release
 the lock. Then it trains the trial in process with the engine (utils/engine/loop.py train),
