@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# `help` wraps to the terminal's width; the tests read it as a 100-column terminal shows it
+# (pytest-xdist's workers would otherwise say 80).
+os.environ["COLUMNS"] = "100"
 
 
 def run_cli(*args, cwd=ROOT, timeout=300, env=None, input=None, umask=None, **popen):

@@ -141,7 +141,7 @@ def test_a_dropped_in_experiment_model_and_data_set_keep_the_suite_green(tmp_pat
     listed = subprocess.run([sys.executable, "main.py", "help"], cwd=repo, capture_output=True, text=True, timeout=120)
     assert "  denoise:" in listed.stdout and "ToyAutoEncoder" in listed.stdout and "patterns" in listed.stdout
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "registry", "-p", "no:cacheprovider",
-                             "tests"], cwd=repo, capture_output=True, text=True, timeout=900,
+                             "-n", "0", "tests"], cwd=repo, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " deselected" in result.stdout
