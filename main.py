@@ -5,8 +5,9 @@ with test as another name for generate); `help` lists them. fire dispatches the 
 every value reaches us as text (fire's literal guessing is switched off with
 SetParseFn(str)) and the config schema types it. `train` is the engine's (utils/engine/loop.py),
 the other commands are the experiment's methods. Exit codes: 0 ok, 1 runtime failure,
-2 usage or config error, 130 interrupted (SIGINT), 143 terminated (SIGTERM), 128 + N stopped
-by --requeue-signal N. Under torchrun every process runs this same command (utils/engine/distributed.py).
+2 usage or config error (or a Python without the runner's packages), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM), 128 + N stopped by --requeue-signal N. Under torchrun
+every process runs this same command (utils/engine/distributed.py).
 """
 import importlib.util
 import logging
@@ -15,7 +16,8 @@ import sys
 from pathlib import Path
 
 from configs.help import command_help, render_help
-from configs.loader import commands_of, given_names, load_config, read_yaml
+from configs.loader import commands_of, load_config, read_yaml
+from configs.loader import given_names as names_typed
 from configs.values import Text
 from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
@@ -124,7 +126,7 @@ def _run(command, args, flags):
         if command == "train":
             from utils.engine import loop as engine
 
-            engine.train(cfg, given=given_names(flags, cfg))
+            engine.train(cfg, given=names_typed(flags, cfg))
             return
 
         getattr(EXPERIMENTS.get(cfg.experiment)(cfg), commands[command])()
@@ -208,10 +210,6 @@ def _main(argv):
     if not argv or argv[0] in HELP_TOKENS:
         print(render_help())
         return 0
-    not_set_up = _not_set_up()
-    if not_set_up:
-        print(not_set_up, file=sys.stderr)
-        return 2
     commands = all_commands()
     if argv[0] not in commands:
         hint = did_you_mean(argv[0], commands)
@@ -227,6 +225,10 @@ def _main(argv):
                    and not token[1].isdigit()), None)
     if single:
         print(f"error: option {shorten(single)} has one dash; options take two: -{shorten(single)}", file=sys.stderr)
+        return 2
+    not_set_up = _not_set_up()  # help and <command> --help need no package; the commands do
+    if not_set_up:
+        print(not_set_up, file=sys.stderr)
         return 2
 
     import fire

@@ -158,7 +158,7 @@ def test_help_of_a_command_shows_that_command_only_with_its_experiments_defaults
 
 def test_a_python_without_the_packages_is_told_the_set_up_in_one_line(tmp_path):
     """`python3 main.py train` outside the venv: one line naming what to run, not a traceback
-    of a ModuleNotFoundError; `help` needs none of the packages."""
+    of a ModuleNotFoundError; `help` and `<command> --help` need none of the packages."""
     bare = [sys.executable, "-S"]  # no site-packages: a Python without the runner's packages
     result = subprocess.run([*bare, str(ROOT / "main.py"), "train"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60)
@@ -167,6 +167,8 @@ def test_a_python_without_the_packages_is_told_the_set_up_in_one_line(tmp_path):
     assert f"{ROOT / 'main.py'}" in result.stderr and ("scripts/setup.sh" in result.stderr or "/bin/python" in result.stderr)
     shown = subprocess.run([*bare, str(ROOT / "main.py"), "help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and shown.stdout.startswith("usage: python main.py <command>"), shown.stderr
+    own = subprocess.run([*bare, str(ROOT / "main.py"), "train", "--help"], capture_output=True, text=True, timeout=60)
+    assert own.returncode == 0 and own.stdout.startswith("python main.py train:"), own.stderr
 
 
 def test_a_closed_pipe_ends_quietly():

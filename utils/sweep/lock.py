@@ -71,16 +71,17 @@ class OwnedLock(JournalFileSymlinkLock):
             except OSError:
                 continue  # released in between: try again at once
             if holder_is_dead(text) and self._break(text):
-                log.warning("the journal lock %s was held by a process that is gone (killed while appending); "
+                log.warning("the lock %s was held by a process that is gone (killed while it held it); "
                             "taken over", self._lock_file)
                 continue
             if (text, mtime) != seen:
                 seen, since = (text, mtime), time.monotonic()
             elif self.grace_period is not None and time.monotonic() - since > self.grace_period:
-                log.warning("the journal lock %s has not been released for %d s; breaking it", self._lock_file,
+                log.warning("the lock %s has not been released for %g s; breaking it", self._lock_file,
                             self.grace_period)
-                self._break(text)
-                continue
+                if self._break(text):
+                    continue
+                seen = None  # not broken (another waiter was first, or it cannot be moved): wait again
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
@@ -100,7 +101,7 @@ class OwnedLock(JournalFileSymlinkLock):
             return False
         except OSError as error:
             if error.errno != errno.EEXIST:
-                log.warning("could not put back the journal lock %s: %s", self._lock_file, error)
+                log.warning("could not put back the lock %s: %s", self._lock_file, error)
             return False
         finally:
             try:
