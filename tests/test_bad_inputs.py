@@ -190,8 +190,10 @@ CASES = [
      r"--lr=0.5 would change the resumed run \(it has 0.01\)"),
     ("resume best.pth", ["train", "--resume=runs/done/best.pth"], 2,
      r"runs/done/best.pth holds weights only \(no run state\) \(resume runs/done/last.pth\)"),
-    ("run exists", ["train", *flags("--env=done")], 2, r"runs/done already holds a run; (continue it with|it has finished .*; train it further with) `.*main.py train "
-                                                    r"--env=done --checkpoint-dir=runs --resume"),
+    ("run exists", ["train", *flags("--env=done")], 2, r"runs/done already holds a run; it has finished \(\d+ of --max-epoch=\d+ "
+                                                    r"epochs done\); train it further with `.*main.py train --env=done "
+                                                    r"--checkpoint-dir=runs --resume --max-epoch=\d+`, or start a new one "
+                                                    r"with another --env"),
     ("num classes unlike the data", ["train", *flags("--env=new", "--num-classes=1")], 2,
      r"--num-classes=1 but the data has 2 classes \(cat, dog\); drop --num-classes \(it comes from the data\) or use "
      r"--num-classes=2"),

@@ -104,3 +104,25 @@ def test_val_of_an_unknown_run_says_where_it_looked(tmp_path):
     assert result.returncode == 1
     assert f"error: no checkpoint in {tmp_path}/nope (looked for best.pth, last.pth)" in result.stderr
 
+
+
+def test_a_new_run_on_a_stopped_runs_env_says_how_to_continue_it(tmp_path):
+    """Not finished (stopped, crashed, or no status.json): the resume command; finished: how
+    to train it further (tests/test_classify.py)."""
+    import json
+
+    from configs import load_config
+    from utils.core.errors import UsageError
+    from utils.engine import runtime
+
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    (run_dir / "last.pth").write_bytes(b"")
+    (run_dir / "status.json").write_text(json.dumps({"status": "stopped", "epoch": 1, "max_epoch": 3}))
+    cfg = load_config({"env": "stopped", "checkpoint_dir": str(tmp_path)})
+    with pytest.raises(UsageError, match=rf"{run_dir} already holds a run; continue it with `.*main.py train --env=stopped "
+                                         rf"--checkpoint-dir={tmp_path} --resume`, or start a new one with another --env$"):
+        runtime.check_new_run(cfg)
+    (run_dir / "status.json").write_text("{not json")
+    with pytest.raises(UsageError, match="continue it with"):
+        runtime.check_new_run(cfg)
