@@ -77,7 +77,7 @@ def train(cfg, trial=None, given=()):
             done = saved["epoch"]
             if distributed.is_main() and trial is None:
                 print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to "
-                      f"resume. Train it further: {runtime.resume_command(cfg)} --max-epoch={done + max(1, done // 2)}")
+                      f"resume. Train it further: {runtime.further_command(cfg, done)}")
             return over
         if saved.get("stopped_early") and early_stop(cfg, saved["epoch"], saved["best"]):
             if distributed.is_main() and trial is None:

@@ -90,6 +90,11 @@ def resume_command(cfg):
     return f"{main_command(_launcher())} train --env={cfg.env}{checkpoint_dir_flag(cfg)} --resume"
 
 
+def further_command(cfg, done):
+    """The command that trains cfg's finished run (`done` epochs) on, half as long again."""
+    return f"{resume_command(cfg)} --max-epoch={done + max(1, done // 2)}"
+
+
 def command_again():
     """This process's command line as this shell can run it again (a sweep continues so)."""
     return f"{main_command(_launcher())} {shlex.join(sys.argv[1:])}"
@@ -171,7 +176,7 @@ def _go_on(cfg):
         return f"continue it with `{resume_command(cfg)}`"
     if record.get("status") == "finished" and done >= planned:
         return (f"it has finished ({done} of --max-epoch={planned} epochs done); train it further with "
-                f"`{resume_command(cfg)} --max-epoch={done + max(1, done // 2)}`")
+                f"`{further_command(cfg, done)}`")
     return f"continue it with `{resume_command(cfg)}`"
 
 
