@@ -122,6 +122,7 @@ class Config:
     compile: bool = option(False, "performance", "torch.compile the models (first steps slower while it compiles; falls back to eager with a warning when it cannot); resume is not bit-exact across --compile", role="execution")
     channels_last: bool = option(True, "performance", "NHWC memory format for image batches and conv weights: faster convolutions on CPU (oneDNN) and on tensor-core GPUs; false = the classic NCHW")
     threads: int = option(0, "performance", "intra-op CPU threads of each process; 0 = torch's default (one per physical core), at most the cores this process may use shared among torchrun's processes on the machine (OMP_NUM_THREADS, when set, decides instead). A resume with another count is not bit-exact (float rounding)", role="execution", minimum=0, maximum=1024)
+    deterministic: bool = option(False, "performance", "deterministic kernels on the GPU (torch.use_deterministic_algorithms, cuDNN without autotuning, a fixed cuBLAS workspace): bit-identical GPU runs, at a cost in speed; a CPU run is deterministic either way", role="execution")
     pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA", role="execution")
 
     def __reduce__(self):

@@ -77,6 +77,10 @@ class ArrayDataset(Dataset):
     def __len__(self):
         return len(self.positions)
 
+    def identities(self):
+        """(position in the split's files, label) of each item."""
+        return [[position, target] for position, target in zip(self.positions, self.targets)]
+
     def __getitem__(self, key):
         index = key[1] if isinstance(key, tuple) else key
         image = self.images[self.positions[index]]  # H x W x C uint8

@@ -28,6 +28,10 @@ data.sampling.EpochSampler (or a bare index), so random augmentation can be a fu
     normalisation()     {batch part: (mean, std)}: the uint8 image parts the engine turns into
                   normalised float32 on the device ((x / 255 - mean) / std per channel); {}
                   for a set whose items are already float
+    identities()  a JSON-able identity of each item in split order (a path relative to the
+                  data, a position in the source files, a text): the run's manifest keeps a
+                  hash of it, which says whether two runs split the data alike; default:
+                  the position and the target of each item
     denormalize(batch)  images back in [0, 1] for display
     write_predictions(path, keys, log_probabilities, class_names, cfg)
                   `test`'s output: writes `path` atomically and returns the number of rows.
@@ -55,6 +59,11 @@ class Dataset(torch.utils.data.Dataset):
     def normalisation(self):
         """{batch part: (per-channel mean, std)} of the uint8 image parts to normalise on the device."""
         return {}
+
+    def identities(self):
+        """Each item's identity, in split order (see the protocol above)."""
+        targets = self.targets if self.targets is not None else [None] * len(self)
+        return [[position, target] for position, target in zip(range(len(self)), targets)]
 
     def denormalize(self, batch):
         """Images back in [0, 1] for display (uint8: / 255; float: as they are, clamped)."""

@@ -8,6 +8,7 @@ flip (--hflip, default 0.5) drawn from (seed, epoch, index) (data/transforms.py)
 happens on the device.
 """
 import logging
+import os
 
 from data import transforms
 from data.base import Dataset
@@ -43,6 +44,12 @@ defaults below), or None / False for the eval transform."""
         if self.augment:
             return transforms.train_image(path, self.image_size, augmentation_rng(self.seed, key), self.augment), target
         return transforms.eval_image(path, self.image_size), target
+
+    def identities(self):
+        """(path relative to the split's common folder, label or key) of each item."""
+        paths = [str(path) for path, _ in self.items]
+        base = os.path.commonpath([os.path.dirname(path) for path in paths]) if paths else ""
+        return [[os.path.relpath(path, base) if base else path, target] for path, (_, target) in zip(paths, self.items)]
 
     def normalisation(self):
         return {0: (self.mean, self.std)}

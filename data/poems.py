@@ -50,6 +50,10 @@ class Poems(Dataset):
     def __len__(self):
         return len(self.poems)
 
+    def identities(self):
+        """The text of each poem."""
+        return list(self.poems)
+
     def __getitem__(self, key):
         position = key[1] if isinstance(key, tuple) else key  # (epoch, index) from EpochSampler
         tokens = encode(self.poems[position], self.index, self.seq_len + 1)

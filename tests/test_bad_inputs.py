@@ -264,7 +264,7 @@ CASES = [
     ("checkpoint dir is a file", ["train", *flags("--env=new", "--checkpoint-dir=afile")], 1,
      r"--checkpoint-dir: cannot create folder 'afile/new': 'afile' is a file, not a folder"),
     ("runs of a file", ["runs", "--checkpoint-dir=afile"], 1, r"--checkpoint-dir=afile is a file, not a folder of runs"),
-    ("runs with a training option", ["runs", "--lr=1"], 2, r"runs takes --checkpoint-dir=<folder> only; got --lr"),
+    ("runs with a training option", ["runs", "--lr=1"], 2, r"runs takes --checkpoint-dir=<folder> and --diff <run> <run>; got --lr"),
     ("resume a corrupt last.pth", ["train", "--checkpoint-dir=runs", "--env=corrupt", "--resume"], 1,
      r"'runs/corrupt/last.pth' is not a checkpoint \(it starts with bytes 13"),
     ("not a generator", ["train", "--experiment=gan", "--model=LeNet", "--env=new", "--checkpoint-dir=runs"], 2,
@@ -323,9 +323,19 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(ws):
     # best.pth (epoch 2 improves or not) or last.pth is the first write past the limit.
     result = check(ws, ["train", *flags("--env=done", "--resume", "--max-epoch=2")], 1,
                    r"cannot write runs/done/(best|last).pth: file too large; the previous (best|last).pth is kept",
-                   may_change=[r"runs/done/(status.json|config.yaml|events.out.tfevents.*)"],
-                   preexec_fn=limit_file_size(100_000))
+                   may_change=[r"runs/done/(status.json|config.yaml|events.out.tfevents.*|manifest.json|data-files.json.gz)",
+                               r"runs/done/(source\..*diff|fingerprints/.*)"],
+                   preexec_fn=limit_file_size(max(100_000, uncommitted_diff_size() + 20_000)))
     assert "emergency" not in result.stderr
+
+
+def uncommitted_diff_size():
+    """Bytes of the source.diff a run writes from this checkout (0 when it is clean, as in CI):
+    a limit below it would stop the run at its start, before any checkpoint."""
+    from utils.engine import provenance
+
+    git = provenance.git_state() or {}
+    return len((git.get("diff") or "").encode())
 
 
 def test_full_disk_while_writing_the_csv_keeps_the_previous_one(ws):

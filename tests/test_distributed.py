@@ -68,8 +68,9 @@ def test_two_processes_train_end_to_end_with_one_set_of_run_files(reference):
     run_dir = tmp_path / "runs" / "reference"
     assert sorted(p.name for p in tmp_path.joinpath("runs").iterdir()) == ["reference"]
     names = sorted(p.name for p in run_dir.iterdir())
-    assert [n for n in names if not n.startswith("events.")] == ["best.pth", "config.yaml", "images", "last.pth",
-                                                                 "status.json"]
+    assert [n for n in names if not n.startswith(("events.", "source"))] == [
+        "best.pth", "config.yaml", "data-files.json.gz", "fingerprints", "images", "last.pth", "manifest.json",
+        "status.json"]
     assert len([n for n in names if n.startswith("events.")]) == 1  # one TensorBoard writer
     assert len(list((run_dir / "images").iterdir())) == 1  # the input grid, once
     assert "global batch 8 = 2 processes x --batch-size 4" in result.stderr
@@ -87,6 +88,21 @@ def test_two_processes_train_end_to_end_with_one_set_of_run_files(reference):
 
     model = build_model(load_config({"model": "LeNet", "num_classes": 2, "image_size": 16}))
     model.load_state_dict(load(run_dir / "best.pth")["model"])
+
+
+@pytest.mark.slow
+def test_a_two_process_run_reproduces_under_two_processes_and_one_process_is_told(reference):
+    tmp_path, _ = reference
+    runs = f"--checkpoint-dir={tmp_path / 'runs'}"
+    result = torchrun("reproduce", runs, "--env=reference")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("reproduced: epoch 1 bit-identical (model, optimizer, lr policy: ") == 1  # rank 0 says it
+    assert not any(".reproduce-" in p.name for p in (tmp_path / "runs").iterdir())
+    alone = run_cli("reproduce", runs, "--env=reference")
+    assert alone.returncode == 1, alone.stderr
+    assert "note: reference was trained by 2 processes and this is 1; to reproduce it, launch as it was: " \
+           "torchrun --nproc_per_node=2 main.py reproduce ..." in alone.stdout
+    assert "  world size 2 -> 1" in alone.stdout.splitlines()
 
 
 @pytest.mark.slow

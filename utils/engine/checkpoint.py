@@ -21,6 +21,7 @@ from utils.core import faults
 from utils.core.errors import UserError, close_matches, plural
 from utils.core.io import atomic_open, remove_temp_files
 from utils.core.shell import main_command
+from utils.engine import fingerprints
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -86,6 +87,7 @@ class CheckpointManager:
         self.guard = guard or (lambda: None)
         self._writer = None  # the thread writing the last epoch end's files, if any
         self._error = None  # what stopped it
+        self.fingerprints = None  # {object: fingerprints.of_object} of the last epoch end written (after wait())
 
     def wait(self):
         """Return once the epoch end's files are on disk; raise the error that stopped their
@@ -102,6 +104,7 @@ class CheckpointManager:
         if not self.writes:
             return
         count, size = remove_temp_files(self.run_dir)
+        count += remove_temp_files(self.run_dir / fingerprints.FOLDER)[0]
         if count:
             log.info("removed %d unfinished checkpoint temp file(s) (%.1f MB) left by a killed run in %s",
                      count, size / 1e6, self.run_dir)
@@ -136,6 +139,13 @@ class CheckpointManager:
             self._error = error
 
     def _write_epoch_end(self, state, best, epoch):
+        # The fingerprints of the epoch's state: in its own file first (a kill before last.pth
+        # has the epoch redone, which writes the same file again), then in each checkpoint.
+        prints = fingerprints.of_checkpoint(state)
+        if prints:
+            fingerprints.write(self.run_dir, prints, epoch, state.get("global_step"))
+            state = dict(state, fingerprints=fingerprints.summary(prints))
+        self.fingerprints = prints
         if best is not None:
             save_checkpoint(best, self.run_dir / BEST)
         save_checkpoint(state, self.run_dir / LAST)
@@ -149,15 +159,22 @@ class CheckpointManager:
         if self.writes:
             self.wait()  # an epoch end's last.pth still being written must not land after this one
             self.guard()
-            save_checkpoint(state, self.run_dir / LAST)
+            save_checkpoint(with_fingerprints(state), self.run_dir / LAST)
         return self.run_dir / LAST
 
     def save_emergency(self, state):
         if self.writes:
             self.wait()
             self.guard()
-            save_checkpoint(state, self.run_dir / EMERGENCY)
+            save_checkpoint(with_fingerprints(state), self.run_dir / EMERGENCY)
         return self.run_dir / EMERGENCY
+
+
+def with_fingerprints(state):
+    """`state` with {object: sha256} of its objects under "fingerprints" (a stop's or a
+    crash's checkpoint: `reproduce --from` checks what it loads against them)."""
+    prints = fingerprints.of_checkpoint(state)
+    return dict(state, fingerprints=fingerprints.summary(prints)) if prints else state
 
 
 def detached_copy(value):

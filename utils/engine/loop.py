@@ -36,6 +36,7 @@ from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
 from utils.engine import checkpoint, distributed, resume, runtime
+from utils.engine.manifest import Manifest
 from utils.engine.averages import add_averages
 from utils.engine.experiment import Context
 from utils.engine.lr_policy import LrPolicy
@@ -147,7 +148,7 @@ def train(cfg, trial=None, given=()):
                                      error=str(error).splitlines()[0] if str(error) else type(error).__name__)
         raise
     outcome = {"run_dir": run_dir, "epoch": ctx.state.epoch, "best": ctx.state.best, "pruned": ctx.state.pruned}
-    if not distributed.is_main():
+    if not distributed.is_main() or getattr(trial, "quiet", False):  # `reproduce` reports itself
         return outcome
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
@@ -168,6 +169,10 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     if outputs.writes:
         readable.report(sorted(skipped.items()), run_dir)
     outputs.write_status(ctx.state, "running")
+    manifest = Manifest(run_dir, outputs.guard) if outputs.writes else None  # what the run is trained with
+    if manifest is not None:
+        manifest.start(cfg, ctx.device, ctx.precision, distributed.world_size(), {"train": train_set, "val": val_set},
+                       ctx.state)
     # Points at the saved step were logged before the checkpoint was written; later ones
     # belong to work the resumed run redoes (all of it when it restarts from scratch).
     outputs.open(purge_step=(ctx.state.global_step + 1 if restored else 0) if resumed else None)
@@ -211,11 +216,20 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
                                                                                experiment.checkpoint_info()))
             outputs.write_status(ctx.state, "running")
+            if manifest is not None:
+                manifest.update()  # the data's fingerprint, once its thread has hashed it
+            compare = getattr(trial, "compare", None)
+            if compare is not None:  # `reproduce`: each epoch's fingerprints against the original run's
+                outputs.checkpoints.wait()
+                verdict = compare(epoch + 1, outputs.checkpoints.fingerprints) if distributed.is_main() else None
+                ctx.state.pruned = distributed.broadcast_object(verdict) or ctx.state.pruned
             if ctx.state.stopped_early:
                 log.info("%s", ctx.state.stopped_early)
             if ctx.state.stopped_early or ctx.state.pruned:  # a sweep's worker says why it pruned
                 break
     outputs.checkpoints.wait()  # "finished" means every file is whole on disk
+    if manifest is not None:
+        manifest.finish()
     outputs.close()
     outputs.write_status(ctx.state, "pruned" if ctx.state.pruned else "finished")
 

@@ -63,6 +63,18 @@ def apply_threads(cfg):
     return torch.get_num_threads()
 
 
+def apply_determinism(cfg):
+    """--deterministic: kernels that give the same bits every run on the GPU (the CPU's are
+    already). cuBLAS reads its workspace setting when CUDA starts, so this runs before."""
+    if not cfg.deterministic:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without such a kernel warns, not fails
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+
+
 def checkpoint_dir_flag(cfg):
     """' --checkpoint-dir=D' for a command about cfg's run, or '' for the default folder."""
     return "" if cfg.checkpoint_dir == FIELDS["checkpoint_dir"].default else f" --checkpoint-dir={cfg.checkpoint_dir}"

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 # Checkpoint keys the engine writes itself; an experiment's objects take any other name.
 ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "optimizer_steps", "best", "stopped_early",
                "pruned", "epoch_meters", "window", "rng",
-               "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler", "threads"}
+               "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler", "threads",
+               "objects", "fingerprints"}
 
 
 @dataclasses.dataclass
@@ -76,7 +77,8 @@ def checkpoint_state(objects, state, cfg, info=None):
             saved[name] = obj.state_dict()
     rng = distributed.gather_objects(seeding.rng_states())  # a collective under torchrun
     ranks = {"rng_ranks": rng, "world_size": len(rng)} if len(rng) > 1 else {}
-    return {**saved, **state.as_checkpoint(), "rng": rng[0], **ranks, "config": configs.as_dict(cfg),
+    # "objects": the names of the experiment's objects, which the checkpoint's fingerprints cover
+    return {**saved, "objects": list(saved), **state.as_checkpoint(), "rng": rng[0], **ranks, "config": configs.as_dict(cfg),
             "experiment": cfg.experiment, "info": info or {}, "threads": torch.get_num_threads()}
 
 

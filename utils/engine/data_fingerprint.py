@@ -1,0 +1,140 @@
+"""The data's fingerprint: per data root, its file count, total bytes and a content sha256
+(over the sorted relative paths and each file's sha256), and a short digest per file, so a
+difference names the files that changed.
+
+Hashing 25,000 images must not hold up the first step: a run hashes in a thread beside its
+training (`Hasher`; file reads and hashlib let go of the GIL), and every file's sha256 is
+cached by (path, size, modification time) in <cache>/data-hashes/, so a second run over the
+same folder reads no file (benchmarks/data_hash.py). The cache folder is $RUNNER_CACHE_DIR,
+else $XDG_CACHE_HOME/the-runner, else ~/.cache/the-runner; a cache that cannot be read or
+written only costs time.
+"""
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from utils.core.io import atomic_open
+
+log = logging.getLogger(__name__)
+SHORT = 16  # hex digits of each file's digest kept in the run's file list
+CHUNK = 1 << 20
+
+
+def cache_dir():
+    if os.environ.get("RUNNER_CACHE_DIR"):
+        return Path(os.environ["RUNNER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "the-runner"
+
+
+def listing(root):
+    """[(relative path, size, mtime_ns, absolute path)] of the regular files under `root`
+    (a file: itself), sorted by path; symbolic links to files are followed, to folders not."""
+    root = Path(root)
+    if root.is_file():
+        stat = root.stat()
+        return [(root.name, stat.st_size, stat.st_mtime_ns, str(root))]
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in files:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                stat = os.stat(path)
+                if os.path.isfile(path):
+                    found.append((os.path.relpath(path, root).replace(os.sep, "/"), stat.st_size, stat.st_mtime_ns, path))
+    found.sort()
+    return found
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(CHUNK)
+            if not block:
+                return digest.hexdigest()
+            digest.update(block)
+
+
+def _cache_file(root):
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:24]
+    return cache_dir() / "data-hashes" / f"{key}.json"
+
+
+def _read_cache(path):
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        return cached["files"] if isinstance(cached.get("files"), dict) else {}
+    except (OSError, ValueError, AttributeError, KeyError):
+        return {}
+
+
+def fingerprint(root):
+    """({"files", "bytes", "sha256"}, {relative path: short digest}) of data root `root`;
+    ({"missing": true}, {}) when it does not exist."""
+    root = Path(root)
+    if not root.exists():
+        return {"missing": True}, {}
+    entries = listing(root)
+    cache_path = _cache_file(root)
+    cached = _read_cache(cache_path)
+    fresh, whole, files, total = {}, hashlib.sha256(), {}, 0
+    for relative, size, mtime, path in entries:
+        hit = cached.get(relative)
+        if isinstance(hit, list) and len(hit) == 3 and hit[0] == size and hit[1] == mtime:
+            sha = hit[2]
+        else:
+            try:
+                sha = _file_sha256(path)
+            except OSError as error:  # unreadable: its own mark, so the content hash still differs from a readable file
+                sha = f"unreadable: {error.strerror or error}"
+        fresh[relative] = [size, mtime, sha]
+        whole.update(f"{relative}\0{sha}\n".encode())
+        files[relative] = sha[:SHORT]
+        total += size
+    if fresh != cached:
+        with contextlib.suppress(OSError):
+            with atomic_open(cache_path, "w", encoding="utf-8") as handle:
+                json.dump({"root": str(root.resolve()), "files": fresh}, handle)
+    return {"files": len(entries), "bytes": total, "sha256": whole.hexdigest()}, files
+
+
+def split_digest(dataset):
+    """sha256 of a split's item identities in split order (data/base.py, identities())."""
+    try:
+        identities = dataset.identities()
+    except AttributeError:  # a torch Dataset outside the protocol: its size says what it can
+        identities = list(range(len(dataset)))
+    text = json.dumps(identities, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Hasher:
+    """Fingerprints `roots` ({name: path}) in a thread: `result()` is None until done, then
+    ({name: fingerprint}, {name: {file: digest}}). A thread that fails logs why and gives
+    each root {"error": text}: the run trains on either way."""
+
+    def __init__(self, roots):
+        self.roots, self._result = dict(roots), None
+        self._thread = threading.Thread(target=self._work, name="data-fingerprint", daemon=True)
+        self._thread.start()
+
+    def _work(self):
+        prints, files = {}, {}
+        for name, root in self.roots.items():
+            try:
+                prints[name], files[name] = fingerprint(root)
+            except Exception as error:  # noqa: BLE001 - a fingerprint is a record, never a reason to stop training
+                log.warning("could not fingerprint the data at %s: %s", root, error)
+                prints[name], files[name] = {"error": str(error)}, {}
+        self._result = (prints, files)
+
+    def result(self, wait=False):
+        if wait:
+            self._thread.join()
+        return self._result
