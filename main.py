@@ -24,6 +24,7 @@ from utils.core.registry import EXPERIMENTS
 from utils.core.shell import main_command, typed
 from utils.engine import distributed, runtime
 from utils.export import options as export_options  # each registers its command's help (configs/commands.py)
+from utils.reproduce import options as reproduce_options
 from utils.runs import render
 from utils.sweep import options as sweep_options
 
@@ -36,13 +37,23 @@ def help(*args, **flags):  # noqa: A001 - the command is called help, as in the 
 
 
 def runs(*args, **flags):
-    """Print a table of the runs under --checkpoint-dir."""
-    if args:
-        raise UsageError(f"unexpected argument {args[0]!r}: runs takes --checkpoint-dir=<folder> only")
+    """Print a table of the runs under --checkpoint-dir, or how two runs differ (--diff A B)."""
+    diff = flags.pop("diff", None)
+    if diff is not None:
+        pair = [str(diff), *map(str, args)] if diff is not True else list(map(str, args))
+        if len(pair) != 2:
+            raise UsageError(f"runs --diff takes two runs: {main_command()} runs --diff <run> <other run>")
+    elif args:
+        raise UsageError(f"unexpected argument {args[0]!r}: runs takes --checkpoint-dir=<folder> and --diff <run> <run>")
     unknown = sorted(set(flags) - {"checkpoint_dir", "checkpoint-dir"})
     if unknown:
-        raise UsageError(f"runs takes --checkpoint-dir=<folder> only; got --{unknown[0].replace('_', '-')}")
+        raise UsageError(f"runs takes --checkpoint-dir=<folder> and --diff <run> <run>; got --{unknown[0].replace('_', '-')}")
     cfg = load_config({key: Text(value) for key, value in flags.items()})
+    if diff is not None:
+        from utils.reproduce.run_diff import render as render_diff  # yaml and json, no torch
+
+        print(render_diff(cfg.checkpoint_dir, *pair))
+        return
     print(render(cfg.checkpoint_dir))
 
 
@@ -93,6 +104,32 @@ def export(*args, **flags):
     _in_processes(cfg, work)
 
 
+def reproduce(*args, **flags):
+    """Train a run again in a scratch run dir and compare it bit for bit (README: Reproducibility)."""
+    if args:
+        raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
+                         f"`{main_command()} reproduce --help` lists them")
+    options, run_flags = reproduce_options.split_options(flags)
+    from utils.reproduce.plan import prepare  # reads yaml and json, no torch
+
+    named = {str(key).replace("-", "_"): Text(value) if isinstance(value, str) else value
+             for key, value in run_flags.items() if str(key).replace("-", "_") in ("env", "checkpoint_dir")}
+    # A sweep's trial is --env=<study>/trial-<n>: the run trial-<n> in the study's folder.
+    study, _, trial = str(named.get("env") or "").rpartition("/")
+    if study:
+        named["env"] = Text(trial)
+        named["checkpoint_dir"] = Text(str(Path(str(named.get("checkpoint_dir") or "checkpoints")) / study))
+    plan = prepare(options, load_config(named), {k: v for k, v in run_flags.items()
+                                                 if str(k).replace("-", "_") not in named}, study)
+
+    def work():
+        from utils.reproduce import rerun  # torch
+
+        rerun.main(plan)
+
+    _in_processes(plan.cfg, work)
+
+
 def experiment_commands(name):
     """{command: method name} of experiment `name`, read from its source (no import)."""
     commands = {command: command for command in EXPERIMENTS.declared(name, "commands") or {}}
@@ -104,7 +141,7 @@ def all_commands():
     found = {}
     for name in EXPERIMENTS.names():
         found.update(experiment_commands(name))
-    return [*found, "export", "sweep", "runs", "help"]
+    return [*found, "export", "reproduce", "sweep", "runs", "help"]
 
 
 def _run(command, args, flags):
@@ -140,6 +177,7 @@ def _in_processes(cfg, work):
     runtime.prepare_threads()  # before torch is imported
     distributed.setup(cfg)  # joins the process group under torchrun; nothing otherwise
     runtime.apply_threads(cfg)
+    runtime.apply_determinism(cfg)
     try:
         work()
     except UserError as error:
@@ -235,11 +273,13 @@ def _main(argv):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     as_text = fire.decorators.SetParseFn(str)  # the schema types values, not fire
-    table = {name: as_text(_command(name)) for name in commands if name not in ("help", "runs", "sweep", "export")}
+    table = {name: as_text(_command(name)) for name in commands
+             if name not in ("help", "runs", "sweep", "export", "reproduce")}
     table["help"] = help
     table["runs"] = as_text(runs)
     table["sweep"] = as_text(sweep)
     table["export"] = as_text(export)
+    table["reproduce"] = as_text(reproduce)
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:

@@ -19,7 +19,7 @@ LAYERS = (
     ("utils.engine",),
     ("models",),
     ("utils.export",),
-    ("experiments", "utils.sweep"),
+    ("experiments", "utils.sweep", "utils.reproduce"),
     ("utils.runs",),
     ("main",),
 )
