@@ -47,6 +47,14 @@ def test_train_writes_both_nets_both_optimizers_the_fixed_noise_and_grids(refere
     assert "trained reference: 3 epochs; checkpoints in" in result.stdout
 
 
+def test_a_gan_run_reproduces_bit_for_bit(reference):
+    tmp_path, _ = reference
+    result = run_cli("reproduce", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=reference")
+    assert result.returncode == 0, result.stderr
+    assert "reproduced: epoch 1 bit-identical (netg, netd, optimizer g, optimizer d, lr policy g, lr policy d, fixed noise: " \
+           in result.stdout, result.stdout
+
+
 def test_tensorboard_has_both_losses_and_d_outputs(reference):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

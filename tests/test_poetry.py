@@ -52,6 +52,13 @@ def test_the_model_learns_far_below_the_unigram_entropy_of_its_corpus(reference)
     assert "generate --experiment=poetry --env=reference" in result.stdout  # what to run next
 
 
+def test_a_poet_run_reproduces_bit_for_bit_from_a_checkpoint_of_its_middle(reference, tmp_path):
+    runs = reference[0] / "runs"
+    result = run_cli("reproduce", f"--checkpoint-dir={runs}", "--env=reference")
+    assert result.returncode == 0, result.stderr
+    assert "reproduced: epoch 1 bit-identical (model, optimizer, lr policy: " in result.stdout, result.stdout
+
+
 def test_the_vocabulary_is_sorted_after_the_marks_and_kept_in_every_checkpoint(reference):
     tmp_path, _ = reference
     corpus = (tmp_path / "sample" / "poems.txt").read_text(encoding="utf-8").split()
