@@ -35,7 +35,9 @@ COMMAND_OPTIONS = {
 }
 OTHER_COMMAND = ("experiment", "env", "load_model_path", "checkpoint_dir", "seed", "device")
 RUNS_COMMAND = ("a table of the runs under --checkpoint-dir: env, experiment, model, epochs, best metric, state, size; "
-                "then the sweeps' studies: trials by state, best value and parameters")
+                "then the sweeps' studies: trials by state, best value and parameters. `runs --diff <run> <other run>`: "
+                "the options and manifest items (code, packages, data, machine, threads) that differ, each run's best "
+                "metric, and the first epoch at which their fingerprints part")
 
 def _table_lines(options, width):
     """A registered command's own options (configs/commands.py), as `_option_lines` shows the

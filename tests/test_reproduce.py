@@ -109,6 +109,16 @@ def test_reproduce_from_a_checkpoint_checks_the_tail_and_keep_leaves_the_scratch
     shutil.rmtree(scratch)
 
 
+def test_a_stopped_reproduce_removes_its_scratch_run_and_says_the_run_is_untouched(trained):
+    tmp_path, run_dir = trained
+    before = files_of(run_dir)
+    result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=run", env={"RUNNER_FAULT_AT_STEP": "3:SIGTERM"})
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (f"reproduce of run stopped before it finished; nothing of "
+                                                      f"{run_dir} was written")
+    assert scratch_dirs(tmp_path / "runs") == [] and files_of(run_dir) == before
+
+
 def test_another_thread_count_is_named_where_it_changes_the_numbers(trained):
     tmp_path, run_dir = trained
     result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=run", "--threads=1")

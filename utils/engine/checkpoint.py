@@ -141,7 +141,7 @@ class CheckpointManager:
     def _write_epoch_end(self, state, best, epoch):
         # The fingerprints of the epoch's state: in its own file first (a kill before last.pth
         # has the epoch redone, which writes the same file again), then in each checkpoint.
-        prints = fingerprints.of_checkpoint(state)
+        prints = safe_fingerprints(state)
         if prints:
             fingerprints.write(self.run_dir, prints, epoch, state.get("global_step"))
             state = dict(state, fingerprints=fingerprints.summary(prints))
@@ -173,8 +173,18 @@ class CheckpointManager:
 def with_fingerprints(state):
     """`state` with {object: sha256} of its objects under "fingerprints" (a stop's or a
     crash's checkpoint: `reproduce --from` checks what it loads against them)."""
-    prints = fingerprints.of_checkpoint(state)
+    prints = safe_fingerprints(state)
     return dict(state, fingerprints=fingerprints.summary(prints)) if prints else state
+
+
+def safe_fingerprints(state):
+    """fingerprints.of_checkpoint(state), or {} (with a warning) when an object's state
+    cannot be hashed: a record is never a reason to lose the checkpoint it describes."""
+    try:
+        return fingerprints.of_checkpoint(state)
+    except Exception as error:  # noqa: BLE001 - see above
+        log.warning("could not fingerprint the state (%s: %s); the checkpoint is written without", type(error).__name__, error)
+        return {}
 
 
 def detached_copy(value):
