@@ -2,8 +2,8 @@
 (over the sorted relative paths and each file's sha256), and a short digest per file, so a
 difference names the files that changed.
 
-Hashing 25,000 images must not hold up the first step: a run hashes in a thread beside its
-training (`Hasher`; file reads and hashlib let go of the GIL), and every file's sha256 is
+Hashing 25,000 images must not hold up the first step: a run hashes beside its training, in
+a child process at the lowest CPU priority (`Hasher`), and every file's sha256 is
 cached by (path, size, modification time) in <cache>/data-hashes/, so a second run over the
 same folder reads no file (benchmarks/data_hash.py). The cache folder is $RUNNER_CACHE_DIR,
 else $XDG_CACHE_HOME/the-runner, else ~/.cache/the-runner; a cache that cannot be read or
@@ -14,6 +14,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -115,26 +117,64 @@ def split_digest(dataset):
 
 
 class Hasher:
-    """Fingerprints `roots` ({name: path}) in a thread: `result()` is None until done, then
-    ({name: fingerprint}, {name: {file: digest}}). A thread that fails logs why and gives
-    each root {"error": text}: the run trains on either way."""
+    """Fingerprints `roots` ({name: path}) beside training: `result()` is None until done,
+    then ({name: fingerprint}, {name: {file: digest}}). The hashing runs in a child process
+    at the lowest CPU priority (nice 19), so it takes the cycles training leaves and never
+    the training process's GIL; a thread of this process only waits for it. Where that child
+    cannot run, the thread hashes itself. A root that cannot be hashed gets {"error": text}
+    and a warning: the run trains on either way."""
 
     def __init__(self, roots):
-        self.roots, self._result = dict(roots), None
+        self.roots, self._result = {name: str(root) for name, root in roots.items()}, None
         self._thread = threading.Thread(target=self._work, name="data-fingerprint", daemon=True)
         self._thread.start()
 
     def _work(self):
-        prints, files = {}, {}
-        for name, root in self.roots.items():
-            try:
-                prints[name], files[name] = fingerprint(root)
-            except Exception as error:  # noqa: BLE001 - a fingerprint is a record, never a reason to stop training
-                log.warning("could not fingerprint the data at %s: %s", root, error)
-                prints[name], files[name] = {"error": str(error)}, {}
-        self._result = (prints, files)
+        try:
+            self._result = _in_child(self.roots)
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            log.info("hashing the data in this process (%s)", error)
+            self._result = fingerprints(self.roots)
 
     def result(self, wait=False):
         if wait:
             self._thread.join()
         return self._result
+
+
+def fingerprints(roots):
+    """({name: fingerprint}, {name: {file: digest}}) of `roots`, a failure per root recorded."""
+    prints, files = {}, {}
+    for name, root in roots.items():
+        try:
+            prints[name], files[name] = fingerprint(root)
+        except Exception as error:  # noqa: BLE001 - a fingerprint is a record, never a reason to stop training
+            log.warning("could not fingerprint the data at %s: %s", root, error)
+            prints[name], files[name] = {"error": str(error)}, {}
+    return prints, files
+
+
+def _lowest_priority():
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(19)
+
+
+def _in_child(roots):
+    project = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "utils.engine.data_fingerprint", json.dumps(roots)], cwd=project,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=24 * 3600,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(project),
+                                                                                        os.environ.get("PYTHONPATH")]))))
+    if done.returncode != 0:
+        raise ValueError(f"the hashing process ended with {done.returncode}: {done.stderr.strip()[-300:]}")
+    answer = json.loads(done.stdout)
+    for name, entry in answer[0].items():
+        if "error" in entry:
+            log.warning("could not fingerprint the data at %s: %s", roots[name], entry["error"])
+    return answer[0], answer[1]
+
+
+if __name__ == "__main__":  # the Hasher's child: roots as JSON in, the fingerprints as JSON out
+    _lowest_priority()  # itself, not in a preexec_fn, which is unsafe in a process with threads
+    logging.disable(logging.WARNING)
+    print(json.dumps(fingerprints(json.loads(sys.argv[1]))))

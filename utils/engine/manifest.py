@@ -87,7 +87,7 @@ def settings(cfg, device, precision, world_size):
 
     return {"threads": torch.get_num_threads(), "world_size": world_size, "device": str(device),
             "precision": str(precision.dtype).replace("torch.", "") if precision.dtype is not None else "float32",
-            "channels_last": cfg.channels_last, "compile": cfg.compile, "seed": cfg.seed,
+            "channels_last": cfg.channels_last, "compile": cfg.compile, "seed": cfg.seed, "max_epoch": cfg.max_epoch,
             "determinism": {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
                             "cudnn_deterministic": torch.backends.cudnn.deterministic,
                             "cudnn_benchmark": torch.backends.cudnn.benchmark,

@@ -25,6 +25,7 @@ class Plan:
     prints: dict  # {epoch: fingerprint record} of the original
     start: Path  # --from: the checkpoint to start from, or None
     options: object  # ReproduceOptions
+    threads_given: bool = False  # --threads was given (else the run's own count is used)
 
 
 def prepare(options, cfg, flags, study=""):
@@ -56,10 +57,13 @@ def prepare(options, cfg, flags, study=""):
     recorded = manifest.read(run_dir)
     overrides = {str(key).replace("-", "_"): Text(str(value)) if not isinstance(value, bool) else value
                  for key, value in flags.items() if str(key).replace("-", "_") not in ("env", "checkpoint_dir")}
-    if "threads" not in overrides and recorded:
+    threads_given = "threads" in overrides
+    if recorded and start is None:  # (from a checkpoint: its own thread count and config, rerun._start)
         _, block = manifest_diff.block_at(recorded, 0)
-        if block.get("threads"):
+        if block.get("threads") and not threads_given:
             overrides["threads"] = Text(str(block["threads"]))  # the run's own count: float sums split alike
+        if block.get("max_epoch"):  # a schedule's length as it began (config.yaml has a resume's --max-epoch)
+            overrides["max_epoch"] = Text(str(block["max_epoch"]))
     parent = top  # scratch runs beside the runs
     if start is None:
         scratch_cfg = load_config({"config": str(saved_config), **overrides, "env": "reproduce",
@@ -67,7 +71,8 @@ def prepare(options, cfg, flags, study=""):
     else:
         scratch_cfg = load_config({**overrides, "experiment": experiment, "env": "reproduce",
                                    "checkpoint_dir": str(parent), "resume": "last"})
-    return Plan(run_dir, name, experiment, scratch_cfg, recorded, fingerprints.read(run_dir), start, options)
+    return Plan(run_dir, name, experiment, scratch_cfg, recorded, fingerprints.read(run_dir), start, options,
+                threads_given)
 
 
 def scratch_name(plan):

@@ -12,7 +12,8 @@ listed. The scratch dir is removed unless --keep.
 import dataclasses
 import logging
 import shutil
-from pathlib import Path
+
+import torch
 
 from utils.core.errors import UsageError, UserError, plural
 from utils.engine import checkpoint, distributed, fingerprints, manifest, manifest_diff, runtime
@@ -65,9 +66,14 @@ class Comparer:
     def _tolerated(self, epoch, described):
         """Compare tensor by tensor with the original's checkpoint of `epoch` (when it kept
         one); True when equal, or within --atol."""
-        found, compared = [], 0
+        found = []
         if epoch in self.saved:
-            found, compared, _ = compare.tensor_differences(self.saved[epoch], self.scratch_dir / checkpoint.LAST)
+            found, compared, objects = compare.tensor_differences(self.saved[epoch], self.scratch_dir / checkpoint.LAST)
+            if not compared:  # nothing in common to compare (an average saved in another form)
+                self.unchecked.append(epoch)
+                return True
+            if described is None:  # compared by the checkpoint alone: say what was
+                self.objects, self.tensors = objects, compared
             if not found:
                 self.identical.append(epoch)
                 return True
@@ -91,7 +97,7 @@ def main(plan):
     scratch = cfg.run_dir
     try:
         start = _start(plan, scratch)
-        target = _target(plan, start)
+        target = distributed.broadcast_object(_target(plan, start, cfg) if distributed.is_main() else None)
         comparer = Comparer(plan, scratch, start["epoch"], target, start["saved"])
         _note_world(plan, start["epoch"])
         if distributed.is_main():
@@ -123,6 +129,8 @@ def _start(plan, scratch):
     state = checkpoint.load_checkpoint(plan.start)
     if state.get("kind") == checkpoint.WEIGHTS_KIND or "epoch" not in state or not isinstance(state.get("config"), dict):
         raise UsageError(f"--from={plan.start} holds weights only, no run state; give last.pth or an epoch_<n>.pth of the run")
+    if not plan.threads_given and state.get("threads"):
+        torch.set_num_threads(state["threads"])  # the count the run had when it saved this: float sums split alike
     recorded = state.get("fingerprints")
     if recorded and fingerprints.summary(fingerprints.of_checkpoint(state)) != recorded:
         raise UserError(f"--from={plan.start} does not match the fingerprints written into it: the file changed "
@@ -136,9 +144,11 @@ def _start(plan, scratch):
             "saved": saved}
 
 
-def _target(plan, start):
+def _target(plan, start, cfg):
     """The last epoch to train: --epochs after the start, or every epoch the run recorded
-    (--all); for a run without fingerprints, up to an epoch whose checkpoint it kept."""
+    (--all); for a run without fingerprints, up to an epoch whose checkpoint it kept; never
+    past the --max-epoch the run began with (a resume that trained it further changed its
+    schedule's length: --from a checkpoint of that resume checks those epochs)."""
     recorded = sorted(plan.prints) or sorted(start["saved"])
     done = max(recorded, default=0)
     if done <= start["epoch"]:
@@ -149,6 +159,10 @@ def _target(plan, start):
     if not plan.prints:
         later = [epoch for epoch in start["saved"] if epoch >= target]
         target = later[0] if later else done
+    if target > cfg.max_epoch and plan.start is None:
+        print(f"note: {plan.env} began with --max-epoch={cfg.max_epoch} and a resume trained it further; epochs after "
+              f"{cfg.max_epoch} are checked --from a checkpoint of theirs (--keep-checkpoints)")
+        target = cfg.max_epoch
     return target
 
 
@@ -191,8 +205,7 @@ def _report(plan, comparer, scratch, start):
         print(f"{plan.env} has no manifest.json (trained before the runner wrote one): its code, packages, machine, "
               f"threads and data cannot be compared; {'its fingerprints are' if plan.prints else 'its saved weights are'} "
               f"compared instead")
-    device = str(comparer and _device(scratch))
-    if device.startswith("cuda") and not plan.cfg.deterministic:
+    if _device(scratch).startswith("cuda") and not plan.cfg.deterministic:
         print("note: on a GPU some kernels are not deterministic, so two runs may part in the last bits; train with "
               "--deterministic for bit-identical GPU runs (slower; docs/reproducibility.md), or compare within a "
               "tolerance with --atol")
