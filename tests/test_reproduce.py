@@ -130,6 +130,18 @@ def test_another_thread_count_is_named_where_it_changes_the_numbers(trained):
     assert scratch_dirs(tmp_path / "runs") == []
 
 
+def test_atol_accepts_the_last_bits_where_the_run_kept_that_epochs_checkpoint(trained):
+    tmp_path, _ = trained
+    result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=run", "--threads=1", "--atol=1e-3")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("reproduced within --atol=0.001: "))
+    worst = float(line.split("max |difference| ")[1].split(";")[0])
+    assert 0 < worst <= 1e-3  # not bit for bit (2 threads against 1), within the tolerance
+    assert "  threads 2 -> 1" in result.stdout.splitlines()
+    tight = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=run", "--threads=1", f"--atol={worst / 10}")
+    assert tight.returncode == 1 and "  max |difference| of model/" in tight.stdout, tight.stdout
+
+
 def test_a_changed_training_file_is_named_with_the_count_of_files(trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained[0] / "data", data)
