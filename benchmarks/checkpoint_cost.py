@@ -25,14 +25,10 @@ from models import build_model  # noqa: E402
 from utils.engine import checkpoint  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ResNet34")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--folder", default="checkpoints", help="where to write (the disk of your runs)")
-    args = parser.parse_args()
+def trained_once(args):
+    """(model, its Adam, a function that takes one training step and returns its seconds) of
+    --model at --image-size, after one step, so Adam's two moments exist (the state a
+    resumable last.pth holds)."""
     cfg = load_config({"model": args.model, "num_classes": 2, "image_size": args.image_size})
     model = build_model(cfg).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters())
@@ -48,6 +44,18 @@ def main():
         return time.perf_counter() - started
 
     train_step()
+    return model, optimizer, train_step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ResNet34")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--folder", default="checkpoints", help="where to write (the disk of your runs)")
+    args = parser.parse_args()
+    model, optimizer, train_step = trained_once(args)
 
     def state():
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1}

@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from configs import load_config  # noqa: E402
-from models import build_model  # noqa: E402
+from benchmarks.checkpoint_cost import trained_once  # noqa: E402
 from utils.engine import checkpoint, fingerprints  # noqa: E402
 
 
@@ -33,21 +32,7 @@ def main():
     parser.add_argument("--images", type=int, default=17500, help="images per epoch (Kaggle's train split)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    cfg = load_config({"model": args.model, "num_classes": 2, "image_size": args.image_size})
-    model = build_model(cfg).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters())
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size).to(memory_format=torch.channels_last)
-    labels = torch.zeros(args.batch_size, dtype=torch.long)
-
-    def train_step():
-        started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - started
-
-    train_step()
+    model, optimizer, train_step = trained_once(args)
     state = checkpoint.detached_copy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "objects": ["model", "optimizer"]})
     size = sum(leaf.numel() * leaf.element_size() for name in state["objects"]

@@ -36,10 +36,10 @@ from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
 from utils.engine import checkpoint, distributed, resume, runtime
-from utils.engine.manifest import Manifest
 from utils.engine.averages import add_averages
 from utils.engine.experiment import Context
 from utils.engine.lr_policy import LrPolicy
+from utils.engine.manifest import Manifest
 from utils.engine.outputs import Outputs
 from utils.engine.precision import Precision, compiled
 from utils.engine.reporting import describe_world, log_progress, next_commands, report_epoch
@@ -58,7 +58,9 @@ def train(cfg, trial=None, given=()):
     (`trial.epoch_end(epoch, metrics)`), and a reason it returns ends the run, pruned, after
     that epoch's checkpoints; `trial.check_owner()` is called before every write and raises
     when the run dir now belongs to another worker; `trial.resume_command`, when it has one,
-    is what a stop prints to go on."""
+    is what a stop prints to go on. A trial with `compare` (utils/reproduce/rerun.py) is
+    handed each epoch end's fingerprints once written, on rank 0, and a reason it returns ends
+    the run there; one with `quiet` set prints nothing at the end."""
     if cfg.resume:
         distributed.check_shared(resume.checkpoint_path(cfg))  # every node must see the run it resumes
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
@@ -217,7 +219,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                                                                                experiment.checkpoint_info()))
             outputs.write_status(ctx.state, "running")
             if manifest is not None:
-                manifest.update()  # the data's fingerprint, once its thread has hashed it
+                manifest.update()  # the data's fingerprint, once it is hashed
             compare = getattr(trial, "compare", None)
             if compare is not None:  # `reproduce`: each epoch's fingerprints against the original run's
                 outputs.checkpoints.wait()

@@ -136,8 +136,6 @@ class Manifest:
         self.document, self.files, self.hasher, self.index, self.roots = None, {}, None, None, {}
 
     def start(self, cfg, device, precision, world_size, datasets, state):
-        import torch
-
         existing = read(self.run_dir) if cfg.resume else None
         self.document = existing or {"format": FORMAT, "run": cfg.env, "experiment": cfg.experiment, "environments": []}
         self.files = read_files(self.run_dir) if existing else {}
@@ -145,7 +143,7 @@ class Manifest:
                  "at": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step},
                  "host": socket.gethostname(), "command": command_line(), "cwd": os.getcwd(),
                  "code": provenance.code_state(), "python": platform.python_version(),
-                 "torch": torch.__version__, "packages": packages(), "hardware": hardware(device),
+                 "packages": packages(), "hardware": hardware(device),
                  **settings(cfg, device, precision, world_size),
                  "data": {"split": {name: data_fingerprint.split_digest(ds) for name, ds in datasets.items() if ds is not None},
                           "sizes": {name: len(ds) for name, ds in datasets.items() if ds is not None}, "roots": None}}
