@@ -36,7 +36,7 @@ def main():
     state = checkpoint.detached_copy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "objects": ["model", "optimizer"]})
     size = sum(leaf.numel() * leaf.element_size() for name in state["objects"]
-               for _, leaf in fingerprints._leaves(state[name]) if torch.is_tensor(leaf))
+               for _, leaf in fingerprints.leaves(state[name]) if torch.is_tensor(leaf))
     best = {"hash": float("inf"), "alone": float("inf"), "during": float("inf")}
     for _ in range(args.rounds):
         started = time.perf_counter()

@@ -23,14 +23,14 @@ FOLDER = "fingerprints"
 SHORT = 16  # hex digits of a tensor's own digest: enough to tell which tensors differ
 
 
-def _leaves(value, path=""):
+def leaves(value, path=""):
     """(path, leaf) of a nested state in canonical order."""
     if isinstance(value, dict):
         for key in sorted(value, key=str):
-            yield from _leaves(value[key], f"{path}.{key}" if path else str(key))
+            yield from leaves(value[key], f"{path}.{key}" if path else str(key))
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            yield from _leaves(item, f"{path}.{index}" if path else str(index))
+            yield from leaves(item, f"{path}.{index}" if path else str(index))
     else:
         yield path, value
 
@@ -57,7 +57,7 @@ def of_object(state):
     import torch
 
     whole, tensors = hashlib.sha256(), {}
-    for path, leaf in _leaves(state):
+    for path, leaf in leaves(state):
         whole.update(path.encode() + b"\0")
         if torch.is_tensor(leaf):
             head = f"{leaf.dtype}|{tuple(leaf.shape)}|".encode()

@@ -29,9 +29,9 @@ def saved_epochs(run_dir):
     return dict(sorted(found.items()))
 
 
-def _leaves(state, objects):
+def _tensors_of(state, objects):
     return {f"{name}/{path}": leaf for name in objects if isinstance(state.get(name), dict)
-            for path, leaf in fingerprints._leaves(state[name])}
+            for path, leaf in fingerprints.leaves(state[name])}
 
 
 def tensor_differences(original_path, scratch_path):
@@ -42,7 +42,7 @@ def tensor_differences(original_path, scratch_path):
     objects = [name for name in scratch.get("objects", ()) if isinstance(original.get(name), dict)]
     if original.get("kind") == checkpoint.WEIGHTS_KIND:  # best.pth: the modules' weights only
         objects = [name for name in objects if any(torch.is_tensor(v) for v in original[name].values())]
-    old, new = _leaves(original, objects), _leaves(scratch, objects)
+    old, new = _tensors_of(original, objects), _tensors_of(scratch, objects)
     found, compared = [], 0
     for key in sorted(set(old) & set(new)):
         a, b = old[key], new[key]
