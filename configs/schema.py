@@ -65,8 +65,9 @@ class Config:
     seed: int = option(0, "run", "seeds weights, data split, data order and augmentation", role="split", minimum=0)
     device: str = option("auto", "run", "auto (CUDA when present) | cpu | cuda | cuda:N", role="execution")
     use_gpu: Optional[bool] = option(None, "run", "the book's switch: true = --device=cuda, false = --device=cpu", role="execution")
+    save_every: str = option("", "run", "also write last.pth inside an epoch, so a killed run redoes little: N = every N steps, or a time such as 10m, 90s, 1h (rank 0's clock decides, every rank saves the same step); written off the training thread; '' = at epoch ends and stops only", role="execution")
     keep_checkpoints: int = option(0, "run", "also keep epoch_<n>.pth for the last k epochs (0 = only last.pth, best.pth)", role="execution", minimum=0)
-    resume: str = option("", "run", "continue a run: bare flag = <run dir>/last.pth, or a checkpoint path", role="invocation", path=True, bare="last")
+    resume: str = option("", "run", "continue a run: bare flag = <run dir>/last.pth, or a checkpoint path; auto = the one command for every start and restart (torchrun --max-restarts, SLURM --requeue): a fresh run when --env holds none, else resume its newest checkpoint, or say it has finished", role="invocation", path=True, bare="last")
 
     # -- data -------------------------------------------------------------------------------
     dataset: str = option("dogcat", "data", "dataset (DATASETS registry): dogcat | cifar10 | mnist | imagefolder; gan: faces", role="split", registry="datasets")
@@ -114,6 +115,7 @@ class Config:
 
     # -- distributed (torchrun --nproc_per_node=N main.py train ...) ------------------------
     sync_bn: bool = option(False, "distributed", "under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) instead of each process's own")
+    dist_timeout: int = option(600, "distributed", "seconds a process waits in a collective (and torchrun's store) for a peer before it gives up and exits, so torchrun can restart the group: a peer that died is noticed at once when its connection closes, one whose machine vanished after this long", role="execution", minimum=10, maximum=7 * 24 * 3600)
     requeue_signal: Optional[str] = option(None, "distributed", "also save last.pth and exit (128 + its number) on this signal, e.g. USR1 from SLURM's --signal, so a requeued job resumes; SIGTERM always does", role="execution", choices=("USR1", "USR2"))
 
     # -- performance ------------------------------------------------------------------------

@@ -144,3 +144,24 @@ def coerce(name, value, where, experiment=None):
         fail("a string (quote it in YAML)")
     text = str(value)
     return os.path.expanduser(text) if meta["path"] and text else text
+
+
+_INTERVAL = re.compile(r"(\d+(?:\.\d*)?)\s*([smh]?)")
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def save_interval(text):
+    """--save-every as ("steps", N), ("seconds", S) or None (off): N = every N steps, "10m" /
+    "90s" / "1.5h" a time; UsageError naming the forms for anything else."""
+    text = str(text or "").strip().lower()
+    if text in ("", "0"):
+        return None
+    found = _INTERVAL.fullmatch(text)
+    if found is not None:
+        number, unit = found.groups()
+        if not unit and "." not in number and 0 < int(number) <= 10**12:
+            return "steps", int(number)
+        if unit and 0 < float(number) <= 10**7:
+            return "seconds", float(number) * _SECONDS[unit]
+    raise UsageError(f"option --save-every must be a number of steps (e.g. 500) or a time with its unit (e.g. 10m, 90s, "
+                     f"1h), or '' for epoch ends only; got {excerpt(text)}")

@@ -219,8 +219,8 @@ def test_evaluation_shares_cover_the_split_once_without_padding(size, world):
 
 
 def test_one_process_agrees_with_itself():
-    values, size, stop = distributed.agree_step({"loss": torch.tensor(0.25)}, 4, None)
-    assert (values, size, stop) == ({"loss": 0.25}, 4, None)
+    values, size, stop, save = distributed.agree_step({"loss": torch.tensor(0.25)}, 4, None)
+    assert (values, size, stop, save) == ({"loss": 0.25}, 4, None, False)
     assert distributed.sum_values([1, 2.5]) == [1, 2.5]
     assert distributed.gather_objects("x") == ["x"]
 

@@ -155,12 +155,25 @@ class CheckpointManager:
             for old in numbered[: -self.keep_epochs]:
                 old.unlink()
 
-    def save_last(self, state):
+    def save_last(self, state, background=False):
+        """last.pth of a stop (at once) or of --save-every inside an epoch (`background`: by a
+        thread while training goes on, after a copy of the tensors, as at an epoch end)."""
         if self.writes:
-            self.wait()  # an epoch end's last.pth still being written must not land after this one
+            self.wait()  # an earlier last.pth still being written must not land after this one
             self.guard()
-            save_checkpoint(with_fingerprints(state), self.run_dir / LAST)
+            if background:
+                self._writer = threading.Thread(target=self._write_last_in_background, args=(detached_copy(state),),
+                                                name="checkpoint-writer")
+                self._writer.start()
+            else:
+                save_checkpoint(with_fingerprints(state), self.run_dir / LAST)
         return self.run_dir / LAST
+
+    def _write_last_in_background(self, state):
+        try:
+            save_checkpoint(with_fingerprints(state), self.run_dir / LAST)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread by wait()
+            self._error = error
 
     def save_emergency(self, state):
         if self.writes:

@@ -305,28 +305,30 @@ def sum_values(values):
     return tensor.tolist()
 
 
-def agree_step(values, size, pending):
-    """({name: global mean}, global image count, agreed stop reason or None) of one step.
-    `values` are this rank's batch means (tensors or numbers), `size` its batch size,
-    `pending` the stop this rank was asked for (a signal number, "debugger quit",
-    "requeue") or None. A NaN on any rank makes the mean NaN, so every rank sees it."""
+def agree_step(values, size, pending, save=False):
+    """({name: global mean}, global image count, agreed stop reason or None, agreed save) of
+    one step. `values` are this rank's batch means (tensors or numbers), `size` its batch
+    size, `pending` the stop this rank was asked for (a signal number, "debugger quit",
+    "requeue") or None, `save` whether this rank wants a checkpoint now (--save-every: rank
+    0's clock); the save is agreed when any rank wants it. A NaN on any rank makes the mean
+    NaN, so every rank sees it."""
     if not active():
-        return {name: float(value) for name, value in values.items()}, size, pending
+        return {name: float(value) for name, value in values.items()}, size, pending, bool(save)
     import torch
     import torch.distributed as dist
 
     names = list(values)
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    # [value x size for each name..., size, one count per stop reason]: sums over ranks.
+    # [value x size for each name..., size, save, one count per stop reason]: sums over ranks.
     sums = [torch.as_tensor(values[name], dtype=torch.float64, device=device).reshape(1) * size for name in names]
-    counts = [float(size)] + [float(pending == reason) for reason in STOP_REASONS]
+    counts = [float(size), float(bool(save))] + [float(pending == reason) for reason in STOP_REASONS]
     vector = torch.cat(sums + [torch.tensor(counts, dtype=torch.float64, device=device)])
     dist.all_reduce(vector)
     totals = vector.tolist()
     total_size = int(totals[len(names)])
-    seen = totals[len(names) + 1:]
+    seen = totals[len(names) + 2:]
     agreed = next((reason for reason, count in reversed(list(zip(STOP_REASONS, seen))) if count > 0), None)
-    return {name: totals[i] / total_size for i, name in enumerate(names)}, total_size, agreed
+    return {name: totals[i] / total_size for i, name in enumerate(names)}, total_size, agreed, totals[len(names) + 1] > 0
 
 
 def agree_stop(pending):

@@ -35,8 +35,9 @@ from data import readable
 from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
-from utils.engine import checkpoint, distributed, resume, runtime
+from utils.engine import distributed, resume, runtime
 from utils.engine.averages import add_averages
+from utils.engine.elastic import MidEpochSaves
 from utils.engine.experiment import Context
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.manifest import Manifest
@@ -61,6 +62,8 @@ def train(cfg, trial=None, given=()):
     is what a stop prints to go on. A trial with `compare` (utils/reproduce/rerun.py) is
     handed each epoch end's fingerprints once written, on rank 0, and a reason it returns ends
     the run there; one with `quiet` set prints nothing at the end."""
+    auto = cfg.resume == resume.AUTO
+    cfg = resume.decide(cfg)  # --resume=auto: a fresh run, or the newest checkpoint
     if cfg.resume:
         distributed.check_shared(resume.checkpoint_path(cfg))  # every node must see the run it resumes
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
@@ -68,26 +71,11 @@ def train(cfg, trial=None, given=()):
     cfg = resumed["config"] if resumed else distributed.broadcast_object(runtime.name_run(cfg))
     saved = resumed["state"] if resumed else None
     if saved is not None:
-        over = {"run_dir": cfg.run_dir, "epoch": saved["epoch"], "best": saved["best"], "pruned": saved.get("pruned")}
-        if saved.get("pruned"):
+        done = resume.finished(cfg, saved, auto)
+        if done is not None:  # nothing is trained and no file touched
             if distributed.is_main() and trial is None:
-                print(f"run {cfg.env} has finished: its sweep's pruner ended it ({saved['pruned']}); nothing to "
-                      f"resume. Train its weights on in a new run: {runtime.main_command()} train "
-                      f"--config={cfg.run_dir / 'config.yaml'} --load-model-path={cfg.run_dir / checkpoint.LAST} "
-                      f"--env=<new name>")
-            return over
-        if saved["epoch"] >= cfg.max_epoch:
-            done = saved["epoch"]
-            if distributed.is_main() and trial is None:
-                print(f"run {cfg.env} has finished: {done} of --max-epoch={cfg.max_epoch} epochs done, nothing to "
-                      f"resume. Train it further: {runtime.further_command(cfg, done)}")
-            return over
-        if saved.get("stopped_early") and early_stop(cfg, saved["epoch"], saved["best"]):
-            if distributed.is_main() and trial is None:
-                larger = saved["epoch"] - saved["best"]["epoch"] + 1 if saved["best"] else 0
-                print(f"run {cfg.env} has finished: {saved['stopped_early']}; nothing to resume. Train on with a "
-                      f"larger --patience (0 = off): {runtime.resume_command(cfg)} --patience={larger}")
-            return over
+                print(done)
+            return {"run_dir": cfg.run_dir, "epoch": saved["epoch"], "best": saved["best"], "pruned": saved.get("pruned")}
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
     device = distributed.pick_device(cfg)
@@ -190,11 +178,13 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close, resume_with) as stopper:
         # One loader for the run: its workers stay up between epochs (persistent_workers), and
         # each epoch only tells the sampler, which runs in this process, which order to give.
+        saves = MidEpochSaves(cfg, outputs.checkpoints, snapshot)  # --save-every
         loader = runtime.make_loader(train_set, cfg, ctx.device, shuffle=True, epoch=ctx.state.epoch,
                                      start=ctx.state.samples_in_epoch)
         for epoch in range(ctx.state.epoch, cfg.max_epoch):
             loader.sampler.set_epoch(epoch, start=ctx.state.samples_in_epoch)
-            means, images_per_second, data_wait = run_epoch(experiment, objects, loader, ctx, stopper, epoch)
+            means, images_per_second, data_wait = run_epoch(experiment, objects, loader, ctx, stopper, epoch,
+                                                                saves)
             if stopper.requested:
                 break  # SafeStop saves last.pth (mid-epoch) on the way out
             # (an average's module only: its n_averaged counter stays on the CPU, which nccl cannot send)
@@ -208,12 +198,13 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             improved = is_improvement(monitors, cfg.monitor, metrics, ctx.state.best)
             if improved:
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
-            if epoch + 1 < cfg.max_epoch and early_stop(cfg, epoch + 1, ctx.state.best):
+            if epoch + 1 < cfg.max_epoch and resume.patience_over(cfg, epoch + 1, ctx.state.best):
                 ctx.state.stopped_early = describe_early_stop(cfg, epoch + 1, ctx.state.best)
             if trial is not None:  # a sweep's trial: report the epoch; its pruner may end the run here
                 verdict = trial.epoch_end(epoch + 1, metrics)
                 ctx.state.pruned = verdict if verdict and epoch + 1 < cfg.max_epoch else None
             report_epoch(experiment, objects, ctx, epoch, means, (images_per_second, data_wait), metrics, lrs, improved)
+            saves.epoch_written()
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
                                                                                experiment.checkpoint_info()))
@@ -236,10 +227,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     outputs.write_status(ctx.state, "pruned" if ctx.state.pruned else "finished")
 
 
-def early_stop(cfg, epochs_done, best):
-    """Whether --patience ends the run after `epochs_done` epochs, given the best so far."""
-    return bool(cfg.patience) and epochs_done - (best["epoch"] if best else 0) >= cfg.patience
-
+early_stop = resume.patience_over
 
 def describe_early_stop(cfg, epochs_done, best):
     where = f"stopped early at epoch {epochs_done}"
@@ -249,7 +237,7 @@ def describe_early_stop(cfg, epochs_done, best):
             f"(--patience={cfg.patience}; best {best['value']:.4f} at epoch {best['epoch']})")
 
 
-def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
+def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
     """One pass over `loader` (which may start mid-epoch); returns ({name: epoch mean},
     images/s of the steps run in this call, the share of their time spent waiting for data).
     Without a bar (no terminal, --progress=false) a plain progress line is logged at the
@@ -288,7 +276,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
         values = dict(scalars, **{experiment.losses[0]: math.nan} if fault == "nan" else {})
         # Means over every rank's images, the global batch size and the stop decision: the
         # same numbers on every rank (in one process: the step's own).
-        values, size, stopper.requested = distributed.agree_step(values, size, stopper.pending)
+        values, size, stopper.requested, save = distributed.agree_step(
+            values, size, stopper.pending, saves is not None and saves.wanted(state.global_step + 1))
         stopper.check_finite(values, epoch, state.step_in_epoch, experiment.losses)
         state.step_in_epoch += 1
         state.global_step += 1
@@ -322,6 +311,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch):
             # `epoch` as the bar and the log count it (1-based); state.epoch counts epochs finished.
             stopper.debug_check({**objects, **parts, **scalars, "cfg": cfg, "epoch": epoch + 1, "state": state, "ctx": ctx},
                                 before_prompt=bar.clear)
+        if saves is not None and not stopper.requested and saves.after_step(save, ctx.accumulation[1]):
+            ctx.outputs.write_status(state, "running")  # --save-every: `runs` shows the saved position
         if stopper.requested and ctx.accumulation[1]:
             break  # at the end of an accumulation group: no gradients are half-summed at a stop
         tick = time.perf_counter()

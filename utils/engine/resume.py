@@ -3,8 +3,15 @@
 The saved config is authoritative: only options whose schema role is `execution` or
 `invocation` (configs/schema.py) may differ on --resume; they change how the run executes
 or reports, not what it computes. Putting the state back is the engine's job.
+
+--resume=auto is the one command for every start and restart of a run (torchrun
+--max-restarts, SLURM --requeue, a Kubernetes restart policy run the same command line
+again): `decide` turns it into a fresh run when the run dir holds none, or the newest
+complete checkpoint to resume; rank 0 looks, every rank takes its answer.
 """
+import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import configs
@@ -12,18 +19,65 @@ from configs.loader import validate
 from configs.values import flag
 from configs.schema import all_fields, config_class, fields_of, with_role
 from utils.core.errors import UsageError, UserError
-from utils.engine import checkpoint
+from utils.engine import checkpoint, distributed, runtime
 
 log = logging.getLogger(__name__)
+AUTO = "auto"
 
 
 def checkpoint_path(cfg):
     """The file --resume points at: <run dir>/last.pth for the bare flag, else the path."""
-    if cfg.resume != "last":
+    if cfg.resume not in ("last", AUTO):
         return Path(cfg.resume)
     if not cfg.env:
-        raise UsageError("--resume needs --env=<run name> (a folder under --checkpoint-dir), or --resume=<path to last.pth>")
+        raise UsageError(f"--resume{'=auto' if cfg.resume == AUTO else ''} needs --env=<run name> (a folder under "
+                         f"--checkpoint-dir){'' if cfg.resume == AUTO else ', or --resume=<path to last.pth>'}")
     return cfg.run_dir / checkpoint.LAST
+
+
+def decide(cfg):
+    """cfg with --resume=auto resolved, the same on every rank (rank 0 looks at the run dir):
+    "" for a fresh run (the run dir holds no run), "last" for its last.pth (or for its
+    config.yaml alone: a run killed before its first checkpoint starts again), or the path of
+    the newest readable epoch_<n>.pth when last.pth is unreadable. Other values pass."""
+    if cfg.resume != AUTO:
+        return cfg
+    checkpoint_path(cfg)  # --env is required
+    choice = distributed.broadcast_object(distributed.on_main(lambda: _choose(cfg.run_dir)))
+    return dataclasses.replace(cfg, resume=choice)
+
+
+def _choose(run_dir):
+    last = run_dir / checkpoint.LAST
+    if not last.is_file():
+        return "last" if (run_dir / "config.yaml").is_file() else ""
+    problem = _unreadable(last)
+    if problem is None:
+        return "last"
+    numbered = sorted(run_dir.glob("epoch_*.pth"), key=_epoch_number, reverse=True)
+    for path in numbered:
+        if _unreadable(path) is None:
+            log.warning("%s is unreadable (%s); resuming from %s, the newest complete checkpoint", last, problem, path.name)
+            return str(path)
+    raise UserError(f"cannot resume {run_dir}: {last} is unreadable ({problem}) and no other checkpoint of the run is "
+                    f"complete; train it anew under another --env, or move the run dir away")
+
+
+def _epoch_number(path):
+    found = re.fullmatch(r"epoch_(\d+)\.pth", path.name)
+    return int(found.group(1)) if found else -1
+
+
+def _unreadable(path):
+    """None when `path` is a whole checkpoint, else why not. torch.load memory-maps it: the
+    archive's index (at its end) is read and checked, its tensors are not."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - any failure to load is the answer
+        return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return None if isinstance(state, dict) and "epoch" in state else "not a run's checkpoint"
 
 
 def load_resume_state(cfg):
@@ -56,11 +110,16 @@ def load_resume_state(cfg):
     experiment = saved.get("experiment", cfg.experiment)
     may_change = set(with_role("execution", "invocation", experiment=experiment))
     changed = configs.changed_options(cfg)
-    for key, value in changed.items():
-        if key not in may_change and value != saved.get(key):
-            allowed = ", ".join(flag(k) for k in with_role("execution", experiment=experiment))
-            raise UsageError(f"{flag(key)}={value!r} would change the resumed run (it has {saved.get(key)!r}); "
-                             f"only {allowed} may change on --resume")
+    conflicts = [(key, value) for key, value in changed.items() if key not in may_change and value != saved.get(key)]
+    if conflicts:
+        allowed = ", ".join(flag(k) for k in with_role("execution", experiment=experiment))
+        if len(conflicts) == 1:
+            key, value = conflicts[0]
+            said = f"{flag(key)}={value!r} would change the resumed run (it has {saved.get(key)!r})"
+        else:
+            said = ", ".join(f"{flag(key)}={value!r} (it has {saved.get(key)!r})" for key, value in conflicts)
+            said += " would change the resumed run"
+        raise UsageError(f"{said}; only {allowed} may change on --resume")
     fields = fields_of(experiment)
     # Checkpoints from before experiments declared their own options hold every experiment's:
     # another experiment's option is dropped without a word.
@@ -77,3 +136,30 @@ def load_resume_state(cfg):
         where = f", from its step {step + 1} ({step} done)" if step else ", from its start"
         log.info("resuming %s: epoch %d/%d%s", path, state["epoch"] + 1, merged_cfg.max_epoch, where)
     return {"state": state, "config": merged_cfg}
+
+
+def finished(cfg, saved, auto=False):
+    """The one line that says the resumed run `saved` (its checkpoint) has nothing left to
+    train under cfg (its --max-epoch and --patience may have changed), or None. `auto`
+    (--resume=auto) words it as the answer to a restart: `already finished ...`."""
+    if saved.get("pruned"):
+        reason, sep = f"its sweep's pruner ended it ({saved['pruned']})", "; "
+        hint = (f"Train its weights on in a new run: {runtime.main_command()} train --config={cfg.run_dir / 'config.yaml'} "
+                f"--load-model-path={cfg.run_dir / checkpoint.LAST} --env=<new name>")
+    elif saved["epoch"] >= cfg.max_epoch:
+        reason, sep = f"{saved['epoch']} of --max-epoch={cfg.max_epoch} epochs done", ", "
+        hint = f"Train it further: {runtime.further_command(cfg, saved['epoch'])}"
+    elif saved.get("stopped_early") and patience_over(cfg, saved["epoch"], saved["best"]):
+        reason, sep = saved["stopped_early"], "; "
+        larger = saved["epoch"] - saved["best"]["epoch"] + 1 if saved["best"] else 0
+        hint = f"Train on with a larger --patience (0 = off): {runtime.resume_command(cfg)} --patience={larger}"
+    else:
+        return None
+    if auto:
+        return f"already finished: run {cfg.env}, {reason}; nothing trained. {hint}"
+    return f"run {cfg.env} has finished: {reason}{sep}nothing to resume. {hint}"
+
+
+def patience_over(cfg, epochs_done, best):
+    """Whether --patience ends the run after `epochs_done` epochs, given the best so far."""
+    return bool(cfg.patience) and epochs_done - (best["epoch"] if best else 0) >= cfg.patience
