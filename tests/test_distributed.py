@@ -109,9 +109,12 @@ def test_a_two_process_run_reproduces_under_two_processes_and_one_process_is_tol
 def test_sigterm_to_one_rank_stops_both_at_one_step_then_resume_is_bit_exact(reference):
     """SIGTERM to rank 1 alone in step 6 (epoch 2, step 2): both ranks finish that step, one
     last.pth, exit 143, no process left; resumed under 2 processes it ends where the
-    uninterrupted run ended, bit for bit."""
+    uninterrupted run ended, bit for bit. Resumed under 1 process instead, the global batch is
+    kept and each epoch trains on every image exactly once (the test hook's sample ids)."""
     tmp_path, _ = reference
-    cut = torchrun("train", *flags(tmp_path, "cut"), env={"RUNNER_FAULT_AT_STEP": f"{STEPS_PER_EPOCH + 2}:SIGTERM@1"})
+    samples = tmp_path / "cut-samples.jsonl"
+    cut = torchrun("train", *flags(tmp_path, "cut"), env={"RUNNER_FAULT_AT_STEP": f"{STEPS_PER_EPOCH + 2}:SIGTERM@1",
+                                                          "RUNNER_SAMPLE_LOG": str(samples)})
     assert cut.returncode != 0
     # torchrun lists the ranks that exited before it noticed the first: all with 143.
     assert set(re.findall(r"exitcode\s*: (-?\d+)", cut.stderr)) == {"143"}, cut.stderr[-3000:]
@@ -126,21 +129,45 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_then_resume_is_bit_exact(ref
     assert (stopped["epoch"], stopped["step_in_epoch"], stopped["samples_in_epoch"]) == (1, 2, 16)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
     shutil.copytree(run_dir, tmp_path / "runs" / "cut-one")  # for the resume under one process below
+    shutil.copy(samples, tmp_path / "cut-one-samples.jsonl")
 
-    resumed = torchrun("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=cut", "--resume")
+    resumed = torchrun("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=cut", "--resume",
+                       env={"RUNNER_SAMPLE_LOG": str(samples)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training_state(load(tmp_path / "runs" / "reference" / "last.pth"), load(run_dir / "last.pth"))
     for rank in range(2):
         assert torch.equal(load(tmp_path / "runs" / "reference" / "last.pth")["rng_ranks"][rank]["torch"],
                            load(run_dir / "last.pth")["rng_ranks"][rank]["torch"])
+    assert_each_epoch_saw_every_image_once(samples, 28, epochs=2)
 
-    # Another number of processes: supported, the epoch's image order continues, and it says so.
-    single = run_cli("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=cut-one", "--resume")
+    # Another number of processes: the global batch of 8 is kept (4 -> 8 images per process),
+    # the epoch's image order continues, and it says so.
+    single = run_cli("train", f"--checkpoint-dir={tmp_path / 'runs'}", "--env=cut-one", "--resume",
+                     env={"RUNNER_SAMPLE_LOG": str(tmp_path / "cut-one-samples.jsonl")})
     assert single.returncode == 0, single.stderr
-    assert ("resuming a run saved by 2 processes with 1 process: the global batch changes from 8 to 4 images; "
-            "the epoch's image order continues where it stopped (image 16)") in single.stderr
+    assert ("resuming a run launched with 2 processes under 1 process: the global batch stays 8 images: --batch-size "
+            "4 -> 8 per process (give --batch-size and --accumulate to choose otherwise); the epoch's image order "
+            "continues where it stopped (image 16), and the run is no longer bit-identical") in single.stderr
     finished = load(tmp_path / "runs" / "cut-one" / "last.pth")
-    assert (finished["epoch"], finished["global_step"]) == (2, 6 + 3)  # 12 images left: 3 steps of 4
+    assert (finished["epoch"], finished["global_step"]) == (2, 2 * STEPS_PER_EPOCH)  # the same steps: 8, 4 images
+    assert finished["layout"] == {"world": 2, "batch_size": 4, "accumulate": 1}  # a restart under 2 gets 4 again
+    steps = assert_each_epoch_saw_every_image_once(tmp_path / "cut-one-samples.jsonl", 28, epochs=2)
+    order = EpochSampler(28, 0, shuffle=True, epoch=1).order()
+    assert steps[1][-2:] == [(0, order[16:24]), (0, order[24:])]  # one process goes on in the epoch's order
+
+
+def assert_each_epoch_saw_every_image_once(path, images, epochs):
+    """Each epoch's sample ids in the RUNNER_SAMPLE_LOG file `path`, over all ranks and
+    restarts, are 0..images-1, each exactly once; returns {epoch: [(rank, ids) per step]}."""
+    steps = {}
+    for line in Path(path).read_text().splitlines():
+        entry = json.loads(line)
+        steps.setdefault(entry["epoch"], []).append((entry["rank"], entry["indices"]))
+    assert sorted(steps) == list(range(epochs))
+    for epoch, taken in steps.items():
+        ids = [index for _, indices in taken for index in indices]
+        assert sorted(ids) == list(range(images)), (epoch, ids)
+    return steps
 
 
 @pytest.mark.slow

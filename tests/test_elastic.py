@@ -143,3 +143,49 @@ def test_a_timed_save_is_rank_0s_clock_and_waits_for_the_end_of_an_accumulation_
     assert not saves.after_step(True, group_end=False) and written == []  # owed: inside a group
     assert saves.after_step(False, group_end=True) and written == [("state", True)]
     assert not saves.after_step(False, group_end=True)  # once
+
+
+LAUNCH = {"world": 8, "batch_size": 4, "accumulate": 1}  # a global batch of 32
+
+
+@pytest.mark.parametrize("world, expected", [
+    (8, (4, 1)),  # the launch's own world
+    (4, (8, 1)),  # a node of two lost: each process takes twice the images, the steps stay
+    (1, (32, 1)),
+    (16, (2, 1)),
+    (32, (1, 1)),
+])
+def test_the_global_batch_is_kept_at_another_world_size(world, expected):
+    from utils.engine.elastic import fit_global_batch
+
+    batch, steps, layout, note = fit_global_batch(LAUNCH, world)
+    assert (batch, steps) == expected and world * batch * steps == 32
+    assert layout == LAUNCH  # fitted from the launch every time: back under 8 it is 4 again
+    assert (note is None) == (world == 8)
+
+
+def test_accumulation_takes_the_change_when_the_batch_cannot():
+    from utils.engine.elastic import fit_global_batch
+
+    launch = {"world": 1, "batch_size": 6, "accumulate": 4}  # 24
+    assert fit_global_batch(launch, 2)[:2] == (3, 4)  # the batch divides
+    assert fit_global_batch(launch, 8)[:2] == (3, 1)  # 3 per process: the batch of 6 cannot, accumulate 4 -> 1
+    launch = {"world": 1, "batch_size": 4, "accumulate": 3}  # 12
+    assert fit_global_batch(launch, 6)[:2] == (2, 1)  # neither divides alone: the largest batch below 4 that does
+    batch, steps, _, note = fit_global_batch(launch, 3)
+    assert (batch, steps) == (4, 1) and note == ("the global batch stays 12 images: --batch-size 4 -> 4, --accumulate "
+                                                 "3 -> 1 per process (give --batch-size and --accumulate to choose "
+                                                 "otherwise)")
+
+
+def test_a_global_batch_that_cannot_be_split_names_the_flag_that_changes_it():
+    from utils.engine.elastic import LayoutError, fit_global_batch
+
+    with pytest.raises(LayoutError) as caught:
+        fit_global_batch({"world": 2, "batch_size": 3, "accumulate": 1}, 4)
+    assert str(caught.value) == ("cannot keep the global batch of 6 images over 4 processes (6 is not a multiple of "
+                                 "4); launch 1, 2, 3, 6 processes, or give --batch-size=<per process> (and "
+                                 "--accumulate) to choose another global batch")
+    batch, steps, layout, note = fit_global_batch({"world": 2, "batch_size": 3, "accumulate": 1}, 4, batch_size=2)
+    assert (batch, steps, layout) == (2, 1, {"world": 4, "batch_size": 2, "accumulate": 1})  # a new launch
+    assert note == "the global batch changes from 6 to 8 images (--batch-size 2 x --accumulate 1 x 4 processes), as given"

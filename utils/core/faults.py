@@ -16,6 +16,10 @@ RUNNER_FAULT_AT_APPEND="N:WHAT[,...]": in the N-th append of this process to a s
 (utils/sweep/journal.py), once half of it is written and fsynced: `kill` (SIGKILL: a worker
 killed inside an append leaves a cut last line), `ENOSPC` or `EIO` (the write fails as on a
 full or failing disk).
+
+RUNNER_SAMPLE_LOG=FILE: every rank appends one JSON line per training step to FILE, {"rank",
+"epoch", "indices"} of the images it trained on (the sampler's keys, in the loader's order),
+so a test can prove that an epoch saw each image once across stops, restarts and world sizes.
 """
 import errno
 import os
@@ -25,6 +29,7 @@ import time
 STEP_VARIABLE = "RUNNER_FAULT_AT_STEP"
 SAVE_VARIABLE = "RUNNER_FAULT_AT_SAVE"
 APPEND_VARIABLE = "RUNNER_FAULT_AT_APPEND"
+SAMPLE_LOG_VARIABLE = "RUNNER_SAMPLE_LOG"
 _saves = 0
 _appends = 0
 
@@ -74,3 +79,22 @@ def at_append(sync):
         elif what in ("ENOSPC", "EIO"):
             code = getattr(errno, what)
             raise OSError(code, os.strerror(code))
+
+
+def sample_log(sampler, batch_size):
+    """None, or (with RUNNER_SAMPLE_LOG set) a function log(step, size) that records the keys
+    of this call's `step`-th batch (0-based) of `sampler`'s epoch (see the module docstring)."""
+    path = os.environ.get(SAMPLE_LOG_VARIABLE)
+    if not path:
+        return None
+    import json
+
+    keys = sampler.indices()
+
+    def log(step, size):
+        line = {"rank": int(os.environ.get("RANK", 0)), "epoch": sampler.epoch,
+                "indices": keys[step * batch_size:step * batch_size + size]}
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    return log

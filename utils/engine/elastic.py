@@ -11,6 +11,7 @@ import logging
 import time
 
 from configs.values import save_interval
+from utils.core.errors import UsageError, plural
 from utils.engine import distributed
 
 log = logging.getLogger(__name__)
@@ -49,3 +50,56 @@ class MidEpochSaves:
 
     def epoch_written(self):
         self.owed, self.since = False, time.monotonic()
+
+
+class LayoutError(UsageError):
+    """The global batch cannot be kept at this world size; every rank finds it, rank 0 says it."""
+    agreed = True
+
+
+def layout_of(state, saved_config):
+    """{"world", "batch_size", "accumulate"}: how the run in checkpoint `state` was launched
+    (its global batch is their product), also for checkpoints written before it was kept."""
+    return state.get("layout") or {"world": state.get("world_size", 1), "batch_size": saved_config["batch_size"],
+                                   "accumulate": saved_config.get("accumulate", 1)}
+
+
+def fit_global_batch(layout, world, batch_size=None, accumulate=None):
+    """(per-process batch, accumulate, the layout from here on, what changed: one line or
+    None) for a run launched as `layout` that goes on with `world` processes.
+
+    The global batch (world x --batch-size x --accumulate images per optimizer step) is kept:
+    the per-process batch takes the change when it divides evenly (so each step holds the same
+    images as before, and the step count stays), else --accumulate, else the largest
+    per-process batch below the launch's that divides it. `batch_size` / `accumulate`, given
+    on the command line, choose another global batch instead (the layout starts again at this
+    world). LayoutError when no whole split exists: it names --batch-size."""
+    launched = (layout["world"], layout["batch_size"], layout["accumulate"])
+    if batch_size is not None or accumulate is not None:
+        chosen = (batch_size or layout["batch_size"], accumulate or layout["accumulate"])
+        new = {"world": world, "batch_size": chosen[0], "accumulate": chosen[1]}
+        before, after = launched[0] * launched[1] * launched[2], world * chosen[0] * chosen[1]
+        sizes = f"--batch-size {chosen[0]} x --accumulate {chosen[1]} x {plural(world, 'process', 'processes')}"
+        note = (f"the global batch stays {before} images ({sizes}), as given" if before == after else
+                f"the global batch changes from {before} to {after} images ({sizes}), as given")
+        return chosen[0], chosen[1], new, note
+    if world == launched[0]:
+        return launched[1], launched[2], layout, None
+    total = launched[0] * launched[1] * launched[2]
+    if total % world:
+        fits = ", ".join(str(n) for n in range(1, total + 1) if total % n == 0 and n <= 64)
+        raise LayoutError(f"cannot keep the global batch of {total} images over {plural(world, 'process', 'processes')} "
+                          f"({total} is not a multiple of {world}); launch {fits} processes, or give --batch-size=<per "
+                          f"process> (and --accumulate) to choose another global batch")
+    share, (batch, steps) = total // world, launched[1:]
+    if share % steps == 0:
+        fitted = (share // steps, steps)
+    elif share % batch == 0:
+        fitted = (batch, share // batch)
+    else:
+        smaller = max(n for n in range(1, batch + 1) if share % n == 0)
+        fitted = (smaller, share // smaller)
+    note = (f"the global batch stays {total} images: --batch-size {batch} -> {fitted[0]}"
+            f"{'' if fitted[1] == steps else f', --accumulate {steps} -> {fitted[1]}'} per process "
+            f"(give --batch-size and --accumulate to choose otherwise)")
+    return fitted[0], fitted[1], layout, note

@@ -104,6 +104,8 @@ def train(cfg, trial=None, given=()):
         ctx.state = restore(resumed["state"], objects, source=str(resume.checkpoint_path(cfg)), cfg=cfg)
     elif cfg.load_model_path:
         load_weights(objects, cfg.load_model_path)
+    ctx.state.layout = ctx.state.layout or {"world": distributed.world_size(), "batch_size": cfg.batch_size,
+                                            "accumulate": cfg.accumulate}  # the launch's, kept on resume
     for name, obj in objects.items():
         if isinstance(obj, torch.nn.Module) and not isinstance(obj, AveragedModel):
             objects[name] = distributed.wrap(obj, device, type(experiment).broadcast_buffers, cfg.sync_bn)
@@ -119,7 +121,7 @@ def train(cfg, trial=None, given=()):
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    describe_world(cfg, resumed["state"] if restored else None)
+    describe_world(cfg)
     try:
         _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored, trial)
     except BaseException as error:
@@ -259,6 +261,7 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
     images_in_epoch = state.step_in_epoch * cfg.batch_size + len(sampler)
     batches = max(1, math.ceil(images_in_epoch / cfg.batch_size))
     started = tick = last_line = time.perf_counter()
+    record, steps_before = faults.sample_log(sampler, cfg.batch_size), state.step_in_epoch  # a test hook
     for batch in loader:
         data_wait += time.perf_counter() - tick
         fault = faults.at_step(state.global_step + 1)
@@ -273,6 +276,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
         if ctx.stepped:  # once per step, after every optimizer of the step (ctx.optimize)
             ctx.precision.scaler.update()
             ctx.stepped = False
+        if record is not None:
+            record(state.step_in_epoch - steps_before, size)
         values = dict(scalars, **{experiment.losses[0]: math.nan} if fault == "nan" else {})
         # Means over every rank's images, the global batch size and the stop decision: the
         # same numbers on every rank (in one process: the step's own).

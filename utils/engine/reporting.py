@@ -9,18 +9,14 @@ from utils.engine import distributed, runtime
 log = logging.getLogger(__name__)
 
 
-def describe_world(cfg, state):
-    """Log the global batch under torchrun, and what changes when a run resumes under
-    another number of processes than it was saved with."""
+def describe_world(cfg):
+    """Log the global batch under torchrun (how a resume under another number of processes
+    keeps it is said by utils/engine/resume.py)."""
     world = distributed.world_size()
     if world > 1:
-        log.info("global batch %d = %d processes x --batch-size %d", world * cfg.batch_size, world, cfg.batch_size)
-    saved = (state or {}).get("world_size", 1)
-    if state is not None and saved != world and distributed.is_main():
-        log.warning("resuming a run saved by %s with %s: the global batch changes from %d to %d images; the epoch's "
-                    "image order continues where it stopped (image %d), but the steps are not those of an "
-                    "uninterrupted run", plural(saved, "process", "processes"), plural(world, "process", "processes"),
-                    saved * cfg.batch_size, world * cfg.batch_size, state.get("samples_in_epoch", 0))
+        accumulated = f" x --accumulate {cfg.accumulate}" if cfg.accumulate > 1 else ""
+        log.info("global batch %d = %d processes x --batch-size %d%s", world * cfg.batch_size * cfg.accumulate, world,
+                 cfg.batch_size, accumulated)
 
 
 def next_commands(cfg, experiment):

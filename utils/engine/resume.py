@@ -18,11 +18,12 @@ import configs
 from configs.loader import validate
 from configs.values import flag
 from configs.schema import all_fields, config_class, fields_of, with_role
-from utils.core.errors import UsageError, UserError
-from utils.engine import checkpoint, distributed, runtime
+from utils.core.errors import UsageError, UserError, plural
+from utils.engine import checkpoint, distributed, elastic, runtime
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
+LAYOUT_OPTIONS = ("batch_size", "accumulate")  # with the world size, the global batch
 
 
 def checkpoint_path(cfg):
@@ -110,7 +111,14 @@ def load_resume_state(cfg):
     experiment = saved.get("experiment", cfg.experiment)
     may_change = set(with_role("execution", "invocation", experiment=experiment))
     changed = configs.changed_options(cfg)
-    conflicts = [(key, value) for key, value in changed.items() if key not in may_change and value != saved.get(key)]
+    # The per-process batch of a run that went on under another number of processes was
+    # fitted to keep its global batch: the command that launched it names the launch's.
+    layout = elastic.layout_of(state, saved) if state is not None else None
+    launch = dict(saved, **{key: layout[key] for key in LAYOUT_OPTIONS}) if layout else saved
+    world_changes = layout is not None and layout["world"] != distributed.world_size()
+    if world_changes:
+        may_change |= set(LAYOUT_OPTIONS)  # they choose another global batch
+    conflicts = [(key, value) for key, value in changed.items() if key not in may_change and value != launch.get(key)]
     if conflicts:
         allowed = ", ".join(flag(k) for k in with_role("execution", experiment=experiment))
         if len(conflicts) == 1:
@@ -130,6 +138,15 @@ def load_resume_state(cfg):
     merged.update({key: value for key, value in changed.items() if key in may_change})
     # The run dir of a resumed run is the folder that holds the checkpoint.
     merged.update(resume=cfg.resume, env=path.parent.name, checkpoint_dir=str(path.parent.parent))
+    if layout is not None:
+        given = {key: changed[key] for key in LAYOUT_OPTIONS if key in changed and changed[key] != layout[key]}
+        batch, steps, state["layout"], note = elastic.fit_global_batch(layout, distributed.world_size(), **given)
+        merged.update(batch_size=batch, accumulate=steps)
+        if note and distributed.is_main():
+            log.warning("resuming a run launched with %s under %s: %s; the epoch's image order continues where it "
+                        "stopped (image %d), and the run is no longer bit-identical to one that never changed (the "
+                        "sums are split differently)", plural(layout["world"], "process", "processes"),
+                        plural(distributed.world_size(), "process", "processes"), note, state.get("samples_in_epoch", 0))
     merged_cfg = validate(config_class(experiment)(**merged))
     if state is not None and state["epoch"] < merged_cfg.max_epoch:
         step = state.get("step_in_epoch", 0)

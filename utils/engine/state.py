@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 ENGINE_KEYS = {"epoch", "step_in_epoch", "samples_in_epoch", "global_step", "optimizer_steps", "best", "stopped_early",
                "pruned", "epoch_meters", "window", "rng",
                "rng_ranks", "world_size", "config", "experiment", "info", "format_version", "scaler", "threads",
-               "objects", "fingerprints"}
+               "objects", "fingerprints", "layout"}
 
 
 @dataclasses.dataclass
@@ -37,13 +37,14 @@ class TrainState:
     pruned: Optional[str] = None  # why a sweep's pruner ended this trial (saved: the trial is over)
     meters: dict = dataclasses.field(default_factory=dict)  # name -> loss meter of this epoch
     window: dict = dataclasses.field(default_factory=dict)  # name -> values since the last curve point
+    layout: Optional[dict] = None  # {"world", "batch_size", "accumulate"} of the launch (utils/engine/elastic.py)
 
     def as_checkpoint(self):
         mid_epoch = self.step_in_epoch > 0
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "samples_in_epoch": self.samples_in_epoch,
                 "global_step": self.global_step, "optimizer_steps": dict(self.optimizer_steps),
                 "best": self.best, "stopped_early": self.stopped_early, "pruned": self.pruned,
-                "window": {k: list(v) for k, v in self.window.items()},
+                "window": {k: list(v) for k, v in self.window.items()}, "layout": self.layout,
                 "epoch_meters": {k: m.state_dict() for k, m in self.meters.items()} if mid_epoch else None}
 
     @classmethod
@@ -54,7 +55,12 @@ class TrainState:
             meters[name].load_state_dict(meter_state)
         # Checkpoints from before distributed training ran one process: steps x batch images.
         samples = state.get("samples_in_epoch", state["step_in_epoch"] * batch_size)
-        return cls(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"], samples_in_epoch=samples,
+        step = state["step_in_epoch"]
+        if (state.get("world_size", 1), state["config"]["batch_size"]) != (distributed.world_size(), batch_size):
+            # Another world size: the epoch's steps done, counted in this layout's steps (a
+            # whole number when the global batch was kept: saves fall on group ends).
+            step = samples // (distributed.world_size() * batch_size)
+        return cls(epoch=state["epoch"], step_in_epoch=step, samples_in_epoch=samples, layout=state.get("layout"),
                    global_step=state["global_step"], optimizer_steps=dict(state.get("optimizer_steps") or {}),
                    best=state["best"], pruned=state.get("pruned"), meters=meters,
                    window={k: list(v) for k, v in state["window"].items()})
