@@ -185,11 +185,12 @@ def _in_processes(cfg, work):
             distributed.leave_together()
         raise
     except (MemoryError, RuntimeError) as error:
-        # a batch or model larger than the machine (--hidden-dim=10**9): one line, not a traceback
-        too_large = runtime.out_of_memory(error)
-        if too_large is None:
+        # a batch or model larger than the machine (--hidden-dim=10**9), a peer process lost
+        # under torchrun: one line, not a traceback
+        one_line = runtime.out_of_memory(error) or distributed.lost_peer(error)
+        if one_line is None:
             raise
-        raise too_large from None
+        raise one_line from None
     finally:
         distributed.shutdown()
 

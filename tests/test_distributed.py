@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,11 @@ FLAGS = {"max-epoch": 2, "image-size": 16}
 STEPS_PER_EPOCH = 4
 
 
-def torchrun(*args, env=None, nproc=2):
-    """`torchrun --standalone --nproc_per_node=NPROC main.py ARGS` (CompletedProcess, text)."""
+def torchrun(*args, env=None, nproc=2, launcher=()):
+    """`torchrun --standalone --nproc_per_node=NPROC [LAUNCHER] main.py ARGS` (CompletedProcess, text)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *launcher,
          str(ROOT / "main.py"), *map(str, args)],
         cwd=ROOT, capture_output=True, text=True, timeout=240, env=full_env, stdin=subprocess.DEVNULL)
 
@@ -391,3 +392,67 @@ def test_two_nodes_without_a_shared_checkpoint_dir_stop_with_one_line_on_rank_0(
                     f"at the same path (NFS, Lustre, ...)"], outputs[0][1]
     assert "[rank 1]" not in outputs[1][1] and "ProcessGroupGloo" not in outputs[0][1] + outputs[1][1]
     assert not (tmp_path / "node0" / "runs" / "apart").exists()  # a failed start leaves no run folder
+
+
+@pytest.mark.slow
+def test_a_worker_killed_under_max_restarts_is_restarted_and_the_run_ends_bit_identical(reference):
+    """kill -9 of rank 1 before step 6 (epoch 2, step 2) of a run saving every step: torchrun
+    restarts the group, every rank resumes from step 5's last.pth, and the run ends where the
+    uninterrupted one did, bit for bit; rank 0 said in one line why it stopped, and the
+    restart is recorded."""
+    tmp_path, _ = reference
+    result = torchrun("train", *flags(tmp_path, "restarted", resume="auto", **{"save-every": 1}),
+                      env={"RUNNER_FAULT_AT_STEP": f"{STEPS_PER_EPOCH + 2}:SIGKILL@1"}, launcher=["--max-restarts=1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming " in result.stderr and "last.pth: epoch 2/2, from its step 2 (1 done)" in result.stderr
+    assert "Traceback" not in result.stderr and "GLHF" not in result.stderr  # gloo's words reach no one
+    run_dir = tmp_path / "runs" / "restarted"
+    assert_same_training_state(load(tmp_path / "runs" / "reference" / "last.pth"), load(run_dir / "last.pth"))
+    record = json.loads((run_dir / "status.json").read_text())
+    assert record["status"] == "finished"
+    [restart] = record["restarts"]
+    assert restart["torchrun_restart"] == "1 of 1" and restart["from"] == "epoch 2, step 2" and restart["world"] == 2
+    assert restart["after"].startswith(("lost a peer: ", "killed: "))
+    table = run_cli("runs", f"--checkpoint-dir={tmp_path / 'runs'}")
+    assert re.search(r"^restarted .* 1 \((lost a peer|killed)\)$", table.stdout, re.M), table.stdout
+
+    again = torchrun("train", *flags(tmp_path, "restarted", resume="auto"), launcher=["--max-restarts=1"])
+    assert again.returncode == 0 and again.stdout.count("already finished: run restarted, 2 of --max-epoch=2") == 1
+
+
+@pytest.mark.slow  # two torchrun agents and a rendezvous after the loss
+def test_a_node_of_two_lost_mid_epoch_the_other_goes_on_alone_and_each_image_is_seen_once(tmp_path):
+    """Two "nodes" of one process each on 127.0.0.1 (c10d, --nnodes=1:2, --max-restarts=1).
+    Node 1 is lost (its agent and its process killed) before step 6; node 0's process says so
+    in one line and exits, its agent gathers the nodes left, and the run goes on at world size
+    1 from the step 5 checkpoint with the global batch kept: each epoch trains on every image
+    exactly once, and the steps are those of the run that never lost a node."""
+    make_dogcat(tmp_path / "data", per_class=14, test_images=2)  # 20 train images: steps of 8, 8, 4
+    port, samples = free_port(), tmp_path / "samples.jsonl"
+    nodes = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=1",
+                   "--max-restarts=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=lost",
+                   f"--rdzv-conf=is_host={int(node == 0)},last_call_timeout=2,join_timeout=60",
+                   str(ROOT / "main.py"), "train",
+                   *tiny_flags(tmp_path / "data", tmp_path, env="lost", resume="auto", **{"save-every": 1, **FLAGS})]
+        nodes.append(subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, env=dict(
+                                          os.environ, PYTHONUNBUFFERED="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
+                                          RUNNER_SAMPLE_LOG=str(samples), RUNNER_FAULT_AT_STEP="6:kill-node@1")))
+    started = time.monotonic()
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert nodes[1].returncode == -9
+    assert nodes[0].returncode == 0, outputs[0][1][-3000:]
+    assert time.monotonic() - started < 120  # the loss is noticed at once (the connection closes), not after a timeout
+    log = outputs[0][1]
+    assert "error: lost another process of the group (" in log and "Traceback" not in log
+    assert ("resuming a run launched with 2 processes under 1 process: the global batch stays 8 images: --batch-size "
+            "4 -> 8 per process") in log
+    run_dir = tmp_path / "runs" / "lost"
+    state = load(run_dir / "last.pth")
+    assert (state["epoch"], state["global_step"], state["config"]["batch_size"]) == (2, 6, 8)
+    [restart] = json.loads((run_dir / "status.json").read_text())["restarts"]
+    assert restart["world"] == "2 -> 1" and restart["from"] == "epoch 2, step 3"
+    assert_each_epoch_saw_every_image_once(samples, 20, epochs=2)
+    assert processes_mentioning(str(tmp_path / "runs")) == []

@@ -15,7 +15,7 @@ from utils.core.shell import main_command
 from utils.engine.checkpoint import STATUS, is_run
 from utils.tables import columns
 
-COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated")
+COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated", "restarts")
 
 
 def find_runs(checkpoint_dir):
@@ -43,6 +43,7 @@ def describe_run(run_dir):
         "state": _state(record),
         "size": _size(size),
         "updated": record.get("updated") or time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_dir.stat().st_mtime)),
+        "restarts": _restarts(record.get("restarts")),
     }
 
 
@@ -90,6 +91,15 @@ def _state(record):
         except (OSError, ValueError, KeyError, TypeError):
             return "killed"  # ended without a word (SIGKILL, power): resume from last.pth
     return status
+
+
+def _restarts(restarts):
+    """'-', or how many times the run went on after it was killed, crashed or stopped, and
+    why the last time: '2 (killed)' (status.json holds each one)."""
+    if not isinstance(restarts, list) or not restarts:
+        return "-"
+    last = restarts[-1].get("after", "?") if isinstance(restarts[-1], dict) else "?"
+    return f"{len(restarts)} ({str(last).split(':')[0]})"
 
 
 def _size(count):

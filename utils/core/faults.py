@@ -3,7 +3,8 @@
 RUNNER_FAULT_AT_STEP="STEP:WHAT[,STEP:WHAT...]": during global step STEP (1-based, before the
 experiment's step runs) the run sends itself SIGINT, SIGTERM or SIGUSR1/2 (handled as real
 signals; USR1/2 stop the run under --requeue-signal and kill it otherwise) or SIGKILL (no
-chance to save: `kill -9`, a lost machine), raises an error (a crash), or sees a NaN in the
+chance to save: `kill -9`), `kill-node` (SIGKILL to torchrun's agent, this process's parent,
+then to this process: a node of one process lost), raises an error (a crash), or sees a NaN in the
 step's losses (divergence). Under torchrun "STEP:WHAT@RANK" fires on that rank only (the
 others learn of it through the agreed stop).
 
@@ -35,6 +36,8 @@ _appends = 0
 
 
 def _planned(variable, count):
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)):
+        return  # a restart by torchrun --max-restarts runs clean: the drill is its first attempt
     for fault in filter(None, os.environ.get(variable, "").split(",")):
         at, what = fault.split(":")
         what, _, rank = what.partition("@")
@@ -49,6 +52,9 @@ def at_step(global_step):
         fired = what
         if what in ("SIGINT", "SIGTERM", "SIGKILL", "SIGUSR1", "SIGUSR2"):
             os.kill(os.getpid(), getattr(signal, what))  # handled before os.kill returns
+        elif what == "kill-node":  # torchrun's agent (the parent), then this process
+            os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
         elif what == "error":
             raise RuntimeError(f"injected fault at step {global_step} ({STEP_VARIABLE})")
     return fired

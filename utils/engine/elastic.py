@@ -7,12 +7,15 @@ same command again; with --resume=auto (utils/engine/resume.py) it continues fro
 checkpoint. What it redoes is the work since that checkpoint: with --save-every a few
 minutes, not an epoch. docs/distributed.md tells what happens on each kind of failure.
 """
+import json
 import logging
+import os
 import time
 
 from configs.values import save_interval
 from utils.core.errors import UsageError, plural
 from utils.engine import distributed
+from utils.engine.checkpoint import STATUS
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +106,39 @@ def fit_global_batch(layout, world, batch_size=None, accumulate=None):
             f"{'' if fitted[1] == steps else f', --accumulate {steps} -> {fitted[1]}'} per process "
             f"(give --batch-size and --accumulate to choose otherwise)")
     return fitted[0], fitted[1], layout, note
+
+
+LOST_PEER = "lost another process of the group"  # how distributed.lost_peer begins
+
+
+def restarts_after(run_dir, state, saved_world):
+    """The run's restarts as status.json will list them: those it listed, and this start when
+    it continues a run that did not finish ({"at", "after": why the attempt before ended,
+    "from": where this one goes on, "world", "torchrun_restart" when torchrun restarted it}).
+    A run whose status.json says "running" ended without a word: kill -9, out of memory or a
+    lost node. `state`: the TrainState resumed from."""
+    try:
+        before = json.loads((run_dir / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = {}
+    listed = [entry for entry in before.get("restarts") or [] if isinstance(entry, dict)]
+    status, error = before.get("status"), str(before.get("error") or "")
+    if status == "running":
+        why = "killed: the attempt before ended without a word (kill -9, out of memory, a lost node)"
+    elif status == "crashed" and error.startswith(LOST_PEER):
+        why = f"lost a peer: {error[len(LOST_PEER):].split('; torchrun restarts')[0].strip(' ()')}"
+    elif status == "crashed":
+        why = f"crashed: {error}"
+    elif status == "stopped":
+        why = f"stopped: {error.split(';')[0]}"
+    else:  # a finished run trained further, a first start: no restart
+        return listed
+    entry = {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "after": why,
+             "from": f"epoch {state.epoch + 1}, step {state.step_in_epoch + 1}" if state.step_in_epoch
+             else f"epoch {state.epoch + 1}, its start",
+             "world": f"{saved_world} -> {distributed.world_size()}" if saved_world != distributed.world_size()
+             else distributed.world_size()}
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)):
+        entry["torchrun_restart"] = f"{os.environ['TORCHELASTIC_RESTART_COUNT']} of {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}"
+    log.info("restart %d of this run, after it was %s", len(listed) + 1, why)
+    return listed + [entry]

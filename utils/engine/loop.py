@@ -37,7 +37,7 @@ from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
 from utils.engine import distributed, resume, runtime
 from utils.engine.averages import add_averages
-from utils.engine.elastic import MidEpochSaves
+from utils.engine.elastic import MidEpochSaves, restarts_after
 from utils.engine.experiment import Context
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.manifest import Manifest
@@ -124,7 +124,9 @@ def train(cfg, trial=None, given=()):
     describe_world(cfg)
     try:
         _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resumed, restored, trial)
-    except BaseException as error:
+    except BaseException as failure:
+        lost = distributed.lost_peer(failure)  # a peer process gone: one line, not a gloo traceback
+        error = lost or failure
         with contextlib.suppress(Exception):  # the error that stopped the run matters more than a write's
             outputs.checkpoints.wait()
         outputs.close()
@@ -138,6 +140,8 @@ def train(cfg, trial=None, given=()):
             with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
                 outputs.write_status(ctx.state, "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed",
                                      error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        if lost is not None:
+            raise lost from None
         raise
     outcome = {"run_dir": run_dir, "epoch": ctx.state.epoch, "best": ctx.state.best, "pruned": ctx.state.pruned}
     if not distributed.is_main() or getattr(trial, "quiet", False):  # `reproduce` reports itself
@@ -160,6 +164,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     skipped = {str(path): reason for dataset in (train_set, val_set) for path, reason in getattr(dataset, "skipped", ())}
     if outputs.writes:
         readable.report(sorted(skipped.items()), run_dir)
+    if resumed:
+        outputs.restarts = restarts_after(run_dir, ctx.state, (resumed["state"] or {}).get("world_size", 1))
     outputs.write_status(ctx.state, "running")
     manifest = Manifest(run_dir, outputs.guard) if outputs.writes else None  # what the run is trained with
     if manifest is not None:

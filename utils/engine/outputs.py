@@ -21,6 +21,7 @@ class Outputs:
         self.guard = guard or (lambda: None)
         self.checkpoints = checkpoint.CheckpointManager(run_dir, cfg.keep_checkpoints, writes, self.guard)
         self.vis = None
+        self.restarts = []  # utils/engine/elastic.restarts_after: kept in every status.json
 
     def open(self, purge_step):
         if self.writes:
@@ -64,7 +65,7 @@ class Outputs:
         record = {"status": status, "experiment": self.cfg.experiment, "model": self.cfg.model,
                   "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "max_epoch": self.cfg.max_epoch,
                   "global_step": state.global_step, "best": state.best, "error": error,
-                  "stopped_early": state.stopped_early, "pruned": state.pruned,
+                  "stopped_early": state.stopped_early, "pruned": state.pruned, "restarts": self.restarts,
                   "pid": os.getpid(), "host": socket.gethostname(), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
         with atomic_open(self.run_dir / checkpoint.STATUS, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1)
