@@ -235,8 +235,6 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     outputs.write_status(ctx.state, "pruned" if ctx.state.pruned else "finished")
 
 
-early_stop = resume.patience_over
-
 def describe_early_stop(cfg, epochs_done, best):
     where = f"stopped early at epoch {epochs_done}"
     if not best:
