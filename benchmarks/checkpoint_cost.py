@@ -47,14 +47,19 @@ def trained_once(args):
     return model, optimizer, train_step
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser_for(doc):
+    """The options the checkpoint benchmarks share (the model trained once, rounds, folder)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", default="ResNet34")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--folder", default="checkpoints", help="where to write (the disk of your runs)")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = parser_for(__doc__).parse_args()
     model, optimizer, train_step = trained_once(args)
 
     def state():

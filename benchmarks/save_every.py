@@ -9,25 +9,18 @@ fsyncs last.pth against as many steps alone, and the whole write. Prints the loo
 one save and what it is as a share of training time at --save-every=10m and at every 100
 steps.
 """
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.checkpoint_cost import trained_once  # noqa: E402
+from benchmarks.checkpoint_cost import parser_for, trained_once  # noqa: E402
 from utils.engine import checkpoint  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ResNet34")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--folder", default="checkpoints", help="where to write (the disk of your runs)")
-    args = parser.parse_args()
+    args = parser_for(__doc__).parse_args()
     model, optimizer, train_step = trained_once(args)
     Path(args.folder).mkdir(parents=True, exist_ok=True)
     step = min(train_step() for _ in range(3))
