@@ -2,6 +2,7 @@
 main.py ...` when the venv is not activated and `python main.py ...` when it is, with paths
 relative to the working directory, so every printed command works as printed."""
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -35,3 +36,8 @@ def program(name):
 def main_command(launcher=None):
     """`python main.py` as this shell can run it (see program)."""
     return f"{launcher or program('python')} {typed(MAIN)}"
+
+
+def hide_passwords(text):
+    """`text` with the password of any URL in it (scheme://user:password@host) replaced."""
+    return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]*@", r"\1:***@", text)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from utils.core.io import atomic_open
+from utils.core.shell import hide_passwords
 from utils.engine import data_fingerprint, provenance
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ NAME, FILES, FORMAT = "manifest.json", "data-files.json.gz", 1
 READ_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CUDA_VISIBLE_DEVICES",
             "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NCCL_ALGO",
             "NCCL_PROTO", "TORCH_CUDNN_V8_API_DISABLED", "RUNNER_CACHE_DIR")
-
-
-def hide_passwords(text):
-    """`text` with the password of any URL in it (scheme://user:password@host) replaced."""
-    return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]*@", r"\1:***@", text)
 
 
 def command_line():
