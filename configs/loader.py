@@ -10,7 +10,7 @@ from pathlib import Path
 
 from configs.demo_paths import repo_defaults
 from configs.schema import FIELDS, config_class, fields_of, inherited, owners
-from configs.values import NUMBER_LIMITS, Text, coerce, flag, option_field, save_interval
+from configs.values import NUMBER_LIMITS, Text, coerce, flag, logger_list, option_field, save_interval
 from utils.core import registry
 from utils.core.errors import UsageError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
@@ -219,6 +219,11 @@ def validate(cfg):
             _check_registered(name, value, cfg.experiment)
     _check_recipe(cfg)
     save_interval(cfg.save_every)
+    for name in logger_list(cfg.loggers):
+        try:
+            registry.LOGGERS.check(name)
+        except UsageError as error:
+            raise UsageError(f"option --loggers: {error}") from None
     monitors = run_monitors(cfg.experiment, cfg.ema)
     if monitors and cfg.monitor not in monitors:
         hint = did_you_mean(str(cfg.monitor), monitors)

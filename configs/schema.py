@@ -105,7 +105,12 @@ class Config:
 
     # -- logging ----------------------------------------------------------------------------
     print_freq: int = option(20, "logging", "steps between train-loss points, image grids and debug-file checks", role="execution", minimum=1)
-    visualizer: str = option("tensorboard", "logging", "tensorboard (event files in the run dir) | visdom (needs a server) | none", role="execution", choices=("tensorboard", "visdom", "none"))
+    loggers: str = option("tensorboard", "logging", "where the run reports, comma-separated (LOGGERS registry): tensorboard (event files in the run dir) | visdom (needs a server) | mlflow | wandb (both: bash scripts/setup.sh --trackers); none = no curves", role="execution")
+    visualizer: str = option("tensorboard", "logging", "the book's switch for the tensorboard entry of --loggers: tensorboard | visdom (needs a server) | none", role="execution", choices=("tensorboard", "visdom", "none"))
+    mlflow_uri: Optional[str] = option(None, "logging", "--loggers=mlflow: the tracking server (http://host:5000) or store (sqlite:///path.db); default: sqlite:///<checkpoint-dir>/mlflow.db, artifacts in <checkpoint-dir>/mlartifacts, no server needed", role="execution")
+    mlflow_experiment: Optional[str] = option(None, "logging", "--loggers=mlflow: the MLflow experiment the run goes into; default: the runner's --experiment (classify, gan, ...)", role="execution")
+    wandb_project: Optional[str] = option(None, "logging", "--loggers=wandb: the W&B project; default: the runner's --experiment. Offline (wandb sync uploads later) unless an API key is configured or WANDB_MODE says otherwise", role="execution")
+    log_checkpoints: bool = option(False, "logging", "--loggers=mlflow / wandb: also upload best.pth when the run ends (it can be large)", role="execution")
     progress: bool = option(True, "logging", "tqdm progress bar per epoch on stderr when it is a terminal (else plain progress lines, see --log-interval)", role="execution")
     log_interval: float = option(30.0, "logging", "without a bar (no terminal, --progress=false): a progress line at the --print-freq cadence, at most every N seconds (0 = every --print-freq steps)", role="execution", minimum=0.0)
 

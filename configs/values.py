@@ -165,3 +165,18 @@ def save_interval(text):
             return "seconds", float(number) * _SECONDS[unit]
     raise UsageError(f"option --save-every must be a number of steps (e.g. 500) or a time with its unit (e.g. 10m, 90s, "
                      f"1h), or '' for epoch ends only; got {excerpt(text)}")
+
+
+def logger_list(text):
+    """--loggers as a list of names: 'tensorboard,mlflow' -> ['tensorboard', 'mlflow']; '' and
+    'none' -> []. A name given twice is a UsageError (whether each is registered is checked
+    against the LOGGERS registry by configs/loader.py)."""
+    names = [name.strip() for name in str(text or "").split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise UsageError(f"option --loggers names {name} twice; give each logger once (e.g. --loggers=tensorboard,mlflow)")
+        seen.add(name)
+    return names

@@ -37,7 +37,7 @@ from data.transforms import model_input
 from experiments.classify_data import (balanced_sample, check_augmentation, check_tta, class_names, infer_classes,
                                        load_data, resolve_from_data)
 from models import build_for_weights, build_model, check_takes, data_channels
-from utils import tables
+from utils import loggers, tables
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
 from utils.engine import checkpoint, distributed, runtime
@@ -328,6 +328,7 @@ class Classify(Experiment):
         readable.report(dataset.skipped)
         rows = dataset.write_predictions(cfg.result_file, keys, log_probabilities, names, cfg)
         print(f"wrote {plural(rows, 'row')} to {cfg.result_file}")
+        loggers.attach_output(cfg, cfg.result_file, "predictions")  # the run's MLflow / W&B runs, if it has any
         if metrics is not None:
             print(tables.report("test", len(dataset), names, metrics))
 

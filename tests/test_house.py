@@ -14,7 +14,7 @@ from conftest import ROOT
 # (DESIGN.md: core <- engine <- sweep, export <- runs / CLI). Imports inside functions count.
 LAYERS = (
     ("utils.core",),
-    ("configs", "utils.tables", "utils.writers", "utils.meters", "utils.visualize"),
+    ("configs", "utils.tables", "utils.writers", "utils.meters", "utils.visualize", "utils.loggers"),
     ("data",),
     ("utils.engine",),
     ("models",),
@@ -140,6 +140,7 @@ def test_a_dropped_in_experiment_model_and_data_set_keep_the_suite_green(tmp_pat
         shutil.copy2(toy / relative, repo / relative)
     listed = subprocess.run([sys.executable, "main.py", "help"], cwd=repo, capture_output=True, text=True, timeout=120)
     assert "  denoise:" in listed.stdout and "ToyAutoEncoder" in listed.stdout and "patterns" in listed.stdout
+    assert "ndjson" in listed.stdout  # the toy logger
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "registry", "-p", "no:cacheprovider",
                              "-n", "0", "tests"], cwd=repo, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})

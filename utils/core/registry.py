@@ -94,8 +94,12 @@ class Registry:
         return (
             f"unknown {self.name[:-1]} {name!r} in the {self.name} registry{hint}. "
             f"Available: {', '.join(shown) or '(none)'}. "
-            f"To add one, create {self.package}/<file>.py with @{self.symbol}.register()"
+            f"To add one, {self._where_to_add()} with @{self.symbol}.register()"
         )
+
+    def _where_to_add(self):
+        location = self.location
+        return f"add it to {location}" if location.endswith(".py") else f"create {location}<file>.py"
 
     def names(self):
         """Registered names, found by reading the package's source (no import)."""
@@ -183,10 +187,11 @@ def _scan(tree, symbol):
             yield (explicit[0].value if explicit else node.name), node
 
 
-# The project's registries: what `--experiment`, `--model`, `--dataset` and meter names
-# resolve against. Each is filled by decorators in the package of the same name.
+# The project's registries: what `--experiment`, `--model`, `--dataset`, meter names and
+# `--loggers` resolve against. Each is filled by decorators in the package of the same name.
 EXPERIMENTS = Registry("experiments", package="experiments")  # train/val/test per task
 MODELS = Registry("models", package="models")  # nn.Module classes and factories
 DATASETS = Registry("datasets", package="data")  # dataset builders returning train/val/test
 METERS = Registry("meters", package="utils.meters")  # metric accumulators, torchnet-based
-ALL = (EXPERIMENTS, MODELS, DATASETS, METERS)
+LOGGERS = Registry("loggers", package="utils.loggers")  # where a run reports: TensorBoard, MLflow, W&B
+ALL = (EXPERIMENTS, MODELS, DATASETS, METERS, LOGGERS)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from configs.loader import run_monitors
 from data import readable
+from utils import loggers
 from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
@@ -78,6 +79,7 @@ def train(cfg, trial=None, given=()):
             return {"run_dir": cfg.run_dir, "epoch": saved["epoch"], "best": saved["best"], "pruned": saved.get("pruned")}
     experiment = EXPERIMENTS.get(cfg.experiment)(cfg)  # --monitor was checked against its monitors with the config
     distributed.on_main(lambda: runtime.check_new_run(cfg))  # before any data is read or model built
+    connections = distributed.on_main(lambda: loggers.connect(cfg))  # a tracker that cannot be reached: one line now
     device = distributed.pick_device(cfg)
     # Everything that can fail on bad input runs before the run dir exists: the data, the
     # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
@@ -88,8 +90,8 @@ def train(cfg, trial=None, given=()):
         raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
     distributed.on_main(lambda: runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir"))
     seeding.seed_everything(cfg.seed)  # the same initial weights on every rank
-    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(),
-                      guard=trial.check_owner if trial is not None else None)
+    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(), guard=trial.check_owner if trial is not None else None,
+                      connections=connections, sweep=getattr(trial, "tracking", None))
     ctx = Context(cfg, device, Precision(cfg, device, train_set), TrainState(), outputs)
     objects = experiment.build(ctx)
     ctx.objects = objects  # the same dict: wrapped modules replace their entries below
@@ -130,7 +132,9 @@ def train(cfg, trial=None, given=()):
         with contextlib.suppress(Exception):  # the error that stopped the run matters more than a write's
             outputs.checkpoints.wait()
         outputs.close()
-        if getattr(error, "fenced", False):
+        fenced = getattr(error, "fenced", False)
+        status = None if fenced else "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed"
+        if fenced:
             pass  # the run dir is another worker's now: no status, no clean-up
         elif created and not any(run_dir.glob("*.pth")):
             # A new run that ended before writing any checkpoint holds nothing to resume or
@@ -138,8 +142,9 @@ def train(cfg, trial=None, given=()):
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
-                outputs.write_status(ctx.state, "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed",
+                outputs.write_status(ctx.state, status,
                                      error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        outputs.end(status, ctx.state.best)  # the trackers' runs: KILLED, FAILED (or left as they are)
         if lost is not None:
             raise lost from None
         raise
@@ -233,6 +238,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
         manifest.finish()
     outputs.close()
     outputs.write_status(ctx.state, "pruned" if ctx.state.pruned else "finished")
+    outputs.end("pruned" if ctx.state.pruned else "finished", ctx.state.best)
 
 
 def describe_early_stop(cfg, epochs_done, best):

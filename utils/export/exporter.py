@@ -28,6 +28,7 @@ import torch
 
 from configs.loader import adopt_checkpoint_config, changed_options, load_config
 from configs.values import Text
+from utils import loggers
 from utils.core.errors import UsageError, UserError
 from utils.core.io import atomic_open
 from utils.core.registry import EXPERIMENTS
@@ -90,6 +91,8 @@ def main(options, cfg, flags):
     shape = " x ".join(str(size) for size in [fixed or "batch", *target.input_shape])
     print(f"wrote {output} ({len(data) / 2 ** 20:.1f} MB, {options.format}): input {target.input_name!r} "
           f"float32 {shape}, output {target.output_name!r}; metadata entry {METADATA_KEY!r}")
+    if (Path(path).parent / "config.yaml").is_file():  # the checkpoint of a run: its MLflow / W&B runs get the file
+        loggers.attach(Path(path).parent, output, "model")
 
 
 def open_checkpoint(cfg, flags):

@@ -15,6 +15,7 @@ import shutil
 
 import torch
 
+from utils import loggers
 from utils.core.errors import UsageError, UserError, plural
 from utils.engine import checkpoint, distributed, fingerprints, manifest, manifest_diff, runtime
 from utils.engine import loop as engine
@@ -93,7 +94,7 @@ def main(plan):
     """Train `plan`'s run again in a scratch dir; print the report; raise NotReproduced (exit 1)
     when the numbers differ."""
     name = distributed.broadcast_object(scratch_name(plan) if distributed.is_main() else None)
-    cfg = dataclasses.replace(plan.cfg, env=name)
+    cfg = dataclasses.replace(plan.cfg, env=name, loggers=loggers.files_only(plan.cfg))  # no tracker run for a check
     scratch = cfg.run_dir
     try:
         start = _start(plan, scratch)

@@ -42,6 +42,7 @@ from utils.core.shell import main_command
 from utils.engine import distributed, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
+from utils.loggers import sweeps
 from utils.sweep import joining
 from utils.sweep import lease as leases
 from utils.sweep.journal import repair
@@ -75,9 +76,10 @@ class TrialHooks:
     to the pruner (on rank 0, which shares the decision), and every write first checks that
     this worker still holds the lease."""
 
-    def __init__(self, trial, metric, lease, pruner_name, resume_command):
+    def __init__(self, trial, metric, lease, pruner_name, resume_command, tracking=None):
         self.trial, self.metric, self.lease, self.pruner_name = trial, metric, lease, pruner_name
         self.resume_command = resume_command  # what a stop prints: the sweep's own command, which resumes the trial
+        self.tracking = tracking  # {"study", "number", "params", "parents"}: the trackers nest the trial (utils/loggers)
 
     def epoch_end(self, epoch, metrics):
         verdict = None
@@ -117,11 +119,15 @@ class Worker:
         self._sampler(0)  # a bad sampler argument fails here, before any trial
         self.study = None
         self.idle = (0, 0)  # (finished, running) when this worker found nothing more to start
+        self.parents = {}  # {tracker: the study's parent run id} (utils/loggers/sweeps.py)
 
     # -- the study ----------------------------------------------------------------------------
     def open(self):
         """Create the study, or join it (utils/sweep/joining.py)."""
         self.study = joining.open_study(self.options, self.base, self.flags, self.space, self.pruner)
+        if sweeps.nests(self.base):
+            with study_lock(self.study_dir):
+                self.parents = sweeps.open_study(self.study_dir, self.base, self.options.study)
         return self
 
     def _sampler(self, seed_key):
@@ -200,6 +206,10 @@ class Worker:
                 raise UserError(f"sweep {self.options.study}: the last {len(failed_in_a_row)} trials of this worker "
                                 f"failed, the last with: {failed_in_a_row[-1]}; fix that and start the sweep again "
                                 f"(`{main_command()} sweep --study={self.options.study} --summary` lists the trials)")
+        if distributed.is_main() and self.parents:
+            best = next((t for t in self.study.best_trials), None) if _has_complete(self.study) else None
+            sweeps.end_study(self.parents, self.base, self.space.metric, best.value if best else None,
+                             best.number if best else None)
         if distributed.is_main():
             finished, running = self.idle
             others = (f", {running} still running in other workers (one whose worker is gone is taken over "
@@ -213,7 +223,7 @@ class Worker:
         """The Config of trial `number`: the sweep's train options, its parameters, its
         seed and run dir (--resume when its run dir holds a run)."""
         seed = seeding.derive_seed(self.base.seed, seeding.stream("sweep trial"), number) % 2**31
-        return load_config({**self.flags, **params, "seed": seed, "monitor": self.space.metric,
+        return load_config({**self.flags, **sweeps.trial_options(self.base), **params, "seed": seed, "monitor": self.space.metric,
                             "env": f"trial-{number}", "checkpoint_dir": str(self.study_dir),
                             "resume": "last" if resume else ""})
 
@@ -229,7 +239,8 @@ class Worker:
             how = f"resuming it ({took_over})" if took_over else "new"
             log.info("sweep %s: trial %d, %s: %s", self.options.study, number, how, shown)
             lease.start()
-        hooks = TrialHooks(trial, self.space.metric, lease, self.space.pruner[0], runtime.command_again())
+        hooks = TrialHooks(trial, self.space.metric, lease, self.space.pruner[0], runtime.command_again(),
+                           {"study": self.options.study, "number": number, "params": params, "parents": self.parents})
         try:
             try:
                 outcome = engine.train(self.trial_config(number, params, resume), trial=hooks)
@@ -298,6 +309,13 @@ class Worker:
         else:
             again = f"; not retried (--retries={self.options.retries})"
         log.error("sweep %s: trial %d failed: %s%s", self.options.study, number, text, again)
+
+
+def _has_complete(study):
+    try:
+        return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    except STORAGE_ERRORS:
+        return False
 
 
 def _first_line(error):
