@@ -21,13 +21,18 @@ def data(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("value, message", [
-    ("tensorbord", "error: option --loggers: unknown logger 'tensorbord' in the loggers registry; closest: tensorboard"),
-    ("tensorboard,mlflow,tensorboard", "error: option --loggers names tensorboard twice; give each logger once"),
+@pytest.mark.parametrize("flags, message", [
+    (["--loggers=tensorbord"], "error: option --loggers: unknown logger 'tensorbord' in the loggers registry; closest: tensorboard"),
+    (["--loggers=tensorboard,mlflow,tensorboard"], "error: option --loggers names tensorboard twice; give each logger once"),
+    (["--loggers=mlflow", "--mlflow-uri=./mlruns"], "error: option --mlflow-uri: MLflow 3 keeps runs in a database or on a "
+                                                    "server, not in a folder; give sqlite:///<path>.db"),
+    (["--loggers=wandb", "--wandb-project=team/dogcat"], "error: option --wandb-project: a W&B project name has at most "
+                                                         "128 characters and none of / \\ # ? % :; got 'team/dogcat'"),
 ])
-def test_a_bad_logger_name_is_one_line_and_exit_2(value, message):
-    result = run_cli("train", f"--loggers={value}")
+def test_bad_logger_options_are_one_line_and_exit_2_before_the_run_dir(flags, message, tmp_path):
+    result = run_cli("train", "--env=x", f"--checkpoint-dir={tmp_path}", *flags)
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_visualizer_option_of_the_book_picks_the_tensorboard_entry():
@@ -134,22 +139,28 @@ def test_a_registered_logger_gets_what_tensorboard_gets_and_the_end(data, tmp_pa
 
 class Failing(Tracker):
     name, title = "failing", "Failing"
-    sent_points = []
+    calls = []
 
     def _send_scalars(self, points):
-        self.sent_points.extend(points)
-        if len(self.sent_points) >= 3:
+        self.calls.append([step for _, _, step in points])
+        if len(self.calls) == 2:
             raise ConnectionError("[Errno 111] Connection refused")
+
+    def _text(self, name, text, step, path):
+        self.calls.append(text)
 
 
 def test_a_tracker_that_fails_warns_once_and_drops_the_rest(tmp_path, caplog):
     tracker = Failing(tmp_path, load_config({}), loggers.Start())
-    for step in range(1, 7):
-        tracker.scalar("train/loss", 1.0 / step, step)  # one batch per step: sent when the next step begins
-    tracker.flush()
-    tracker.scalar("train/loss", 0.1, 7)
+    tracker.scalar("train/loss", 1.0, 1)
+    tracker.flush()  # step 1 sent
+    for step in range(2, 5):
+        tracker.scalar("train/loss", 1.0 / step, step)
+    tracker.flush()  # steps 2-4 (merged, or one by one): the second call fails
+    tracker.scalar("train/loss", 0.1, 5)
+    tracker.text("sample", "a poem", 5)
     tracker.end("finished")
-    assert [step for _, _, step in Failing.sent_points] == [1, 2, 3]
+    assert Failing.calls[0] == [1] and len(Failing.calls) == 2 and Failing.calls[1][0] == 2  # nothing after the failure
     said = [record.getMessage() for record in caplog.records if "Failing" in record.getMessage()]
     assert said == ["Failing failed: [Errno 111] Connection refused; the run goes on without it (TensorBoard and the "
                     "run dir keep everything)"]
@@ -171,3 +182,35 @@ def test_a_resumed_tracker_skips_the_points_its_service_holds(tmp_path):
     tracker.end("finished")
     assert [(name, step) for name, _, step in Held.got] == [("val/loss", 5), ("val/loss", 6), ("train/loss", 7),
                                                              ("val/loss", 7), ("train/loss", 8), ("val/loss", 8)]
+
+
+def test_a_slow_tracker_is_waited_for_once_and_said_once(tmp_path, caplog, monkeypatch):
+    import threading
+    import time
+
+    from utils.loggers import base
+
+    monkeypatch.setattr(base, "FLUSH_WAIT", 0.2)
+    monkeypatch.setattr(base, "END_WAIT", 0.3)
+    release = threading.Event()
+
+    class Slow(Tracker):
+        name, title = "slow", "Slow"
+
+        def _send_scalars(self, points):
+            release.wait(10)  # a server that does not answer
+
+    tracker = Slow(tmp_path, load_config({}), loggers.Start())
+    tracker.scalar("train/loss", 1.0, 1)
+    tracker.flush()  # waits 0.2 s, then goes on
+    started = time.monotonic()
+    for step in range(2, 6):
+        tracker.scalar("train/loss", 1.0, step)
+        tracker.flush()  # still behind: no more waiting at epoch ends
+    assert time.monotonic() - started < 0.15
+    tracker.end("finished")  # the end waits once more, then gives up on the rest
+    release.set()
+    said = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Slow")]
+    assert said == ["Slow has not taken everything the run gave it within 0 s at an epoch's end; the run goes on, and "
+                    "the rest is sent while it does",
+                    "Slow has not taken what the run gave it last within 0 s at the run's end: that part is not sent"]

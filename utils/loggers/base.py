@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 END_WAIT = 60.0  # seconds the end of a run waits for a tracker to send what it queued
 FLUSH_WAIT = 10.0  # at an epoch's end, before its checkpoint
+END = "at the run's end"
 MERGED_POINTS = 1000  # at most this many queued points go in one call (MLflow's log_batch takes 1000)
 
 
@@ -84,6 +85,7 @@ class Tracker(Logger):
         super().__init__(run_dir, cfg, start)
         self.sent = {}  # {name: last step the service already holds}, filled by subclasses on resume
         self.broken = False
+        self._lagging = self._said_lagging = False  # a tracker slower than the run: waited for once, said once
         self._points, self._points_step = [], None
         self._jobs = queue.Queue()
         self._thread = threading.Thread(target=self._work, name=f"{self.name}-logger", daemon=True)
@@ -112,12 +114,12 @@ class Tracker(Logger):
 
     def flush(self):
         self._queue_points()
-        self._wait(FLUSH_WAIT, "at the epoch's end")
+        self._wait(FLUSH_WAIT, "at an epoch's end")
 
     def end(self, status, best=None):
         self._queue_points()
         self._queue(self._end, status, best)
-        self._wait(END_WAIT, "at the run's end")
+        self._wait(END_WAIT, END)
         self._jobs.put(None)  # the thread ends
 
     # -- the thread ----------------------------------------------------------------------------
@@ -132,11 +134,19 @@ class Tracker(Logger):
         self._points, self._points_step = [], None
 
     def _wait(self, seconds, when):
-        """Wait until the queue is sent, at most `seconds`; then the run goes on without it."""
+        """Wait until the queue is sent, at most `seconds`; then the run goes on without
+        waiting again at epoch ends until the tracker has caught up (said once)."""
+        if self._lagging and self._jobs.unfinished_tasks and when != END:
+            return
         deadline = time.monotonic() + seconds
         while self._jobs.unfinished_tasks and not self.broken and time.monotonic() < deadline:
             time.sleep(0.01)
-        if self._jobs.unfinished_tasks and not self.broken:
+        self._lagging = bool(self._jobs.unfinished_tasks) and not self.broken
+        if self._lagging and when == END:
+            log.warning("%s has not taken what the run gave it last within %.0f s %s: that part is not sent",
+                        self.title, seconds, when)
+        elif self._lagging and not self._said_lagging:
+            self._said_lagging = True
             log.warning("%s has not taken everything the run gave it within %.0f s %s; the run goes on, and the rest "
                         "is sent while it does", self.title, seconds, when)
 

@@ -11,6 +11,7 @@ cannot delete points, so the first copy stands; a bit-exact resume computes the 
 mlflow is imported here only, when a run asks for it (the trackers extra:
 `bash scripts/setup.sh --trackers`).
 """
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import re
 import socket
 from pathlib import Path
 
-from utils.core.errors import UserError
+from utils.core.errors import UsageError, UserError, excerpt
 from utils.core.shell import hide_passwords
 from utils.core.registry import LOGGERS
 from utils.loggers import record
@@ -53,6 +54,14 @@ def require():
     return mlflow
 
 
+def check_uri(uri):
+    """UsageError for a --mlflow-uri MLflow 3 refuses: its file store (./mlruns, file:...)."""
+    if uri and (uri.startswith("file:") or "://" not in uri):
+        raise UsageError(f"option --mlflow-uri: MLflow 3 keeps runs in a database or on a server, not in a folder; "
+                         f"give sqlite:///<path>.db, http://<host>:<port>, or leave it out (sqlite:///<checkpoint-dir>/"
+                         f"mlflow.db); got {excerpt(uri)}")
+
+
 def store_of(cfg):
     """(tracking URI, artifact location for a new experiment or None: the server decides).
     A SQLite store keeps its experiments' files beside it, in mlartifacts/ (MLflow's own
@@ -72,6 +81,7 @@ class Connection:
     """A client of the store, checked to answer, and the experiment the run goes into."""
 
     def __init__(self, cfg):
+        check_uri(cfg.mlflow_uri)
         mlflow = require()
         self.uri, artifacts = store_of(cfg)
         if not self.uri.startswith(("http://", "https://", "databricks")):
@@ -79,12 +89,27 @@ class Connection:
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
         name = cfg.mlflow_experiment or cfg.experiment
         try:
-            self.experiment_id = experiment_id(self.client, name, artifacts)
+            with quick_answers():
+                self.experiment_id = experiment_id(self.client, name, artifacts)
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - anything that stops us reaching the store says so in one line
             raise UserError(f"cannot reach MLflow at {shown(self.uri)} ({reason(error)}); start the server (mlflow "
                             f"server --port 5000), fix --mlflow-uri, or drop mlflow from --loggers") from None
+
+
+@contextlib.contextmanager
+def quick_answers():
+    """The start's check of the server: one retry and 10 s per request (a blackholed host
+    is a line within half a minute, not the run's patient defaults), unless the user set them."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    ours = {name: value for name, value in quick.items() if os.environ.get(name) == ENV_DEFAULTS[name]}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        for name in ours:
+            os.environ[name] = ENV_DEFAULTS[name]
 
 
 def reason(error):

@@ -15,7 +15,9 @@ def read(folder):
         found = json.loads((folder / FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return found if isinstance(found, dict) else {}
+    if not isinstance(found, dict):
+        return {}
+    return {name: ids for name, ids in found.items() if isinstance(ids, dict)}  # a damaged entry: as if absent
 
 
 def keep(folder, name, ids):

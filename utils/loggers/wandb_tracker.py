@@ -17,13 +17,14 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
-from utils.core.errors import UserError
+from utils.core.errors import UsageError, UserError, excerpt
 from utils.core.registry import LOGGERS
 from utils.loggers import record
 from utils.loggers.base import Tracker, flat_config, one_line, trial_state
 
 EXTRA = "bash scripts/setup.sh --trackers"
 LAST_STEP = "runner-last-step"
+PROJECT_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")  # what W&B refuses in a project's name
 EXIT_CODES = {"finished": 0, "pruned": 0, "stopped": 0, "crashed": 1}
 
 
@@ -68,6 +69,10 @@ class WandbLogger(Tracker):
 
     @classmethod
     def connect(cls, cfg):
+        bad = sorted(set(cfg.wandb_project or "") & set(PROJECT_FORBIDDEN))
+        if bad or len(cfg.wandb_project or "") > 128:
+            raise UsageError(f"option --wandb-project: a W&B project name has at most 128 characters and none of "
+                             f"{' '.join(PROJECT_FORBIDDEN)}; got {excerpt(cfg.wandb_project)}")
         require()
         return mode()
 
