@@ -168,6 +168,17 @@ class MlflowLogger(Tracker):
         connection = start.connection or Connection(cfg)
         self.client, self.uri = connection.client, connection.uri
         super().__init__(run_dir, cfg, start)
+        try:
+            self._start(run_dir, cfg, start, connection)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the store went away since connect: one line, before training
+            self.end(None)
+            raise UserError(f"cannot reach MLflow at {shown(self.uri)} ({reason(error)}); start the server (mlflow "
+                            f"server --port 5000), fix --mlflow-uri, or drop mlflow from --loggers") from None
+
+    def _start(self, run_dir, cfg, start, connection):
+        """Make the MLflow run, or continue the one the run dir names; its params and tags."""
         kept = record.read(run_dir).get(self.name) or {}
         self.run_id = kept.get("run_id") if kept.get("uri") == self.uri else None
         run = self._existing(self.run_id)
@@ -236,10 +247,10 @@ class MlflowLogger(Tracker):
             self.client.log_artifact(self.run_id, str(path), folder or None)
 
     def _end(self, status, best):
-        if best:
+        name = "best/" + best["metric"].replace("_", "/", 1) if best else None
+        if best and int(best["epoch"]) > self.sent.get(name, -1):  # a stop logged it already: once
             from mlflow.entities import Metric
 
-            name = "best/" + best["metric"].replace("_", "/", 1)
             self.client.log_batch(self.run_id, metrics=[Metric(name, float(best["value"]), _now_ms(), int(best["epoch"]))])
         if self.start.sweep is not None and status is not None:
             self.client.set_tag(self.run_id, "trial_state", trial_state(status, best))
