@@ -96,17 +96,42 @@ class Visualizer:
             self.writer = None
 
 
-def _summary_writer(run_dir, suffix, **options):
+def _summary_writer(run_dir, suffix, purge_step=None, **options):
     """(tensorboardX SummaryWriter of a new event file in `run_dir`, its _guard); a file
-    that cannot be created is an OutputError."""
+    that cannot be created is an OutputError. Events are written when they are added
+    (_write_when_added), and `purge_step` starts the file as tensorboardX would."""
     from tensorboardX import SummaryWriter
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
 
     try:
         writer = SummaryWriter(logdir=str(run_dir), filename_suffix=suffix, **options)
+        # tensorboardX 2.6's objects (pinned in requirements.txt): writer -> FileWriter -> EventFileWriter -> EventsWriter
+        file_writer = writer._get_file_writer()
     except OSError as error:
         raise OutputError(f"cannot write TensorBoard's event file in {run_dir}: {_reason(error)}") from None
-    # tensorboardX 2.6's objects (pinned in requirements.txt): writer -> FileWriter -> EventFileWriter -> EventsWriter
-    return writer, _guard(writer._get_file_writer().event_writer._ev_writer)
+    guarded = _guard(file_writer.event_writer._ev_writer)
+    _write_when_added(file_writer.event_writer)
+    if purge_step is not None:  # what SummaryWriter(purge_step=) adds: TensorBoard hides the steps from it on
+        file_writer.add_event(Event(step=purge_step, file_version="brain.Event:2"))
+        file_writer.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+    return writer, guarded
+
+
+def _write_when_added(event_file_writer):
+    """Write each event into the file when it is added, instead of queueing it for
+    tensorboardX's thread, which writes when it gets to it and flushes every flush_secs: its
+    flush() does not wait for the queue, so a run killed (SIGKILL) shortly after an epoch's
+    end lost that epoch's points, and the resume, which redoes only the steps after its
+    checkpoint, never wrote them again. Written and flushed here, an event is in the file (the
+    OS's page cache, which a killed process does not lose) when add_* returns."""
+    events_writer = event_file_writer._ev_writer
+
+    def add_event(event):
+        if not event_file_writer._closed:
+            events_writer.write_event(event)
+            events_writer.flush()
+
+    event_file_writer.add_event = add_event
 
 
 class _Guarded:
