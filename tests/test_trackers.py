@@ -246,3 +246,15 @@ def test_a_sweep_is_a_parent_run_with_its_trials_nested_and_tagged(data, tmp_pat
         assert tags["mlflow.parentRunId"] == parent.info.run_id and tags["trial"] == str(number)
         assert tags["trial.lr"] == lr and trial.data.params["lr"] == lr
         assert tags["trial_state"] == state and trial.info.status == "FINISHED"
+
+
+def test_a_run_that_crashes_before_its_first_checkpoint_is_failed_in_mlflow_and_leaves_no_folder(data, tmp_path):
+    pytest.importorskip("wandb")
+    flags = tiny_flags(data, tmp_path, **{"loggers": "tensorboard,mlflow,wandb"})
+    result = run_cli("train", *flags, env={"RUNNER_FAULT_AT_STEP": "1:nan", "WANDB_MODE": "offline",
+                                           "HOME": str(tmp_path)})
+    assert result.returncode == 1 and "error: loss is nan at epoch 1, step 1" in result.stderr, result.stderr
+    assert "failed:" not in result.stderr  # no tracker warning on top of the crash
+    assert not (tmp_path / "runs" / "tiny").exists()
+    (run,) = runs_of(local_client(tmp_path / "runs"))
+    assert run.info.status == "FAILED" and run.info.run_name == "tiny"

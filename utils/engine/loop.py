@@ -134,17 +134,17 @@ def train(cfg, trial=None, given=()):
         outputs.close()
         fenced = getattr(error, "fenced", False)
         status = None if fenced else "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed"
-        if fenced:
-            pass  # the run dir is another worker's now: no status, no clean-up
-        elif created and not any(run_dir.glob("*.pth")):
-            # A new run that ended before writing any checkpoint holds nothing to resume or
-            # evaluate: it leaves no folder behind, like a run that cannot start.
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:
+        removed = not fenced and created and not any(run_dir.glob("*.pth"))
+        if not fenced and not removed:  # fenced: the run dir is another worker's now, no status
             with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
                 outputs.write_status(ctx.state, status,
                                      error=str(error).splitlines()[0] if str(error) else type(error).__name__)
-        outputs.end(status, ctx.state.best)  # the trackers' runs: KILLED, FAILED (or left as they are)
+        with contextlib.suppress(Exception):
+            outputs.end(status, ctx.state.best)  # the trackers' runs: KILLED, FAILED (fenced: left as they are)
+        if removed:
+            # A new run that ended before writing any checkpoint holds nothing to resume or
+            # evaluate: it leaves no folder behind, like a run that cannot start.
+            shutil.rmtree(run_dir, ignore_errors=True)
         if lost is not None:
             raise lost from None
         raise
