@@ -258,3 +258,19 @@ def test_a_run_that_crashes_before_its_first_checkpoint_is_failed_in_mlflow_and_
     assert not (tmp_path / "runs" / "tiny").exists()
     (run,) = runs_of(local_client(tmp_path / "runs"))
     assert run.info.status == "FAILED" and run.info.run_name == "tiny"
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_logs_one_mlflow_run(data, tmp_path):
+    from test_distributed import torchrun
+
+    result = torchrun("train", *tiny_flags(data, tmp_path, **{"loggers": "tensorboard,mlflow", "max-epoch": 2,
+                                                              "batch-size": 2, "threads": 1}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("MLflow run ") == 1  # said by rank 0 alone
+    (run,) = runs_of(local_client(tmp_path / "runs"))
+    assert run.info.status == "FINISHED"
+    board = tensorboard_points(tmp_path / "runs" / "tiny")
+    for key in ("train/loss", "val/logloss"):
+        assert sorted(m.step for m in local_client(tmp_path / "runs").get_metric_history(run.info.run_id, key)) == \
+            [step for step, _ in board[key]]
