@@ -127,7 +127,7 @@ def test_wandb_offline_writes_its_run_files_and_a_resume_keeps_the_id(stopped_an
         assert (folder / f"run-{run_id}.wandb").stat().st_size > 0
         assert (folder / "files" / "config.yaml").is_file()
     assert (folders[-1] / "files" / "status.json").is_file()
-    assert int((run_dir / "wandb" / "runner-last-step").read_text()) >= 6  # where the stop's points ended
+    assert int((run_dir / "wandb" / f"runner-last-step-{run_id}").read_text()) >= 6  # where the stop's points ended
 
 
 @pytest.fixture

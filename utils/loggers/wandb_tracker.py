@@ -5,8 +5,8 @@ Online when an API key is configured (WANDB_API_KEY, or `wandb login`'s ~/.netrc
 else offline: the run's files go to <run dir>/wandb/ and `wandb sync <run dir>/wandb/offline-run-*`
 uploads them later. WANDB_MODE, when set, decides instead. W&B keeps one history row per step
 and points cannot be taken back, so a resume does not send again the steps the killed attempt
-had handed to W&B: their last one is kept in <run dir>/wandb/runner-last-step (written as the
-steps go, without fsync: a killed process's writes are in the page cache).
+had handed to W&B: their last one is kept in <run dir>/wandb/runner-last-step-<id> (written
+as the steps go, without fsync: a killed process's writes are in the page cache).
 
 wandb is imported here only, when a run asks for it (the trackers extra).
 """
@@ -87,7 +87,7 @@ class WandbLogger(Tracker):
         run_id = run_id or secrets.token_hex(4)  # W&B ids: 8 characters of [0-9a-z]
         folder = run_dir / "wandb"
         folder.mkdir(exist_ok=True)
-        self._mark_path = folder / LAST_STEP
+        self._mark_path = folder / f"{LAST_STEP}-{run_id}"  # per run: another --wandb-project starts afresh
         sweep = start.sweep or {}
         config = flat_config(cfg)
         if sweep:
@@ -104,8 +104,7 @@ class WandbLogger(Tracker):
                             f"the API key, set WANDB_MODE=offline, or drop wandb from --loggers") from None
         record.keep(run_dir, self.name, {"project": project, "id": run_id, "mode": self.mode})
         last = max(self._read_mark(), (self.run.step - 1) if resumed else -1)
-        self._last_step, self._step_open = last, None
-        self._skip_to = last
+        self._last_step = self._skip_to = last
         self.file(run_dir / "config.yaml")
 
     def _read_mark(self):
