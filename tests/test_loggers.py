@@ -174,7 +174,7 @@ def test_a_resumed_tracker_skips_the_points_its_service_holds(tmp_path):
         def _send_scalars(self, points):
             self.got.extend(points)
 
-    tracker = Held(tmp_path, load_config({}), loggers.Start(resumed=True, purge_step=5))
+    tracker = Held(tmp_path, load_config({}), loggers.Start(purge_step=5))
     tracker.sent = {"train/loss": 6}  # the killed attempt logged up to step 6, past its checkpoint at 4
     for step in range(5, 9):
         tracker.scalar("train/loss", float(step), step)

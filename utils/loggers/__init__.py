@@ -46,8 +46,7 @@ def open_all(run_dir, cfg, purge_step=None, sweep=None, connections=None):
     opened = []
     try:
         for name in chosen(cfg):
-            start = Start(resumed=purge_step is not None, purge_step=purge_step, sweep=sweep,
-                          connection=connections.get(name))
+            start = Start(purge_step=purge_step, sweep=sweep, connection=connections.get(name))
             opened.append(LOGGERS.get(name)(run_dir, cfg, start))
     except BaseException:
         for logger in opened:

@@ -26,11 +26,9 @@ MERGED_POINTS = 1000  # at most this many queued points go in one call (MLflow's
 
 
 class Start(typing.NamedTuple):
-    """How a run starts, for its loggers: `resumed` (a run dir that held a run), `purge_step`
-    (TensorBoard: points at and after it belong to work the resume redoes; None for a new
-    run), `sweep` (a sweep's trial: {"study", "number", "params", "parents"}, else None),
+    """How a run starts, for its loggers: `purge_step` (None for a new run; on a resume,
+    points at and after it belong to work the resume redoes), `sweep` (a sweep's trial: {"study", "number", "params", "parents"}, else None),
     `connection` (what the logger's `connect` returned before the run dir existed)."""
-    resumed: bool = False
     purge_step: typing.Optional[int] = None
     sweep: typing.Optional[dict] = None
     connection: typing.Any = None
@@ -211,6 +209,12 @@ def trial_state(status, best):
     if status == "finished":
         return "complete" if best else "failed"
     return "failed" if status == "crashed" else status
+
+
+def best_key(metric):
+    """The name a tracker gives the best value of `metric`: best/val/logloss for val_logloss
+    (its curve's name, as utils/engine/reporting.py makes it, under best/)."""
+    return "best/" + metric.replace("_", "/", 1)
 
 
 def one_line(error):

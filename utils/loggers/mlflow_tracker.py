@@ -17,13 +17,14 @@ import logging
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 from utils.core.errors import UsageError, UserError, excerpt
 from utils.core.shell import hide_passwords
 from utils.core.registry import LOGGERS
 from utils.loggers import record
-from utils.loggers.base import Tracker, flat_config, one_line, trial_state
+from utils.loggers.base import Tracker, best_key, flat_config, one_line, trial_state
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,6 @@ def store_of(cfg):
     return uri, None
 
 
-def shown(uri):
-    """A URI as said in messages: without a password."""
-    return hide_passwords(uri)
-
-
 class Connection:
     """A client of the store, checked to answer, and the experiment the run goes into."""
 
@@ -94,8 +90,7 @@ class Connection:
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - anything that stops us reaching the store says so in one line
-            raise UserError(f"cannot reach MLflow at {shown(self.uri)} ({reason(error)}); start the server (mlflow "
-                            f"server --port 5000), fix --mlflow-uri, or drop mlflow from --loggers") from None
+            raise unreachable(self.uri, error) from None
 
 
 @contextlib.contextmanager
@@ -110,6 +105,12 @@ def quick_answers():
     finally:
         for name in ours:
             os.environ[name] = ENV_DEFAULTS[name]
+
+
+def unreachable(uri, error):
+    """The one line of a store that does not answer, with the fixes."""
+    return UserError(f"cannot reach MLflow at {hide_passwords(uri)} ({reason(error)}); start the server (mlflow server "
+                     f"--port 5000), fix --mlflow-uri, or drop mlflow from --loggers")
 
 
 def reason(error):
@@ -145,8 +146,6 @@ def experiment_id(client, name, artifacts):
 
 def quiet_store_logs():
     """A new SQLite store logs its schema migrations at INFO: noise in a run's log."""
-    import logging
-
     for name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -174,8 +173,7 @@ class MlflowLogger(Tracker):
             raise
         except Exception as error:  # noqa: BLE001 - the store went away since connect: one line, before training
             self.end(None)
-            raise UserError(f"cannot reach MLflow at {shown(self.uri)} ({reason(error)}); start the server (mlflow "
-                            f"server --port 5000), fix --mlflow-uri, or drop mlflow from --loggers") from None
+            raise unreachable(self.uri, error) from None
 
     def _start(self, run_dir, cfg, start, connection):
         """Make the MLflow run, or continue the one the run dir names; its params and tags."""
@@ -247,7 +245,7 @@ class MlflowLogger(Tracker):
             self.client.log_artifact(self.run_id, str(path), folder or None)
 
     def _end(self, status, best):
-        name = "best/" + best["metric"].replace("_", "/", 1) if best else None
+        name = best_key(best["metric"]) if best else None
         if best and int(best["epoch"]) > self.sent.get(name, -1):  # a stop logged it already: once
             from mlflow.entities import Metric
 
@@ -277,8 +275,8 @@ def sweep_tags(sweep):
 def where_to_look(uri, experiment, run_id):
     """The run's web page on a server, or the command that shows a local store."""
     if uri.startswith(("http://", "https://")):
-        return f"{shown(uri).rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-    return f"{shown(uri)}; see it with `mlflow ui --backend-store-uri {shown(uri)}`"
+        return f"{hide_passwords(uri).rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{hide_passwords(uri)}; see it with `mlflow ui --backend-store-uri {hide_passwords(uri)}`"
 
 
 def code_tags(run_dir):
@@ -299,15 +297,10 @@ def code_tags(run_dir):
 
 def attach(ids, path, folder):
     """Log file `path` to the MLflow run `ids` names (test's csv, export's model)."""
-    require()
-    import mlflow
-
-    mlflow.MlflowClient(tracking_uri=ids["uri"]).log_artifact(ids["run_id"], str(path), folder or None)
+    require().MlflowClient(tracking_uri=ids["uri"]).log_artifact(ids["run_id"], str(path), folder or None)
 
 
 def _now_ms():
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -340,6 +333,6 @@ def end_parent(run_id, cfg, metric, best_value, best_trial):
 
     client = Connection(cfg).client
     if best_value is not None:
-        client.log_batch(run_id, metrics=[Metric("best/" + metric.replace("_", "/", 1), float(best_value), _now_ms(), 0)])
+        client.log_batch(run_id, metrics=[Metric(best_key(metric), float(best_value), _now_ms(), 0)])
         client.set_tag(run_id, "best_trial", str(best_trial))
     client.set_terminated(run_id, "FINISHED")

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from utils.core.errors import UsageError, UserError, excerpt
 from utils.core.registry import LOGGERS
 from utils.loggers import record
-from utils.loggers.base import Tracker, flat_config, one_line, trial_state
+from utils.loggers.base import Tracker, best_key, flat_config, one_line, trial_state
 
 EXTRA = "bash scripts/setup.sh --trackers"
 LAST_STEP = "runner-last-step"
@@ -160,7 +160,7 @@ class WandbLogger(Tracker):
             return
         self.run.summary["status"] = status
         if best:
-            self.run.summary["best/" + best["metric"].replace("_", "/", 1)] = best["value"]
+            self.run.summary[best_key(best["metric"])] = best["value"]
             self.run.summary["best_epoch"] = best["epoch"]
         if self.start.sweep is not None:
             self.run.summary["trial_state"] = trial_state(status, best)

@@ -46,6 +46,7 @@ from utils.loggers import sweeps
 from utils.sweep import joining
 from utils.sweep import lease as leases
 from utils.sweep.journal import repair
+from utils.sweep.report import best_trial, render_summary
 from utils.sweep.study import JOURNAL, check_study_dir, read_record, state_counts, study_lock, trial_dir
 from utils.visualize import write_hparams
 
@@ -207,7 +208,10 @@ class Worker:
                                 f"failed, the last with: {failed_in_a_row[-1]}; fix that and start the sweep again "
                                 f"(`{main_command()} sweep --study={self.options.study} --summary` lists the trials)")
         if distributed.is_main() and self.parents:
-            best = next((t for t in self.study.best_trials), None) if _has_complete(self.study) else None
+            try:
+                best = best_trial(self.study)
+            except STORAGE_ERRORS:
+                best = None  # the trials are told; the parent run's summary is extra
             sweeps.end_study(self.parents, self.base, self.space.metric, best.value if best else None,
                              best.number if best else None)
         if distributed.is_main():
@@ -311,13 +315,6 @@ class Worker:
         log.error("sweep %s: trial %d failed: %s%s", self.options.study, number, text, again)
 
 
-def _has_complete(study):
-    try:
-        return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-    except STORAGE_ERRORS:
-        return False
-
-
 def _first_line(error):
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
@@ -347,8 +344,6 @@ def main(options, base, flags, space):
     this worker (or print the summary)."""
     study_dir = Path(base.checkpoint_dir) / options.study
     if options.summary:
-        from utils.sweep.report import render_summary
-
         print(render_summary(study_dir, options.storage, options.stale_after))
         return
     if options.repair:
