@@ -28,6 +28,7 @@ import uuid
 
 from utils.core.errors import UserError
 from utils.core.io import atomic_open
+from utils.core.liveness import pid_namespace
 
 log = logging.getLogger(__name__)
 LEASE = "lease.json"
@@ -159,12 +160,3 @@ def owner_is_gone(record):
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return False
-
-
-def pid_namespace():
-    """This process's PID namespace ('pid:[4026531836]'), or None where there is no /proc:
-    two containers may share a host name but not a PID namespace."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None

@@ -16,39 +16,22 @@ does not exist, so os.stat would fail on it; the grace period uses the link's ow
 import errno
 import logging
 import os
-import socket
 import time
 import uuid
 
 from optuna.storages.journal import JournalFileSymlinkLock
+
+from utils.core.liveness import identity, is_gone
 
 log = logging.getLogger(__name__)
 OWNER = "#held-by="  # between the journal's path and the holder in the link's text
 GRACE_SECONDS = 30  # Optuna's grace period for a holder this process cannot judge
 
 
-def identity(pid=None):
-    """host|boot id|pid namespace|pid of this process: unique while it lives."""
-    return "|".join((socket.gethostname(), _read("/proc/sys/kernel/random/boot_id"), _pid_namespace(),
-                     str(os.getpid() if pid is None else pid)))
-
-
 def holder_is_dead(text):
     """Whether the lock link's `text` names a process of this machine, boot and pid namespace
     that no longer runs. False whenever that cannot be told (another machine, an old link)."""
-    if OWNER not in text:
-        return False
-    host, boot, namespace, pid = (text.rsplit(OWNER, 1)[1].split("|") + ["", "", "", ""])[:4]
-    here = identity().split("|")
-    if not boot or not namespace or [host, boot, namespace] != here[:3] or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, another user's
-    return _read(f"/proc/{pid}/stat").rpartition(")")[2].split()[:1] == ["Z"]  # killed, not yet reaped
+    return OWNER in text and is_gone(text.rsplit(OWNER, 1)[1])
 
 
 class OwnedLock(JournalFileSymlinkLock):
@@ -108,18 +91,3 @@ class OwnedLock(JournalFileSymlinkLock):
                 os.unlink(moved)
             except OSError:
                 pass
-
-
-def _pid_namespace():
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def _read(path):
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
