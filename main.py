@@ -22,7 +22,7 @@ from configs.values import Text
 from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
 from utils.core.shell import main_command, typed
-from utils.engine import distributed, runtime
+from utils.engine import distributed, run_lock, runtime
 from utils.export import options as export_options  # each registers its command's help (configs/commands.py)
 from utils.reproduce import options as reproduce_options
 from utils.runs import render
@@ -226,6 +226,8 @@ def main(argv=None):
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        run_lock.release_all()  # a run dir a command wrote into is free for the next writer
 
 
 # What every command needs, by import name (requirements.txt pins them); `help` needs none.

@@ -21,13 +21,32 @@ def is_gone(holder):
     here = identity().split("|")
     if not boot or not namespace or [host, boot, namespace] != here[:3] or not pid.isdigit():
         return False
+    return not is_running(int(pid))
+
+
+def is_running(pid, started=None):
+    """Whether process `pid` of this machine runs: it exists, is no zombie (killed, not yet
+    reaped) and, when `started` (its start_ticks) is given, is the process that started then
+    and not a later one that was given the same pid."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
+        return False
     except PermissionError:
-        return False  # alive, another user's
-    return read_text(f"/proc/{pid}/stat").rpartition(")")[2].split()[:1] == ["Z"]  # killed, not yet reaped
+        pass  # alive, another user's
+    except (OSError, OverflowError):
+        return False
+    fields = read_text(f"/proc/{pid}/stat").rpartition(")")[2].split()
+    if fields[:1] == ["Z"]:
+        return False
+    return started is None or len(fields) < 20 or fields[19] == str(started)
+
+
+def start_ticks(pid=None):
+    """When process `pid` (default this one) started, in clock ticks since boot (field 22
+    of /proc/<pid>/stat), or None where there is no /proc: with the pid, it names one process."""
+    fields = read_text(f"/proc/{os.getpid() if pid is None else pid}/stat").rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) >= 20 and fields[19].isdigit() else None
 
 
 def pid_namespace():

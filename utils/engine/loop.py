@@ -36,7 +36,7 @@ from utils import loggers
 from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
-from utils.engine import distributed, resume, runtime
+from utils.engine import distributed, resume, run_lock, runtime
 from utils.engine.averages import add_averages
 from utils.engine.elastic import MidEpochSaves, restarts_after
 from utils.engine.experiment import Context
@@ -62,14 +62,27 @@ def train(cfg, trial=None, given=()):
     when the run dir now belongs to another worker; `trial.resume_command`, when it has one,
     is what a stop prints to go on. A trial with `compare` (utils/reproduce/rerun.py) is
     handed each epoch end's fingerprints once written, on rank 0, and a reason it returns ends
-    the run there; one with `quiet` set prints nothing at the end."""
+    the run there; one with `quiet` set prints nothing at the end. A trial's `stale_after`
+    is how long its run's lock may go unrenewed before another worker takes it over."""
+    if not cfg.resume:
+        cfg = distributed.broadcast_object(runtime.name_run(cfg))  # rank 0 names a new run for every rank
+    # One writer per run dir (utils/engine/run_lock.py): taken before anything looks at it.
+    lock = distributed.on_main(lambda: run_lock.acquire(resume.run_dir_of(cfg), getattr(trial, "stale_after", None),
+                                                        patient=cfg.resume == resume.AUTO))
+    try:
+        return _train(cfg, trial, given, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg, trial, given, lock):
     auto = cfg.resume == resume.AUTO
     cfg = resume.decide(cfg)  # --resume=auto: a fresh run, or the newest checkpoint
     if cfg.resume:
         distributed.check_shared(resume.checkpoint_path(cfg))  # every node must see the run it resumes
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
-    # Rank 0 names a new run (its clock, its look at the folder) for every rank.
-    cfg = resumed["config"] if resumed else distributed.broadcast_object(runtime.name_run(cfg))
+    cfg = resumed["config"] if resumed else cfg
     saved = resumed["state"] if resumed else None
     if saved is not None:
         done = resume.finished(cfg, saved, auto)
@@ -90,7 +103,8 @@ def train(cfg, trial=None, given=()):
         raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
     distributed.on_main(lambda: runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir"))
     seeding.seed_everything(cfg.seed)  # the same initial weights on every rank
-    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(), guard=trial.check_owner if trial is not None else None,
+    checks = [check for check in (getattr(lock, "check", None), getattr(trial, "check_owner", None)) if check]
+    outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(), guard=lambda: [check() for check in checks],
                       connections=connections, sweep=getattr(trial, "tracking", None))
     ctx = Context(cfg, device, Precision(cfg, device, train_set), TrainState(), outputs)
     objects = experiment.build(ctx)
@@ -220,14 +234,15 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             saves.epoch_written()
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
-                                                                               experiment.checkpoint_info()))
+                                                                               experiment.checkpoint_info()),
+                                               metrics=metrics)
             outputs.write_status(ctx.state, "running")
             if manifest is not None:
                 manifest.update()  # the data's fingerprint, once it is hashed
             compare = getattr(trial, "compare", None)
             if compare is not None:  # `reproduce`: each epoch's fingerprints against the original run's
                 outputs.checkpoints.wait()
-                verdict = compare(epoch + 1, outputs.checkpoints.fingerprints) if distributed.is_main() else None
+                verdict = compare(epoch + 1, outputs.checkpoints.fingerprints, metrics) if distributed.is_main() else None
                 ctx.state.pruned = distributed.broadcast_object(verdict) or ctx.state.pruned
             if ctx.state.stopped_early:
                 log.info("%s", ctx.state.stopped_early)

@@ -81,6 +81,8 @@ class TrialHooks:
         self.trial, self.metric, self.lease, self.pruner_name = trial, metric, lease, pruner_name
         self.resume_command = resume_command  # what a stop prints: the sweep's own command, which resumes the trial
         self.tracking = tracking  # {"study", "number", "params", "parents"}: the trackers nest the trial (utils/loggers)
+        # the run lock of the trial's run dir goes stale as its lease does (utils/engine/run_lock.py)
+        self.stale_after = lease.stale_after if lease is not None else None
 
     def epoch_end(self, epoch, metrics):
         verdict = None
