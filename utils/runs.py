@@ -3,7 +3,6 @@ status.json (written by the engine at start, after every epoch and at the end), 
 hundred runs loads no checkpoint. Runs written before status.json existed are read from
 their last.pth (memory-mapped: the tensors are not read).
 """
-import json
 import os
 import socket
 import time
@@ -11,8 +10,10 @@ from pathlib import Path
 
 from configs.loader import read_yaml
 from utils.core.errors import UsageError, UserError
+from utils.core.records import Damaged
 from utils.core.shell import main_command
-from utils.engine.checkpoint import STATUS, is_run
+from utils.engine import status as run_status
+from utils.engine.checkpoint import is_run
 from utils.tables import columns
 
 COLUMNS = ("env", "experiment", "model", "epochs", "best", "state", "size", "updated", "restarts")
@@ -44,14 +45,16 @@ def describe_run(run_dir):
         "size": _size(size),
         "updated": record.get("updated") or time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_dir.stat().st_mtime)),
         "restarts": _restarts(record.get("restarts")),
+        "damaged": record.get("damaged"),
     }
 
 
 def _status(run_dir):
     try:
-        return json.loads((run_dir / STATUS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return _status_from_files(run_dir)
+        record = run_status.read(run_dir)
+    except Damaged as damaged:  # the run's checkpoint and config.yaml still say a lot
+        return {**_status_from_files(run_dir), "status": "damaged", "damaged": str(damaged)}
+    return record if record is not None else _status_from_files(run_dir)
 
 
 def _status_from_files(run_dir):
@@ -120,7 +123,9 @@ def render(checkpoint_dir):
         return f"no runs in {checkpoint_dir} yet (train one: {main_command()} train --env=<name>)"
     rows.sort(key=lambda row: row["updated"])
     lines = columns(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
-    return "\n".join(lines + ([""] + studies if studies else []))
+    damaged = [f"run {row['env']}: {row['damaged']}; the row shows what its checkpoint says (remove the file to "
+               f"read it so; a resume writes it anew)" for row in rows if row["damaged"]]
+    return "\n".join(lines + damaged + ([""] + studies if studies else []))
 
 
 def _studies(checkpoint_dir):

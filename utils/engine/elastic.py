@@ -7,15 +7,16 @@ same command again; with --resume=auto (utils/engine/resume.py) it continues fro
 checkpoint. What it redoes is the work since that checkpoint: with --save-every a few
 minutes, not an epoch. docs/distributed.md tells what happens on each kind of failure.
 """
-import json
+import contextlib
 import logging
 import os
 import time
 
 from configs.values import save_interval
 from utils.core.errors import UsageError, plural
+from utils.core.records import Damaged
 from utils.engine import distributed
-from utils.engine.checkpoint import STATUS
+from utils.engine import status as run_status
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,14 @@ def restarts_after(run_dir, state, saved_world):
     A run whose status.json says "running" ended without a word: kill -9, out of memory or a
     lost node. `state`: the TrainState resumed from."""
     try:
-        before = json.loads((run_dir / STATUS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        before = run_status.read(run_dir) or {}
+    except Damaged as damaged:
+        # status.json says how the run stands and is written again at once; the damaged one
+        # is kept beside it, since what it said (earlier restarts) is not to be lost unseen
+        kept = damaged.path.with_name(damaged.path.name + ".damaged")
+        with contextlib.suppress(OSError):
+            os.replace(damaged.path, kept)
+        log.warning("%s; kept as %s, and the run's earlier restarts are not carried over", damaged, kept.name)
         before = {}
     listed = [entry for entry in before.get("restarts") or [] if isinstance(entry, dict)]
     status, error = before.get("status"), str(before.get("error") or "")

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from utils.core.io import atomic_open
+from utils.core.records import Damaged, Required, read_json
 from utils.core.shell import hide_passwords
 from utils.engine import data_fingerprint, provenance
 
@@ -103,23 +104,42 @@ def data_roots(cfg):
     return roots
 
 
-def read(run_dir):
-    """A run's manifest dict, or None when it has none (or it does not parse)."""
-    try:
-        manifest = json.loads((Path(run_dir) / NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("environments"), list) else None
+# What a manifest must look like where it is read (utils/core/records.py); other keys pass.
+ROOT = {"files": int, "bytes": int, "sha256": str, "path": str, "missing": bool}
+BLOCK = {"started": str, "kind": str, "at": {"epoch": int, "step_in_epoch": int, "global_step": int}, "host": str,
+         "command": [str], "cwd": str, "python": str, "packages": {"*": str},
+         "code": {"git": {"commit": (str, None), "branch": (str, None), "dirty": bool, "changed": [str],
+                          "diff_sha256": (str, None), "diff_file": str},
+                  "sources": {"files": int, "sha256": str, "digests": {"*": str}}},
+         "hardware": {"os": str, "machine": str, "cpu": str, "cores": (int, None), "gpus": [str], "cuda": (str, None),
+                      "cudnn": (int, None)},
+         "threads": int, "world_size": int, "device": str, "precision": str, "channels_last": bool, "compile": bool,
+         "seed": int, "max_epoch": int, "determinism": {"*": (bool, str)}, "environment": {"*": str},
+         "config": {"*": object},
+         "data": {"split": {"*": str}, "sizes": {"*": int}, "roots": (None, {"*": ROOT})}}
+SHAPE = {"format": int, "run": str, "experiment": str, "environments": Required([BLOCK])}
+FILES_SHAPE = {"*": {"*": {"*": str}}}  # {block index: {root: {file: digest}}}
 
 
-def read_files(run_dir):
-    """{block index: {root: {file: digest}}} from data-files.json.gz ({} when missing)."""
-    try:
-        with gzip.open(Path(run_dir) / FILES, "rt", encoding="utf-8") as handle:
-            found = json.load(handle)
-        return {int(key): value for key, value in found.items()} if isinstance(found, dict) else {}
-    except (OSError, ValueError, EOFError):
-        return {}
+def read(run_dir, fix=""):
+    """A run's manifest dict, None when it has none; records.Damaged when it is there but
+    cannot be used (`fix`: '; what the caller's user can do')."""
+    path = Path(run_dir) / NAME
+    manifest = read_json(path, SHAPE, fix=fix)
+    if manifest is not None and not manifest["environments"]:
+        raise Damaged(path, "environments is empty: no block says what the run was trained with", fix)
+    return manifest
+
+
+def read_files(run_dir, fix=""):
+    """{block index: {root: {file: digest}}} from data-files.json.gz ({} when missing);
+    records.Damaged when it is there but cannot be used."""
+    path = Path(run_dir) / FILES
+    found = read_json(path, FILES_SHAPE, packed=True, fix=fix) or {}
+    wrong = next((key for key in found if not key.isdigit()), None)
+    if wrong is not None:
+        raise Damaged(path, f"{wrong!r} is not the number of a manifest block", fix)
+    return {int(key): value for key, value in found.items()}
 
 
 class Manifest:

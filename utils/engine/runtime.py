@@ -1,7 +1,6 @@
 """What every command does before its real work: pick the device, name and create the run
 directory, log and save the resolved config, build data loaders."""
 import dataclasses
-import json
 import logging
 import os
 import resource
@@ -17,9 +16,10 @@ import configs
 from configs.schema import FIELDS
 from utils.core.errors import UsageError, UserError, shorten
 from utils.core.io import atomic_open
+from utils.core.records import Damaged
 from utils.core.shell import main_command, program
-from utils.engine import distributed
-from utils.engine.checkpoint import BEST, LAST, STATUS
+from utils.engine import distributed, run_lock, status
+from utils.engine.checkpoint import BEST, LAST, is_run
 
 log = logging.getLogger(__name__)
 STUDY_RECORD = "sweep.yaml"  # what marks a sweep's study folder (utils/sweep/study.py RECORD)
@@ -159,12 +159,16 @@ def default_output(cfg, name):
 
 
 def check_output_file(path, option):
-    """UserError unless `path` can be written as a file: not a folder, in a writable folder."""
+    """UserError unless `path` can be written as a file: not a folder, in a writable folder.
+    A file that goes into a run dir holds the run's lock until the command ends
+    (utils/engine/run_lock.py): a run being trained is written by its trainer alone."""
     path = Path(path)
+    example = {"--result-file": "result.csv", "--gen-img": "result.png", "--output": "model.onnx"}.get(option, "out")
     if path.is_dir():
-        example = {"--result-file": "result.csv", "--gen-img": "result.png", "--output": "model.onnx"}.get(option, "out")
         raise UserError(f"{option}={path} is a folder; give a file name, e.g. {option}={path / example}")
     check_output_dir(path.parent, option)
+    if is_run(path.parent):
+        distributed.on_main(lambda: run_lock.acquire(path.parent, hint=f", or write the file elsewhere: {option}=<file>"))
 
 
 def check_new_run(cfg):
@@ -182,11 +186,11 @@ def _go_on(cfg):
     """How to go on with the run in cfg's run dir, as its status.json tells: a finished run
     trains further with a larger --max-epoch (the words `train --resume` prints for it)."""
     try:
-        record = json.loads((cfg.run_dir / STATUS).read_text(encoding="utf-8"))
-        done, planned = int(record["epoch"]), int(record["max_epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"continue it with `{resume_command(cfg)}`"
-    if record.get("status") == "finished" and done >= planned:
+        record = status.read(cfg.run_dir) or {}
+    except Damaged:
+        record = {}
+    done, planned = record.get("epoch"), record.get("max_epoch")
+    if record.get("status") == "finished" and done is not None and planned is not None and done >= planned:
         return (f"it has finished ({done} of --max-epoch={planned} epochs done); train it further with "
                 f"`{further_command(cfg, done)}`")
     return f"continue it with `{resume_command(cfg)}`"

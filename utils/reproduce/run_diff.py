@@ -2,13 +2,14 @@
 the options that differ (A's value | B's value, from config.yaml), the manifest items that
 differ (their starting environments: code, data, packages, machine, threads), each run's best
 metric (status.json), and the first epoch at which their fingerprints part."""
-import json
 from pathlib import Path
 
 import configs
 from configs.loader import load_config, read_yaml
 from utils.core.errors import UsageError, UserError
+from utils.core.records import Damaged
 from utils.engine import checkpoint, fingerprints, manifest, manifest_diff
+from utils.engine import status as run_status
 from utils.tables import columns
 
 NOT_OPTIONS = ("env", "checkpoint_dir", "config", "resume")
@@ -39,10 +40,10 @@ def _options(run_dir):
 
 def _best(run_dir):
     try:
-        best = json.loads((run_dir / checkpoint.STATUS).read_text(encoding="utf-8")).get("best")
-        return f"{best['metric']} {best['value']:.4f} (epoch {best['epoch']})" if best else "-"
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return "?"
+        best = (run_status.read(run_dir) or {}).get("best")
+    except Damaged:
+        return "? (its status.json is damaged)"
+    return f"{best['metric']} {best['value']:.4f} (epoch {best['epoch']})" if best else "-"
 
 
 def _shown(value):

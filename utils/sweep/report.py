@@ -1,7 +1,6 @@
 """What a study holds, as text: `sweep --summary` (its trials sorted by the metric and the
 command that reproduces the best one) and the studies part of `python main.py runs`."""
 import collections
-import json
 import math
 from pathlib import Path
 
@@ -13,8 +12,10 @@ from configs.values import flag
 from configs.output import _shown
 from configs.schema import FIELDS
 from utils.core.errors import UserError
+from utils.core.records import Damaged
 from utils.core.shell import main_command
 from utils.engine import runtime
+from utils.engine import status as run_status
 from utils.sweep import lease as leases
 from utils.sweep.options import OPTIONS
 from utils.sweep.study import JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, trial_dir
@@ -57,10 +58,10 @@ def _value(trial):
 
 def _epochs(study_dir, number):
     try:
-        status = json.loads((trial_dir(study_dir, number) / "status.json").read_text(encoding="utf-8"))
-        return f"{status.get('epoch', '?')}/{status.get('max_epoch', '?')}"
-    except (OSError, ValueError):
-        return "-"
+        status = run_status.read(trial_dir(study_dir, number))
+    except Damaged:
+        return "? (damaged status.json)"
+    return f"{status.get('epoch', '?')}/{status.get('max_epoch', '?')}" if status else "-"
 
 
 def state_of(study_dir, trial, stale_after=None):
