@@ -67,6 +67,7 @@ class Config:
     use_gpu: Optional[bool] = option(None, "run", "the book's switch: true = --device=cuda, false = --device=cpu", role="execution")
     save_every: str = option("", "run", "also write last.pth inside an epoch, so a killed run redoes little: N = every N steps, or a time such as 10m, 90s, 1h (rank 0's clock decides, every rank saves the same step); written off the training thread; '' = at epoch ends and stops only", role="execution")
     keep_checkpoints: int = option(0, "run", "also keep epoch_<n>.pth for the last k epochs (0 = only last.pth, best.pth)", role="execution", minimum=0)
+    accept_altered_checkpoint: bool = option(False, "run", "--resume from a checkpoint whose tensors no longer match the fingerprints written into it (changed after the run saved it) with a warning, instead of refusing", role="invocation")
     resume: str = option("", "run", "continue a run: bare flag = <run dir>/last.pth, or a checkpoint path; auto = the one command for every start and restart (torchrun --max-restarts, SLURM --requeue): a fresh run when --env holds none, else resume its newest checkpoint, or say it has finished", role="invocation", path=True, bare="last")
 
     # -- data -------------------------------------------------------------------------------

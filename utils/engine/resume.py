@@ -19,7 +19,8 @@ from configs.loader import validate
 from configs.values import flag
 from configs.schema import all_fields, config_class, fields_of, with_role
 from utils.core.errors import UsageError, UserError, plural
-from utils.engine import checkpoint, distributed, elastic, runtime
+from utils.core.records import Damaged
+from utils.engine import checkpoint, distributed, elastic, fingerprints, manifest, runtime, status
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
@@ -36,6 +37,11 @@ def checkpoint_path(cfg):
     return cfg.run_dir / checkpoint.LAST
 
 
+def run_dir_of(cfg):
+    """The run dir `train` writes: the folder of the checkpoint it resumes, else --env's."""
+    return checkpoint_path(cfg).parent if cfg.resume else cfg.run_dir
+
+
 def decide(cfg):
     """cfg with --resume=auto resolved, the same on every rank (rank 0 looks at the run dir):
     "" for a fresh run (the run dir holds no run), "last" for its last.pth (or for its
@@ -50,16 +56,20 @@ def decide(cfg):
 
 def _choose(run_dir):
     last = run_dir / checkpoint.LAST
-    if not last.is_file():
-        return "last" if (run_dir / "config.yaml").is_file() else ""
-    problem = _unreadable(last)
-    if problem is None:
-        return "last"
+    if last.is_file():
+        problem = _unreadable(last)
+        if problem is None:
+            return "last"
+    else:  # missing (deleted?) or not a file: an epoch_<n>.pth the run kept goes on, else load_resume_state decides
+        problem = "a folder" if last.exists() else "missing"
     numbered = sorted(run_dir.glob("epoch_*.pth"), key=_epoch_number, reverse=True)
     for path in numbered:
         if _unreadable(path) is None:
-            log.warning("%s is unreadable (%s); resuming from %s, the newest complete checkpoint", last, problem, path.name)
+            log.warning("%s is %s (%s); resuming from %s, the newest complete checkpoint", last,
+                        "unreadable" if last.is_file() else problem, problem, path.name)
             return str(path)
+    if not last.is_file():
+        return "last" if (run_dir / "config.yaml").is_file() else ""
     raise UserError(f"cannot resume {run_dir}: {last} is unreadable ({problem}) and no other checkpoint of the run is "
                     f"complete; train it anew under another --env, or move the run dir away")
 
@@ -72,13 +82,20 @@ def _epoch_number(path):
 def _unreadable(path):
     """None when `path` is a whole checkpoint, else why not. torch.load memory-maps it: the
     archive's index (at its end) is read and checked, its tensors are not."""
+    state = _mapped(path)
+    return state.get("unreadable") or (None if "epoch" in state else "not a run's checkpoint")
+
+
+def _mapped(path):
+    """The checkpoint at `path` memory-mapped (its tensors are not read), or {"unreadable":
+    why} when it does not load as a dict."""
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any failure to load is the answer
-        return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    return None if isinstance(state, dict) and "epoch" in state else "not a run's checkpoint"
+        return {"unreadable": (str(error).strip().splitlines() or [type(error).__name__])[0][:200]}
+    return state if isinstance(state, dict) else {"unreadable": "not a run's checkpoint"}
 
 
 def load_resume_state(cfg):
@@ -88,6 +105,11 @@ def load_resume_state(cfg):
         return None
     path = checkpoint_path(cfg)
     saved_config = path.parent / "config.yaml"
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot resume run {path.parent.name}: {path} is a folder, not a checkpoint; move it away, "
+                        f"then run this again")
+    if not path.is_file() and cfg.resume == "last":
+        distributed.on_main(lambda: refuse_retrain(path.parent, cfg))
     if not path.is_file() and cfg.resume == "last" and saved_config.is_file():
         # Killed during its first epoch (perhaps after best.pth, which is written before
         # last.pth): no state to continue, so run it again from the start with its own config.
@@ -100,6 +122,7 @@ def load_resume_state(cfg):
         raise UserError(f"nothing to resume: {path} does not exist{hint or ' (is --env or --checkpoint-dir right?)'}")
     else:
         state = checkpoint.load_checkpoint(path)
+        distributed.on_main(lambda: check_files(path, state, cfg))
         saved = state.get("config")
         if not isinstance(saved, dict) or "epoch" not in state or state.get("kind") == checkpoint.WEIGHTS_KIND:
             hint = f" (resume {path.parent / checkpoint.LAST})" if path.name == checkpoint.BEST else ""
@@ -153,6 +176,66 @@ def load_resume_state(cfg):
         where = f", from its step {step + 1} ({step} done)" if step else ", from its start"
         log.info("resuming %s: epoch %d/%d%s", path, state["epoch"] + 1, merged_cfg.max_epoch, where)
     return {"state": state, "config": merged_cfg}
+
+
+def trained_before(run_dir):
+    """What says that the run in `run_dir` trained beyond what a restart from its config
+    would redo (a kill in its first epoch, after best.pth and before last.pth, is redone), or
+    None: an epoch_<n>.pth or emergency.pth kept, status.json counting an epoch done, a
+    best.pth of a later epoch (or one that cannot be read)."""
+    kept = sorted(run_dir.glob("epoch_*.pth"), key=_epoch_number)
+    if kept:
+        return f"it kept {kept[-1].name} (resume from it: --resume={kept[-1]})"
+    if (run_dir / checkpoint.EMERGENCY).is_file():
+        return f"it holds {checkpoint.EMERGENCY} (resume from it: --resume={run_dir / checkpoint.EMERGENCY})"
+    try:
+        done = (status.read(run_dir) or {}).get("epoch") or 0
+    except Damaged:
+        done = 0
+    if done:
+        return f"its status.json counts {plural(done, 'epoch')} done"
+    best = run_dir / checkpoint.BEST
+    if best.exists():
+        epoch = _mapped(best).get("epoch")
+        if not isinstance(epoch, int) or epoch > 1:
+            return f"its best.pth is of epoch {epoch}" if isinstance(epoch, int) else "it holds a best.pth"
+    return None
+
+
+def refuse_retrain(run_dir, cfg):
+    """UserError when resuming the run in `run_dir`, which has no last.pth, would train it
+    from scratch over what it trained (a finished run whose last.pth was deleted): its
+    best.pth is never replaced by a retrain nobody asked for."""
+    found = trained_before(run_dir)
+    if found is None:
+        return
+    config, best = run_dir / "config.yaml", run_dir / checkpoint.BEST
+    given = [f"--config={config}" if config.is_file() else "", f"--load-model-path={best}" if best.is_file() else ""]
+    what = " and ".join(word for word, flag in zip(("config", "weights"), given) if flag) or "options"
+    raise UserError(f"cannot resume run {run_dir.name}: its {checkpoint.LAST} is missing (deleted?), yet {found}; "
+                    f"resuming would train it again from scratch over its files. Train a new run from its {what}: "
+                    f"{runtime.main_command()} train {' '.join(flag for flag in given if flag)} --env=<new name>")
+
+
+def check_files(path, state, cfg):
+    """Before a resume writes anything: the checkpoint's tensors still match the fingerprints
+    written into it (else a refusal, or with --accept-altered-checkpoint a warning), and the
+    run's manifest files, which the resume extends, are whole."""
+    recorded = state.get("fingerprints")
+    if isinstance(recorded, dict) and recorded:
+        now = fingerprints.summary(fingerprints.of_checkpoint(state))
+        changed = [name for name in recorded if now.get(name) != recorded[name]]
+        if changed:
+            said = (f"{path} does not match the fingerprints written into it: {', '.join(changed)} changed after the "
+                    f"run saved it")
+            if not cfg.accept_altered_checkpoint:
+                raise UserError(f"{said}; restore the file, resume from another checkpoint (--resume=<epoch_<n>.pth>), "
+                                f"or go on from it anyway with --accept-altered-checkpoint")
+            log.warning("%s; resuming from it anyway (--accept-altered-checkpoint)", said)
+    run_dir = path.parent
+    for name, read in ((manifest.NAME, manifest.read), (manifest.FILES, manifest.read_files)):
+        aside = f"; move it aside (mv {run_dir / name} {run_dir / name}.damaged) and the resume begins it anew"
+        read(run_dir, fix=aside)
 
 
 def finished(cfg, saved, auto=False):
