@@ -90,8 +90,11 @@ def test_reproduce_trains_every_epoch_again_bit_for_bit_and_touches_nothing_of_t
     before = files_of(run_dir)
     result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=run", "--all")
     assert result.returncode == 0, result.stderr
-    tensors = sum(len(entry["tensors"]) for entry in fingerprints.read(run_dir)[2]["objects"].values())
-    assert f"reproduced: epochs 1-2 bit-identical (model, optimizer, lr policy: {tensors} tensors)" in result.stdout
+    record = fingerprints.read(run_dir)[2]
+    tensors = sum(len(entry["tensors"]) for entry in record["objects"].values())
+    assert set(record["metrics"]) == {"val_loss", "val_accuracy", "val_logloss"}  # the epoch's numbers, compared too
+    assert f"reproduced: epochs 1-2 bit-identical (model, optimizer, lr policy: {tensors} tensors; 3 metrics of each " \
+           f"epoch)" in result.stdout
     assert files_of(run_dir) == before  # byte for byte, not even a new mtime
     assert scratch_dirs(tmp_path / "runs") == []  # the scratch run is removed
 

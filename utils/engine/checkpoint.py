@@ -109,11 +109,12 @@ class CheckpointManager:
             log.info("removed %d unfinished checkpoint temp file(s) (%.1f MB) left by a killed run in %s",
                      count, size / 1e6, self.run_dir)
 
-    def save_epoch_end(self, state, epoch, improved, weights=None, background=True):
+    def save_epoch_end(self, state, epoch, improved, weights=None, background=True, metrics=None):
         """The checkpoints of a finished epoch. best.pth is written *before* last.pth: a kill
         between the two leaves last.pth one epoch behind, and resuming redoes that epoch
         deterministically; the other order could leave a stale best.pth behind a newer last.pth.
-        best.pth holds `weights()` when given (weights, config, metrics: for inference only).
+        best.pth holds `weights()` when given (weights, config, metrics: for inference only);
+        the epoch's fingerprint record keeps its `metrics` (what `reproduce` compares).
 
         With `background`, the files are written by a thread while the next epoch trains:
         the tensors are copied first (the live ones keep changing), which costs a memory
@@ -124,26 +125,27 @@ class CheckpointManager:
         self.wait()
         self.guard()
         best = (weights() if weights is not None else state) if improved else None
+        metrics = fingerprints.plain_metrics(metrics)
         if not background:
-            self._write_epoch_end(state, best, epoch)
+            self._write_epoch_end(state, best, epoch, metrics)
             return
         state, best = detached_copy(state), detached_copy(best)
-        self._writer = threading.Thread(target=self._write_in_background, args=(state, best, epoch),
+        self._writer = threading.Thread(target=self._write_in_background, args=(state, best, epoch, metrics),
                                         name="checkpoint-writer")
         self._writer.start()
 
-    def _write_in_background(self, state, best, epoch):
+    def _write_in_background(self, state, best, epoch, metrics):
         try:
-            self._write_epoch_end(state, best, epoch)
+            self._write_epoch_end(state, best, epoch, metrics)
         except BaseException as error:  # noqa: BLE001 - handed to the main thread by wait()
             self._error = error
 
-    def _write_epoch_end(self, state, best, epoch):
+    def _write_epoch_end(self, state, best, epoch, metrics=None):
         # The fingerprints of the epoch's state: in its own file first (a kill before last.pth
         # has the epoch redone, which writes the same file again), then in each checkpoint.
         prints = safe_fingerprints(state)
         if prints:
-            fingerprints.write(self.run_dir, prints, epoch, state.get("global_step"))
+            fingerprints.write(self.run_dir, prints, epoch, state.get("global_step"), metrics)
             state = dict(state, fingerprints=fingerprints.summary(prints))
         self.fingerprints = prints
         if best is not None:

@@ -18,9 +18,13 @@ import re
 from pathlib import Path
 
 from utils.core.io import atomic_open
+from utils.core.records import Required, read_json
 
 FOLDER = "fingerprints"
 SHORT = 16  # hex digits of a tensor's own digest: enough to tell which tensors differ
+# A record's shape (utils/core/records.py): the objects' digests and the epoch's metrics.
+RECORD = {"epoch": int, "global_step": (int, None), "metrics": {"*": (float, None)},
+          "objects": Required({"*": {"sha256": Required(str), "tensors": {"*": str}}})}
 
 
 def leaves(value, path=""):
@@ -84,36 +88,44 @@ def summary(prints):
     return {name: entry["sha256"] for name, entry in prints.items()}
 
 
-def record(prints, epoch, global_step):
-    return {"epoch": epoch, "global_step": global_step, "objects": prints}
+def record(prints, epoch, global_step, metrics=None):
+    found = {"epoch": epoch, "global_step": global_step, "objects": prints}
+    return {**found, "metrics": metrics} if metrics else found
 
 
-def write(run_dir, prints, epoch, global_step):
+def plain_metrics(metrics):
+    """{name: float} of the numbers among an epoch's metrics (a 0-d tensor too; a table or
+    a list is left out): what the epoch's record keeps, exactly (JSON writes floats so that
+    they read back bit for bit, NaN and infinities included)."""
+    plain = {}
+    for name, value in (metrics or {}).items():
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            plain[str(name)] = float(value)
+    return plain
+
+
+def write(run_dir, prints, epoch, global_step, metrics=None):
     """<run dir>/fingerprints/epoch-<n>.json (atomically: a kill leaves the old file or none)."""
     path = Path(run_dir) / FOLDER / f"epoch-{epoch:04d}.json"
     with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(record(prints, epoch, global_step), handle)  # objects in the experiment's order
+        json.dump(record(prints, epoch, global_step, metrics), handle)  # objects in the experiment's order
     return path
 
 
-def read(run_dir):
-    """{epoch: record} of a run's fingerprint files ({} for a run that has none); a file
-    that does not parse is left out (the run's own record of that epoch is lost, not its
-    comparison with others)."""
+def read(run_dir, fix=""):
+    """{epoch: record} of a run's fingerprint files ({} for a run that has none);
+    records.Damaged naming the first file that does not parse or has another shape (`fix`:
+    '; what the caller's user can do')."""
     folder = Path(run_dir) / FOLDER
     found = {}
     if not folder.is_dir():
         return found
-    for path in folder.glob("epoch-*.json"):
+    for path in sorted(folder.glob("epoch-*.json")):
         match = re.fullmatch(r"epoch-(\d+)\.json", path.name)
-        if not match:
-            continue
-        try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(entry.get("objects"), dict):
-                found[int(match.group(1))] = entry
-        except (OSError, ValueError, AttributeError):
-            continue
+        if match:
+            found[int(match.group(1))] = read_json(path, RECORD, fix=fix)
     return dict(sorted(found.items()))
 
 

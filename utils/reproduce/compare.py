@@ -71,5 +71,17 @@ def describe_parted(parted):
     return lines
 
 
+def metric_differences(recorded, found, atol=0.0):
+    """'val_accuracy 0.9583333333333334 -> 0.9166666666666666, ...' for the metrics both
+    epochs measured that differ (exactly, or by more than `atol`), or '' when none does."""
+    parted = []
+    for name in sorted(set(recorded or {}) & set(found or {})):
+        old, new = recorded[name], found[name]
+        same = old == new or (math.isnan(old) and math.isnan(new)) or (atol and abs(old - new) <= atol)
+        if not same:
+            parted.append(f"{name} {old!r} -> {new!r}")
+    return ", ".join(parted)
+
+
 def object_names(names):
     return ", ".join(name.replace("_", " ") for name in names)

@@ -40,7 +40,7 @@ class Comparer:
         self.saved = saved  # {epoch: original checkpoint} (tensor comparisons)
         self.identical, self.within, self.unchecked = [], {}, []  # epochs; {epoch: max diff}; epochs
         self.parted = None  # (epoch, text, [(tensor, max diff)]) of the first difference
-        self.objects, self.tensors = [], 0
+        self.objects, self.tensors, self.metrics = [], 0, 0  # what was compared: objects, tensors, metrics per epoch
         self.resume_command = runtime.command_again()
 
     def epoch_end(self, epoch, metrics):
@@ -49,8 +49,9 @@ class Comparer:
     def check_owner(self):
         return None
 
-    def compare(self, epoch, prints):
-        expected = (self.plan.prints.get(epoch) or {}).get("objects")
+    def compare(self, epoch, prints, metrics=None):
+        record = self.plan.prints.get(epoch) or {}
+        expected = record.get("objects")
         self.objects, self.tensors = [n for n in prints if prints[n]["tensors"] or n != "scaler"], fingerprints.tensor_count(prints)
         if expected is not None:
             parted = fingerprints.differences(expected, prints)
@@ -59,9 +60,19 @@ class Comparer:
             elif not self._tolerated(epoch, compare.describe_parted(parted)):
                 return self._stop(epoch)
         elif epoch in self.saved:
-            self._tolerated(epoch, None)
+            if not self._tolerated(epoch, None):
+                return self._stop(epoch)
         else:
             self.unchecked.append(epoch)
+        # The state can agree while what the epoch measured does not (a validation image changed)
+        measured = fingerprints.plain_metrics(metrics)
+        self.metrics = len(set(record.get("metrics") or {}) & set(measured))
+        wrong = compare.metric_differences(record.get("metrics"), measured, self.plan.options.atol)
+        if wrong:
+            self.identical = [done for done in self.identical if done != epoch]
+            self.within.pop(epoch, None)
+            self.parted = (epoch, [f"its metrics, while the state agrees: {wrong}"], [])
+            return self._stop(epoch)
         return self._stop(epoch) if epoch >= self.target else None
 
     def _tolerated(self, epoch, described):
@@ -224,6 +235,7 @@ def _report(plan, comparer, scratch, start):
     else:
         done = sorted(comparer.identical + list(comparer.within))
         what = f"{compare.object_names(comparer.objects)}: {plural(comparer.tensors, 'tensor')}"
+        what += f"; {plural(comparer.metrics, 'metric')} of each epoch" if comparer.metrics else ""
         if comparer.within:
             worst = max(comparer.within.values())
             print(f"reproduced within --atol={plan.options.atol:g}: {_span(done)} (max |difference| {worst:.3g}; "
