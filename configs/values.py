@@ -70,6 +70,24 @@ def option_field(name, experiment=None):
     return (fields_of(experiment) if experiment else all_fields())[name]
 
 
+# The path options that name data a run reads: a new run saves them absolute (config.yaml
+# and manifest.json then mean the same folder from any working directory).
+DATA_PATHS = ("train_data_root", "test_data_root")
+
+
+def same_value(name, a, b, experiment=None):
+    """Whether two values of option `name` mean the same: equal, or for a path option the
+    same file or folder however written (relative to here, with ~, through a link)."""
+    if a == b:
+        return True
+    fields = fields_of(experiment) if experiment else all_fields()
+    if name not in fields or not fields[name].metadata["path"]:
+        return False
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
 def field_type(name, experiment=None):
     """(base type, optional?) of an option: Optional[int] -> (int, True); of runs of
     `experiment` (None: the first experiment that has the option)."""

@@ -229,8 +229,10 @@ def find_for_inference(run_dir):
     raise UserError(f"no checkpoint in {run_dir} (looked for {BEST}, {LAST}){run_hint(run_dir) or '; check --env and --checkpoint-dir'}")
 
 
-def run_hint(run_dir):
-    """'; did you mean --env=X?' (the closest run names) when `run_dir` is no run, else ''."""
+def run_hint(run_dir, group=""):
+    """'; did you mean --env=X?' (the closest run names) when `run_dir` is no run, else ''.
+    `group`: the study (or other group of runs) `run_dir` would be a member of: the names
+    are given as --env=<group>/<member>."""
     run_dir = Path(run_dir)
     if run_dir.is_dir():
         return ""
@@ -240,8 +242,13 @@ def run_hint(run_dir):
     if not runs:
         return f"; there are no runs in {parent}"
     near = close_matches(run_dir.name, runs)
+    if near and group:
+        return "; did you mean " + " or ".join(f"--env={group}/{name}" for name in near) + "?"
     if near:
         return "; did you mean " + " or ".join(f"--env={name}" for name in near) + f"? (`{main_command()} runs` lists them)"
+    if group:
+        return f"; {group} holds {plural(len(runs), 'other run')}: {', '.join(f'--env={group}/{name}' for name in runs[:3])}" \
+               f"{' ...' if len(runs) > 3 else ''}"
     return f"; {parent} holds {plural(len(runs), 'other run')}: `{main_command()} runs{'' if str(parent) == 'checkpoints' else ' --checkpoint-dir=' + str(parent)}` lists them"
 
 

@@ -82,7 +82,7 @@ def _train(cfg, trial, given, lock):
     if cfg.resume:
         distributed.check_shared(resume.checkpoint_path(cfg))  # every node must see the run it resumes
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
-    cfg = resumed["config"] if resumed else cfg
+    cfg = resumed["config"] if resumed else runtime.absolute_data(cfg)
     saved = resumed["state"] if resumed else None
     if saved is not None:
         done = resume.finished(cfg, saved, auto)

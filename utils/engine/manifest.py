@@ -18,6 +18,7 @@ file's short digest goes to data-files.json.gz, so a difference names the change
 and `runs --diff` print. Every file here is written atomically; only the writing process
 (rank 0) keeps a Manifest.
 """
+import dataclasses
 import gzip
 import json
 import logging
@@ -29,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from configs.schema import with_role
 from utils.core.io import atomic_open
 from utils.core.records import Damaged, Required, read_json
 from utils.core.shell import hide_passwords
@@ -94,13 +96,20 @@ def settings(cfg, device, precision, world_size):
             "environment": {name: os.environ[name] for name in READ_ENV if name in os.environ}}
 
 
+def computed_options(cfg):
+    """{option: value} of the options that decide what the run computes (not the execution
+    or invocation ones): what `reproduce` and `runs --diff` name when config.yaml was edited."""
+    kept = set(with_role("run", "model", "split", experiment=cfg.experiment))
+    return {name: value for name, value in dataclasses.asdict(cfg).items() if name in kept}
+
+
 def data_roots(cfg):
     """{name: path} of what the run reads: its training data and a weights file it starts from."""
-    roots = {"train": cfg.train_data_root}
+    roots = {"train": os.path.abspath(cfg.train_data_root)}
     for option in ("load_model_path", "pretrained"):
         value = getattr(cfg, option, None)
         if value and value != "hub" and Path(value).is_file() and not cfg.resume:
-            roots[option] = value
+            roots[option] = os.path.abspath(value)
     return roots
 
 
@@ -160,7 +169,7 @@ class Manifest:
                  "host": socket.gethostname(), "command": command_line(), "cwd": os.getcwd(),
                  "code": provenance.code_state(), "python": platform.python_version(),
                  "packages": packages(), "hardware": hardware(device),
-                 **settings(cfg, device, precision, world_size),
+                 **settings(cfg, device, precision, world_size), "config": computed_options(cfg),
                  "data": {"split": {name: data_fingerprint.split_digest(ds) for name, ds in datasets.items() if ds is not None},
                           "sizes": {name: len(ds) for name, ds in datasets.items() if ds is not None}, "roots": None}}
         self.document["environments"].append(block)

@@ -90,6 +90,14 @@ def data_lines(a, b, a_files, b_files):
     return lines
 
 
+def config_lines(a, b):
+    """'option --lr 0.01 -> 0.02' for each option that decides what a run computes and that
+    both blocks recorded with different values (config.yaml edited, a changed default)."""
+    a, b = a or {}, b or {}
+    return [f"option --{name.replace('_', '-')} {_show(a[name])} -> {_show(b[name])}"
+            for name in sorted(set(a) & set(b)) if a[name] != b[name]]
+
+
 def _show(value):
     return "unset" if value is None else str(value)
 
@@ -117,11 +125,12 @@ def setting_lines(a, b):
     return lines
 
 
-def differences(a, b, a_files=None, b_files=None):
+def differences(a, b, a_files=None, b_files=None, options=True):
     """The lines that say how manifest block `b` differs from block `a` (the data's files:
-    {root: {file: digest}} of each, when known), most telling first: code, data, packages,
-    then the machine and the settings."""
-    return (code_lines(a.get("code"), b.get("code")) + data_lines(a.get("data"), b.get("data"), a_files, b_files)
+    {root: {file: digest}} of each, when known), most telling first: options, code, data,
+    packages, then the machine and the settings (`options`: the option lines too)."""
+    return ((config_lines(a.get("config"), b.get("config")) if options else []) + code_lines(a.get("code"), b.get("code"))
+            + data_lines(a.get("data"), b.get("data"), a_files, b_files)
             + package_lines(a.get("packages"), b.get("packages")) + setting_lines(a, b))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import configs
 from configs.loader import validate
-from configs.values import flag
+from configs.values import flag, same_value
 from configs.schema import all_fields, config_class, fields_of, with_role
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.records import Damaged
@@ -141,7 +141,8 @@ def load_resume_state(cfg):
     world_changes = layout is not None and layout["world"] != distributed.world_size()
     if world_changes:
         may_change |= set(LAYOUT_OPTIONS)  # they choose another global batch
-    conflicts = [(key, value) for key, value in changed.items() if key not in may_change and value != launch.get(key)]
+    conflicts = [(key, value) for key, value in changed.items()
+                 if key not in may_change and not same_value(key, value, launch.get(key), experiment)]
     if conflicts:
         allowed = ", ".join(flag(k) for k in with_role("execution", experiment=experiment))
         if len(conflicts) == 1:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import configs
 from configs.schema import FIELDS
+from configs.values import DATA_PATHS
 from utils.core.errors import UsageError, UserError, shorten
 from utils.core.io import atomic_open
 from utils.core.records import Damaged
@@ -169,6 +170,14 @@ def check_output_file(path, option):
     check_output_dir(path.parent, option)
     if is_run(path.parent):
         distributed.on_main(lambda: run_lock.acquire(path.parent, hint=f", or write the file elsewhere: {option}=<file>"))
+
+
+def absolute_data(cfg):
+    """cfg with its data folders (DATA_PATHS) absolute: what a new run saves, so that its
+    config.yaml and manifest.json name the same data from any working directory."""
+    found = {name: os.path.abspath(os.path.expanduser(getattr(cfg, name))) for name in DATA_PATHS
+             if getattr(cfg, name, None)}
+    return dataclasses.replace(cfg, **found)
 
 
 def check_new_run(cfg):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from configs.loader import load_config, read_yaml
-from configs.values import Text
+from configs.values import DATA_PATHS, Text
 from utils.core.errors import UsageError, UserError
 from utils.core.shell import main_command
 from utils.engine import checkpoint, fingerprints, manifest, manifest_diff
@@ -41,8 +41,7 @@ def prepare(options, cfg, flags, study=""):
         raise UsageError(f"{run_dir} is a sweep's study; reproduce one of its trials: --env={name}/trial-<n> "
                          f"(`{main_command()} sweep --study={cfg.env}{checkpoint_dir_flag(cfg)} --summary` lists them)")
     if not checkpoint.is_run(run_dir):
-        raise UserError(f"no run {name} in {top}"
-                        f"{checkpoint.run_hint(run_dir) or ''}")
+        raise UserError(f"no run {name} in {top}{checkpoint.run_hint(run_dir, study) or ''}")
     saved_config = run_dir / "config.yaml"
     if not saved_config.is_file():
         raise UserError(f"{run_dir} has no config.yaml, so what it trained is unknown; reproduce needs it")
@@ -54,10 +53,22 @@ def prepare(options, cfg, flags, study=""):
         if not start.is_file():
             found = sorted(p.name for p in run_dir.glob("*.pth"))
             raise UserError(f"--from={options.start}: no such checkpoint; {run_dir} holds {', '.join(found) or 'none'}")
+        owner = start.parent
+        if (owner / "config.yaml").is_file() and owner.resolve() != run_dir.resolve():
+            raise UsageError(f"--from={options.start} is a checkpoint of run {owner.name}, not of {name}; give one of "
+                             f"{name}'s: {', '.join(sorted(p.name for p in run_dir.glob('*.pth'))) or 'it has none'}")
     recorded = manifest.read(run_dir)
+    manifest.read_files(run_dir)  # read again at the end: a damaged one is said now, before any training
     overrides = {str(key).replace("-", "_"): Text(str(value)) if not isinstance(value, bool) else value
                  for key, value in flags.items() if str(key).replace("-", "_") not in ("env", "checkpoint_dir")}
     threads_given = "threads" in overrides
+    if recorded:  # a run saved its data folders as typed before they were saved absolute: where it ran
+        cwd = manifest_diff.block_at(recorded, 0)[1].get("cwd")
+        for option in DATA_PATHS:
+            value = saved.get(option)
+            if cwd and isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)) \
+                    and option not in overrides:
+                overrides[option] = Text(os.path.join(cwd, value))
     if recorded and start is None:  # (from a checkpoint: its own thread count and config, rerun._start)
         _, block = manifest_diff.block_at(recorded, 0)
         if block.get("threads") and not threads_given:

@@ -147,6 +147,10 @@ def _start(plan, scratch):
     if recorded and fingerprints.summary(fingerprints.of_checkpoint(state)) != recorded:
         raise UserError(f"--from={plan.start} does not match the fingerprints written into it: the file changed "
                         f"after the run saved it")
+    epoch_record = None if state.get("step_in_epoch") else (plan.prints.get(state["epoch"]) or {}).get("objects")
+    if recorded and epoch_record and fingerprints.summary(epoch_record) != recorded:
+        raise UsageError(f"--from={plan.start} is not run {plan.env}'s state at the end of epoch {state['epoch']}: its "
+                         f"fingerprints differ from the run's record of that epoch (another run's checkpoint?)")
     if distributed.is_main():
         scratch.mkdir(parents=True)
         shutil.copyfile(plan.run_dir / "config.yaml", scratch / "config.yaml")
@@ -245,6 +249,9 @@ def _report(plan, comparer, scratch, start):
     if changes:
         heading = "what differs now" if comparer.parted is not None else "what differs now (the numbers did not change)"
         print(f"{heading}:\n" + "\n".join(f"  {line}" for line in changes))
+        if any(line.startswith("option ") for line in changes):
+            print(f"  (the options are {plan.run_dir / 'config.yaml'}'s now, not those the run was trained with: "
+                  f"edited after it began?)")
     elif changes is not None and comparer.parted is not None:
         print("nothing recorded in the manifest differs (code, packages, data, machine, threads): a source of "
               "randomness the runner does not control?")

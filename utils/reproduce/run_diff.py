@@ -66,6 +66,24 @@ def parting(a_prints, b_prints):
         len(common) == common[-1] else f"fingerprints: identical in the {len(common)} epochs both recorded"
 
 
+def _manifest_lines(a, a_dir, b, b_dir):
+    """How the environments the two runs began in differ, or why that cannot be said."""
+    try:
+        a_manifest, b_manifest = manifest.read(a_dir), manifest.read(b_dir)
+        a_files, b_files = manifest.read_files(a_dir).get(0), manifest.read_files(b_dir).get(0)
+    except Damaged as damaged:
+        return [f"manifest: not compared: {damaged}"]
+    missing = [name for name, found in ((a, a_manifest), (b, b_manifest)) if found is None]
+    if missing:
+        return [f"manifest: {' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} none (trained before the "
+                f"runner wrote one): code, packages, machine and data not compared"]
+    changes = manifest_diff.differences(a_manifest["environments"][0], b_manifest["environments"][0], a_files, b_files,
+                                        options=False)  # listed above, from config.yaml
+    if not changes:
+        return ["manifest: the same code, packages, data, machine and settings"]
+    return [f"manifest items that differ ({a} -> {b}):", *(f"  {line}" for line in changes)]
+
+
 def render(checkpoint_dir, a, b):
     """The report as text."""
     a_dir, b_dir = find(checkpoint_dir, a), find(checkpoint_dir, b)
@@ -77,16 +95,10 @@ def render(checkpoint_dir, a, b):
         lines += ["options that differ:", *("  " + line for line in columns(("option", a, b), rows))]
     else:
         lines.append("options: the same")
-    a_manifest, b_manifest = manifest.read(a_dir), manifest.read(b_dir)
-    missing = [name for name, found in ((a, a_manifest), (b, b_manifest)) if found is None]
-    if missing:
-        lines.append(f"manifest: {' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} none (trained "
-                     f"before the runner wrote one): code, packages, machine and data not compared")
-    else:
-        changes = manifest_diff.differences(a_manifest["environments"][0], b_manifest["environments"][0],
-                                            manifest.read_files(a_dir).get(0), manifest.read_files(b_dir).get(0))
-        lines += [f"manifest items that differ ({a} -> {b}):", *(f"  {line}" for line in changes)] if changes else \
-            ["manifest: the same code, packages, data, machine and settings"]
+    lines += _manifest_lines(a, a_dir, b, b_dir)
     lines.append(f"best: {a} {_best(a_dir)} | {b} {_best(b_dir)}")
-    lines.append(parting(fingerprints.read(a_dir), fingerprints.read(b_dir)))
+    try:
+        lines.append(parting(fingerprints.read(a_dir), fingerprints.read(b_dir)))
+    except Damaged as damaged:
+        lines.append(f"fingerprints: not compared: {damaged}")
     return "\n".join(lines)
