@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from utils.core.errors import UsageError, UserError, excerpt
-from utils.core.shell import hide_passwords
+from utils.core.shell import hide_passwords, program
 from utils.core.registry import LOGGERS
 from utils.loggers import record
 from utils.loggers.base import Tracker, best_key, flat_config, one_line, trial_state
@@ -55,12 +55,51 @@ def require():
     return mlflow
 
 
+# The stores MLflow's tracking accepts (a server, or a database through SQLAlchemy)
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 def check_uri(uri):
-    """UsageError for a --mlflow-uri MLflow 3 refuses: its file store (./mlruns, file:...)."""
-    if uri and (uri.startswith("file:") or "://" not in uri):
+    """UsageError for a --mlflow-uri MLflow cannot use, before anything is written: its file
+    store (./mlruns, file:...), a scheme it has no store for (ftp://), an SQLite file whose
+    folder is missing (MLflow would create it: a typo would make a new store unseen) or that
+    is no SQLite database."""
+    if not uri:
+        return
+    if uri.startswith("file:") or "://" not in uri:
         raise UsageError(f"option --mlflow-uri: MLflow 3 keeps runs in a database or on a server, not in a folder; "
                          f"give sqlite:///<path>.db, http://<host>:<port>, or leave it out (sqlite:///<checkpoint-dir>/"
                          f"mlflow.db); got {excerpt(uri)}")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise UsageError(f"option --mlflow-uri: MLflow keeps runs on a server (http://, https://) or in a database "
+                         f"(sqlite:///<file>.db, postgresql://, mysql://, mssql://), not at {scheme}://; got {excerpt(uri)}")
+    if scheme == "sqlite":
+        problem = sqlite_problem(sqlite_file(uri), given=True)
+        if problem:
+            raise UsageError(f"option --mlflow-uri: {problem}")
+
+
+def sqlite_file(uri):
+    """The file of an sqlite:/// URI (sqlite:////abs/x.db, sqlite:///relative.db)."""
+    return Path(uri.split("://", 1)[1][1:] or ":memory:")
+
+
+def sqlite_problem(path, given):
+    """Why MLflow cannot keep its store in SQLite file `path`, or None. A folder that does
+    not exist is one only for a `given` file (the default one is made in --checkpoint-dir)."""
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None and blocker != path:
+        return f"cannot keep the store in {path}: {blocker} is a file, not a folder"
+    if path.is_dir():
+        return f"{path} is a folder; give the database file in it, e.g. sqlite:///{path / 'mlflow.db'}"
+    if given and not path.parent.is_dir():
+        return f"the folder of {path} does not exist; create it first (mkdir -p {path.parent})"
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\0":
+                return f"{path} is not an SQLite database (damaged, or another file); move it away or give another file"
+    return None
 
 
 def store_of(cfg):
@@ -82,9 +121,13 @@ class Connection:
         self.uri, artifacts = store_of(cfg)
         if not self.uri.startswith(("http://", "https://", "databricks")):
             quiet_store_logs()
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+        if self.uri.startswith("sqlite:///"):  # the default store too: a damaged one is one line
+            problem = sqlite_problem(sqlite_file(self.uri), given=False)
+            if problem:
+                raise UserError(f"MLflow's store: {problem}")
         name = cfg.mlflow_experiment or cfg.experiment
         try:
+            self.client = mlflow.MlflowClient(tracking_uri=self.uri)
             with quick_answers():
                 self.experiment_id = experiment_id(self.client, name, artifacts)
         except UserError:
@@ -109,6 +152,9 @@ def quick_answers():
 
 def unreachable(uri, error):
     """The one line of a store that does not answer, with the fixes."""
+    if uri.startswith("sqlite:///"):
+        return UserError(f"MLflow cannot use its store {sqlite_file(uri)} ({reason(error)}): damaged? Move it away (a "
+                         f"new one is made), give another --mlflow-uri, or drop mlflow from --loggers")
     return UserError(f"cannot reach MLflow at {hide_passwords(uri)} ({reason(error)}); start the server (mlflow server "
                      f"--port 5000), fix --mlflow-uri, or drop mlflow from --loggers")
 
@@ -276,7 +322,7 @@ def where_to_look(uri, experiment, run_id):
     """The run's web page on a server, or the command that shows a local store."""
     if uri.startswith(("http://", "https://")):
         return f"{hide_passwords(uri).rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-    return f"{hide_passwords(uri)}; see it with `mlflow ui --backend-store-uri {hide_passwords(uri)}`"
+    return f"{hide_passwords(uri)}; see it with `{program('mlflow')} ui --backend-store-uri {hide_passwords(uri)}`"
 
 
 def code_tags(run_dir):
