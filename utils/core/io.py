@@ -66,6 +66,27 @@ def current_umask():
     return mask
 
 
+def sqlite_problem(path, folder_must_exist=True):
+    """Why `path` cannot be an SQLite database file (a sweep's --storage, MLflow's store), or
+    None: a folder, under a file, in a folder that does not exist (SQLAlchemy would fail, or
+    MLflow make it unseen: a typo would start a new store), or a file that is no SQLite
+    database. `folder_must_exist` false: a missing folder is made by the caller."""
+    path = Path(path)
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder"
+    if path.is_dir():
+        return f"{path} is a folder; give a file in it ({path / 'study.db'})"
+    if path.is_file():
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header and header != b"SQLite format 3\x00":
+            return f"{path} is not an SQLite database; give another file"
+    elif folder_must_exist and not path.parent.is_dir():
+        return f"the folder {path.parent} does not exist; create it, or give another file"
+    return None
+
+
 TEMP_PATTERN = ".*.tmp"  # what atomic_open leaves behind when the process is killed mid-write
 
 

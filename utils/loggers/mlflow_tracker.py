@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from utils.core.errors import UsageError, UserError, excerpt
+from utils.core.io import sqlite_problem
 from utils.core.shell import hide_passwords, program
 from utils.core.registry import LOGGERS
 from utils.loggers import record
@@ -75,7 +76,7 @@ def check_uri(uri):
         raise UsageError(f"option --mlflow-uri: MLflow keeps runs on a server (http://, https://) or in a database "
                          f"(sqlite:///<file>.db, postgresql://, mysql://, mssql://), not at {scheme}://; got {excerpt(uri)}")
     if scheme == "sqlite":
-        problem = sqlite_problem(sqlite_file(uri), given=True)
+        problem = sqlite_problem(sqlite_file(uri))
         if problem:
             raise UsageError(f"option --mlflow-uri: {problem}")
 
@@ -83,23 +84,6 @@ def check_uri(uri):
 def sqlite_file(uri):
     """The file of an sqlite:/// URI (sqlite:////abs/x.db, sqlite:///relative.db)."""
     return Path(uri.split("://", 1)[1][1:] or ":memory:")
-
-
-def sqlite_problem(path, given):
-    """Why MLflow cannot keep its store in SQLite file `path`, or None. A folder that does
-    not exist is one only for a `given` file (the default one is made in --checkpoint-dir)."""
-    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
-    if blocker is not None and blocker != path:
-        return f"cannot keep the store in {path}: {blocker} is a file, not a folder"
-    if path.is_dir():
-        return f"{path} is a folder; give the database file in it, e.g. sqlite:///{path / 'mlflow.db'}"
-    if given and not path.parent.is_dir():
-        return f"the folder of {path} does not exist; create it first (mkdir -p {path.parent})"
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as handle:
-            if handle.read(16) != b"SQLite format 3\0":
-                return f"{path} is not an SQLite database (damaged, or another file); move it away or give another file"
-    return None
 
 
 def store_of(cfg):
@@ -122,7 +106,7 @@ class Connection:
         if not self.uri.startswith(("http://", "https://", "databricks")):
             quiet_store_logs()
         if self.uri.startswith("sqlite:///"):  # the default store too: a damaged one is one line
-            problem = sqlite_problem(sqlite_file(self.uri), given=False)
+            problem = sqlite_problem(sqlite_file(self.uri), folder_must_exist=False)  # made in --checkpoint-dir
             if problem:
                 raise UserError(f"MLflow's store: {problem}")
         name = cfg.mlflow_experiment or cfg.experiment

@@ -7,6 +7,7 @@ from optuna.storages.journal import JournalStorage
 
 from configs.yaml_files import load_yaml
 from utils.core.errors import UsageError, UserError, excerpt
+from utils.core.io import sqlite_problem
 from utils.engine import runtime
 from utils.sweep.journal import Journal, held
 from utils.sweep.lock import OwnedLock
@@ -122,16 +123,10 @@ def _check_sqlite(shown, database, create):
         raise UsageError(f"{shown}: an in-memory database ends with its worker, and other workers cannot see it; "
                          f"give a file (sqlite:///study.db)")
     path = Path(database)
-    if path.is_dir():
-        raise UserError(f"{shown}: {path} is a folder; give a file (sqlite:///{path}/study.db)")
-    if path.is_file():
-        with open(path, "rb") as handle:
-            header = handle.read(16)
-        if header and header != b"SQLite format 3\x00":
-            raise UserError(f"{shown}: {path} is not an SQLite database; give another file")
-    elif not create:
+    problem = sqlite_problem(path)
+    if problem:
+        raise UserError(f"{shown}: {problem}")
+    if not path.is_file() and not create:
         raise UserError(f"{shown}: {path} does not exist: no study was kept there")
-    else:
+    if not path.is_file():
         runtime.check_output_dir(path.parent, "--storage")
-        if not path.parent.is_dir():
-            raise UserError(f"{shown}: the folder {path.parent} does not exist; create it, or give another file")
