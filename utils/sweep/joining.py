@@ -17,7 +17,7 @@ import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
 from configs.loader import changed_options, defaults_for, load_config
-from configs.values import flag
+from configs.values import flag, same_value
 from configs.schema import fields_of
 from utils.core.errors import UsageError, UserError, excerpt, plural, shorten
 from utils.core.io import atomic_open
@@ -38,6 +38,7 @@ def open_study(options, base, flags, space, pruner):
     record = {"study": options.study, "storage": options.storage or JOURNAL, "search_space": space.as_dict(),
               "options": run_options(base)}
     saved = read_record(study_dir)
+    check_name(options, study_dir, saved)
     if saved is not None:
         check_same(options.study, study_dir, saved, record, base.experiment)
     else:
@@ -87,13 +88,29 @@ def check_same(study, study_dir, saved, record, experiment):
     if saved.get("search_space") != record["search_space"]:
         raise UsageError(f"study {study} was started with another search space (see {where}); give the same file, or "
                          f"start another --study")
-    if saved.get("options") != record["options"]:
-        defaults = defaults_for(experiment)
-        theirs, ours = saved.get("options") or {}, record["options"]
-        name = next(iter(sorted(set(theirs) ^ set(ours)) or sorted(key for key in theirs if theirs[key] != ours.get(key))))
+    defaults = defaults_for(experiment)
+    theirs, ours = saved.get("options") or {}, record["options"]
+    differ = sorted(name for name in set(theirs) | set(ours)
+                    if not same_value(name, theirs.get(name, defaults.get(name)), ours.get(name, defaults.get(name)),
+                                      experiment))
+    if differ:
+        name = differ[0]
         raise UsageError(f"study {study}'s trials run with {flag(name)}={excerpt(theirs.get(name, defaults.get(name)))} "
                          f"and this worker gives {excerpt(ours.get(name, defaults.get(name)))} (see {where}); give the "
                          f"study's options, or start another --study")
+
+
+def check_name(options, study_dir, saved):
+    """UserError when the study's folder holds another study (a study folder copied or
+    renamed: its sweep.yaml and journal name the study it was made for): a sweep would add a
+    study of its own to the copy's journal and find the runs of the other's trials."""
+    names = [saved["study"]] if saved is not None else []
+    if not names and not options.storage and (study_dir / JOURNAL).is_file():
+        names = [found.study_name for found in storage_of(study_dir).get_all_studies()]
+    if names and options.study not in names:
+        raise UserError(f"{study_dir} holds study {names[0]}, not {options.study} (a study folder copied or renamed?); "
+                        f"go on with it as --study={names[0]} in a folder of that name, or start another --study; "
+                        f"nothing was written")
 
 
 def check_data(flags, space):
