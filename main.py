@@ -247,6 +247,28 @@ def _not_set_up():
     return f"error: this Python ({sys.executable}) lacks {', '.join(missing)}; {fix}"
 
 
+def _given_twice(tokens):
+    """'option --batch-size is given twice (16, then 4); give it once' for the first option
+    the command line names twice (fire would take the last without a word, while a YAML
+    file's duplicate keys are refused), or None. --x and --no-x are the same option."""
+    seen = {}
+    for index, token in enumerate(tokens):
+        if not token.startswith("--") or token == "--":
+            continue
+        name, has_value, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if not has_value:
+            following = tokens[index + 1] if index + 1 < len(tokens) else None
+            value = "false" if name.startswith("no_") else following if following and not following.startswith("--") \
+                else "true"
+        name = name[3:] if name.startswith("no_") else name
+        if name in seen:
+            return (f"option --{name.replace('_', '-')} is given twice ({shorten(seen[name], 40)}, then "
+                    f"{shorten(value, 40)}); give it once")
+        seen[name] = value
+    return None
+
+
 def _main(argv):
     if not argv or argv[0] in HELP_TOKENS:
         print(render_help())
@@ -266,6 +288,10 @@ def _main(argv):
                    and not token[1].isdigit()), None)
     if single:
         print(f"error: option {shorten(single)} has one dash; options take two: -{shorten(single)}", file=sys.stderr)
+        return 2
+    twice = _given_twice(argv[1:])
+    if twice:
+        print(f"error: {twice}", file=sys.stderr)
         return 2
     not_set_up = _not_set_up()  # help and <command> --help need no package; the commands do
     if not_set_up:

@@ -349,9 +349,13 @@ def onnx_model(cfg, state, path):
     if model.classes not in (None, cfg.num_classes):
         raise UserError(f"{onnx_file} gives {model.classes} classes but this run has {cfg.num_classes}; {export_hint}")
     exported = model.metadata
-    if exported and (exported.get("global_step"), exported.get("exported_from")) != (state.get("global_step"), str(path)):
-        log.warning("%s was exported from %s at step %s; this run's %s is at step %s: %s", onnx_file,
-                    exported.get("exported_from"), exported.get("global_step"), path, state.get("global_step"), export_hint)
+    source, step = exported.get("exported_from"), exported.get("global_step")
+    if exported and (source is None or step is None):
+        log.warning("%s does not say which checkpoint it was exported from (not written by export?); if it is not this "
+                    "run's model, %s", onnx_file, export_hint)
+    elif exported and (step, source) != (state.get("global_step"), str(path)):
+        log.warning("%s was exported from %s at step %s; this run's %s is at step %s: %s", onnx_file, source, step, path,
+                    state.get("global_step"), export_hint)
     log.info("ONNX Runtime %s on the CPU, %d thread(s): %s", onnx_runtime.version(), model.threads, onnx_file)
     return model
 
