@@ -157,6 +157,11 @@ def shutdown():
     _objects_group = _human_group = None
 
 
+def restarts_left():
+    """Whether torchrun (its elastic agent) restarts the group when this attempt fails."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0) or 0) > int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)
+
+
 def end_process(code):
     """Exit with `code` without the interpreter's teardown, once a process group has existed.
 

@@ -148,7 +148,9 @@ def _train(cfg, trial, given, lock):
         outputs.close()
         fenced = getattr(error, "fenced", False)
         status = None if fenced else "stopped" if isinstance(error, (Stopped, KeyboardInterrupt)) else "crashed"
-        removed = not fenced and created and not any(run_dir.glob("*.pth"))
+        # (kept when torchrun restarts the group: the restart goes on from its config.yaml and
+        # records that it is one, whether or not this rank got here before it was killed)
+        removed = not fenced and created and not any(run_dir.glob("*.pth")) and not distributed.restarts_left()
         if not fenced and not removed:  # fenced: the run dir is another worker's now, no status
             with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
                 outputs.write_status(ctx.state, status,
@@ -184,7 +186,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     if outputs.writes:
         readable.report(sorted(skipped.items()), run_dir)
     if resumed:
-        outputs.restarts = restarts_after(run_dir, ctx.state, (resumed["state"] or {}).get("world_size", 1))
+        saved_world = (resumed["state"] or {}).get("world_size", distributed.world_size())  # no state: a restart from config
+        outputs.restarts = restarts_after(run_dir, ctx.state, saved_world)
     outputs.write_status(ctx.state, "running")
     manifest = Manifest(run_dir, outputs.guard) if outputs.writes else None  # what the run is trained with
     if manifest is not None:
