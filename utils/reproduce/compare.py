@@ -16,6 +16,11 @@ SHOWN = 3
 def saved_epochs(run_dir):
     """{epoch: checkpoint path} of the original's epoch-end checkpoints (a stop's mid-epoch
     last.pth is no epoch end): epoch_<n>.pth first, then last.pth, then best.pth."""
+    return {epoch: path for epoch, (path, _) in _epoch_ends(run_dir).items()}
+
+
+def _epoch_ends(run_dir):
+    """{epoch: (checkpoint path, the fingerprints it carries or None)}: see saved_epochs."""
     found = {}
     for path in [*sorted(Path(run_dir).glob("epoch_*.pth")), Path(run_dir) / checkpoint.LAST, Path(run_dir) / checkpoint.BEST]:
         if not path.is_file():
@@ -25,8 +30,23 @@ def saved_epochs(run_dir):
         except Exception:  # noqa: BLE001 - an unreadable file is one fewer to compare with
             continue
         if isinstance(state, dict) and isinstance(state.get("epoch"), int) and not state.get("step_in_epoch"):
-            found.setdefault(state["epoch"], path)
+            found.setdefault(state["epoch"], (path, state.get("fingerprints")))
     return dict(sorted(found.items()))
+
+
+def altered_records(run_dir, prints):
+    """{epoch: (checkpoint name, [objects])} of the fingerprint records that disagree with the
+    fingerprints the run's checkpoint of that epoch carries: a record changed after the run
+    wrote it (both are written from the same copy of the state)."""
+    altered = {}
+    for epoch, (path, carried) in _epoch_ends(run_dir).items():
+        record = (prints.get(epoch) or {}).get("objects")
+        if not isinstance(carried, dict) or not carried or record is None:
+            continue
+        objects = [name for name in carried if (record.get(name) or {}).get("sha256") != carried[name]]
+        if objects:
+            altered[epoch] = (path.name, objects)
+    return altered
 
 
 def _tensors_of(state, objects):

@@ -35,9 +35,10 @@ class Comparer:
     with the original's, and ends the run at the first difference or at epoch `target`."""
     quiet = True  # the report says what happened; not the engine's "trained ..." lines
 
-    def __init__(self, plan, scratch_dir, start_epoch, target, saved):
+    def __init__(self, plan, scratch_dir, start_epoch, target, saved, altered=()):
         self.plan, self.scratch_dir, self.start_epoch, self.target = plan, scratch_dir, start_epoch, target
         self.saved = saved  # {epoch: original checkpoint} (tensor comparisons)
+        self.altered = set(altered)  # epochs whose record disagrees with their checkpoint: compared with the checkpoint
         self.identical, self.within, self.unchecked = [], {}, []  # epochs; {epoch: max diff}; epochs
         self.parted = None  # (epoch, text, [(tensor, max diff)]) of the first difference
         self.objects, self.tensors, self.metrics = [], 0, 0  # what was compared: objects, tensors, metrics per epoch
@@ -51,7 +52,7 @@ class Comparer:
 
     def compare(self, epoch, prints, metrics=None):
         record = self.plan.prints.get(epoch) or {}
-        expected = record.get("objects")
+        expected = record.get("objects") if epoch not in self.altered else None
         self.objects, self.tensors = [n for n in prints if prints[n]["tensors"] or n != "scaler"], fingerprints.tensor_count(prints)
         if expected is not None:
             parted = fingerprints.differences(expected, prints)
@@ -110,7 +111,12 @@ def main(plan):
     try:
         start = _start(plan, scratch)
         target = distributed.broadcast_object(_target(plan, start, cfg) if distributed.is_main() else None)
-        comparer = Comparer(plan, scratch, start["epoch"], target, start["saved"])
+        altered = compare.altered_records(plan.run_dir, plan.prints) if distributed.is_main() else {}
+        for epoch, (name, objects) in altered.items():
+            print(f"note: {plan.run_dir / fingerprints.FOLDER}/epoch-{epoch:04d}.json disagrees with the fingerprints "
+                  f"{name} carries for epoch {epoch} ({', '.join(objects)}): the record was changed after the run "
+                  f"wrote it; epoch {epoch} is compared with {name} instead")
+        comparer = Comparer(plan, scratch, start["epoch"], target, start["saved"], altered)
         _note_world(plan, start["epoch"])
         if distributed.is_main():
             print(f"reproduce {plan.env}: training {_span(range(start['epoch'] + 1, target + 1))} again in {scratch}"
