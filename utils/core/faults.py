@@ -3,7 +3,8 @@
 RUNNER_FAULT_AT_STEP="STEP:WHAT[,STEP:WHAT...]": during global step STEP (1-based, before the
 experiment's step runs) the run sends itself SIGINT, SIGTERM or SIGUSR1/2 (handled as real
 signals; USR1/2 stop the run under --requeue-signal and kill it otherwise) or SIGKILL (no
-chance to save: `kill -9`), `kill-node` (SIGKILL to torchrun's agent, this process's parent,
+chance to save: `kill -9`), SIGSTOP (a live process that stands still until SIGCONT: Ctrl+Z,
+a debugger, a frozen VM), `kill-node` (SIGKILL to torchrun's agent, this process's parent,
 then to this process: a node of one process lost), raises an error (a crash), or sees a NaN in the
 step's losses (divergence). Under torchrun "STEP:WHAT@RANK" fires on that rank only (the
 others learn of it through the agreed stop).
@@ -50,7 +51,7 @@ def at_step(global_step):
     fired = None
     for what in _planned(STEP_VARIABLE, global_step):
         fired = what
-        if what in ("SIGINT", "SIGTERM", "SIGKILL", "SIGUSR1", "SIGUSR2"):
+        if what in ("SIGINT", "SIGTERM", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGSTOP"):
             os.kill(os.getpid(), getattr(signal, what))  # handled before os.kill returns
         elif what == "kill-node":  # torchrun's agent (the parent), then this process
             os.kill(os.getppid(), signal.SIGKILL)
