@@ -190,3 +190,76 @@ def test_a_global_batch_that_cannot_be_split_names_the_flag_that_changes_it():
     batch, steps, layout, note = fit_global_batch({"world": 2, "batch_size": 3, "accumulate": 1}, 4, batch_size=2)
     assert (batch, steps, layout) == (2, 1, {"world": 4, "batch_size": 2, "accumulate": 1})  # a new launch
     assert note == "the global batch changes from 6 to 8 images (--batch-size 2 x --accumulate 1 x 4 processes), as given"
+
+
+def copy_of(setup, name):
+    """A copy of the finished reference run, as run `name` (its checkpoints name no folder)."""
+    import shutil
+
+    shutil.copytree(setup / "runs" / "reference", setup / "runs" / name)
+    return setup / "runs" / name
+
+
+@pytest.mark.parametrize("resume", ["auto", "last"])
+@pytest.mark.parametrize("damage", ["deleted", "a folder"])
+def test_a_finished_run_without_its_last_pth_is_never_trained_again_over_its_best(setup, resume, damage):
+    run_dir = copy_of(setup, f"lost-last-{resume}-{damage.replace(' ', '-')}")
+    (run_dir / "last.pth").unlink()
+    if damage == "a folder":
+        (run_dir / "last.pth").mkdir()
+    before = files_of(run_dir)
+    result = run_cli("train", *flags(setup, run_dir.name, resume=resume))
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = [text for text in result.stderr.splitlines() if text.startswith("error: ")]
+    if damage == "deleted":
+        assert line.startswith(f"error: cannot resume run {run_dir.name}: its last.pth is missing (deleted?), yet its "
+                               f"status.json counts 2 epochs done; resuming would train it again from scratch over its "
+                               f"files. Train a new run from its config and weights: ")
+        assert line.endswith(f"main.py train --config={run_dir / 'config.yaml'} --load-model-path={run_dir / 'best.pth'} "
+                             f"--env=<new name>")
+    else:
+        assert line == f"error: cannot resume run {run_dir.name}: {run_dir / 'last.pth'} is a folder, not a checkpoint; " \
+                       f"move it away, then run this again"
+    assert files_of(run_dir) == before  # best.pth and everything else as they were
+
+    if damage == "deleted":  # the command it prints trains a new run from the weights
+        printed = line.split("weights: ", 1)[1].replace("<new name>", f"{run_dir.name}-again").split()
+        again = run_cli(*printed[printed.index("train"):], f"--checkpoint-dir={setup / 'runs'}",
+                        *(f for f in flags(setup, "x") if f.startswith(("--progress", "--debug-file", "--num-workers"))))
+        assert again.returncode == 0, again.stderr
+        assert (setup / "runs" / f"{run_dir.name}-again" / "best.pth").is_file()
+
+
+def test_a_run_without_last_pth_goes_on_from_an_epoch_checkpoint_it_kept(setup):
+    run_dir = copy_of(setup, "kept-epochs")
+    keep = run_cli("train", *flags(setup, "kept-epochs", **{"max-epoch": 3, "keep-checkpoints": 2}))
+    assert keep.returncode == 0, keep.stderr
+    (run_dir / "last.pth").unlink()
+    refused = run_cli("train", *flags(setup, "kept-epochs", resume="last", **{"max-epoch": 4}))
+    assert refused.returncode == 1 and f"it kept epoch_3.pth (resume from it: --resume={run_dir / 'epoch_3.pth'})" \
+        in refused.stderr
+    auto = run_cli("train", *flags(setup, "kept-epochs", **{"max-epoch": 4}))
+    assert auto.returncode == 0, auto.stderr
+    assert "last.pth is missing (missing); resuming from epoch_3.pth" in auto.stderr
+    assert load(run_dir / "last.pth")["epoch"] == 4
+
+
+def test_a_checkpoint_changed_after_it_was_saved_is_refused_unless_accepted(setup):
+    import torch
+
+    run_dir = copy_of(setup, "altered")
+    state = torch.load(run_dir / "last.pth", weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = state["model"][name] + 1
+    torch.save(state, run_dir / "last.pth")
+    before = files_of(run_dir)
+    refused = run_cli("train", *flags(setup, "altered", resume="last", **{"max-epoch": 3}))
+    assert refused.returncode == 1
+    assert f"error: {run_dir / 'last.pth'} does not match the fingerprints written into it: model changed after the " \
+           f"run saved it; restore the file, resume from another checkpoint (--resume=<epoch_<n>.pth>), or go on from it " \
+           f"anyway with --accept-altered-checkpoint" in refused.stderr
+    assert files_of(run_dir) == before
+    accepted = run_cli("train", *flags(setup, "altered", resume="last", **{"max-epoch": 3, "accept-altered-checkpoint": True}))
+    assert accepted.returncode == 0, accepted.stderr
+    assert "model changed after the run saved it; resuming from it anyway (--accept-altered-checkpoint)" in accepted.stderr
+    assert load(run_dir / "last.pth")["epoch"] == 3
