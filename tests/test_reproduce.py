@@ -229,6 +229,10 @@ def test_a_sweep_trial_reproduces(tmp_path):
         "optuna.journal", "sweep.yaml", "trial-0"]
     study = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=s")
     assert study.returncode == 2 and "reproduce one of its trials: --env=s/trial-<n>" in study.stderr
+    missing = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=s/trial-3")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == f"error: no run s/trial-3 in {tmp_path / 'runs'}; did you mean " \
+                                                      f"--env=s/trial-0?"
 
 
 # -- the pieces -----------------------------------------------------------------------------
@@ -304,3 +308,82 @@ def test_a_changed_default_in_the_code_is_named_from_the_uncommitted_diff(traine
     assert "not reproduced: epoch 1" in result.stdout
     commit = json.loads((tmp_path / "runs" / "code" / "manifest.json").read_text())["environments"][0]["code"]["git"]["commit"]
     assert f"  git {commit[:7]} -> {commit[:7]} (dirty: 1 file: models/lenet.py)" in result.stdout.splitlines()
+
+
+# -- what reproduce names (issue: damaged, edited and moved runs) ---------------------------
+def test_an_edited_config_yaml_is_named_not_blamed_on_randomness(trained, tmp_path):
+    run_dir = tmp_path / "runs" / "edited"
+    shutil.copytree(trained[1], run_dir)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("\nlr: 0.01\n", "\nlr: 0.02\n"))
+    result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=edited")
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert "  option --lr 0.01 -> 0.02" in lines
+    assert f"  (the options are {config}'s now, not those the run was trained with: edited after it began?)" in lines
+    assert "randomness" not in result.stdout
+
+
+def test_a_changed_validation_image_changes_the_metrics_and_is_not_reproduced(trained, tmp_path):
+    """The state of epoch 1 agrees (no training image changed), what it measured does not."""
+    from configs.loader import load_config
+    from utils.core.registry import EXPERIMENTS
+
+    data = tmp_path / "data"
+    shutil.copytree(trained[0] / "data", data)
+    flags = tiny_flags(data, tmp_path, env="val")
+    assert run_cli("train", *flags).returncode == 0
+    cfg = load_config({arg[2:].split("=", 1)[0]: arg.split("=", 1)[1] for arg in flags})
+    _, val_set = EXPERIMENTS.get("classify")(cfg).datasets()
+    image = val_set.items[0][0]
+    Image.fromarray(np.full((24, 24, 3), 128, dtype=np.uint8)).save(image)  # a grey cat or dog
+    result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=val")
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("not reproduced: epoch 1 (steps 1-"), lines
+    assert lines[2].startswith("  its metrics, while the state agrees: ") and " val_logloss " in lines[2], lines
+    assert any(line.startswith(f"  data: {image.name} changed (1 of ") for line in lines), lines
+    assert not any(line.startswith("reproduced") for line in lines) and "the numbers did not change" not in result.stdout
+
+
+def test_a_checkpoint_of_another_run_is_refused_in_one_line(trained, tmp_path):
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(trained[1], other)
+    before = files_of(trained[1])
+    result = reproduce(f"--checkpoint-dir={trained[0] / 'runs'}", "--env=run", f"--from={other / 'epoch_1.pth'}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --from={other / 'epoch_1.pth'} is a checkpoint of run other, not of run; give one of run's: "
+        f"best.pth, epoch_1.pth, epoch_2.pth, last.pth")
+    assert files_of(trained[1]) == before
+
+
+def test_a_run_trained_on_a_relative_data_folder_reproduces_from_another_folder(trained, tmp_path):
+    shutil.copytree(trained[0] / "data", tmp_path / "data")
+    flags = [arg for arg in tiny_flags(tmp_path / "data", tmp_path, env="rel") if not arg.startswith("--train-data-root")]
+    assert run_cli("train", "--train-data-root=data/train", *flags, cwd=tmp_path).returncode == 0
+    config = (tmp_path / "runs" / "rel" / "config.yaml").read_text()
+    assert f"\ntrain_data_root: {tmp_path / 'data' / 'train'}\n" in config  # saved as the folder it names
+    block = json.loads((tmp_path / "runs" / "rel" / "manifest.json").read_text())["environments"][0]
+    assert block["data"]["roots"]["train"]["path"] == str(tmp_path / "data" / "train")
+    result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=rel", cwd=ROOT)  # from elsewhere
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "does not exist" not in result.stdout
+    flags = [arg for arg in flags if not arg.startswith("--max-epoch")]
+    resumed = run_cli("train", "--train-data-root=data/train", *flags, "--resume", "--max-epoch=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr  # the same folder, written as it was typed
+
+
+def test_a_fingerprint_record_changed_on_disk_is_named_and_its_checkpoint_decides(trained, tmp_path):
+    run_dir = tmp_path / "runs" / "record"
+    shutil.copytree(trained[1], run_dir)
+    path = run_dir / "fingerprints" / "epoch-0002.json"
+    record = json.loads(path.read_text())
+    record["objects"]["model"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(record))
+    result = reproduce(f"--checkpoint-dir={tmp_path / 'runs'}", "--env=record", "--all")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == (
+        f"note: {run_dir / 'fingerprints'}/epoch-0002.json disagrees with the fingerprints epoch_2.pth carries for "
+        f"epoch 2 (model): the record was changed after the run wrote it; epoch 2 is compared with epoch_2.pth instead")
+    assert "reproduced: epochs 1-2 bit-identical" in result.stdout
