@@ -31,8 +31,10 @@ LOG_LINE = re.compile(r"\d\d:\d\d:\d\d (INFO|WARNING) ")
 
 
 def flags(*extra, **options):
-    """TINY with some options replaced (`**{"num-workers": 2}`) and `extra` appended."""
-    chosen = [f for f in TINY if f.split("=")[0][2:] not in options]
+    """TINY with some options replaced (`**{"num-workers": 2}`, or an `extra` "--name=value") and
+    `extra` appended (an option given twice is refused)."""
+    given = {f.split("=")[0][2:] for f in extra if f.startswith("--")} | set(options)
+    chosen = [f for f in TINY if f.split("=")[0][2:] not in given]
     return [*chosen, *(f"--{key}={value}" for key, value in options.items()), *extra]
 
 
@@ -130,6 +132,10 @@ CASES = [
     ("positional", ["train", "ResNet34"], 2, r"unexpected argument 'ResNet34': options are written --name=value"),
     ("unknown command", ["trian"], 2, r"unknown command 'trian'; did you mean train\?"),
     ("single dash", ["train", "-lr=0.1"], 2, r"option -lr=0.1 has one dash; options take two: --lr=0.1"),
+    ("flag twice", ["train", "--batch-size=16", "--batch_size=4"], 2,
+     r"option --batch-size is given twice \(16, then 4\); give it once"),
+    ("flag and its no- form", ["train", "--progress", "--no-progress"], 2,
+     r"option --progress is given twice \(true, then false\); give it once"),
     ("config missing", ["train", "--config=nope.yaml"], 2, r"config file 'nope.yaml' not found"),
     ("config folder", ["train", "--config=out"], 2, r"config file 'out' is a folder; give a .yaml file"),
     ("config not utf-8", ["train", "--config=latin1.yaml"], 2, r"latin1.yaml:1: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"),

@@ -274,6 +274,34 @@ STORAGES = [
 ]
 
 
+@pytest.mark.parametrize("record", ["with its sweep.yaml", "its journal alone"])
+def test_a_copied_or_renamed_study_folder_is_named_and_nothing_is_appended(finished, data, tmp_path, record):
+    """cp -a runs/done runs/moved: its journal and sweep.yaml hold study done; a sweep of
+    --study=moved says so instead of adding a study to the copy and finding its runs unknown."""
+    import shutil
+
+    shutil.copytree(finished / "runs" / "done", tmp_path / "runs" / "moved")
+    if record == "its journal alone":
+        (tmp_path / "runs" / "moved" / "sweep.yaml").unlink()
+    before = tree(tmp_path / "runs")
+    one_line(run_cli(*sweep_flags(data, tmp_path, "moved", 2, ONE, **TRIAL)), 1,
+             rf"{re.escape(str(tmp_path / 'runs' / 'moved'))} holds study done, not moved \(a study folder copied or "
+             rf"renamed\?\); go on with it as --study=done in a folder of that name, or start another --study; nothing "
+             rf"was written")
+    assert tree(tmp_path / "runs") == before
+
+
+def test_a_relative_data_folder_naming_the_recorded_one_is_the_same_option(finished, data, tmp_path):
+    import shutil
+
+    shutil.copytree(finished / "runs", tmp_path / "runs")
+    flags = [arg for arg in sweep_flags(data, tmp_path, "done", 2, ONE, **TRIAL) if not arg.startswith("--train-data-")]
+    relative = os.path.relpath(data / "train", tmp_path)
+    result = run_cli(*flags, f"--train-data-root={relative}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sweep done: 2 of 2 trials finished" in result.stdout
+
+
 @pytest.mark.parametrize("url, code, message", [case[1:] for case in STORAGES], ids=[case[0] for case in STORAGES])
 def test_a_bad_storage_url_is_one_line_before_anything_is_written(data, tmp_path, url, code, message):
     (tmp_path / "junk.db").write_text("not sqlite")

@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import make_dogcat, run_cli, tiny_flags
+from conftest import make_dogcat, run_cli, tiny_flags, typed
 
 mlflow = pytest.importorskip("mlflow", reason="the trackers extra: bash scripts/setup.sh --trackers")
 from mlflow import MlflowClient  # noqa: E402
@@ -212,10 +212,34 @@ def test_an_unreachable_mlflow_server_is_one_line_and_exit_1_before_the_run_dir(
     result = run_cli("train", *tiny_flags(data, tmp_path, **{"loggers": "tensorboard,mlflow", "mlflow-uri": uri}))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: cannot reach MLflow at {uri} (connection refused); start the server (mlflow server --port 5000), "
-        f"fix --mlflow-uri, or drop mlflow from --loggers")
+        f"error: cannot reach MLflow at {uri} (connection refused); start the server ({typed('mlflow')} server --port "
+        f"5000), fix --mlflow-uri, or drop mlflow from --loggers")
     assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+@pytest.mark.parametrize("uri, code, message", [
+    ("ftp://example.org/runs", 2, "option --mlflow-uri: MLflow keeps runs on a server (http://, https://) or in a "
+                                  "database (sqlite:///<file>.db, postgresql://, mysql://, mssql://), not at ftp://; "
+                                  "got 'ftp://example.org/runs'"),
+    ("sqlite:///{tmp}/a-file/x.db", 2, "option --mlflow-uri: {tmp}/a-file is a file, not a folder"),
+    ("sqlite:///{tmp}/missing/dir/x.db", 2, "option --mlflow-uri: the folder {tmp}/missing/dir does not exist; create "
+                                            "it, or give another file"),
+    ("sqlite:///{tmp}/junk.db", 2, "option --mlflow-uri: {tmp}/junk.db is not an SQLite database; give another file"),
+    ("sqlite:///{tmp}/broken.db", 1, "MLflow cannot use its store {tmp}/broken.db ((sqlite3.DatabaseError) file is not a "
+                                     "database): damaged? Move it away (a new one is made), give another --mlflow-uri, "
+                                     "or drop mlflow from --loggers"),
+], ids=["another scheme", "under a file", "folder missing", "not sqlite", "damaged sqlite"])
+def test_an_mlflow_store_that_cannot_be_used_is_one_line_before_anything_is_written(data, tmp_path, uri, code, message):
+    (tmp_path / "a-file").write_text("a file")
+    (tmp_path / "junk.db").write_text("not a database")
+    (tmp_path / "broken.db").write_bytes(b"SQLite format 3\0" + bytes(range(256)) * 40)  # its pages are garbage
+    result = run_cli("train", *tiny_flags(data, tmp_path, **{"loggers": "tensorboard,mlflow",
+                                                               "mlflow-uri": uri.format(tmp=tmp_path)}))
+    assert result.returncode == code, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message.format(tmp=tmp_path)}"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs" / "tiny").exists() and not (tmp_path / "missing").exists()
 
 
 @pytest.mark.slow

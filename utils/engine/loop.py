@@ -66,7 +66,9 @@ def train(cfg, trial=None, given=()):
     is how long its run's lock may go unrenewed before another worker takes it over."""
     if not cfg.resume:
         cfg = distributed.broadcast_object(runtime.name_run(cfg))  # rank 0 names a new run for every rank
-    # One writer per run dir (utils/engine/run_lock.py): taken before anything looks at it.
+    # One writer per run dir (utils/engine/run_lock.py): taken before anything looks at it,
+    # in a --checkpoint-dir checked first (a file, a read-only folder: said as such).
+    distributed.on_main(lambda: runtime.check_output_dir(resume.run_dir_of(cfg), "--checkpoint-dir"))
     lock = distributed.on_main(lambda: run_lock.acquire(resume.run_dir_of(cfg), getattr(trial, "stale_after", None),
                                                         patient=cfg.resume == resume.AUTO))
     try:
@@ -82,7 +84,7 @@ def _train(cfg, trial, given, lock):
     if cfg.resume:
         distributed.check_shared(resume.checkpoint_path(cfg))  # every node must see the run it resumes
     resumed = resume.load_resume_state(cfg)  # None for a fresh run
-    cfg = resumed["config"] if resumed else runtime.absolute_data(cfg)
+    cfg = resumed["config"] if resumed else cfg
     saved = resumed["state"] if resumed else None
     if saved is not None:
         done = resume.finished(cfg, saved, auto)
@@ -98,10 +100,10 @@ def _train(cfg, trial, given, lock):
     # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
     named = cfg
     train_set, val_set = experiment.datasets()
-    cfg = experiment.cfg  # with the options resolved from the data
+    # with the options resolved from the data, and a new run's data folders absolute in what it saves
+    cfg = experiment.cfg if resumed else runtime.absolute_data(experiment.cfg)
     if len(train_set) == 0:
         raise UserError(f"the train split of {cfg.train_data_root} has no images; check --train-data-root")
-    distributed.on_main(lambda: runtime.check_output_dir(cfg.run_dir, "--checkpoint-dir"))
     seeding.seed_everything(cfg.seed)  # the same initial weights on every rank
     checks = [check for check in (getattr(lock, "check", None), getattr(trial, "check_owner", None)) if check]
     outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(), guard=lambda: [check() for check in checks],

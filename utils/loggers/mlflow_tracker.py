@@ -139,8 +139,8 @@ def unreachable(uri, error):
     if uri.startswith("sqlite:///"):
         return UserError(f"MLflow cannot use its store {sqlite_file(uri)} ({reason(error)}): damaged? Move it away (a "
                          f"new one is made), give another --mlflow-uri, or drop mlflow from --loggers")
-    return UserError(f"cannot reach MLflow at {hide_passwords(uri)} ({reason(error)}); start the server (mlflow server "
-                     f"--port 5000), fix --mlflow-uri, or drop mlflow from --loggers")
+    return UserError(f"cannot reach MLflow at {hide_passwords(uri)} ({reason(error)}); start the server ({program('mlflow')} "
+                     f"server --port 5000), fix --mlflow-uri, or drop mlflow from --loggers")
 
 
 def reason(error):
