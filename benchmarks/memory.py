@@ -54,7 +54,7 @@ def main():
                   f"--model={args.model}", f"--image-size={args.image_size}", f"--batch-size={args.batch_size}",
                   f"--num-workers={args.workers}", "--progress=false", "--debug-file="]
         result, wall = run([*common, "--env=long", f"--max-epoch={args.epochs}"])
-        rss = [float(value) for value in re.findall(r"INFO epoch \d+: train .* rss (\d+) MB", result.stderr)]
+        rss = [float(value) for value in re.findall(r"INFO epoch \d+/\d+: .* rss (\d+) MB", result.stderr)]
         print(f"memory: {args.epochs} epochs of {args.model} at {args.image_size} px on {args.images} Kaggle-size JPEGs "
               f"({wall:.0f} s)")
         print("  rss per epoch (MB): " + " ".join(f"{value:.0f}" for value in rss))

@@ -55,7 +55,7 @@ def train(nproc, data, runs, args):
     wall = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{nproc} process(es) failed:\n{result.stderr[-3000:]}")
-    speeds = re.findall(r"epoch \d+: train .* \| (\d+) img/s", result.stderr)
+    speeds = re.findall(r"epoch \d+/\d+: (\d+) img/s", result.stderr)
     return float(speeds[-1]), wall
 
 

@@ -50,7 +50,7 @@ def speed(workload, setting, busy, folder):
             neighbour.wait()
     if run.returncode != 0:
         sys.exit(f"{workload} / {setting} failed:\n{run.stderr[-2000:]}")
-    speeds = [float(value) for value in re.findall(r"epoch \d+: train .* \| (\d+) img/s", run.stderr)]
+    speeds = [float(value) for value in re.findall(r"epoch \d+/\d+: (\d+) img/s", run.stderr)]
     return statistics.median(speeds[1:] or speeds)
 
 

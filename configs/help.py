@@ -23,11 +23,13 @@ def _show_default(value):
     return str(value)
 
 
-# The shared options `<command> --help` shows first; the experiment's own options follow.
+# The shared options `<command> --help` shows first, chosen by what a user reaches for with
+# the command (not by where they are declared); the experiment's own options follow.
 # Any other command of an experiment (generate, ...) shows OTHER_COMMAND's.
 COMMAND_OPTIONS = {
-    "train": ("experiment", "env", "resume", "config", "dataset", "train_data_root", "model", "max_epoch", "batch_size", "lr",
-              "device", "num_workers", "checkpoint_dir"),
+    "train": ("experiment", "env", "resume", "config", "dataset", "train_data_root", "test_data_root", "model", "image_size",
+              "max_epoch", "batch_size", "lr", "lr_policy", "device", "num_workers", "print_freq", "loggers",
+              "checkpoint_dir"),
     "val": ("env", "load_model_path", "checkpoint_dir", "batch_size", "num_workers", "device", "skip_bad_images"),
     "test": ("env", "load_model_path", "checkpoint_dir", "test_data_root", "batch_size", "device", "skip_bad_images",
              "experiment"),
@@ -65,8 +67,9 @@ def _compact_lines(names, width, name_width, experiment=None):
 
 
 def _option_lines(names, width, name_width, defaults=None, notes=None, experiment=None):
-    """Two or more lines per option: flag, type = default (the experiment's, from
-    `defaults`, where it sets one) and a note, then the doc."""
+    """One line per option when it fits, else two: flag, type = default (the experiment's,
+    from `defaults`, where it sets one) and a note, then the doc's first line (cut at a word:
+    `help` has it whole), so a command's list stays one screen."""
     fields = fields_of(experiment) if experiment else FIELDS
     defaults, notes = defaults or {}, notes or {}
     lines = []
@@ -74,8 +77,11 @@ def _option_lines(names, width, name_width, defaults=None, notes=None, experimen
         f = fields[name]
         default = defaults.get(name, f.default)
         shown = f"{describe_type(name, experiment)} = {_show_default(default)}{notes.get(name, '')}"
-        lines.append(f"    {flag(name):<{name_width}}  {shown}")
-        lines += textwrap.wrap(f.metadata["doc"], width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+        head = f"    {flag(name):<{name_width}}  {shown}"
+        if len(f"{head}  {f.metadata['doc']}") <= width:
+            lines.append(f"{head}  {f.metadata['doc']}")
+        else:
+            lines += [head, textwrap.shorten(f.metadata["doc"], width, initial_indent=" " * 8, placeholder=" ...")]
     return lines
 
 

@@ -232,8 +232,12 @@ def validate(cfg):
                          f"got {excerpt(cfg.monitor)}{needs}{hint}")
     if not _DEVICE.fullmatch(cfg.device):
         raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {excerpt(cfg.device)}")
-    if cfg.env is not None and (not _ENV.fullmatch(cfg.env) or cfg.env in (".", "..") or len(cfg.env) > 200):
-        raise UsageError(f"option --env names a folder under --checkpoint-dir: letters, digits and _.@+=- only, at most "
+    # <group>/<member>: a run of a group of runs (a sweep's study/trial-<n>), as every command takes it
+    parts = (cfg.env or "").split("/")
+    if cfg.env is not None and (len(parts) > 2 or any(not _ENV.fullmatch(part) or part in (".", "..") for part in parts)
+                                or len(cfg.env) > 200):
+        raise UsageError(f"option --env names a folder under --checkpoint-dir (or <group>/<run>, a sweep's "
+                         f"<study>/trial-<n>): letters, digits and _.@+=- only, at most "
                          f"200 of them; got {excerpt(cfg.env)}")
     if cfg.use_gpu is not None:
         wanted = "cuda" if cfg.use_gpu else "cpu"

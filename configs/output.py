@@ -7,22 +7,27 @@ from configs.values import flag
 from configs.schema import GROUPS, fields_of
 
 
-def describe(cfg, named=None, given=()):
+def describe(cfg, named=None, given=(), source=None):
     """The start-of-run log: the options the user set (`given`: the names typed as flags or in
     the --config file, even at their default; and any option not at its default) and those
     resolved from the data (what differs between `named`, the config before the data was
-    read, and `cfg`). The whole config is in the run dir's config.yaml, not the log."""
+    read, and `cfg`). The whole config is in the run dir's config.yaml, not the log. With a
+    `source` (the run's own config, on a resume or a reproduction) it says so and lists only
+    what was typed now: the rest the user did not set here."""
     named = named or cfg
     fields = fields_of(cfg.experiment)
     from_data = {name: getattr(cfg, name) for name in fields if getattr(cfg, name) != getattr(named, name)}
-    changed = changed_options(named)
+    changed = changed_options(named) if source is None else {}
     given = {name: getattr(named, name) for name in fields
              if (name in given or name in changed) and name not in ("env", "config", "resume")}
 
     def shown(options):
         return " ".join(f"{flag(name)}={_shown(value)}" for name, value in options.items())
 
-    lines = [f"config: you set {shown(given)}" if given else f"config: the defaults of experiment {cfg.experiment}"]
+    if source is not None:
+        lines = [f"config: {source}" + (f"; you set now {shown(given)}" if given else "")]
+    else:
+        lines = [f"config: you set {shown(given)}" if given else f"config: the defaults of experiment {cfg.experiment}"]
     if from_data:
         lines.append(f"config from the data: {shown(from_data)}")
     return lines

@@ -90,7 +90,14 @@ def list_test(folder):
 
 
 def test_listing(folder, skip_bad_images=False, workers=2):
-    """(list_test's items, [(path, why unreadable)] they leave out with --skip-bad-images)."""
+    """(list_test's items, [(path, why unreadable)] they leave out with --skip-bad-images).
+    `folder` may be one image: its id is the <n> of its name, or 1 for another name (said)."""
+    if Path(folder).is_file():
+        match = TEST_NAME.fullmatch(Path(folder).name)
+        if match is None:
+            log.info("%s is not named <n>.jpg, the Kaggle test id: its row of the csv has id 1", folder)
+        items = [(Path(folder), int(match.group(1)) if match else 1)]
+        return split_readable(items, workers) if skip_bad_images else (items, [])
     items = [(path, int(m.group(1))) for m, path in scan(folder, TEST_NAME, TEST_LAYOUT)]
     items.sort(key=lambda item: (item[1], item[0].name))
     if skip_bad_images:

@@ -138,6 +138,8 @@ class Classify(Experiment):
         "test": "predict the test split and write the csv (dogcat: Kaggle's id,label = P(dog); cifar10 / mnist: id,label = class; imagefolder: path,label,probability)",
     }
     monitors = {"val_logloss": "min", "val_loss": "min", "val_accuracy": "max"}  # the first is --monitor's default
+    # val_loss is the unclipped cross-entropy: val_logloss but for probabilities beyond 1e-15
+    unprinted = ("val_loss", "val_loss_ema")
     ema_modules = ("model",)
     options = {
         "num_classes": {"default": None, "type": "int", "doc": "output classes; default: the data's (dogcat 2: cat 0, dog 1; "

@@ -123,6 +123,13 @@ def tiny_flags(data_root, tmp_path, **extra):
     return [f"--{key}={value}" for key, value in flags.items()]
 
 
+def with_flags(flags, *more):
+    """`flags` ("--name=value" strings) with `more` in place of the ones of the same names
+    (main.py refuses an option given twice), appended."""
+    names = {flag.split("=", 1)[0].replace("_", "-") for flag in more}
+    return [flag for flag in flags if flag.split("=", 1)[0].replace("_", "-") not in names] + list(more)
+
+
 class ForkedCli:
     """Like run_cli, but each command is a fork of one process that has imported torch
     already (tests/cli_server.py): a second or so per command instead of five."""

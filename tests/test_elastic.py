@@ -65,7 +65,8 @@ def test_a_kill_costs_at_most_save_every_steps_and_the_restart_ends_bit_identica
 
     restarted = run_cli("train", *flags(setup, "killed", **{"save-every": 3}))
     assert restarted.returncode == 0, restarted.stderr
-    assert f"resuming {run_dir / 'last.pth'}: epoch 2/2, from its step 3 (2 done)" in restarted.stderr
+    assert f"resuming {run_dir / 'last.pth'} in epoch 2 of 2: steps 1-2 were done, it goes on with step 3" \
+        in restarted.stderr
     assert_same_training_state(load(run_dir / "last.pth"), load(setup / "runs" / "reference" / "last.pth"))
 
 
@@ -213,7 +214,8 @@ def test_a_finished_run_without_its_last_pth_is_never_trained_again_over_its_bes
     [line] = [text for text in result.stderr.splitlines() if text.startswith("error: ")]
     if damage == "deleted":
         assert line.startswith(f"error: cannot resume run {run_dir.name}: its last.pth is missing (deleted?), yet its "
-                               f"status.json counts 2 epochs done; resuming would train it again from scratch over its "
+                               f"status.json says it finished after 2 epochs; resuming would train it again from scratch "
+                               f"over its "
                                f"files. Train a new run from its config and weights: ")
         assert line.endswith(f"main.py train --config={run_dir / 'config.yaml'} --load-model-path={run_dir / 'best.pth'} "
                              f"--env=<new name>")

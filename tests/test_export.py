@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import load, make_dogcat, run_cli, tiny_flags, typed
+from conftest import load, make_dogcat, run_cli, tiny_flags, typed, with_flags
 from PIL import Image
 
 import main
@@ -238,7 +238,7 @@ def test_a_parity_failure_is_exit_1_and_writes_nothing(run, capsys, monkeypatch)
 def test_bad_export_options_are_one_line_and_write_nothing(run, extra, code, message, capsys):
     tmp_path, _ = run
     before = sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir())
-    result = main.main(["export", *flags(tmp_path), *extra])
+    result = main.main(["export", *with_flags(flags(tmp_path), *extra)])
     err = capsys.readouterr().err
     assert result == code, err
     assert len(err.strip().splitlines()) == 1 and message in err, err

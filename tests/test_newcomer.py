@@ -194,11 +194,15 @@ def test_output_files_follow_the_umask(tmp_path):
 
 def test_no_progress_bar_frames_without_a_terminal(tmp_path):
     make_dogcat(tmp_path / "data")
-    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, progress="true"))
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, progress="true", **{"max-epoch": 2}))
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "img/s]" not in result.stderr
     # one plain line per epoch, with the share of its time spent waiting for data
-    assert re.search(r"INFO epoch 1: train loss \d\.\d{4} accuracy .* \d+ img/s \(\d+% waiting for data\) \| rss", result.stderr)
+    assert re.search(r"INFO epoch 1/\d+: train loss \d\.\d{4} accuracy \d\.\d{4} \| val accuracy \d\.\d{4} logloss "
+                     r"\d\.\d{4}( \| best)?\n", result.stderr)  # one of the two, val_loss left out (= logloss)
+    assert re.search(r"INFO epoch 1/\d+: \d+ img/s \(\d+% waiting for data\) \| lr .* \| rss \d+ MB \| about \S+ left of "
+                     r"the run\n", result.stderr)
+    assert max(len(line) for line in result.stderr.splitlines() if " INFO epoch " in line) <= 120
     assert "waited" not in result.stderr
     # and, between them, progress lines at the --print-freq cadence (here every 2 of 4 steps)
     lines = re.findall(r"INFO epoch 1/1: (\d+)/16 img \((\d+)%\), loss \d\.\d{4} accuracy \d\.\d{4}, \d+ img/s, \d+s left in the "

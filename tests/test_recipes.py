@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load, make_cifar10, make_dogcat, run_cli, tiny_flags
+from conftest import load, make_cifar10, make_dogcat, run_cli, tiny_flags, with_flags
 
 from data import transforms
 from data.image_files import ImageFiles
@@ -376,7 +376,7 @@ def test_patience_ends_the_run_finished_and_says_why(recipe_data):
     assert "run patient has finished: stopped early at epoch 3" in again.stdout and "--patience=3" in again.stdout
     assert load(run_dir / "last.pth")["epoch"] == 3
     # a larger patience trains on (and stops again two epochs later)
-    more = run_cli("train", *flags, "--resume", "--patience=4")
+    more = run_cli("train", *with_flags(flags, "--resume", "--patience=4"))
     assert more.returncode == 0, more.stderr
     assert load(run_dir / "last.pth")["epoch"] == 5
 

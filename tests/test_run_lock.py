@@ -23,27 +23,32 @@ def holder_process():
 
 
 def plant(run_dir, age=0.0, **record):
-    """A lock link of run_dir naming `record` (this machine's by default), `age` seconds old."""
+    """A lock of run_dir naming `record` (this machine's by default), `age` seconds old."""
     path = run_lock.lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     mine = json.loads(run_lock.RunLock(run_dir).text)
-    os.symlink(json.dumps({**mine, **record}), path)
+    path.write_text(json.dumps({**mine, **record}))
     then = time.time() - age
-    os.utime(path, (then, then), follow_symlinks=False)
+    os.utime(path, (then, then))
     return path
+
+
+def holder_of(path):
+    return json.loads(path.read_text())
 
 
 def test_a_run_is_taken_released_and_held_again_by_its_own_process(tmp_path):
     run_dir = tmp_path / "runs" / "a"
     lock = run_lock.acquire(run_dir)
     path = run_lock.lock_path(run_dir)
-    assert path == tmp_path / "runs" / ".a.lock" and path.is_symlink() and not run_dir.exists()  # beside, not in it
-    assert json.loads(os.readlink(path))["pid"] == os.getpid()
+    assert path == tmp_path / "runs" / ".a.lock" and path.is_file() and not run_dir.exists()  # beside, not in it
+    assert holder_of(path)["pid"] == os.getpid()
+    assert sorted(p.name for p in path.parent.iterdir()) == [".a.lock"]  # written whole elsewhere, linked in place
     assert run_lock.acquire(run_dir) is lock  # re-entrant: reproduce holds it and the engine takes it again
     lock.release()
-    assert path.is_symlink()  # held once more
+    assert path.is_file()  # held once more
     lock.release()
-    assert not os.path.lexists(path)
+    assert not path.exists()
 
 
 def test_a_live_holder_keeps_the_run_and_is_named(tmp_path):
@@ -59,7 +64,7 @@ def test_a_live_holder_keeps_the_run_and_is_named(tmp_path):
         assert f"(main.py train --env=a); wait for it to end or stop it (kill -INT {other.pid}: it saves and exits), " \
                f"then run this again" in message
         # a holder silent for long is still the run's while its process runs on this machine (stopped, say)
-        os.utime(run_lock.lock_path(run_dir), (0, 0), follow_symlinks=False)
+        os.utime(run_lock.lock_path(run_dir), (0, 0))
         with pytest.raises(run_lock.RunBusy):
             run_lock.acquire(run_dir, hint=", or write the file elsewhere: --result-file=<file>")
     finally:
@@ -73,7 +78,7 @@ def test_a_killed_holder_and_a_reused_pid_are_taken_over_at_once(tmp_path, caplo
     other.wait()
     plant(tmp_path / "a", pid=other.pid)
     lock = run_lock.acquire(tmp_path / "a")
-    assert json.loads(os.readlink(lock.path))["pid"] == os.getpid()
+    assert holder_of(lock.path)["pid"] == os.getpid()
     assert f"took over run a from pid {other.pid}" in caplog.text and "is gone" in caplog.text
     lock.release()
     # this very pid, but a process that started at another time: the holder's pid was reused
@@ -88,10 +93,14 @@ def test_a_holder_on_another_machine_is_waited_for_until_it_has_been_silent_too_
         run_lock.acquire(tmp_path / "a")
     plant(tmp_path / "b", host="gpu-node-7", boot="other", age=run_lock.STALE + 1)
     run_lock.acquire(tmp_path / "b").release()
-    # a link this runner did not write is judged by its age alone
-    os.symlink("not json", run_lock.lock_path(tmp_path / "c"))
+    # a file this runner did not write is judged by its age alone; a folder or a FIFO in its place is named
+    run_lock.lock_path(tmp_path / "c").write_text("not json")
     with pytest.raises(run_lock.RunBusy, match="a process this runner cannot name"):
         run_lock.acquire(tmp_path / "c")
+    os.mkfifo(run_lock.lock_path(tmp_path / "d"))
+    with pytest.raises(run_lock.UserError, match=r"\.d\.lock is in the way of run d's lock \(it is not a file the runner "
+                                                 r"made\); remove it, then run this again"):
+        run_lock.acquire(tmp_path / "d")
 
 
 def test_a_trial_takes_over_a_frozen_worker_of_this_machine_after_its_stale_after(tmp_path):
@@ -109,14 +118,14 @@ def test_a_holder_whose_lock_was_taken_over_writes_nothing_more(tmp_path):
     try:
         lock.check()  # still ours
         os.unlink(lock.path)
-        os.symlink(json.dumps({"pid": 4242, "host": "gpu-node-7", "since": "then", "command": "main.py train"}), lock.path)
+        lock.path.write_text(json.dumps({"pid": 4242, "host": "gpu-node-7", "since": "then", "command": "main.py train"}))
         with pytest.raises(run_lock.WriterLost, match=r"run a was taken over by pid 4242 on gpu-node-7, since then "
                                                       r"\(main.py train\)") as lost:
             lock.check()
         assert lost.value.fenced
     finally:
         lock.release()
-    assert os.path.lexists(lock.path)  # the new holder's link is left alone
+    assert lock.path.exists()  # the new holder's lock is left alone
 
 
 def test_a_lock_removed_by_hand_is_made_again_and_renewed(tmp_path):
@@ -124,10 +133,10 @@ def test_a_lock_removed_by_hand_is_made_again_and_renewed(tmp_path):
     try:
         os.unlink(lock.path)
         lock.check()
-        assert os.readlink(lock.path) == lock.text
-        os.utime(lock.path, (0, 0), follow_symlinks=False)
+        assert lock.path.read_text() == lock.text
+        os.utime(lock.path, (0, 0))
         lock.renew()
-        assert time.time() - os.lstat(lock.path).st_mtime < 60
+        assert time.time() - lock.path.stat().st_mtime < 60
     finally:
         lock.release()
 
@@ -183,17 +192,17 @@ def test_a_second_writer_of_a_run_being_trained_is_refused_and_the_first_ends_al
     run_dir = tmp_path / "runs" / "busy"
     record = json.loads((run_dir / "status.json").read_text())
     assert record["status"] == "finished" and record["restarts"] == [] and record["epoch"] == 2
-    assert not os.path.lexists(run_lock.lock_path(run_dir))  # let go at the end
+    assert not os.path.exists(run_lock.lock_path(run_dir))  # let go at the end
     # now free: the test writes its csv into the run dir
     assert run_cli("test", "--env=busy", f"--checkpoint-dir={tmp_path / 'runs'}").returncode == 0
-    assert (run_dir / "result.csv").is_file() and not os.path.lexists(run_lock.lock_path(run_dir))
+    assert (run_dir / "result.csv").is_file() and not os.path.exists(run_lock.lock_path(run_dir))
 
 
 def test_a_second_writer_of_a_killed_run_takes_it_over_and_resumes(data, tmp_path):
     flags = tiny_flags(data, tmp_path, env="killed", **{"max-epoch": 2, "resume": "auto", "save-every": 2})
     killed = run_cli("train", *flags, env={"RUNNER_FAULT_AT_STEP": "5:SIGKILL"})
     assert killed.returncode == -9
-    assert os.path.lexists(run_lock.lock_path(tmp_path / "runs" / "killed"))  # kill -9 let go of nothing
+    assert os.path.exists(run_lock.lock_path(tmp_path / "runs" / "killed"))  # kill -9 let go of nothing
     again = run_cli("train", *flags)
     assert again.returncode == 0, again.stderr
     assert "took over run killed from pid" in again.stderr and "resuming " in again.stderr

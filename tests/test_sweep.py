@@ -202,7 +202,10 @@ def test_summary_sorts_by_the_metric_and_its_command_reproduces_the_best_trial(f
     study = study_of(finished, "done")
     best = min(study.trials, key=lambda t: t.value)
     assert lines[3].split()[0] == str(best.number) and lines[7].startswith(f"best: trial {best.number}, val_logloss")
-    command = next(line for line in lines if line.startswith("reproduce it: ")).split(": ", 1)[1]
+    member = f"--env=done/trial-{best.number} --checkpoint-dir={finished / 'runs'}"
+    assert lines[8:10] == [f"its run: {finished / 'runs' / 'done' / f'trial-{best.number}'}; test it: {typed()} test {member}",
+                           f"check that it trains again bit for bit: {typed()} reproduce {member}"]
+    command = next(line for line in lines if line.startswith("train it anew, in a run of its own: ")).split(": ", 1)[1]
     argv = shlex.split(command)
     assert argv[1].endswith("main.py") and argv[2] == "train" and argv[3] == "--experiment=classify"  # named, always
     assert argv[-1] == f"--checkpoint-dir={finished / 'runs'}"  # a new run beside the study, not in it

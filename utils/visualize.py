@@ -12,6 +12,7 @@ import os
 from PIL import Image
 
 from utils.core.io import OutputError, atomic_open
+from utils.core.shell import program
 
 log = logging.getLogger(__name__)
 _WRITERS = itertools.count(1)  # numbers the event files this process opens
@@ -177,9 +178,10 @@ def _connect_visdom(env):
         if vis.check_connection(timeout_seconds=2):
             return vis
     except Exception as error:  # any failure to reach a server means "no visdom", by design
-        log.warning("visdom unavailable (%s); plots are skipped. Start one with `python -m visdom.server`.", error)
+        log.warning("visdom unavailable (%s); plots are skipped. Start one with `%s -m visdom.server`.", error,
+                    program("python"))
         return None
-    log.warning("no visdom server answered; plots are skipped. Start one with `python -m visdom.server`.")
+    log.warning("no visdom server answered; plots are skipped. Start one with `%s -m visdom.server`.", program("python"))
     return None
 
 

@@ -47,6 +47,7 @@ class Experiment:
     batch_names = ("images", "labels")  # the batch's parts, by name, at the debugger prompt
     losses = ("loss",)  # returned scalars that must stay finite; the first feeds the lr policies
     monitors = {}  # {metric: "min" | "max"}: what evaluate() returns that --monitor may pick; the first is its default
+    unprinted = ()  # metrics the epoch's log line leaves out (a near-copy of another); TensorBoard keeps them
     options = {}  # its own options: {name: {"default", "doc", "role", ...}} (configs/schema.py, experiment_fields)
     ema_modules = ()  # modules --ema may keep a moving average of (classify: the model; gan: the generator)
     cannot_accumulate = None  # why --accumulate does not apply to its step (None: it does)

@@ -98,7 +98,7 @@ def _train(cfg, trial, given, lock):
     device = distributed.pick_device(cfg)
     # Everything that can fail on bad input runs before the run dir exists: the data, the
     # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
-    named = cfg
+    named = cfg if resumed else runtime.absolute_data(cfg)  # what is typed, as it is saved
     train_set, val_set = experiment.datasets()
     # with the options resolved from the data, and a new run's data folders absolute in what it saves
     cfg = experiment.cfg if resumed else runtime.absolute_data(experiment.cfg)
@@ -132,7 +132,8 @@ def _train(cfg, trial, given, lock):
     if distributed.world_size() > 1 and not restored:
         # Dropout masks, a GAN's noise: each rank draws its own, from (seed, rank).
         seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank()))
-    run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg, named, given)) or (cfg.run_dir, False)
+    source = "the run's own (its checkpoint's)" if resumed else getattr(trial, "config_source", None)
+    run_dir, created = distributed.on_main(lambda: runtime.start_run(cfg, named, given, source)) or (cfg.run_dir, False)
     try:
         distributed.check_shared(cfg.run_dir / "config.yaml")  # across nodes: one line now, not a traceback later
     except distributed.NotShared:
@@ -167,7 +168,7 @@ def _train(cfg, trial, given, lock):
             raise lost from None
         raise
     outcome = {"run_dir": run_dir, "epoch": ctx.state.epoch, "best": ctx.state.best, "pruned": ctx.state.pruned}
-    if not distributed.is_main() or getattr(trial, "quiet", False):  # `reproduce` reports itself
+    if not distributed.is_main() or getattr(trial, "quiet", False) or ctx.state.pruned:  # they say it themselves
         return outcome
     best = ctx.state.best
     summary = (f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best
@@ -215,6 +216,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
                                      start=ctx.state.samples_in_epoch)
         for epoch in range(ctx.state.epoch, cfg.max_epoch):
             loader.sampler.set_epoch(epoch, start=ctx.state.samples_in_epoch)
+            epoch_started = time.perf_counter()
             means, images_per_second, data_wait = run_epoch(experiment, objects, loader, ctx, stopper, epoch,
                                                                 saves)
             if stopper.requested:
@@ -235,7 +237,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             if trial is not None:  # a sweep's trial: report the epoch; its pruner may end the run here
                 verdict = trial.epoch_end(epoch + 1, metrics)
                 ctx.state.pruned = verdict if verdict and epoch + 1 < cfg.max_epoch else None
-            report_epoch(experiment, objects, ctx, epoch, means, (images_per_second, data_wait), metrics, lrs, improved)
+            speed = (images_per_second, data_wait, time.perf_counter() - epoch_started)
+            report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, improved)
             saves.epoch_written()
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
                                                weights=lambda: inference_state(objects, ctx.state, cfg, metrics,

@@ -47,11 +47,13 @@ def _duration(seconds):
 
 
 def report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, improved):
-    """Epoch-end curves, image grids and log line; written before the epoch's checkpoints, so
-    a run killed in between redoes and re-logs them (TensorBoard purges the first copy).
-    `speed`: (images per second, share of the time spent waiting for data)."""
+    """Epoch-end curves, image grids and two log lines, what it measured and how it went,
+    each short enough for an 80-120 column terminal; written before the epoch's checkpoints,
+    so a run killed in between redoes and re-logs them (TensorBoard purges the first copy).
+    `speed`: (images per second, share of the time spent waiting for data, the epoch's
+    seconds, validation included)."""
     step, outputs = ctx.state.global_step, ctx.outputs
-    images_per_second, data_wait = speed
+    images_per_second, data_wait, seconds = speed
     for name, value in means.items():
         outputs.plot(f"train/epoch_{name}", value, step)
     for name, value in (metrics or {}).items():
@@ -62,13 +64,19 @@ def report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, im
     if outputs.writes:
         outputs.images(experiment.images(objects, ctx), step)
     outputs.flush()
-    parts = [f"train {' '.join(f'{k} {v:.4f}' for k, v in means.items())}"]
-    if metrics:
-        parts.append(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     memory = runtime.resident_megabytes()
     outputs.plot("memory/resident_mb", memory, step)
-    if ctx.cfg.accumulate > 1:
-        parts.append(f"{plural(sum(ctx.state.optimizer_steps.values()), 'optimizer step')} so far")
-    parts += [" ".join(f"{name} {lr:.2e}" for name, lr in lrs.items()),
-              f"{images_per_second:.0f} img/s ({100 * data_wait:.0f}% waiting for data)", f"rss {memory:.0f} MB"]
-    log.info("epoch %d: %s%s", epoch + 1, " | ".join(p for p in parts if p), " | best" if improved else "")
+    shown = {name: value for name, value in (metrics or {}).items()
+             if name not in experiment.unprinted and isinstance(value, (int, float))}
+    checked = {name[len("val_"):]: value for name, value in shown.items() if name.startswith("val_")}
+    results = [f"train {' '.join(f'{k} {v:.4f}' for k, v in means.items())}",
+               " ".join(f"{k} {v:.4f}" for k, v in shown.items() if not k.startswith("val_")),
+               f"val {' '.join(f'{k} {v:.4f}' for k, v in checked.items())}" if checked else ""]
+    where = f"epoch {epoch + 1}/{ctx.cfg.max_epoch}:"
+    log.info("%s %s%s", where, " | ".join(part for part in results if part), " | best" if improved else "")
+    left = seconds * (ctx.cfg.max_epoch - epoch - 1)
+    pace = [f"{images_per_second:.0f} img/s ({100 * data_wait:.0f}% waiting for data)",
+            " ".join(f"{name} {lr:.2e}" for name, lr in lrs.items()),
+            f"{plural(sum(ctx.state.optimizer_steps.values()), 'optimizer step')} so far" if ctx.cfg.accumulate > 1 else "",
+            f"rss {memory:.0f} MB", f"about {_duration(left)} left of the run" if left > 0 else ""]
+    log.info("%s %s", where, " | ".join(part for part in pace if part))

@@ -174,26 +174,32 @@ def load_resume_state(cfg):
     merged_cfg = validate(config_class(experiment)(**merged))
     if state is not None and state["epoch"] < merged_cfg.max_epoch:
         step = state.get("step_in_epoch", 0)
-        where = f", from its step {step + 1} ({step} done)" if step else ", from its start"
-        log.info("resuming %s: epoch %d/%d%s", path, state["epoch"] + 1, merged_cfg.max_epoch, where)
+        epoch = f"epoch {state['epoch'] + 1} of {merged_cfg.max_epoch}"
+        where = f"in {epoch}: steps 1-{step} were done, it goes on with step {step + 1}" if step else f"at the start of {epoch}"
+        log.info("resuming %s %s", path, where)
     return {"state": state, "config": merged_cfg}
 
 
 def trained_before(run_dir):
     """What says that the run in `run_dir` trained beyond what a restart from its config
     would redo (a kill in its first epoch, after best.pth and before last.pth, is redone), or
-    None: an epoch_<n>.pth or emergency.pth kept, status.json counting an epoch done, a
-    best.pth of a later epoch (or one that cannot be read)."""
+    None: an epoch_<n>.pth or emergency.pth kept, status.json saying the run finished or
+    stopped (both written once last.pth is) or counting 2 epochs done (epoch 2's files are
+    written after epoch 1's last.pth: status.json counts an epoch as soon as its files are
+    being written), a best.pth of epoch 2 or later (or one that cannot be read)."""
     kept = sorted(run_dir.glob("epoch_*.pth"), key=_epoch_number)
     if kept:
         return f"it kept {kept[-1].name} (resume from it: --resume={kept[-1]})"
     if (run_dir / checkpoint.EMERGENCY).is_file():
         return f"it holds {checkpoint.EMERGENCY} (resume from it: --resume={run_dir / checkpoint.EMERGENCY})"
     try:
-        done = (status.read(run_dir) or {}).get("epoch") or 0
+        record = status.read(run_dir) or {}
     except Damaged:
-        done = 0
-    if done:
+        record = {}
+    done, ended = record.get("epoch") or 0, record.get("status")
+    if ended in ("finished", "pruned", "stopped"):
+        return f"its status.json says it {ended} after {plural(done, 'epoch')}"
+    if done > 1:
         return f"its status.json counts {plural(done, 'epoch')} done"
     best = run_dir / checkpoint.BEST
     if best.exists():

@@ -1,10 +1,11 @@
 """One writer per run dir: a lock that a live process holds and a killed one does not.
 
 The lock of run dir `<folder>/<run>` is `<folder>/.<run>.lock`, beside the run dir (so a run
-dir copied, moved or removed carries no lock with it): a symbolic link whose text names its
+dir copied, moved or removed carries no lock with it): a small file whose text names its
 holder as JSON (host, boot, PID namespace, pid and the process's start time, when it took
-the lock, its command). symlink() makes it whole or not at all, so two processes starting
-together cannot both take it. Every command that writes into a run dir holds it: train
+the lock, its command). It is written whole under another name and hard-linked into place;
+link() fails when the lock exists, also over NFS, so two processes starting together cannot
+both take it and nobody reads half a record. Every command that writes into a run dir holds it: train
 (new runs, resumes, --resume=auto restarts, a sweep's trials, reproduce's scratch runs) for
 the whole run; test, generate and export while they write their file there.
 
@@ -13,11 +14,11 @@ Whether a holder is still there follows the rules of the sweep's locks (utils/co
   longer runs (or is a zombie, or was given to a later process) its lock is taken over;
   while it runs, the lock is its own, even stopped (Ctrl+Z): the message names its pid;
 - a holder that cannot be judged from here (another machine sharing the folder, another
-  container) touches its link's time every STALE / 5 seconds (a daemon thread); a link not
+  container) touches the lock's time every STALE / 5 seconds (a daemon thread); a lock not
   touched for STALE seconds belongs to a process that is gone (a lost node) and is taken
   over. A sweep's trial passes its --stale-after instead, which also covers a worker of
   this machine frozen that long, as the trial's lease does (utils/sweep/lease.py).
-Taking over moves the link away, checks that the moved link is the one judged and puts it
+Taking over moves the lock away, checks that the moved lock is the one judged and puts it
 back otherwise (another process was first): the journal lock's way (utils/sweep/lock.py).
 A holder whose lock was taken over (it was frozen past the limit) finds out at its next
 heartbeat and writes nothing more (`check` raises WriterLost before every write).
@@ -31,6 +32,7 @@ import logging
 import os
 import shlex
 import socket
+import stat
 import sys
 import threading
 import time
@@ -78,7 +80,7 @@ def _parse(text):
 
 
 def judge(holder, age, stale_after=None):
-    """Why the lock's `holder` (its record; {} for a link this runner did not write) no
+    """Why the lock's `holder` (its record; {} for a file this runner did not write) no
     longer holds it, silent for `age` seconds, or None while it does."""
     limit = stale_after or STALE
     local = bool(holder) and all(holder.get(key) == value for key, value in _machine().items()) and \
@@ -118,20 +120,17 @@ class RunLock:
         deadline, said = time.monotonic() + (self.stale_after or STALE) + self.interval, False
         while True:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(self.text, self.path)
-                return
-            except FileExistsError:
-                pass
+                if self._place():
+                    return
             except OSError as error:
                 raise UserError(f"cannot lock run {self.run_dir.name}: cannot write in {self.path.parent}: "
                                 f"{(error.strerror or str(error)).lower()}") from None
             try:
-                seen, age = os.readlink(self.path), time.time() - os.lstat(self.path).st_mtime
+                seen, age = _read(self.path)
             except FileNotFoundError:
                 continue  # released in between: try again at once
             except OSError:
-                raise UserError(f"{self.path} is in the way of run {self.run_dir.name}'s lock (it is not a link the "
+                raise UserError(f"{self.path} is in the way of run {self.run_dir.name}'s lock (it is not a file the "
                                 f"runner made); remove it, then run this again") from None
             holder = _parse(seen)
             why = judge(holder, age, self.stale_after)
@@ -150,19 +149,35 @@ class RunLock:
                 said = True
             time.sleep(min(self.interval, 1.0))
 
+    def _place(self):
+        """Put this process's lock in place: True, or False when a lock is there already."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        written = self.path.with_name(f"{self.path.name}.{os.getpid()}.{time.monotonic_ns()}.new")
+        try:
+            written.write_text(self.text, encoding="utf-8")
+            os.link(written, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            try:
+                os.unlink(written)
+            except OSError:
+                pass
+
     def _break(self, text):
-        """Move the link `text` away; True when it was that link (see the module)."""
+        """Move the lock `text` away; True when it was that lock (see the module)."""
         moved = self.path.with_name(f"{self.path.name}.{os.getpid()}.{time.monotonic_ns()}.broken")
         try:
-            if os.readlink(self.path) != text:
+            if _read(self.path)[0] != text:
                 return False
             os.rename(self.path, moved)
         except OSError:
             return False
         try:
-            if os.readlink(moved) == text:
+            if _read(moved)[0] == text:
                 return True
-            os.link(moved, self.path, follow_symlinks=False)  # a live lock taken meanwhile: put it back
+            os.link(moved, self.path)  # a live lock taken meanwhile: put it back
             return False
         except OSError:
             return False
@@ -179,13 +194,13 @@ class RunLock:
                 return
 
     def renew(self):
-        """Touch the link while it is ours; note the new holder when it is not. A link removed
+        """Touch the lock while it is ours; note the new holder when it is not. A lock removed
         by hand is made again: the run is still this process's."""
         try:
-            seen = os.readlink(self.path)
+            seen = _read(self.path)[0]
         except FileNotFoundError:
             try:
-                os.symlink(self.text, self.path)
+                self._place()
             except OSError:
                 pass
             return
@@ -195,7 +210,7 @@ class RunLock:
             self.lost = _parse(seen) or {"pid": "?", "host": "?"}
             return
         try:
-            os.utime(self.path, follow_symlinks=False)
+            os.utime(self.path)
         except OSError as error:
             log.warning("could not renew the lock %s: %s", self.path, error)
 
@@ -208,7 +223,7 @@ class RunLock:
                              f"not heard from for {self.stale_after or STALE:g} s; it writes nothing more there")
 
     def release(self):
-        """Let go (the last of this process's holds): the link is removed while it is ours."""
+        """Let go (the last of this process's holds): the lock is removed while it is ours."""
         self.count -= 1
         if self.count > 0:
             return
@@ -217,7 +232,7 @@ class RunLock:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:
-            if os.readlink(self.path) == self.text:
+            if _read(self.path)[0] == self.text:
                 os.unlink(self.path)
         except OSError:
             pass
@@ -249,13 +264,21 @@ def release_all():
 
 def holder(run_dir):
     """The record of the process holding `run_dir` now, or None (no lock, or its holder gone)."""
-    path = lock_path(run_dir)
     try:
-        seen, age = os.readlink(path), time.time() - os.lstat(path).st_mtime
+        seen, age = _read(lock_path(run_dir))
     except OSError:
         return None
     record = _parse(seen)
     return None if judge(record, age) is not None else record
+
+
+def _read(path):
+    """(text, seconds since it was last touched) of the lock file at `path`; OSError when it
+    is no regular file (a folder or a FIFO in its place: never opened, a FIFO would block)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise IsADirectoryError(21, "not a regular file", str(path))
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read(4096), time.time() - os.fstat(handle.fileno()).st_mtime
 
 
 def busy_message(run_dir, holder_record, age=None, elsewhere=""):

@@ -184,6 +184,9 @@ def check_new_run(cfg):
     """UsageError when a new run (no --resume) would land in a run dir that holds a run:
     checked first, before any data is read or model built."""
     run_dir = cfg.run_dir
+    if "/" in cfg.env and not cfg.resume:
+        raise UsageError(f"--env={cfg.env} names a run of a group ({cfg.env.split('/')[0]}: its sweep makes its runs); a "
+                         f"new run's --env is one name")
     if (run_dir / STUDY_RECORD).exists():
         raise UsageError(f"{run_dir} is a sweep's study, not a run; give another --env (its trials: `{main_command()} "
                          f"sweep --study={cfg.env}{checkpoint_dir_flag(cfg)} --summary`)")
@@ -205,10 +208,11 @@ def _go_on(cfg):
     return f"continue it with `{resume_command(cfg)}`"
 
 
-def start_run(cfg, named=None, given=()):
+def start_run(cfg, named=None, given=(), source=None):
     """Create the run dir, refuse to overwrite another run, log what the user set (`given`:
-    the option names typed) and what came from the data (`named`: the config before the data
-    was read) and save config.yaml.
+    the option names typed; `source`: where the rest comes from, when not from the defaults)
+    and what came from the data (`named`: the config before the data was read) and save
+    config.yaml.
     Returns (run dir, whether this call created it)."""
     check_new_run(cfg)
     run_dir = cfg.run_dir
@@ -217,7 +221,7 @@ def start_run(cfg, named=None, given=()):
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create run folder {str(run_dir)!r}: {(error.strerror or str(error)).lower()}") from None
-    for line in configs.describe(cfg, named, given):
+    for line in configs.describe(cfg, named, given, source):
         log.info("%s", line)
     try:
         with atomic_open(run_dir / "config.yaml", "w", encoding="utf-8") as handle:

@@ -43,6 +43,7 @@ class Comparer:
         self.parted = None  # (epoch, text, [(tensor, max diff)]) of the first difference
         self.objects, self.tensors, self.metrics = [], 0, 0  # what was compared: objects, tensors, metrics per epoch
         self.resume_command = runtime.command_again()
+        self.config_source = f"run {plan.env}'s own"  # what the start-of-run log says of the config
 
     def epoch_end(self, epoch, metrics):
         return None

@@ -2,6 +2,7 @@
 command that reproduces the best one) and the studies part of `python main.py runs`."""
 import collections
 import math
+import types
 from pathlib import Path
 
 import optuna
@@ -119,6 +120,11 @@ def reproduce_command(study_dir, number):
     return f"{runtime.main_command()} train {flags} --env={Path(study_dir).name}-trial-{number}{where}"
 
 
+def _parent_of(study_dir):
+    """What runtime.checkpoint_dir_flag needs: the --checkpoint-dir that holds the study."""
+    return types.SimpleNamespace(checkpoint_dir=str(Path(study_dir).parent))
+
+
 def render_summary(study_dir, storage="", stale_after=STALE_AFTER):
     """`sweep --study=NAME --summary`: every trial, best first, then the best's command."""
     study, record = load(study_dir, storage)
@@ -153,10 +159,11 @@ def render_summary(study_dir, storage="", stale_after=STALE_AFTER):
     if best is not None:
         lines += ["", f"best: trial {best.number}, {metric} {best.value:.4f} ({params_text(best.params)})"]
         command = reproduce_command(study_dir, best.number)
+        member = f"--env={Path(study_dir).name}/trial-{best.number}{runtime.checkpoint_dir_flag(_parent_of(study_dir))}"
+        lines.append(f"its run: {trial_dir(study_dir, best.number)}; test it: {runtime.main_command()} test {member}")
+        lines.append(f"check that it trains again bit for bit: {runtime.main_command()} reproduce {member}")
         if command:
-            lines.append(f"reproduce it: {command}")
-        lines.append(f"its run: {trial_dir(study_dir, best.number)} (test it: {runtime.main_command()} test "
-                     f"--env=trial-{best.number} --checkpoint-dir={study_dir})")
+            lines.append(f"train it anew, in a run of its own: {command}")
     return "\n".join(lines)
 
 

@@ -34,7 +34,6 @@ import optuna
 from optuna.trial import TrialState
 
 from configs.loader import load_config
-from configs.values import flag
 from utils.core import seeding
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import OutputError
@@ -46,7 +45,7 @@ from utils.loggers import sweeps
 from utils.sweep import joining
 from utils.sweep import lease as leases
 from utils.sweep.journal import repair
-from utils.sweep.report import best_trial, render_summary
+from utils.sweep.report import best_trial, params_text, render_summary
 from utils.sweep.study import JOURNAL, check_study_dir, read_record, state_counts, study_lock, trial_dir
 from utils.visualize import write_hparams
 
@@ -240,7 +239,7 @@ class Worker:
         # A taken-over trial resumes when its run dir holds a run (its config.yaml is written
         # before anything else); one whose worker died before that starts afresh.
         resume = took_over is not None and (run_dir / "config.yaml").is_file()
-        shown = " ".join(f"{flag(name)}={value}" for name, value in params.items())
+        shown = params_text(params)  # readable; the trial's config.yaml holds the exact values
         if distributed.is_main():
             how = f"resuming it ({took_over})" if took_over else "new"
             log.info("sweep %s: trial %d, %s: %s", self.options.study, number, how, shown)
