@@ -229,11 +229,11 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
                    for name, policy in policies.items()}
             ctx.state.epoch, ctx.state.step_in_epoch, ctx.state.samples_in_epoch, ctx.state.meters = epoch + 1, 0, 0, {}
-            improved = is_improvement(monitors, cfg.monitor, metrics, ctx.state.best)
+            improved = resume.is_improvement(monitors, cfg.monitor, metrics, ctx.state.best)
             if improved:
                 ctx.state.best = {"metric": cfg.monitor, "value": metrics[cfg.monitor], "epoch": epoch + 1}
             if epoch + 1 < cfg.max_epoch and resume.patience_over(cfg, epoch + 1, ctx.state.best):
-                ctx.state.stopped_early = describe_early_stop(cfg, epoch + 1, ctx.state.best)
+                ctx.state.stopped_early = resume.describe_early_stop(cfg, epoch + 1, ctx.state.best)
             if trial is not None:  # a sweep's trial: report the epoch; its pruner may end the run here
                 verdict = trial.epoch_end(epoch + 1, metrics)
                 ctx.state.pruned = verdict if verdict and epoch + 1 < cfg.max_epoch else None
@@ -262,14 +262,6 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     outputs.close()
     outputs.write_status(ctx.state, "pruned" if ctx.state.pruned else "finished")
     outputs.end("pruned" if ctx.state.pruned else "finished", ctx.state.best)
-
-
-def describe_early_stop(cfg, epochs_done, best):
-    where = f"stopped early at epoch {epochs_done}"
-    if not best:
-        return f"{where}: no finite {cfg.monitor} in {plural(cfg.patience, 'epoch')} (--patience)"
-    return (f"{where}: {cfg.monitor} has not improved for {plural(epochs_done - best['epoch'], 'epoch')} "
-            f"(--patience={cfg.patience}; best {best['value']:.4f} at epoch {best['epoch']})")
 
 
 def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
@@ -382,12 +374,3 @@ def gradients_kept_local(objects):
             if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
                 stack.enter_context(inner.no_sync())
         yield
-
-
-def is_improvement(monitors, monitor, metrics, best):
-    if not monitors or metrics is None or math.isnan(metrics[monitor]):
-        return False
-    better = min if monitors[monitor] == "min" else max
-    return best is None or better(metrics[monitor], best["value"]) != best["value"]
-
-

@@ -11,6 +11,7 @@ complete checkpoint to resume; rank 0 looks, every rank takes its answer.
 """
 import dataclasses
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -270,3 +271,18 @@ def finished(cfg, saved, auto=False):
 def patience_over(cfg, epochs_done, best):
     """Whether --patience ends the run after `epochs_done` epochs, given the best so far."""
     return bool(cfg.patience) and epochs_done - (best["epoch"] if best else 0) >= cfg.patience
+
+
+def describe_early_stop(cfg, epochs_done, best):
+    where = f"stopped early at epoch {epochs_done}"
+    if not best:
+        return f"{where}: no finite {cfg.monitor} in {plural(cfg.patience, 'epoch')} (--patience)"
+    return (f"{where}: {cfg.monitor} has not improved for {plural(epochs_done - best['epoch'], 'epoch')} "
+            f"(--patience={cfg.patience}; best {best['value']:.4f} at epoch {best['epoch']})")
+
+
+def is_improvement(monitors, monitor, metrics, best):
+    if not monitors or metrics is None or math.isnan(metrics[monitor]):
+        return False
+    better = min if monitors[monitor] == "min" else max
+    return best is None or better(metrics[monitor], best["value"]) != best["value"]
