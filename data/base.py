@@ -28,6 +28,11 @@ data.sampling.EpochSampler (or a bare index), so random augmentation can be a fu
     normalisation()     {batch part: (mean, std)}: the uint8 image parts the engine turns into
                   normalised float32 on the device ((x / 255 - mean) / std per channel); {}
                   for a set whose items are already float
+    fitted()      statistics this (training) split fitted that the other splits must use as
+                  they are (a target's mean and std, a table's normalisation), as plain data;
+                  {} by default. The engine keeps them in every checkpoint (info["fitted"]),
+                  and `build_split(cfg, split, fitted)` hands them to a builder that takes a
+                  `fitted` keyword: the val split in `datasets()`, the test split in `test`
     identities()  a JSON-able identity of each item in split order (a path relative to the
                   data, a position in the source files, a text): the run's manifest keeps a
                   hash of it, which says whether two runs split the data alike; default:
@@ -38,9 +43,12 @@ data.sampling.EpochSampler (or a bare index), so random augmentation can be a fu
                   `keys` are the second part of each item in split order (an id, an index,
                   or the label of a labelled split), `log_probabilities` an N x K float tensor.
 """
+import inspect
+
 import torch
 
 from utils.core.errors import UserError
+from utils.core.registry import DATASETS
 
 
 class Dataset(torch.utils.data.Dataset):
@@ -60,6 +68,10 @@ class Dataset(torch.utils.data.Dataset):
         """{batch part: (per-channel mean, std)} of the uint8 image parts to normalise on the device."""
         return {}
 
+    def fitted(self):
+        """What this split fitted that the others need, as plain data (see the protocol)."""
+        return {}
+
     def identities(self):
         """Each item's identity, in split order (see the protocol above)."""
         targets = self.targets if self.targets is not None else [None] * len(self)
@@ -72,3 +84,14 @@ class Dataset(torch.utils.data.Dataset):
     def write_predictions(self, path, keys, log_probabilities, class_names, cfg):
         """Write `test`'s predictions of this split to `path`; returns the rows written."""
         raise UserError(f"{self.name} has no test output; `test` is not available for it")
+
+
+def build_split(cfg, split, fitted=None):
+    """The `split` (train | val | test) of --dataset, built by its DATASETS entry; `fitted`
+    (the statistics the training split fitted: its `fitted()`, or a checkpoint's
+    info["fitted"]) goes to a builder that takes a `fitted` keyword, so a validation or test
+    split is transformed as the training split was."""
+    builder = DATASETS.get(cfg.dataset)
+    if fitted and "fitted" in inspect.signature(builder).parameters:
+        return builder(cfg, split, fitted=fitted)
+    return builder(cfg, split)

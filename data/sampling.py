@@ -78,10 +78,26 @@ def stratified_split(items, val_ratio, seed):
     return train, val
 
 
-def split_part(items, split_name, val_ratio, seed, source):
-    """The train or val part of stratified_split(items), or a one-line error naming the
-    fix when --val-ratio leaves it empty (`source` says where the images are)."""
-    train, val = stratified_split(items, val_ratio, seed)
+def quantile_split(items, val_ratio, seed, bins=10):
+    """Seeded (train, val) split of (item, target) pairs whose target is a number on a scale
+    (a regression): stratified over `bins` quantile bins of the target, so the validation
+    part spans its range as the training part does (by class, each value would be a class of
+    one and the validation part empty). Both parts keep the items' order."""
+    order = sorted(range(len(items)), key=lambda index: (items[index][1], index))
+    bins = max(1, min(bins, len(items)))
+    strata = [(index, rank * bins // len(items)) for rank, index in enumerate(order)]
+    train, val = stratified_split(strata, val_ratio, seed)
+    return [items[index] for index, _ in sorted(train)], [items[index] for index, _ in sorted(val)]
+
+
+SPLITS = {"class": stratified_split, "quantiles": quantile_split}  # split_part's `by`
+
+
+def split_part(items, split_name, val_ratio, seed, source, by="class"):
+    """The train or val part of `items`, split by class (stratified_split) or, `by`
+    "quantiles", by quantiles of a continuous target (quantile_split); or a one-line error
+    naming the fix when --val-ratio leaves it empty (`source` says where the items are)."""
+    train, val = SPLITS[by](items, val_ratio, seed)
     chosen = train if split_name == "train" else val
     if not chosen:
         where, fix = ("training", "lower") if split_name == "train" else ("validation", "raise")

@@ -51,15 +51,6 @@ from utils.export import Exportable, onnx_runtime
 log = logging.getLogger(__name__)
 
 
-def build_optimizer(cfg, model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 def predict(model, images, precision, tta=False):
     """Log-probabilities (N x K, float32) of a CPU or device batch; with tta, of the average
     of the image's and its mirror's class probabilities."""
@@ -199,7 +190,7 @@ class Classify(Experiment):
     def build(self, ctx):
         model = build_model(self.cfg)
         model.to(ctx.device, memory_format=ctx.precision.memory_format)
-        optimizer = build_optimizer(self.cfg, model)
+        optimizer = ctx.optimizer(model)
         self.mix = mixer(self.cfg)
         monitor_mode = run_monitors(self.cfg.experiment, self.cfg.ema)[self.cfg.monitor]
         return {"model": model, "optimizer": optimizer,

@@ -119,8 +119,8 @@ class Gan(Experiment):
         netg, netd = build_nets(cfg, ctx.device)
         netg.to(memory_format=ctx.precision.memory_format)
         netd.to(memory_format=ctx.precision.memory_format)
-        optimizer_g = torch.optim.Adam(netg.parameters(), lr=cfg.lr1, betas=(cfg.beta1, 0.999))
-        optimizer_d = torch.optim.Adam(netd.parameters(), lr=cfg.lr2, betas=(cfg.beta1, 0.999))
+        optimizer_g = ctx.optimizer(netg, lr=cfg.lr1, betas=(cfg.beta1, 0.999))  # the book's DCGAN: Adam, beta1 0.5
+        optimizer_d = ctx.optimizer(netd, lr=cfg.lr2, betas=(cfg.beta1, 0.999))
         # the noise whose images are shown during training, the same for every run of one --seed
         fixed_noise = torch.randn(GRID_IMAGES, cfg.nz, 1, 1, generator=ctx.generator("fixed_noise")).to(ctx.device)
         return {"netg": netg, "netd": netd, "optimizer_g": optimizer_g, "optimizer_d": optimizer_d,

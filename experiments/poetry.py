@@ -162,7 +162,7 @@ class Poetry(Experiment):
 
     def build(self, ctx):
         model = build_net(self.cfg, len(self.vocabulary), ctx.device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        optimizer = ctx.optimizer(model)
         return {"model": model, "optimizer": optimizer,
                 "lr_policy": LrPolicy(optimizer, self.cfg, monitor_mode=self.monitors[self.cfg.monitor])}
 

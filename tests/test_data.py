@@ -165,3 +165,81 @@ def test_uint8_batches_are_normalised_on_the_device_as_the_book_normalises_image
     assert torch.allclose(data.denormalize(batch), image.float() / 255, atol=1e-5)
     with pytest.raises(ValueError, match="names no mean and std"):
         Precision(cfg, torch.device("cpu")).to_device(image[None])
+
+
+# -- what the engine offers every experiment: a regression split, fitted statistics --------
+def test_a_continuous_target_is_split_by_quantiles_not_by_class():
+    from data.sampling import quantile_split, split_part
+
+    rng = np.random.default_rng(0)
+    items = [(f"row{k}", float(value)) for k, value in enumerate(rng.lognormal(size=200))]
+    with pytest.raises(UserError, match=r"--val-ratio=0.3 leaves no validation images of the 200 in rows"):
+        split_part(items, "val", 0.3, 0, "rows")  # by class: each value a class of one
+    train, val = quantile_split(items, 0.3, seed=0)
+    assert len(val) == 60 and len(train) == 140 and not set(train) & set(val)
+    assert [item for item in items if item in val] == val  # the items' order is kept
+    targets = sorted(value for _, value in items)
+    deciles = [targets[k * 20] for k in range(10)] + [targets[-1] + 1]
+    per_decile = [sum(low <= value < high for _, value in val) for low, high in zip(deciles, deciles[1:])]
+    assert per_decile == [6] * 10  # the validation part spans the range as the training part does
+    assert split_part(items, "val", 0.3, 0, "rows", by="quantiles") == val
+    assert quantile_split(items, 0.3, seed=1)[1] != val and quantile_split(items, 0.3, seed=0)[1] == val
+
+
+def test_a_split_gets_what_the_training_split_fitted_when_its_builder_takes_it():
+    from data.base import Dataset, build_split
+    from utils.core.registry import DATASETS
+
+    calls = []
+
+    class Rows(Dataset):
+        def __init__(self, values, fitted=None):
+            self.values = values
+            self.mean = (fitted or {}).get("mean", sum(values) / len(values))
+
+        def __len__(self):
+            return len(self.values)
+
+        def fitted(self):
+            return {"mean": self.mean}
+
+    @DATASETS.register("fitted_rows")
+    def fitted_rows(cfg, split, fitted=None):
+        calls.append((split, fitted))
+        return Rows([1.0, 2.0, 3.0] if split == "train" else [10.0], fitted)
+
+    @DATASETS.register("plain_rows")
+    def plain_rows(cfg, split):
+        return Rows([5.0])
+
+    cfg = SimpleNamespace(dataset="fitted_rows")
+    train = build_split(cfg, "train")
+    test = build_split(cfg, "test", fitted=train.fitted())
+    assert calls == [("train", None), ("test", {"mean": 2.0})] and test.mean == 2.0  # the train split's, not its own
+    assert build_split(SimpleNamespace(dataset="plain_rows"), "test", fitted={"mean": 2.0}).mean == 5.0
+    assert Dataset().fitted() == {}
+
+
+def test_the_run_keeps_what_its_training_split_fitted_in_every_checkpoint(tmp_path, monkeypatch):
+    """A data set whose training split fitted statistics: the engine keeps them in last.pth
+    and best.pth under info["fitted"], for `test` to hand to its test split."""
+    import main
+    from conftest import load, make_dogcat, tiny_flags
+    from utils.core.registry import DATASETS
+
+    class Fitted(ImageFiles):
+        def fitted(self):
+            return {"images": len(self)}
+
+    @DATASETS.register("fitted_dogcat")
+    def fitted_dogcat(cfg, split, fitted=None):
+        made = dogcat.dogcat(cfg, split)
+        made.__class__ = Fitted if split == "train" else made.__class__
+        return made
+
+    make_dogcat(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["train", *tiny_flags(tmp_path / "data", tmp_path, dataset="fitted_dogcat")]) == 0
+    for name in ("last.pth", "best.pth"):
+        info = load(tmp_path / "runs" / "tiny" / name)["info"]
+        assert info["fitted"] == {"images": 16} and info["classes"] == ["cat", "dog"]  # 24 images, 8 held out

@@ -34,6 +34,7 @@ from utils.engine import checkpoint, distributed, runtime
 from utils.engine.averages import update_average
 from utils.engine.outputs import Outputs
 from utils.engine.precision import Precision
+from utils.engine.optimizers import build_optimizer
 from utils.engine.state import TrainState
 
 
@@ -100,8 +101,9 @@ class Experiment:
 class Context:
     """What the experiment's hooks receive besides their objects, and the engine's services
     to them: `optimize` (the optimisation step), `unwrap` (a module without its DDP /
-    compile wrappers), `generator` (a named random stream), and `reduce_sums` / `gather` /
-    `eval_loader` (evaluation over every rank's share of a split)."""
+    compile wrappers), `generator` (a named random stream), `optimizer` (the run's optimizer
+    over some parameters), and `reduce_sums` / `gather` / `eval_loader` (evaluation over
+    every rank's share of a split)."""
     cfg: object
     device: torch.device
     precision: Precision
@@ -116,6 +118,12 @@ class Context:
     progress: float = 1.0  # epochs of training done once this batch is, counted in images (the --warmup-epochs clock)
     averages: dict = dataclasses.field(default_factory=dict)  # module name -> its AveragedModel (--ema)
     averaged_by: dict = dataclasses.field(default_factory=dict)  # optimizer name -> the module names it averages
+
+    def optimizer(self, parameters, **settings):
+        """The run's optimizer over `parameters` (a module, or parameters or param groups):
+        --optimizer with --lr, --weight-decay, --momentum, or `settings` in their place
+        (utils/engine/optimizers.py). For `build`."""
+        return build_optimizer(self.cfg, parameters, **settings)
 
     def optimize(self, loss, optimizer="optimizer", clip=None):
         """The optimisation step of one optimizer (by object name, or the optimizer itself)

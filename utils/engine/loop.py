@@ -202,8 +202,13 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     if ctx.state.global_step == 0 and outputs.writes:
         outputs.images(experiment.images(objects, ctx), 0)
 
+    # what every checkpoint keeps of the data: the experiment's, and what the training split
+    # fitted that the other splits need (data/base.py `fitted`), which val/test hand back
+    fitted = train_set.fitted() if hasattr(train_set, "fitted") else {}
+    info = {**experiment.checkpoint_info(), **({"fitted": fitted} if fitted else {})}
+
     def snapshot():
-        return checkpoint_state(objects, ctx.state, cfg, experiment.checkpoint_info())
+        return checkpoint_state(objects, ctx.state, cfg, info)
 
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
     monitors = run_monitors(cfg.experiment, cfg.ema)  # read from the experiment's source: once, not per epoch
@@ -224,7 +229,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             # (an average's module only: its n_averaged counter stays on the CPU, which nccl cannot send)
             distributed.sync_buffers(obj.module if isinstance(obj, AveragedModel) else obj
                                      for obj in objects.values() if isinstance(obj, torch.nn.Module))
-            metrics = experiment.evaluate(objects, ctx)
+            with evaluating(objects):
+                metrics = experiment.evaluate(objects, ctx)
             # "lr_policy" -> curve "train/lr", "lr_policy_g" -> "train/lr/g"
             lrs = {name.replace("lr_policy", "lr"): policy.step(means.get(experiment.losses[0], math.nan), metrics)
                    for name, policy in policies.items()}
@@ -241,8 +247,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
             report_epoch(experiment, objects, ctx, epoch, means, speed, metrics, lrs, improved)
             saves.epoch_written()
             outputs.checkpoints.save_epoch_end(snapshot(), epoch + 1, improved,
-                                               weights=lambda: inference_state(objects, ctx.state, cfg, metrics,
-                                                                               experiment.checkpoint_info()),
+                                               weights=lambda: inference_state(objects, ctx.state, cfg, metrics, info),
                                                metrics=metrics)
             outputs.write_status(ctx.state, "running")
             if manifest is not None:
@@ -374,3 +379,18 @@ def gradients_kept_local(objects):
             if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
                 stack.enter_context(inner.no_sync())
         yield
+
+
+@contextlib.contextmanager
+def evaluating(objects):
+    """Every module of the run in eval mode (dropout off, BatchNorm on its running
+    statistics) while the experiment evaluates, and back in the mode it was in after."""
+    modules = [obj for obj in objects.values() if isinstance(obj, torch.nn.Module)]
+    modes = [[(module, module.training) for module in top.modules()] for top in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, training in (pair for pairs in modes for pair in pairs):
+            module.training = training

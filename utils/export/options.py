@@ -28,9 +28,9 @@ OPTIONS = {
 
 register_command(
     "export",
-    "write a run's model (classify) or generator (gan) as an ONNX file or a torch.export archive, BatchNorm folded, "
-    "with its class names, input size, mean and std; fails (exit 1, nothing written) unless the file gives "
-    "PyTorch's outputs on a test batch",
+    "write what a run's experiment exports (classify: the model; gan: the generator) as an ONNX file or a "
+    "torch.export archive, BatchNorm folded, with the metadata a caller needs (classify: class names, input size, "
+    "mean and std); fails (exit 1, nothing written) unless the file gives PyTorch's outputs on a test input",
     OPTIONS, "options of the export itself",
     notes=("  the checkpoint: --env=<run> (its best.pth, else last.pth) or --load-model-path=<file.pth>, and",
            "  --use-ema=false for the raw weights of a run trained with --ema. Examples:",
