@@ -257,6 +257,7 @@ def test_the_demo_data_is_found_from_any_working_directory(tmp_path, monkeypatch
     assert changed_options(cfg) == {}  # the anchored demo path is still the default
 
 
+@pytest.mark.registry
 def test_a_command_on_an_existing_run_takes_the_runs_experiment(tmp_path):
     """train --resume (or val, generate) with --env needs no --experiment, even with the run's
     own options; a given --experiment still decides, and a new --env is the default's."""

@@ -421,6 +421,22 @@ def test_a_worker_killed_under_max_restarts_is_restarted_and_the_run_ends_bit_id
     assert again.returncode == 0 and again.stdout.count("already finished: run restarted, 2 of --max-epoch=2") == 1
 
 
+@pytest.mark.slow
+def test_a_worker_killed_before_the_first_checkpoint_is_a_restart_recorded_every_time(tmp_path):
+    """kill -9 of rank 1 at step 2, before any checkpoint: rank 0 keeps the new run's folder
+    (torchrun restarts the group), so the restart goes on from config.yaml and is recorded,
+    whether rank 0 said it lost its peer or was killed by the agent first."""
+    make_dogcat(tmp_path / "data", per_class=8, test_images=2)
+    result = torchrun("train", *flags(tmp_path, "early", resume="auto"), env={"RUNNER_FAULT_AT_STEP": "2:SIGKILL@1"},
+                      launcher=["--max-restarts=1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "runs" / "early" / "status.json").read_text())
+    assert record["status"] == "finished"
+    [restart] = record["restarts"]
+    assert restart["from"] == "epoch 1, its start" and restart["world"] == 2 and restart["torchrun_restart"] == "1 of 1"
+    assert restart["after"].startswith(("lost a peer: ", "killed: "))
+
+
 @pytest.mark.slow  # two torchrun agents and a rendezvous after the loss
 def test_a_node_of_two_lost_mid_epoch_the_other_goes_on_alone_and_each_image_is_seen_once(tmp_path):
     """Two "nodes" of one process each on 127.0.0.1 (c10d, --nnodes=1:2, --max-restarts=1).

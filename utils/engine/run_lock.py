@@ -106,7 +106,7 @@ class RunLock:
     """This process's hold on one run dir (see the module); made by `acquire`."""
 
     def __init__(self, run_dir, stale_after=None):
-        self.run_dir, self.path, self.stale_after = Path(run_dir), lock_path(run_dir), stale_after
+        self.run_dir, self.path, self.stale_after = Path(os.path.abspath(run_dir)), lock_path(run_dir), stale_after
         self.text = json.dumps(_record())
         self.count, self.lost = 0, None  # lost: the new holder's record, once taken over
         self._stop = threading.Event()

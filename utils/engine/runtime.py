@@ -20,7 +20,7 @@ from utils.core.io import atomic_open
 from utils.core.records import Damaged
 from utils.core.shell import main_command, program
 from utils.engine import distributed, run_lock, status
-from utils.engine.checkpoint import BEST, LAST, is_run
+from utils.engine.checkpoint import BEST, LAST
 
 log = logging.getLogger(__name__)
 STUDY_RECORD = "sweep.yaml"  # what marks a sweep's study folder (utils/sweep/study.py RECORD)
@@ -168,7 +168,7 @@ def check_output_file(path, option):
     if path.is_dir():
         raise UserError(f"{option}={path} is a folder; give a file name, e.g. {option}={path / example}")
     check_output_dir(path.parent, option)
-    if is_run(path.parent):
+    if (path.parent / "config.yaml").is_file():  # a run dir (a folder with a stray .pth is not)
         distributed.on_main(lambda: run_lock.acquire(path.parent, hint=f", or write the file elsewhere: {option}=<file>"))
 
 
