@@ -8,11 +8,15 @@ buffers and Adam's two moments), then, best of --rounds:
            checkpoint writer's thread does at each epoch end;
   steps:   a training step alone, and one taken while a thread hashes (the loop never waits
            for the hash: the thread runs on the copy the writer already made);
-  epoch:   --images (the Kaggle train split: 25,000 x 0.7) at the measured images/s.
-Prints the hash time, its share of an epoch and the step time ratio.
+  epoch:   --images (the Kaggle train split: 25,000 x 0.7) at the measured images/s;
+  resume:  loading that state from a file (torch.load, weights_only) and checking it against
+           the fingerprints written into it, as every --resume does (utils/engine/resume.py).
+Prints the hash time, its share of an epoch, the step time ratio and the resume check's
+share of a resume's load.
 """
 import argparse
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,6 +51,17 @@ def main():
         thread.start()
         best["during"] = min(best["during"], train_step())
         thread.join()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "last.pth"
+        torch.save(dict(state, fingerprints=fingerprints.summary(prints)), path)
+        best["load"] = best["check"] = float("inf")
+        for _ in range(args.rounds):
+            started = time.perf_counter()
+            loaded = checkpoint.load_checkpoint(path)
+            best["load"] = min(best["load"], time.perf_counter() - started)
+            started = time.perf_counter()
+            assert fingerprints.summary(fingerprints.of_checkpoint(loaded)) == loaded["fingerprints"]
+            best["check"] = min(best["check"], time.perf_counter() - started)
     epoch = args.images / (args.batch_size / best["alone"])
     print(f"{args.model} + Adam: {size / 1e6:.0f} MB of state in {fingerprints.tensor_count(prints)} tensors; "
           f"best of {args.rounds}; {torch.get_num_threads()} threads")
@@ -56,6 +71,8 @@ def main():
           f"{best['during']:.2f} s while a thread hashes ({best['during'] / best['alone']:.2f}x)")
     print(f"  an epoch of {args.images} images at that speed: {epoch / 60:.1f} min; the hash is "
           f"{100 * best['hash'] / epoch:.3f} % of it")
+    print(f"  a resume: loading last.pth {best['load']:.2f} s, checking it against its fingerprints "
+          f"{best['check']:.2f} s ({best['check'] / best['load']:.2f}x the load, once per resume)")
 
 
 if __name__ == "__main__":
