@@ -3,8 +3,13 @@ boot, PID namespace and pid. A process of this machine, boot and PID namespace c
 judged at once (no such process, or a zombie: gone); one on another machine or in another
 container cannot, and only the age of its last sign of life tells (the callers decide how
 long to wait). Used by the sweep's journal lock and trial leases and by the run lock."""
+import errno
+import logging
 import os
 import socket
+import uuid
+
+log = logging.getLogger(__name__)
 
 
 def identity(pid=None):
@@ -64,3 +69,32 @@ def read_text(path):
             return handle.read().strip()
     except OSError:
         return ""
+
+
+def take_away(path, text, read):
+    """Move away the lock at `path` that was judged to hold `text` (its holder is gone);
+    True when the moved lock was that one. `read(path)` gives a lock's text. Checked twice:
+    the lock must still hold `text` just before it is moved, and the moved lock must be the
+    one judged; a live lock moved by mistake (another waiter broke the dead one and took the
+    lock in between) is linked back."""
+    moved = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.broken"
+    try:
+        if read(path) != text:
+            return False
+        os.rename(path, moved)
+    except OSError:
+        return False
+    try:
+        if read(moved) == text:
+            return True
+        os.link(moved, path, follow_symlinks=False)  # a live lock taken meanwhile: put it back
+        return False
+    except OSError as error:
+        if error.errno != errno.EEXIST:
+            log.warning("could not put back the lock %s: %s", path, error)
+        return False
+    finally:
+        try:
+            os.unlink(moved)
+        except OSError:
+            pass

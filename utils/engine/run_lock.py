@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from utils.core.errors import UserError, shorten
-from utils.core.liveness import is_running, pid_namespace, read_text, start_ticks
+from utils.core.liveness import is_running, pid_namespace, read_text, start_ticks, take_away
 
 log = logging.getLogger(__name__)
 STALE = 120.0  # seconds a holder this process cannot judge may be silent before it counts as gone
@@ -166,26 +166,8 @@ class RunLock:
                 pass
 
     def _break(self, text):
-        """Move the lock `text` away; True when it was that lock (see the module)."""
-        moved = self.path.with_name(f"{self.path.name}.{os.getpid()}.{time.monotonic_ns()}.broken")
-        try:
-            if _read(self.path)[0] != text:
-                return False
-            os.rename(self.path, moved)
-        except OSError:
-            return False
-        try:
-            if _read(moved)[0] == text:
-                return True
-            os.link(moved, self.path)  # a live lock taken meanwhile: put it back
-            return False
-        except OSError:
-            return False
-        finally:
-            try:
-                os.unlink(moved)
-            except OSError:
-                pass
+        """Move the lock `text` away; True when it was that lock (liveness.take_away)."""
+        return take_away(self.path, text, lambda path: _read(path)[0])
 
     def _beat(self):
         while not self._stop.wait(self.interval):

@@ -13,15 +13,13 @@ away, and the moved link must be the one judged; a live lock moved by mistake (a
 waiter broke the dead one and took the lock in between) is linked back. The link's target
 does not exist, so os.stat would fail on it; the grace period uses the link's own lstat.
 """
-import errno
 import logging
 import os
 import time
-import uuid
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
-from utils.core.liveness import identity, is_gone
+from utils.core.liveness import identity, is_gone, take_away
 
 log = logging.getLogger(__name__)
 OWNER = "#held-by="  # between the journal's path and the holder in the link's text
@@ -69,25 +67,5 @@ class OwnedLock(JournalFileSymlinkLock):
             delay = min(delay * 2, 0.1)
 
     def _break(self, text):
-        """Move the lock link `text` away; True when it was that link."""
-        moved = f"{self._lock_file}{uuid.uuid4()}.broken"
-        try:
-            if os.readlink(self._lock_file) != text:
-                return False
-            os.rename(self._lock_file, moved)
-        except OSError:
-            return False
-        try:
-            if os.readlink(moved) == text:
-                return True
-            os.link(moved, self._lock_file, follow_symlinks=False)  # a live lock taken meanwhile: put it back
-            return False
-        except OSError as error:
-            if error.errno != errno.EEXIST:
-                log.warning("could not put back the lock %s: %s", self._lock_file, error)
-            return False
-        finally:
-            try:
-                os.unlink(moved)
-            except OSError:
-                pass
+        """Move the lock link `text` away; True when it was that link (liveness.take_away)."""
+        return take_away(self._lock_file, text, os.readlink)
