@@ -198,7 +198,7 @@ def trained_before(run_dir):
     except Damaged:
         record = {}
     done, ended = record.get("epoch") or 0, record.get("status")
-    if ended in ("finished", "pruned", "stopped"):
+    if ended in ("finished", "pruned", "stopped") and done:  # (a stop in epoch 1 without last.pth: nothing is lost)
         return f"its status.json says it {ended} after {plural(done, 'epoch')}"
     if done > 1:
         return f"its status.json counts {plural(done, 'epoch')} done"
@@ -219,10 +219,10 @@ def refuse_retrain(run_dir, cfg):
         return
     config, best = run_dir / "config.yaml", run_dir / checkpoint.BEST
     given = [f"--config={config}" if config.is_file() else "", f"--load-model-path={best}" if best.is_file() else ""]
-    what = " and ".join(word for word, flag in zip(("config", "weights"), given) if flag) or "options"
+    what = " and ".join(word for word, option in zip(("config", "weights"), given) if option) or "options"
     raise UserError(f"cannot resume run {run_dir.name}: its {checkpoint.LAST} is missing (deleted?), yet {found}; "
                     f"resuming would train it again from scratch over its files. Train a new run from its {what}: "
-                    f"{runtime.main_command()} train {' '.join(flag for flag in given if flag)} --env=<new name>")
+                    f"{runtime.main_command()} train {' '.join(option for option in given if option)} --env=<new name>")
 
 
 def check_files(path, state, cfg):

@@ -117,7 +117,7 @@ class RunLock:
         return max((self.stale_after or STALE) / 5, 0.05)
 
     def _take(self, patient, hint):
-        deadline, said = time.monotonic() + (self.stale_after or STALE) + self.interval, False
+        deadline, said, failed = time.monotonic() + (self.stale_after or STALE) + self.interval, False, 0
         while True:
             try:
                 if self._place():
@@ -137,6 +137,12 @@ class RunLock:
             if why is not None:
                 if self._break(seen):
                     log.warning("took over run %s from %s: %s", self.run_dir.name, describe(holder), why)
+                    continue
+                failed += 1  # another process took it meanwhile (judged again next), or it cannot be moved
+                if failed > 100:
+                    raise UserError(f"cannot take over {self.path} from a process that is gone ({why}): it cannot be "
+                                    f"moved; remove it by hand, then run this again")
+                time.sleep(0.01)
                 continue
             # --resume=auto (a restart by torchrun, SLURM, Kubernetes) waits out a holder that
             # has gone silent and cannot be judged from here: its machine may be the one lost.

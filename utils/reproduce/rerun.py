@@ -17,7 +17,7 @@ import torch
 
 from utils import loggers
 from utils.core.errors import UsageError, UserError, plural
-from utils.engine import checkpoint, distributed, fingerprints, manifest, manifest_diff, runtime
+from utils.engine import checkpoint, distributed, fingerprints, manifest, manifest_diff, run_lock, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
 from utils.reproduce import compare
@@ -109,6 +109,8 @@ def main(plan):
     name = distributed.broadcast_object(scratch_name(plan) if distributed.is_main() else None)
     cfg = dataclasses.replace(plan.cfg, env=name, loggers=loggers.files_only(plan.cfg))  # no tracker run for a check
     scratch = cfg.run_dir
+    # the scratch run's lock, from the copy of --from into it to its removal (the engine takes it again)
+    lock = distributed.on_main(lambda: run_lock.acquire(scratch))
     try:
         start = _start(plan, scratch)
         target = distributed.broadcast_object(_target(plan, start, cfg) if distributed.is_main() else None)
@@ -136,6 +138,7 @@ def main(plan):
                 print(f"scratch run kept: {scratch}")
             elif not plan.options.keep:
                 shutil.rmtree(scratch, ignore_errors=True)
+            lock.release()
         distributed.broadcast_object(None)  # every rank waits until the scratch dir is gone
 
 
