@@ -301,7 +301,7 @@ def test_help_lists_export_and_its_options(capsys):
         assert option in text
     assert main.main(["help"]) == 0
     text = capsys.readouterr().out
-    assert "  export    write a run's model" in text and "--runtime" in text and "--onnx" in text
+    assert "  export    write what a run's experiment exports" in text and "--runtime" in text and "--onnx" in text
 
 
 @pytest.mark.slow
