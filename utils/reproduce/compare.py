@@ -14,13 +14,9 @@ SHOWN = 3
 
 
 def saved_epochs(run_dir):
-    """{epoch: checkpoint path} of the original's epoch-end checkpoints (a stop's mid-epoch
-    last.pth is no epoch end): epoch_<n>.pth first, then last.pth, then best.pth."""
-    return {epoch: path for epoch, (path, _) in _epoch_ends(run_dir).items()}
-
-
-def _epoch_ends(run_dir):
-    """{epoch: (checkpoint path, the fingerprints it carries or None)}: see saved_epochs."""
+    """{epoch: (checkpoint path, the fingerprints it carries or None)} of the original's
+    epoch-end checkpoints (a stop's mid-epoch last.pth is no epoch end): epoch_<n>.pth first,
+    then last.pth, then best.pth."""
     found = {}
     for path in [*sorted(Path(run_dir).glob("epoch_*.pth")), Path(run_dir) / checkpoint.LAST, Path(run_dir) / checkpoint.BEST]:
         if not path.is_file():
@@ -34,12 +30,12 @@ def _epoch_ends(run_dir):
     return dict(sorted(found.items()))
 
 
-def altered_records(run_dir, prints):
+def altered_records(saved, prints):
     """{epoch: (checkpoint name, [objects])} of the fingerprint records that disagree with the
-    fingerprints the run's checkpoint of that epoch carries: a record changed after the run
-    wrote it (both are written from the same copy of the state)."""
+    fingerprints the run's checkpoint of that epoch carries (`saved`: saved_epochs'): a
+    record changed after the run wrote it (both are written from the same copy of the state)."""
     altered = {}
-    for epoch, (path, carried) in _epoch_ends(run_dir).items():
+    for epoch, (path, carried) in saved.items():
         record = (prints.get(epoch) or {}).get("objects")
         if not isinstance(carried, dict) or not carried or record is None:
             continue

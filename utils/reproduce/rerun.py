@@ -114,7 +114,7 @@ def main(plan):
     try:
         start = _start(plan, scratch)
         target = distributed.broadcast_object(_target(plan, start, cfg) if distributed.is_main() else None)
-        altered = compare.altered_records(plan.run_dir, plan.prints) if distributed.is_main() else {}
+        altered = compare.altered_records(start["ends"], plan.prints)  # ({} on other ranks: they print nothing)
         for epoch, (name, objects) in altered.items():
             print(f"note: {plan.run_dir / fingerprints.FOLDER}/epoch-{epoch:04d}.json disagrees with the fingerprints "
                   f"{name} carries for epoch {epoch} ({', '.join(objects)}): the record was changed after the run "
@@ -143,11 +143,13 @@ def main(plan):
 
 
 def _start(plan, scratch):
-    """{"epoch", "step", "global_step", "saved"} of where the re-training starts (the
-    --from checkpoint copied into the scratch dir as its last.pth, or the run's start)."""
-    saved = compare.saved_epochs(plan.run_dir) if distributed.is_main() else {}
+    """{"epoch", "step", "global_step", "saved": {epoch: path}, "ends": compare.saved_epochs}
+    of where the re-training starts (the --from checkpoint copied into the scratch dir as its
+    last.pth, or the run's start) and the original's epoch-end checkpoints (rank 0 reads them)."""
+    ends = compare.saved_epochs(plan.run_dir) if distributed.is_main() else {}
+    saved = {epoch: path for epoch, (path, _) in ends.items()}
     if plan.start is None:
-        return {"epoch": 0, "step": 0, "global_step": 0, "saved": saved}
+        return {"epoch": 0, "step": 0, "global_step": 0, "saved": saved, "ends": ends}
     state = checkpoint.load_checkpoint(plan.start)
     if state.get("kind") == checkpoint.WEIGHTS_KIND or "epoch" not in state or not isinstance(state.get("config"), dict):
         raise UsageError(f"--from={plan.start} holds weights only, no run state; give last.pth or an epoch_<n>.pth of the run")
@@ -167,7 +169,7 @@ def _start(plan, scratch):
         shutil.copyfile(plan.start, scratch / checkpoint.LAST)
     distributed.broadcast_object(None)  # the copy is there before any rank resumes it
     return {"epoch": state["epoch"], "step": state.get("step_in_epoch", 0), "global_step": state.get("global_step", 0),
-            "saved": saved}
+            "saved": saved, "ends": ends}
 
 
 def _target(plan, start, cfg):
