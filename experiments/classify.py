@@ -25,84 +25,29 @@ the second's): plain accuracy when nothing is mixed, and honest about what mixin
 """
 import dataclasses
 import logging
-import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from configs.loader import run_monitors
 from data import readable
 from data.transforms import model_input
+from experiments.classify_eval import evaluate, predict
 from experiments.classify_data import (balanced_sample, check_augmentation, check_tta, class_names, infer_classes,
                                        load_data, resolve_from_data)
 from models import build_for_weights, build_model, check_takes, data_channels
 from utils import loggers, tables
 from utils.core.errors import UsageError, UserError, plural
-from utils.core.registry import EXPERIMENTS, METERS
+from utils.core.registry import EXPERIMENTS
 from utils.engine import checkpoint, distributed, runtime
 from utils.engine.averages import chosen_average
-from utils.engine.experiment import Experiment, eval_loader, gather, reduce_sums
+from utils.engine.experiment import Experiment, eval_loader, gather
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.precision import Precision, for_inference
 from utils.engine.state import load_for_inference
 from utils.export import Exportable, onnx_runtime
 
 log = logging.getLogger(__name__)
-
-
-def predict(model, images, precision, tta=False):
-    """Log-probabilities (N x K, float32) of a CPU or device batch; with tta, of the average
-    of the image's and its mirror's class probabilities."""
-    images = precision.to_device(images)
-    with precision.autocast():
-        log_probabilities = model(images).float().log_softmax(1)
-        if tta:
-            mirrored = model(images.flip(3)).float().log_softmax(1)
-            log_probabilities = torch.logaddexp(log_probabilities, mirrored) - math.log(2)
-    return log_probabilities
-
-
-@torch.inference_mode()
-def evaluate(model, loader, cfg, device, tta=False, predicted=None):
-    """Loss (the training criterion), accuracy, top-5 accuracy (more than 5 classes), Kaggle
-    log loss and confusion counts of `model` on a labelled loader; the log-probabilities of
-    each batch are appended to `predicted` when given. Under torchrun each rank reads its
-    own share of the split (runtime.make_loader) and the sums and counts are added over
-    ranks: every rank returns the metrics of the whole split, each image counted once, and
-    `predicted` gets the whole split's, in order."""
-    precision = Precision(cfg, device, getattr(loader, "dataset", None))
-    model = for_inference(model, precision.memory_format)
-    loss_meter, confusion, logloss = METERS.build("loss"), METERS.build("confusion", cfg.num_classes), METERS.build("logloss")
-    top5, mine = 0, []
-    for images, labels in loader:
-        log_probabilities = predict(model, images, precision, tta)
-        labels = labels.to(device)
-        # Cross-entropy of the logits (nll of their log-softmax), unclipped: what training
-        # minimises. val_logloss is Kaggle's metric on probabilities clipped to [1e-15, 1-1e-15].
-        loss_meter.add_batch(F.nll_loss(log_probabilities, labels).item(), len(labels))
-        probabilities = log_probabilities.exp()
-        confusion.add(probabilities, labels)
-        logloss.add(probabilities, labels)
-        if cfg.num_classes > 5:
-            top5 += int((log_probabilities.topk(5, 1).indices == labels[:, None]).any(1).sum())
-        if predicted is not None:
-            mine.append(log_probabilities.cpu())
-    k = cfg.num_classes
-    totals = reduce_sums([loss_meter.sum, logloss.total, top5, *confusion.conf.reshape(-1).tolist()])
-    loss_sum, logloss_sum, top5 = totals[:3]
-    counts = np.array(totals[3:], dtype=np.int64).reshape(k, k)
-    seen = int(counts.sum())
-    nan = math.nan
-    metrics = {"val_loss": loss_sum / seen if seen else nan,
-               "val_accuracy": float(np.trace(counts) / seen) if seen else nan,
-               "val_logloss": logloss_sum / seen if seen else nan}
-    if k > 5:
-        metrics["val_top5"] = top5 / seen if seen else nan
-    if predicted is not None:
-        for part in gather(mine):  # contiguous shares: rank order is split order
-            predicted += part
-    return {**metrics, "confusion": counts.tolist()}
 
 
 def mixer(cfg):
@@ -143,8 +88,13 @@ class Classify(Experiment):
         "clip": {"default": 0.005, "doc": "clip P(dog) into [clip, 1-clip]: one confident mistake costs -ln(clip) of log loss "
                  "(5.3) instead of 34.5; 0 = no clip", "role": "execution", "minimum": 0.0,
                  "below": [0.5, "predictions are clipped into [clip, 1-clip]"], "commands": ["test"]},
-        "tta": {"default": False, "doc": "average predictions over the image and its horizontal flip", "role": "execution",
-                "commands": ["val", "test"]},
+        "tta": {"default": "", "doc": "test-time augmentation: the mean of the class probabilities over views of each "
+                "image: flip (and its mirror image), crops (the centre and 4 corners at 7/8 of the side, scaled back), "
+                "flip,crops (the 10 of both); bare flag = flip; '' = none. train --folds: for the OOF predictions",
+                "role": "execution", "bare": "flip", "choices": ["", "flip", "crops", "flip,crops"],
+                "commands": ["val", "test", "train"]},
+        "partial": {"default": False, "doc": "val / test --env=<group>: use the folds that have finished (named in the "
+                    "log) when some have not, instead of refusing", "role": "invocation", "commands": ["val", "test"]},
         "augment": {"default": True, "doc": "training augmentation, as --hflip, --crop-scale, --crop-padding set it; "
                     "false = none", "inherited": True, "commands": ["train"]},
         "hflip": {"default": None, "type": "float", "doc": "chance of mirroring a training image; default: the data set's "
