@@ -22,6 +22,7 @@ from configs.values import Text
 from utils.core.errors import UsageError, UserError, did_you_mean, excerpt, shorten
 from utils.core.registry import EXPERIMENTS
 from utils.core.shell import main_command, typed
+from utils.cv import is_group
 from utils.engine import distributed, run_lock, runtime
 from utils.export import options as export_options  # each registers its command's help (configs/commands.py)
 from utils.reproduce import options as reproduce_options
@@ -156,10 +157,19 @@ def _run(command, args, flags):
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {commands_of(cfg.experiment)}"
                          f"{_run_hint(cfg, command)}")
 
-    if command == "train" and cfg.env and not distributed.launched():
+    group = bool(cfg.env) and "/" not in cfg.env and (cfg.folds or is_group(cfg.run_dir))
+    if command == "train" and cfg.env and not distributed.launched() and not group:
         runtime.check_new_run(cfg)  # a run dir that holds a run: refused in a blink, before torch loads
 
     def work():
+        if group and command in ("train", "val", "test"):  # a cross-validation group (utils/cv)
+            from utils.cv import ensemble, group as cv_group
+
+            if command == "train":
+                cv_group.train(cfg, flags, given=names_typed(flags, cfg))
+            else:
+                getattr(ensemble, command)(cfg)
+            return
         if command == "train":
             from utils.engine import loop as engine
 

@@ -193,6 +193,19 @@ def _check_recipe(cfg):
         raise UsageError(f"--patience stops on a validation metric and experiment {name} has none; drop --patience")
 
 
+def _check_folds(cfg):
+    """--folds and --fold agree with each other and with the experiment."""
+    if cfg.folds == 1:
+        raise UsageError("--folds=1 holds no fold out to validate on; give --folds=K with K >= 2 (5 is common), or drop "
+                         "it for one run on a --val-ratio split")
+    if cfg.fold is not None and not cfg.folds:
+        raise UsageError(f"--fold={cfg.fold} picks one fold of a cross-validation group; give --folds=K too")
+    if cfg.fold is not None and cfg.fold > cfg.folds:
+        raise UsageError(f"--fold={cfg.fold} is not a fold of --folds={cfg.folds}; give --fold=1 to {cfg.folds}")
+    if cfg.folds and not EXPERIMENTS.declared(cfg.experiment, "monitors"):
+        raise UsageError(f"--folds validates each fold on a metric and experiment {cfg.experiment} has none; drop --folds")
+
+
 def validate(cfg):
     """Cross-field checks and derived values (device from --use-gpu); returns the Config."""
     for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
@@ -230,6 +243,7 @@ def validate(cfg):
         needs = " (the _ema metrics need --ema)" if str(cfg.monitor).endswith("_ema") and not cfg.ema else ""
         raise UsageError(f"option --monitor must be a metric of experiment {cfg.experiment}: {', '.join(monitors)}; "
                          f"got {excerpt(cfg.monitor)}{needs}{hint}")
+    _check_folds(cfg)
     if not _DEVICE.fullmatch(cfg.device):
         raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {excerpt(cfg.device)}")
     # <group>/<member>: a run of a group of runs (a sweep's study/trial-<n>), as every command takes it

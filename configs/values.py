@@ -101,7 +101,7 @@ def describe_type(name, experiment=None):
     meta = option_field(name, experiment).metadata
     choices = meta["choices"]
     if choices:
-        text = "|".join(choices)
+        text = "|".join(choice for choice in choices if choice)  # an empty choice (off) goes without saying
     if meta["bare"] is not None:
         text = "flag|" + text  # --resume alone, or --resume=<path>
     return text + ("|none" if optional else "")

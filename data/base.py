@@ -43,6 +43,7 @@ data.sampling.EpochSampler (or a bare index), so random augmentation can be a fu
                   `keys` are the second part of each item in split order (an id, an index,
                   or the label of a labelled split), `log_probabilities` an N x K float tensor.
 """
+import functools
 import inspect
 
 import torch
@@ -90,8 +91,13 @@ def build_split(cfg, split, fitted=None):
     """The `split` (train | val | test) of --dataset, built by its DATASETS entry; `fitted`
     (the statistics the training split fitted: its `fitted()`, or a checkpoint's
     info["fitted"]) goes to a builder that takes a `fitted` keyword, so a validation or test
-    split is transformed as the training split was."""
+    split is transformed as the training split was. With --folds, train and val are the
+    parts of fold --fold (data/folds.py)."""
     builder = DATASETS.get(cfg.dataset)
     if fitted and "fitted" in inspect.signature(builder).parameters:
-        return builder(cfg, split, fitted=fitted)
+        builder = functools.partial(builder, fitted=fitted)
+    if getattr(cfg, "folds", 0) and split in ("train", "val"):
+        from data.folds import fold_part  # data.folds builds on this module's Dataset
+
+        return fold_part(builder, cfg, split)
     return builder(cfg, split)

@@ -121,6 +121,9 @@ class Classify(Experiment):
 
     def datasets(self):
         check_takes("model", self.cfg.model, ["num_classes"], "classifier")
+        if self.cfg.tta and not self.cfg.folds:
+            raise UsageError(f"train --tta={self.cfg.tta} is for the out-of-fold predictions of --folds; give --tta to "
+                             f"val / test instead")
         self.val_set = load_data(self.cfg, "val")
         train_set = load_data(self.cfg, "train")
         given = self.cfg.num_classes
@@ -132,6 +135,7 @@ class Classify(Experiment):
         size = train_set.image_size or self.cfg.image_size or 224
         self.cfg = dataclasses.replace(self.cfg, num_classes=len(self.classes), image_size=size)
         check_augmentation(self.cfg, train_set)
+        check_tta(self.cfg, train_set)  # --folds: the OOF predictions' views, refused before training
         return train_set, self.val_set
 
     def checkpoint_info(self):
@@ -250,11 +254,24 @@ class Classify(Experiment):
         docstring); a labelled test split also prints its metrics."""
         self.cfg = dataclasses.replace(self.cfg, result_file=runtime.output_file(self.cfg, "result_file", "result.csv"))
         runtime.check_output_file(self.cfg.result_file, "--result-file")
-        model, cfg, device, info, dataset = self.load_model("test")
+        predicted = self.predictions("test")
+        if distributed.is_main():
+            self.write_test(predicted, self.cfg.result_file)
+
+    def write_test(self, predicted, result_file):
+        """Write predictions() of the test split as `test` does (an ensemble's too)."""
+        write_predictions(predicted, result_file)
+
+    @torch.inference_mode()
+    def predictions(self, split):
+        """The checkpoint's predictions of `split` (with --tta): {"dataset", "cfg", "names",
+        "keys" (the dataset's, in split order), "log_probabilities" (N x K, on the CPU),
+        "metrics" (of a labelled split, else None)}; every rank returns the whole split's."""
+        model, cfg, device, info, dataset = self.load_model(split)
         names = class_names(dataset, cfg, info)
         loader = eval_loader(dataset, cfg, device)
         metrics = None
-        if dataset.targets is not None:  # a labelled test split (cifar10, mnist): its metrics too
+        if dataset.targets is not None:  # a labelled split (cifar10, mnist's test; a fold's val): its metrics too
             parts = []
             metrics = evaluate(model, loader, cfg, device, tta=cfg.tta, predicted=parts)
             keys = list(dataset.targets)
@@ -265,15 +282,32 @@ class Classify(Experiment):
                 keys += batch_keys.tolist()
             shares = gather((keys, parts))  # contiguous shares: rank order is split order
             keys, parts = [key for share, _ in shares for key in share], [part for _, share in shares for part in share]
-        if not distributed.is_main():
-            return
         log_probabilities = torch.cat(parts) if parts else torch.empty(0, cfg.num_classes)
-        readable.report(dataset.skipped)
-        rows = dataset.write_predictions(cfg.result_file, keys, log_probabilities, names, cfg)
-        print(f"wrote {plural(rows, 'row')} to {cfg.result_file}")
-        loggers.attach_output(cfg, cfg.result_file, "predictions")  # the run's MLflow / W&B runs, if it has any
-        if metrics is not None:
-            print(tables.report("test", len(dataset), names, metrics))
+        return {"dataset": dataset, "cfg": cfg, "names": names, "keys": keys, "log_probabilities": log_probabilities,
+                "metrics": metrics}
+
+    def held_out(self):
+        """A fold run's predictions of its held-out fold (train --folds): {"ids" (each item's
+        identity: its path relative to the data, or position), "labels" (class indices),
+        "classes", "log_probabilities" (N x K)}, from the weights `val` uses, with --tta."""
+        predicted = self.predictions("val")
+        ids = [identity[0] if isinstance(identity, (list, tuple)) else identity
+               for identity in predicted["dataset"].identities()]
+        return {"ids": ids, "labels": [int(label) for label in predicted["keys"]], "classes": predicted["names"],
+                "log_probabilities": predicted["log_probabilities"]}
+
+
+def write_predictions(predicted, result_file):
+    """Write `test`'s csv of predictions() (its data set's format) and say what was written;
+    a labelled test split also gets its metrics printed."""
+    cfg, dataset = predicted["cfg"], predicted["dataset"]
+    readable.report(dataset.skipped)
+    rows = dataset.write_predictions(result_file, predicted["keys"], predicted["log_probabilities"], predicted["names"],
+                                     dataclasses.replace(cfg, result_file=result_file))
+    print(f"wrote {plural(rows, 'row')} to {result_file}")
+    loggers.attach_output(cfg, result_file, "predictions")  # the run's MLflow / W&B runs, if it has any
+    if predicted["metrics"] is not None:
+        print(tables.report("test", len(dataset), predicted["names"], predicted["metrics"]))
 
 
 def onnx_model(cfg, state, path):

@@ -5,14 +5,14 @@ import logging
 
 from data.transforms import AUGMENT_OPTIONS
 from utils.core.errors import UsageError, UserError, plural
-from utils.core.registry import DATASETS
+from data.base import build_split
 
 log = logging.getLogger(__name__)
 
 
 def load_data(cfg, split):
     """The dataset of `split` (train | val | test) built by the --dataset registry entry."""
-    dataset = DATASETS.build(cfg.dataset, cfg, split)
+    dataset = build_split(cfg, split)
     log.info("%s split: %s", split, plural(len(dataset), "image"))
     return dataset
 
@@ -88,12 +88,12 @@ def resolve_from_data(cfg, dataset, source):
 
 
 def check_tta(cfg, dataset):
-    """--tta averages over a horizontal flip, which is wrong where training never flips."""
-    if not cfg.tta:
+    """--tta=flip averages over a horizontal flip, which is wrong where training never flips."""
+    if "flip" not in str(cfg.tta or "").split(","):
         return
     default = dataset.augmentation.get("hflip", 0)
     if not cfg.augment or not (default if cfg.hflip is None else cfg.hflip):
         why = ("--augment=false" if not cfg.augment else "--hflip=0" if cfg.hflip is not None
                else f"{cfg.dataset}'s default --hflip=0: a mirror can show another class")
-        raise UsageError(f"--tta averages each image with its mirror image, which this run never trained on ({why}); "
-                         f"drop --tta")
+        raise UsageError(f"--tta={cfg.tta} averages each image with its mirror image, which this run never trained on "
+                         f"({why}); use --tta=crops, or drop --tta")

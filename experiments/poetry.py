@@ -20,10 +20,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from data.base import build_split
 from data.poems import MARKS, START
 from models import check_takes
 from utils.core.errors import UsageError
-from utils.core.registry import DATASETS, EXPERIMENTS, MODELS
+from utils.core.registry import EXPERIMENTS, MODELS
 from utils.engine import checkpoint, distributed, runtime
 from utils.engine.averages import chosen_average
 from utils.engine.experiment import Experiment
@@ -152,8 +153,8 @@ class Poetry(Experiment):
 
     def datasets(self):
         check_takes("model", self.cfg.model, ["vocab_size"], "language model")
-        train_set = DATASETS.build(self.cfg.dataset, self.cfg, "train")
-        self.val_set = DATASETS.build(self.cfg.dataset, self.cfg, "val")
+        train_set = build_split(self.cfg, "train")
+        self.val_set = build_split(self.cfg, "val")
         self.vocabulary = train_set.vocabulary
         return train_set, self.val_set
 

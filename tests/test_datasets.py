@@ -338,8 +338,8 @@ def test_bad_options_for_these_data_sets_fail_in_one_line_before_a_run_exists(tr
     assert not (trained.tmp / "runs" / "wrong").exists()
     if trained.name == "mnist":
         line = fails("test", "--checkpoint-dir=runs", "--env=reference", "--tta")
-        assert line == ("error: --tta averages each image with its mirror image, which this run never trained on "
-                        "(mnist's default --hflip=0: a mirror can show another class); drop --tta")
+        assert line == ("error: --tta=flip averages each image with its mirror image, which this run never trained on "
+                        "(mnist's default --hflip=0: a mirror can show another class); use --tta=crops, or drop --tta")
     if trained.name == "imagefolder":
         line = fails("test", "--checkpoint-dir=runs", "--env=reference")  # a usage error: exit 2
         assert "model LeNet" not in trained.cli("test", "--checkpoint-dir=runs", "--env=reference", cwd=trained.tmp).stderr
