@@ -157,12 +157,13 @@ def _run(command, args, flags):
         raise UsageError(f"experiment {cfg.experiment} has no command {command!r}; its commands: {commands_of(cfg.experiment)}"
                          f"{_run_hint(cfg, command)}")
 
-    group = bool(cfg.env) and "/" not in cfg.env and (cfg.folds or is_group(cfg.run_dir))
+    # a cross-validation group (utils/cv): --folds, or --env naming one (a sweep's <study>/trial-<n> too)
+    group = bool(cfg.env) and (is_group(cfg.run_dir) or (bool(cfg.folds) and "/" not in cfg.env))
     if command == "train" and cfg.env and not distributed.launched() and not group:
         runtime.check_new_run(cfg)  # a run dir that holds a run: refused in a blink, before torch loads
 
     def work():
-        if group and command in ("train", "val", "test"):  # a cross-validation group (utils/cv)
+        if group and command in ("train", "val", "test"):
             from utils.cv import ensemble, group as cv_group
 
             if command == "train":

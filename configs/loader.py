@@ -212,7 +212,8 @@ def validate(cfg):
         value = getattr(cfg, name)
         if meta["choices"] and value is not None and value not in meta["choices"]:
             hint = did_you_mean(str(value), meta["choices"])
-            raise UsageError(f"option {flag(name)} must be one of {', '.join(meta['choices'])}; got {excerpt(value)}{hint}")
+            shown = ", ".join(choice or "'' (none)" for choice in meta["choices"])
+            raise UsageError(f"option {flag(name)} must be one of {shown}; got {excerpt(value)}{hint}")
         if meta["minimum"] is not None and value is not None and value < meta["minimum"]:
             raise UsageError(f"option {flag(name)} must be >= {meta['minimum']}; got {excerpt(value)}")
         if meta["maximum"] is not None and value is not None and value > meta["maximum"]:

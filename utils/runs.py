@@ -113,15 +113,51 @@ def _size(count):
     return f"{count:.1f} GB"
 
 
+def describe_group(group_dir):
+    """[the group's row, then one row per fold run]: a cross-validation group (utils/cv)."""
+    from utils.cv.oof import read_summary
+
+    group_dir = Path(group_dir)
+    members = sorted((p for p in group_dir.glob("fold-*") if is_run(p)), key=lambda p: int(p.name[5:]) if
+                     p.name[5:].isdigit() else 0)
+    folds = [describe_run(member) for member in members]
+    for fold in folds:
+        fold["env"] = f"  {group_dir.name}/{fold['env']}"
+    try:
+        total = int((read_yaml(group_dir / "group.yaml") or {}).get("folds") or 0)
+    except UsageError:
+        total = 0
+    total = total or len(folds)
+    done = sum(fold["state"].startswith("finished") for fold in folds)
+    try:
+        summary, note = read_summary(group_dir), None
+    except Damaged as damaged:
+        summary, note = None, str(damaged)
+    states = {fold["state"] for fold in folds}
+    state = "finished" if done == total else next((s for s in ("running", "killed", "crashed", "stopped") if s in states),
+                                                    "incomplete")
+    head = {"env": group_dir.name, "experiment": folds[0]["experiment"] if folds else "?",
+            "model": folds[0]["model"] if folds else "?", "epochs": f"folds {done}/{total}",
+            "best": (f"cv {summary['metric']} {summary['mean']:.4f} ± {summary['std']:.4f}" if summary else "-"),
+            "state": state, "size": _size(sum(f.stat().st_size for f in group_dir.rglob("*") if f.is_file())),
+            "updated": max([fold["updated"] for fold in folds] or ["-"]), "restarts": "-", "damaged": note}
+    return [head, *folds]
+
+
 def render(checkpoint_dir):
-    """The table as text, newest run last; then the sweeps' studies, if any."""
-    rows = [describe_run(run) for run in find_runs(checkpoint_dir)]
+    """The table as text, newest run last (a cross-validation group as one row, then its
+    folds); then the sweeps' studies, if any."""
+    from utils.cv import is_group
+
+    entries = [[describe_run(run)] for run in find_runs(checkpoint_dir)]
+    entries += [describe_group(folder) for folder in sorted(Path(checkpoint_dir).iterdir()) if is_group(folder)]
     studies = _studies(checkpoint_dir)
-    if not rows and studies:
+    if not entries and studies:
         return "\n".join(studies)
-    if not rows:
+    if not entries:
         return f"no runs in {checkpoint_dir} yet (train one: {main_command()} train --env=<name>)"
-    rows.sort(key=lambda row: row["updated"])
+    entries.sort(key=lambda entry: entry[0]["updated"])
+    rows = [row for entry in entries for row in entry]
     lines = columns(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
     damaged = [f"run {row['env']}: {row['damaged']}; the row shows what its checkpoint says (remove the file to "
                f"read it so; a resume writes it anew)" for row in rows if row["damaged"]]

@@ -9,6 +9,9 @@ then to this process: a node of one process lost), raises an error (a crash), or
 step's losses (divergence). Under torchrun "STEP:WHAT@RANK" fires on that rank only (the
 others learn of it through the agreed stop).
 
+RUNNER_FAULT_IN_RUN=NAME: the step faults fire only in the run whose --env is NAME (a group's
+fold-2, a sweep's trial-1), not in the runs one command trains before it.
+
 RUNNER_FAULT_AT_SAVE="N:WHAT[,...]": at the N-th checkpoint write of this process (1-based)
 the process kills itself with SIGKILL, as `kill -9` would: `kill` right after the file was
 renamed into place, `kill-before-rename` with the fully written temp file still beside it;
@@ -32,6 +35,7 @@ STEP_VARIABLE = "RUNNER_FAULT_AT_STEP"
 SAVE_VARIABLE = "RUNNER_FAULT_AT_SAVE"
 APPEND_VARIABLE = "RUNNER_FAULT_AT_APPEND"
 SAMPLE_LOG_VARIABLE = "RUNNER_SAMPLE_LOG"
+RUN_VARIABLE = "RUNNER_FAULT_IN_RUN"
 _saves = 0
 _appends = 0
 
@@ -46,9 +50,12 @@ def _planned(variable, count):
             yield what
 
 
-def at_step(global_step):
-    """Fire the faults due at `global_step`; returns "nan" when the step's losses must be NaN."""
+def at_step(global_step, run=None):
+    """Fire the faults due at `global_step` of run `run`; returns "nan" when the step's losses
+    must be NaN."""
     fired = None
+    if os.environ.get(RUN_VARIABLE) and os.environ[RUN_VARIABLE] != run:
+        return None
     for what in _planned(STEP_VARIABLE, global_step):
         fired = what
         if what in ("SIGINT", "SIGTERM", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGSTOP"):

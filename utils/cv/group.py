@@ -14,6 +14,7 @@ folds as they are, resumes an interrupted one bit for bit and starts missing one
 import dataclasses
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import configs
@@ -118,11 +119,12 @@ def prepare(cfg, flags):
     if not exists and not cfg.folds:
         raise UsageError(f"{group_dir} holds no cross-validation group; start one with --folds=K")
     cfg = group_config(cfg, flags, group_dir)
+    absolute = runtime.absolute_data(cfg)
+    computed = distributed.on_main(lambda: split.compute(absolute))  # bad data or --folds: before any folder
     if distributed.is_main():
         runtime.check_output_dir(group_dir, "--checkpoint-dir")
         group_dir.mkdir(parents=True, exist_ok=True)
-    absolute = runtime.absolute_data(cfg)
-    distributed.on_main(lambda: split.record(absolute, group_dir))
+    distributed.on_main(lambda: split.record(absolute, group_dir, computed))
     saved = dataclasses.replace(absolute, env=cfg.env, fold=None, resume="")
     distributed.on_main(lambda: write_once(group_dir / GROUP_CONFIG, configs.dump_yaml(saved)))
     folds = [cfg.fold] if cfg.fold is not None else list(range(1, cfg.folds + 1))
@@ -175,29 +177,79 @@ class FoldHooks:
                 setattr(self, name, getattr(outer, name))
 
     def epoch_end(self, epoch, metrics):
-        return self.outer.epoch_end(epoch, metrics) if hasattr(self.outer, "epoch_end") else None
+        return None  # a sweep prunes a group between folds (fold_end), not inside one
+
+
+def trackers(cfg, group_dir, trial):
+    """(options every fold gets, the trackers' nesting of fold k): MLflow keeps the folds under
+    a parent run of the group, in the store of --checkpoint-dir (not the group's folder); W&B
+    groups them by the group's name. A sweep's trial passes its own nesting on."""
+    from utils.loggers import sweeps
+
+    if trial is not None:
+        return {}, lambda k: getattr(trial, "tracking", None)
+    if not {"mlflow", "wandb"} & set(str(cfg.loggers).split(",")):
+        return {}, lambda k: None
+    options = sweeps.trial_options(cfg)
+    parents = distributed.on_main(lambda: sweeps.open_study(group_dir, cfg, cfg.env)) or {}
+    return options, lambda k: {"study": cfg.env, "number": k, "params": {"fold": k}, "parents": parents}
 
 
 def train(cfg, flags, given=(), trial=None):
     """Train the folds this command names and, once all have finished, the group's report.
-    Returns {"group_dir", "summary" (cv.json's, or None while folds are missing)}."""
+    Returns {"group_dir", "summary" (cv.json's, or None while folds are missing), "pruned"}."""
+    created = not split.is_group(Path(cfg.checkpoint_dir) / (cfg.env or ""))
+    cfg, group_dir, folds = prepare(cfg, flags)
+    try:
+        return _train_folds(cfg, group_dir, folds, given, trial)
+    except BaseException:
+        # a new group none of whose folds got a run dir (bad input found by the first fold's
+        # data checks, a stop before it): nothing is left behind, as for a run
+        if created and distributed.is_main() and not any(group_dir.glob("fold-*")):
+            shutil.rmtree(group_dir, ignore_errors=True)
+        raise
+
+
+def _train_folds(cfg, group_dir, folds, given, trial):
     from utils.engine import loop as engine  # torch
 
-    cfg, group_dir, folds = prepare(cfg, flags)
+    options, nesting = trackers(cfg, group_dir, trial)
     for k in folds:
         folder = fold_dir(group_dir, k)
         fold_cfg = dataclasses.replace(cfg, checkpoint_dir=str(group_dir), env=f"fold-{k}", fold=k,
-                                       resume=resumes.AUTO if cfg.resume else "")
+                                       resume=resumes.AUTO if cfg.resume else "", **options)
         if finished(folder) and distributed.is_main():
             print(f"fold {k}: finished, left as it is")
-        hooks = FoldHooks(cfg, k, trial)
-        outcome = engine.train(fold_cfg, trial=hooks, given=given)
-        if outcome.get("pruned"):
-            return {"group_dir": group_dir, "summary": None, "pruned": outcome["pruned"]}
+        engine.train(fold_cfg, trial=FoldHooks(cfg, k, trial, nesting(k)), given=given)
         if finished(folder):
             write_fold_predictions(fold_cfg, folder, k)
+        verdict = trial.fold_end(k, running_value(cfg, group_dir)) if hasattr(trial, "fold_end") else None
+        if verdict:
+            return {"group_dir": group_dir, "summary": None, "pruned": verdict}
     summary = conclude(cfg, group_dir)
     return {"group_dir": group_dir, "summary": summary, "pruned": None}
+
+
+def running_value(cfg, group_dir):
+    """The mean of the monitored metric over the folds finished so far (a sweep prunes on it),
+    or None before the first."""
+    values = []
+    for k in range(1, _folds(group_dir, cfg) + 1):
+        try:
+            best = (run_status.read(fold_dir(group_dir, k)) or {}).get("best") if finished(fold_dir(group_dir, k)) \
+                else None
+        except Damaged:
+            best = None
+        if best and isinstance(best.get("value"), (int, float)):
+            values.append(best["value"])
+    return sum(values) / len(values) if values else None
+
+
+def objective(summary):
+    """{"metric", "value"} a sweep ranks a group by: its OOF metric, else the folds' mean."""
+    name = summary["metric"]
+    oof = summary.get("oof") or {}
+    return {"metric": name, "value": oof[name] if isinstance(oof.get(name), (int, float)) else summary["mean"]}
 
 
 def write_fold_predictions(fold_cfg, folder, k, tta=None):

@@ -47,9 +47,10 @@ def read(group_dir):
     return record
 
 
-def record(cfg, group_dir):
-    """Write the group's split, or check the data against the one written; returns it."""
-    computed = compute(cfg)
+def record(cfg, group_dir, computed=None):
+    """Write the group's split (`computed`, or computed here), or check the data against the
+    one written; returns it."""
+    computed = computed or compute(cfg)
     path = Path(group_dir) / RECORD
     if not path.exists():
         temp = path.with_name(f".{RECORD}.{os.getpid()}.new")

@@ -294,7 +294,7 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
     record, steps_before = faults.sample_log(sampler, cfg.batch_size), state.step_in_epoch  # a test hook
     for batch in loader:
         data_wait += time.perf_counter() - tick
-        fault = faults.at_step(state.global_step + 1)
+        fault = faults.at_step(state.global_step + 1, cfg.env)
         batch = ctx.precision.to_device(batch)
         size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
         # epochs done once this batch is, in images: the same clock for any batch size

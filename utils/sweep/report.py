@@ -15,6 +15,7 @@ from configs.schema import FIELDS
 from utils.core.errors import UserError
 from utils.core.records import Damaged
 from utils.core.shell import main_command
+from utils.cv import is_group
 from utils.engine import runtime
 from utils.engine import status as run_status
 from utils.sweep import lease as leases
@@ -109,6 +110,8 @@ def reproduce_command(study_dir, number):
     (always named, as the default may change) and options (from its config.yaml) as flags, in
     a run dir of its own."""
     config = trial_dir(study_dir, number) / "config.yaml"
+    if is_group(trial_dir(study_dir, number)):  # a --folds trial: its group's options
+        config = trial_dir(study_dir, number) / "group.yaml"
     if not config.is_file():
         return None
     cfg = load_config({"config": str(config)})
@@ -161,6 +164,8 @@ def render_summary(study_dir, storage="", stale_after=STALE_AFTER):
         command = reproduce_command(study_dir, best.number)
         member = f"--env={Path(study_dir).name}/trial-{best.number}{runtime.checkpoint_dir_flag(_parent_of(study_dir))}"
         lines.append(f"its run: {trial_dir(study_dir, best.number)}; test it: {runtime.main_command()} test {member}")
+        if is_group(trial_dir(study_dir, best.number)):  # the ensemble of its folds; reproduce takes one fold
+            member = f"--env=trial-{best.number}/fold-1 --checkpoint-dir={study_dir}"
         lines.append(f"check that it trains again bit for bit: {runtime.main_command()} reproduce {member}")
         if command:
             lines.append(f"train it anew, in a run of its own: {command}")

@@ -38,6 +38,8 @@ from utils.core import seeding
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import OutputError
 from utils.core.shell import main_command
+from utils.cv import group as cv_group
+from utils.cv import is_group
 from utils.engine import distributed, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
@@ -99,6 +101,25 @@ class TrialHooks:
                                    f"(the {self.pruner_name} pruner of the sweep)")
             except STORAGE_ERRORS as error:
                 verdict = HandedBack(_first_line(error))  # every rank stops with it
+        verdict = distributed.broadcast_object(verdict)
+        if isinstance(verdict, HandedBack):
+            raise verdict
+        return verdict
+
+    def fold_end(self, folds_done, value):
+        """A --folds trial after its fold `folds_done`: the mean metric of its finished folds
+        goes to the pruner (step = folds done - 1); returns why it is pruned, or None."""
+        verdict = None
+        if distributed.is_main() and value is not None and math.isfinite(value):
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+                    self.trial.report(value, folds_done - 1)
+                if self.trial.should_prune():
+                    verdict = (f"pruned after fold {folds_done}: mean {self.metric} {value:.4f} over its finished folds "
+                               f"(the {self.pruner_name} pruner of the sweep)")
+            except STORAGE_ERRORS as error:
+                verdict = HandedBack(_first_line(error))
         verdict = distributed.broadcast_object(verdict)
         if isinstance(verdict, HandedBack):
             raise verdict
@@ -227,7 +248,9 @@ class Worker:
     def trial_config(self, number, params, resume):
         """The Config of trial `number`: the sweep's train options, its parameters, its
         seed and run dir (--resume when its run dir holds a run)."""
-        seed = seeding.derive_seed(self.base.seed, seeding.stream("sweep trial"), number) % 2**31
+        # --folds: every trial splits the data and starts its weights alike, so CV scores compare configurations
+        seed = self.base.seed if self.base.folds else \
+            seeding.derive_seed(self.base.seed, seeding.stream("sweep trial"), number) % 2**31
         return load_config({**self.flags, **sweeps.trial_options(self.base), **params, "seed": seed, "monitor": self.space.metric,
                             "env": f"trial-{number}", "checkpoint_dir": str(self.study_dir),
                             "resume": "last" if resume else ""})
@@ -238,7 +261,7 @@ class Worker:
         run_dir = trial_dir(self.study_dir, number)
         # A taken-over trial resumes when its run dir holds a run (its config.yaml is written
         # before anything else); one whose worker died before that starts afresh.
-        resume = took_over is not None and (run_dir / "config.yaml").is_file()
+        resume = took_over is not None and ((run_dir / "config.yaml").is_file() or is_group(run_dir))
         shown = params_text(params)  # readable; the trial's config.yaml holds the exact values
         if distributed.is_main():
             how = f"resuming it ({took_over})" if took_over else "new"
@@ -248,7 +271,7 @@ class Worker:
                            {"study": self.options.study, "number": number, "params": params, "parents": self.parents})
         try:
             try:
-                outcome = engine.train(self.trial_config(number, params, resume), trial=hooks)
+                outcome = self.train(self.trial_config(number, params, resume), hooks)
             except (Stopped, KeyboardInterrupt):
                 if lease is not None:
                     lease.release()  # last.pth is saved: the next worker resumes it at once
@@ -285,6 +308,15 @@ class Worker:
                     lease.release()  # RUNNING without a lease: the next worker resumes it at once
             raise HandedBack(f"{_first_line(error)}; trial {number} is handed back (what it saved is kept): fix that "
                              f"and run the sweep again, which resumes it") from None
+
+    def train(self, cfg, hooks):
+        """Train a trial: one run, or with --folds a cross-validation group ranked by its
+        out-of-fold metric (utils/cv), which the pruner sees after each fold."""
+        if not cfg.folds:
+            return engine.train(cfg, trial=hooks)
+        done = cv_group.train(cfg, {}, trial=hooks)
+        best = cv_group.objective(done["summary"]) if done["summary"] else None
+        return {"run_dir": done["group_dir"], "epoch": cfg.max_epoch, "best": best, "pruned": done["pruned"]}
 
     def _tell(self, trial, number, params, outcome):
         best, pruned = outcome["best"], outcome["pruned"]
