@@ -31,6 +31,12 @@ def identity_key(identity):
     return json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def item_id(identity):
+    """What names an item in a group's files: the path or position of an identity [it,
+    target], else the identity itself (a poem's text)."""
+    return identity[0] if isinstance(identity, (list, tuple)) and len(identity) == 2 else identity
+
+
 def strata(targets, count):
     """A stratum (an int) per item: its class, its quantile bin for a float target, or 0."""
     if targets is None:

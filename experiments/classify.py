@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from configs.loader import run_monitors
 from data import readable
+from data.folds import item_id
 from data.transforms import model_input
 from experiments.classify_eval import evaluate, predict
 from experiments.classify_data import (balanced_sample, check_augmentation, check_tta, class_names, infer_classes,
@@ -291,8 +292,7 @@ class Classify(Experiment):
         identity: its path relative to the data, or position), "labels" (class indices),
         "classes", "log_probabilities" (N x K)}, from the weights `val` uses, with --tta."""
         predicted = self.predictions("val")
-        ids = [identity[0] if isinstance(identity, (list, tuple)) else identity
-               for identity in predicted["dataset"].identities()]
+        ids = [item_id(identity) for identity in predicted["dataset"].identities()]
         return {"ids": ids, "labels": [int(label) for label in predicted["keys"]], "classes": predicted["names"],
                 "log_probabilities": predicted["log_probabilities"]}
 

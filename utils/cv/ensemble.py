@@ -39,7 +39,7 @@ def _experiment(cfg, needs):
 def val(cfg):
     """Print (and, for a complete group, write) the cv report of --env=<group>."""
     group_dir = Path(cfg.checkpoint_dir) / cfg.env
-    done = group.check_complete(cfg, group_dir, cfg.partial)
+    done = group.agreed(lambda: group.check_complete(cfg, group_dir, cfg.partial))
     tta = getattr(cfg, "tta", "")
     _experiment(cfg, "held_out")
     for k in done:
@@ -61,7 +61,7 @@ def test(cfg):
     group_dir = Path(cfg.checkpoint_dir) / cfg.env
     result_file = cfg.result_file or str(group_dir / "result.csv")
     runtime.check_output_file(result_file, "--result-file")
-    done = group.check_complete(cfg, group_dir, cfg.partial)
+    done = group.agreed(lambda: group.check_complete(cfg, group_dir, cfg.partial))
     experiment = _experiment(cfg, "predictions")
     total, first = None, None
     for k in done:

@@ -24,7 +24,7 @@ from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import atomic_open
 from utils.core.records import Damaged
 from utils.core.shell import main_command
-from utils.cv import oof, split
+from utils.cv import is_group, oof, split
 from utils.engine import distributed, resume as resumes, runtime, status as run_status
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,17 @@ def check_group_folder(cfg, group_dir):
 
 def prepare(cfg, flags):
     """(the group's config, its folder, the folds this command trains), with group.yaml and
-    folds.json written or checked; nothing is trained and no fold touched."""
+    folds.json written or checked; nothing is trained and no fold touched. Under torchrun
+    rank 0 looks and writes, and every rank takes its answer."""
     group_dir = Path(cfg.checkpoint_dir) / (cfg.env or "")
+    cfg = distributed.broadcast_object(distributed.on_main(lambda: _prepare(cfg, flags, group_dir)))
+    folds = [cfg.fold] if cfg.fold is not None else list(range(1, cfg.folds + 1))
+    return cfg, group_dir, folds
+
+
+def _prepare(cfg, flags, group_dir):
     check_group_folder(cfg, group_dir)
-    exists = split.is_group(group_dir)
+    exists = is_group(group_dir)
     if exists and not cfg.resume and cfg.fold is None:
         done = sum(finished(fold_dir(group_dir, k)) for k in range(1, _folds(group_dir, cfg) + 1))
         raise UsageError(f"{group_dir} already holds a cross-validation group ({done} of {_folds(group_dir, cfg)} folds "
@@ -120,19 +127,17 @@ def prepare(cfg, flags):
         raise UsageError(f"{group_dir} holds no cross-validation group; start one with --folds=K")
     cfg = group_config(cfg, flags, group_dir)
     absolute = runtime.absolute_data(cfg)
-    computed = distributed.on_main(lambda: split.compute(absolute))  # bad data or --folds: before any folder
-    if distributed.is_main():
-        runtime.check_output_dir(group_dir, "--checkpoint-dir")
-        group_dir.mkdir(parents=True, exist_ok=True)
-    distributed.on_main(lambda: split.record(absolute, group_dir, computed))
-    saved = dataclasses.replace(absolute, env=cfg.env, fold=None, resume="")
-    distributed.on_main(lambda: write_once(group_dir / GROUP_CONFIG, configs.dump_yaml(saved)))
-    folds = [cfg.fold] if cfg.fold is not None else list(range(1, cfg.folds + 1))
+    computed = split.compute(absolute)  # bad data or --folds: before any folder is made
+    runtime.check_output_dir(group_dir, "--checkpoint-dir")
+    group_dir.mkdir(parents=True, exist_ok=True)
+    split.record(absolute, group_dir, computed)
+    write_once(group_dir / GROUP_CONFIG, configs.dump_yaml(dataclasses.replace(absolute, env=cfg.env, fold=None,
+                                                                                resume="")))
     for k in range(1, cfg.folds + 1):  # a fold trained by another command with other options
         problem = fold_problem(cfg, fold_dir(group_dir, k))
         if problem:
             raise UsageError(f"fold {k} of group {cfg.env} {problem}; train a new group under another --env")
-    return cfg, group_dir, folds
+    return cfg
 
 
 def fold_problem(cfg, folder):
@@ -154,6 +159,11 @@ def _folds(group_dir, cfg):
     except Damaged:
         record = None
     return (record or {}).get("options", {}).get("folds") or cfg.folds
+
+
+def agreed(look):
+    """look() on rank 0, the same answer on every rank (which then run the same collectives)."""
+    return distributed.broadcast_object(distributed.on_main(look))
 
 
 def finished(folder):
@@ -181,24 +191,24 @@ class FoldHooks:
 
 
 def trackers(cfg, group_dir, trial):
-    """(options every fold gets, the trackers' nesting of fold k): MLflow keeps the folds under
+    """(options every fold gets, the trackers' nesting of fold k, the parent runs): MLflow keeps the folds under
     a parent run of the group, in the store of --checkpoint-dir (not the group's folder); W&B
     groups them by the group's name. A sweep's trial passes its own nesting on."""
     from utils.loggers import sweeps
 
     if trial is not None:
-        return {}, lambda k: getattr(trial, "tracking", None)
+        return {}, lambda k: getattr(trial, "tracking", None), {}
     if not {"mlflow", "wandb"} & set(str(cfg.loggers).split(",")):
-        return {}, lambda k: None
+        return {}, lambda k: None, {}
     options = sweeps.trial_options(cfg)
     parents = distributed.on_main(lambda: sweeps.open_study(group_dir, cfg, cfg.env)) or {}
-    return options, lambda k: {"study": cfg.env, "number": k, "params": {"fold": k}, "parents": parents}
+    return options, lambda k: {"study": cfg.env, "number": k, "params": {"fold": k}, "parents": parents}, parents
 
 
 def train(cfg, flags, given=(), trial=None):
     """Train the folds this command names and, once all have finished, the group's report.
     Returns {"group_dir", "summary" (cv.json's, or None while folds are missing), "pruned"}."""
-    created = not split.is_group(Path(cfg.checkpoint_dir) / (cfg.env or ""))
+    created = not is_group(Path(cfg.checkpoint_dir) / (cfg.env or ""))  # used on rank 0
     cfg, group_dir, folds = prepare(cfg, flags)
     try:
         return _train_folds(cfg, group_dir, folds, given, trial)
@@ -213,7 +223,7 @@ def train(cfg, flags, given=(), trial=None):
 def _train_folds(cfg, group_dir, folds, given, trial):
     from utils.engine import loop as engine  # torch
 
-    options, nesting = trackers(cfg, group_dir, trial)
+    options, nesting, parents = trackers(cfg, group_dir, trial)
     for k in folds:
         folder = fold_dir(group_dir, k)
         fold_cfg = dataclasses.replace(cfg, checkpoint_dir=str(group_dir), env=f"fold-{k}", fold=k,
@@ -221,12 +231,16 @@ def _train_folds(cfg, group_dir, folds, given, trial):
         if finished(folder) and distributed.is_main():
             print(f"fold {k}: finished, left as it is")
         engine.train(fold_cfg, trial=FoldHooks(cfg, k, trial, nesting(k)), given=given)
-        if finished(folder):
+        if agreed(lambda: finished(folder)):  # rank 0 has written the fold's status by now
             write_fold_predictions(fold_cfg, folder, k)
         verdict = trial.fold_end(k, running_value(cfg, group_dir)) if hasattr(trial, "fold_end") else None
         if verdict:
             return {"group_dir": group_dir, "summary": None, "pruned": verdict}
     summary = conclude(cfg, group_dir)
+    if parents and distributed.is_main():
+        from utils.loggers import sweeps
+
+        sweeps.end_group(parents, cfg, summary)
     return {"group_dir": group_dir, "summary": summary, "pruned": None}
 
 
@@ -262,7 +276,7 @@ def write_fold_predictions(fold_cfg, folder, k, tta=None):
         return
     path = oof.fold_file(folder, tta)
     weights = [folder / name for name in ("best.pth", "last.pth") if (folder / name).is_file()]
-    if path.is_file() and weights and path.stat().st_mtime >= weights[0].stat().st_mtime:
+    if agreed(lambda: path.is_file() and weights and path.stat().st_mtime >= weights[0].stat().st_mtime):
         return
     fold_cfg = dataclasses.replace(fold_cfg, resume="", load_model_path=None, tta=tta)
     predicted = experiment(fold_cfg).held_out()
@@ -287,7 +301,7 @@ def conclude(cfg, group_dir, tta=None, write=True):
     if write:
         oof.write_group(group_dir, summary)
     print("\n".join(oof.lines(summary)))
-    print(f"oof predictions and cv report in {group_dir}")
+    print(f"{'oof predictions and ' if summary['oof'] else ''}cv report in {group_dir}")
     return summary
 
 

@@ -149,10 +149,11 @@ def lines(summary):
     """The fold table and the cv line of a report."""
     name = summary["metric"]
     shown = [name] + [m for m in REPORT_METRICS if m != name and m in summary["per_fold"][0]]
-    header = ["fold", "epochs", "best epoch", *shown, "images"]
+    counted = summary["oof"] is not None  # images per fold: from its OOF rows
+    header = ["fold", "epochs", "best epoch", *shown, *(["images"] if counted else [])]
     rows = [[fold["fold"], fold.get("epochs", "?"), fold.get("best_epoch", "?"),
              *(f"{fold[m]:.4f}" if isinstance(fold.get(m), (int, float)) else "-" for m in shown),
-             fold.get("images", "-")] for fold in summary["per_fold"]]
+             *([fold.get("images", "-")] if counted else [])] for fold in summary["per_fold"]]
     views = f" (tta {summary['tta']})" if summary["tta"] else ""
     oof = summary["oof"]
     head = f"{oof[name]:.4f} (oof) = " if oof and isinstance(oof.get(name), (int, float)) else ""

@@ -11,13 +11,13 @@ import json
 import os
 from pathlib import Path
 
-from data.folds import assign, check_folds, identity_key, whole_split
+from data.folds import assign, check_folds, identity_key, item_id, whole_split
 from utils.core.errors import UserError, plural
 from utils.core.io import atomic_open
 from utils.core.records import Damaged, Required, read_json
 from utils.core.registry import DATASETS
 from utils.core.shell import main_command
-from utils.cv import RECORD, is_group  # noqa: F401 - split.is_group, as callers read it
+from utils.cv import RECORD
 
 FORMAT = 1
 OPTIONS = ("dataset", "train_data_root", "folds", "seed", "skip_bad_images")  # what decides the split
@@ -33,7 +33,7 @@ def compute(cfg):
     return {"format": FORMAT, "options": {name: getattr(cfg, name) for name in OPTIONS},
             "classes": list(whole.classes) if whole.classes else None,
             "sizes": [folds.count(k) for k in range(1, cfg.folds + 1)],
-            "items": [[identity, label, fold] for identity, label, fold in zip(identities, labels, folds)]}
+            "items": [[item_id(identity), label, fold] for identity, label, fold in zip(identities, labels, folds)]}
 
 
 def read(group_dir):

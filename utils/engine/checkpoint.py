@@ -234,6 +234,10 @@ def run_hint(run_dir, group=""):
     `group`: the study (or other group of runs) `run_dir` would be a member of: the names
     are given as --env=<group>/<member>."""
     run_dir = Path(run_dir)
+    if (run_dir / "folds.json").is_file():  # a cross-validation group (utils/cv): its members are runs
+        folds = sorted(p.name for p in run_dir.glob("fold-*") if is_run(p))
+        return (f"; {run_dir.name} is a cross-validation group: val / test take it whole (the folds' ensemble), other "
+                f"commands one fold: --env={run_dir.name}/{folds[0] if folds else 'fold-1'}")
     if run_dir.is_dir():
         return ""
 

@@ -366,3 +366,13 @@ def end_parent(run_id, cfg, metric, best_value, best_trial):
         client.log_batch(run_id, metrics=[Metric(best_key(metric), float(best_value), _now_ms(), 0)])
         client.set_tag(run_id, "best_trial", str(best_trial))
     client.set_terminated(run_id, "FINISHED")
+
+
+def end_group(run_id, cfg, values):
+    """A cross-validation group is done (or this command's folds are): its parent run gets
+    the cv report's numbers ({name: value}) and is FINISHED."""
+    from mlflow.entities import Metric
+
+    client = Connection(cfg).client
+    client.log_batch(run_id, metrics=[Metric(name, float(value), _now_ms(), 0) for name, value in values.items()])
+    client.set_terminated(run_id, "FINISHED")

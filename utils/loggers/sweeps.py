@@ -46,3 +46,21 @@ def end_study(parents, cfg, metric, best_value, best_trial):
             mlflow_tracker.end_parent(parents["mlflow"], cfg, metric, best_value, best_trial)
         except Exception as error:  # noqa: BLE001 - the trials are told; the parent's summary is extra
             log.warning("MLflow: could not update the sweep's parent run: %s", one_line(error))
+
+
+def end_group(parents, cfg, summary):
+    """A cross-validation group's command is done: its MLflow parent run shows the cv report
+    (cv_<metric>_oof, _mean, _std) once there is one, and is FINISHED."""
+    if not parents.get("mlflow"):
+        return
+    from utils.loggers import mlflow_tracker
+
+    values = {}
+    if summary:
+        name, oof = summary["metric"], summary.get("oof") or {}
+        values = {f"cv_{name}_mean": summary["mean"], f"cv_{name}_std": summary["std"],
+                  **({f"cv_{name}_oof": oof[name]} if isinstance(oof.get(name), (int, float)) else {})}
+    try:
+        mlflow_tracker.end_group(parents["mlflow"], cfg, values)
+    except Exception as error:  # noqa: BLE001 - the folds are told; the parent's summary is extra
+        log.warning("MLflow: could not update the group's parent run: %s", one_line(error))

@@ -8,11 +8,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from configs.loader import changed_options, load_config
+from configs.loader import changed_options, load_config, read_yaml
 from configs.values import flag
 from configs.output import _shown
 from configs.schema import FIELDS
-from utils.core.errors import UserError
+from utils.core.errors import UsageError, UserError
 from utils.core.records import Damaged
 from utils.core.shell import main_command
 from utils.cv import is_group
@@ -59,11 +59,28 @@ def _value(trial):
 
 
 def _epochs(study_dir, number):
+    if is_group(trial_dir(study_dir, number)):  # a --folds trial: its finished folds
+        folds = sorted(trial_dir(study_dir, number).glob("fold-*"))
+        done = sum((run_status.read(fold) or {}).get("status") == "finished" for fold in folds
+                   if _readable(fold))
+        try:
+            total = read_yaml(trial_dir(study_dir, number) / "group.yaml").get("folds") or "?"
+        except UsageError:
+            total = "?"
+        return f"folds {done}/{total}"
     try:
         status = run_status.read(trial_dir(study_dir, number))
     except Damaged:
         return "? (damaged status.json)"
     return f"{status.get('epoch', '?')}/{status.get('max_epoch', '?')}" if status else "-"
+
+
+def _readable(run_dir):
+    try:
+        run_status.read(run_dir)
+        return True
+    except Damaged:
+        return False
 
 
 def state_of(study_dir, trial, stale_after=None):
