@@ -236,3 +236,52 @@ def test_a_group_whose_data_changed_is_refused_naming_what_changed(tmp_path):
     line = fails(["train", *tiny_flags(tmp_path / "data", tmp_path, env="g", folds=2, fold=2)])
     assert line.startswith("error: group g was split from other data: since then 1 item added (e.g. cat.99.jpg)"), line
     assert not (tmp_path / "runs" / "g" / "fold-2").exists()
+
+
+def test_a_sweep_over_folds_ranks_trials_by_their_oof_metric_and_prunes_between_folds(setup, tmp_path):
+    tmp, _ = setup
+    space = tmp_path / "space.yaml"
+    space.write_text("sampler: grid\npruner: {type: median, n_startup_trials: 1, n_warmup_steps: 0}\n"
+                     "params:\n  lr: [0.003, 0.9]\n")
+    args = with_flags(flags(tmp, "unused"), f"--checkpoint-dir={tmp_path}", "--max-epoch=1", "--seed=1")
+    args = [arg for arg in args if not arg.startswith(("--env=", "--lr="))]
+    result = run_cli("sweep", "--study=s", "--trials=2", f"--search-space={space}", *args)
+    assert result.returncode == 0, result.stderr
+    # the grid's order under --seed=1 (optuna pinned): the good lr first, then 0.9, which one fold shows bad
+    assert "trial 1 pruned after fold 1: mean val_logloss" in result.stderr, result.stderr
+    assert not (tmp_path / "s" / "trial-1" / "fold-2").exists()
+    report = json.loads((tmp_path / "s" / "trial-0" / "cv.json").read_text())
+    summary = run_cli("sweep", "--study=s", f"--checkpoint-dir={tmp_path}", "--summary")
+    assert re.search(rf"^0\s+complete\s+{report['oof']['val_logloss']:.4f}\s+folds 3/3", summary.stdout, re.M), \
+        summary.stdout
+    record = [json.loads((tmp_path / "s" / f"trial-{n}" / "folds.json").read_text())["items"] for n in (0, 1)]
+    assert record[0] == record[1]  # every trial is scored on the same split
+
+
+@pytest.mark.slow  # torchrun: two interpreters
+def test_a_group_under_torchrun_trains_the_same_folds_as_one_process(setup):
+    from test_distributed import torchrun
+
+    tmp, _ = setup
+    # 2 processes x batch 2: the reference's global batch of 4, the same images in each step
+    result = torchrun("train", *flags(tmp, "ddp", **{"batch-size": 2}))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("cv: val_logloss") == 1  # rank 0 reports
+    group, ref = tmp / "runs" / "ddp", tmp / "runs" / "ref"
+    assert json.loads((group / "folds.json").read_text())["items"] == json.loads((ref / "folds.json").read_text())["items"]
+    mine, theirs = rows(group / "oof.csv"), rows(ref / "oof.csv")
+    assert [row["id"] for row in mine] == [row["id"] for row in theirs]
+    assert all(abs(float(a["p_dog"]) - float(b["p_dog"])) < 1e-4 for a, b in zip(mine, theirs))
+    test = torchrun("test", f"--checkpoint-dir={tmp / 'runs'}", "--env=ddp", "--num-workers=0", "--clip=0")
+    assert test.returncode == 0 and len(rows(group / "result.csv")) == 5, test.stderr
+
+
+def test_a_group_whose_folds_differ_in_options_is_refused_naming_them(setup):
+    tmp, _ = setup
+    shutil.copytree(tmp / "runs" / "ref", tmp / "runs" / "mixed")
+    saved = tmp / "runs" / "mixed" / "fold-2" / "config.yaml"
+    saved.write_text(saved.read_text().replace("\nlr: 0.01\n", "\nlr: 0.05\n"))
+    for command in ("test", "val"):
+        line = fails([command, f"--checkpoint-dir={tmp / 'runs'}", "--env=mixed", "--num-workers=0"])
+        assert line == ("error: fold 2 of group mixed was trained with other options: --lr=0.05 (the group's: 0.01); "
+                        "its folds must share what they compute"), line

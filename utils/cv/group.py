@@ -46,12 +46,12 @@ def compared(experiment):
 
 def differing(cfg, saved):
     """'--lr=0.01 (group: 0.001), ...' for the options of `cfg` whose value differs from the
-    plain dict `saved` (a fold's or the group's config); '' when none does. Options `cfg`
-    leaves to the data (None) are not compared."""
+    plain dict `saved` (the group's config); '' when none does. Options one of them leaves to
+    the data (None: --num-classes, --image-size) are not compared."""
     found = []
     for name in compared(cfg.experiment):
         mine, theirs = getattr(cfg, name, None), saved.get(name)
-        if mine is None or (name in ("train_data_root", "test_data_root") and mine and theirs
+        if mine is None or theirs is None or (name in ("train_data_root", "test_data_root") and mine and theirs
                             and os.path.abspath(str(mine)) == os.path.abspath(str(theirs))):
             continue
         if str(mine) != str(theirs):
@@ -146,10 +146,10 @@ def fold_problem(cfg, folder):
     if not path.is_file():
         return ""
     try:
-        saved = configs.as_dict(load_config({"config": str(path)}))
+        fold = load_config({"config": str(path)})
     except UsageError as error:
         return f"has a config.yaml that does not load ({error})"
-    problem = differing(cfg, saved)
+    problem = differing(fold, configs.as_dict(cfg))
     return f"was trained with other options: {problem}" if problem else ""
 
 
@@ -180,7 +180,7 @@ class FoldHooks:
 
     def __init__(self, cfg, k, outer=None, tracking=None):
         self.outer, self.k = outer, k
-        self.resume_command = getattr(outer, "resume_command", None) or resume_command(cfg)
+        self.resume_command = getattr(outer, "resume_command", None) or resume_command(cfg, cfg.fold)
         self.tracking = tracking if tracking is not None else getattr(outer, "tracking", None)
         for name in ("check_owner", "stale_after", "config_source"):
             if hasattr(outer, name):
