@@ -48,6 +48,7 @@ import inspect
 
 import torch
 
+from data.folds import fold_part
 from utils.core.errors import UserError
 from utils.core.registry import DATASETS
 
@@ -97,7 +98,5 @@ def build_split(cfg, split, fitted=None):
     if fitted and "fitted" in inspect.signature(builder).parameters:
         builder = functools.partial(builder, fitted=fitted)
     if getattr(cfg, "folds", 0) and split in ("train", "val"):
-        from data.folds import fold_part  # data.folds builds on this module's Dataset
-
         return fold_part(builder, cfg, split)
     return builder(cfg, split)

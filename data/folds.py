@@ -18,7 +18,8 @@ fold's random crops do not depend on which fold it is in.
 import dataclasses
 import json
 
-from data.base import Dataset
+import torch
+
 from utils.core import seeding
 from utils.core.errors import UserError
 
@@ -86,9 +87,10 @@ def check_folds(targets, folds, source):
         raise UserError(f"--folds={folds} is more than the {len(targets)} items of {source}; give fewer folds")
 
 
-class FoldPart(Dataset):
+class FoldPart(torch.utils.data.Dataset):
     """The items of `whole` (a data set's split holding all the training data) at
-    `positions`, with the protocol of data/base.py; anything else is read from `whole`."""
+    `positions`, with the protocol of data/base.py (each attribute and method, from `whole`
+    or cut to the positions); anything else is read from `whole`."""
 
     def __init__(self, whole, positions, identities):
         self.whole, self.positions = whole, list(positions)

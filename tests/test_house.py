@@ -19,6 +19,7 @@ LAYERS = (
     ("utils.engine",),
     ("models",),
     ("utils.export",),
+    ("utils.cv",),
     ("experiments", "utils.sweep", "utils.reproduce"),
     ("utils.runs",),
     ("main",),
@@ -114,7 +115,7 @@ def test_the_walk_sees_a_circle_and_an_upward_import(tmp_path):
     circle = {"utils.engine.checkpoint": {"utils.engine.runtime"}, "utils.engine.runtime": {"utils.engine.checkpoint"}}
     assert problems(circle) == ["import circle: utils.engine.checkpoint -> utils.engine.runtime -> utils.engine.checkpoint"]
     upward = {"configs.help": {"utils.sweep.options"}, "utils.sweep.options": set()}
-    assert problems(upward) == ["configs.help (1) imports utils.sweep.options (6)"]
+    assert problems(upward) == ["configs.help (1) imports utils.sweep.options (7)"]
     assert problems({"newpackage.x": set()})[0].startswith("give these modules a layer")
 
 
