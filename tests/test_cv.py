@@ -113,6 +113,7 @@ def test_a_kill_inside_fold_2_then_resume_auto_on_the_group_equals_the_uninterru
     assert again.returncode == 0 and again.stdout.count("finished, left as it is") == FOLDS, again.stderr
 
 
+@pytest.mark.slow  # real interpreters, started together
 def test_folds_trained_in_parallel_equal_the_serial_group(setup):
     tmp, _ = setup
     processes = [subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", *flags(tmp, "par", fold=k)], cwd=ROOT,
@@ -128,6 +129,7 @@ def test_folds_trained_in_parallel_equal_the_serial_group(setup):
     assert sum("cv: val_logloss" in out for out, _ in outputs) >= 1
 
 
+@pytest.mark.slow  # a real interpreter, stopped while it holds its fold
 def test_two_processes_cannot_train_one_fold(setup):
     tmp, _ = setup
     holder = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", *flags(tmp, "twice", fold=1)], cwd=ROOT,

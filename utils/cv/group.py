@@ -237,6 +237,11 @@ def _train_folds(cfg, group_dir, folds, given, trial):
         if verdict:
             return {"group_dir": group_dir, "summary": None, "pruned": verdict}
     summary = conclude(cfg, group_dir)
+    if summary is not None and trial is None and distributed.is_main():
+        where, run = runtime.checkpoint_dir_flag(cfg), f"{main_command()}"
+        print(f"next:\n  {run} test --env={cfg.env}{where}   # one submission: the mean of the folds' probabilities\n"
+              f"  {run} val --env={cfg.env}{where} --tta=flip   # the cv report with test-time augmentation\n"
+              f"  {run} test --env={cfg.env}/fold-1{where}   # one fold alone, as any run")
     if parents and distributed.is_main():
         from utils.loggers import sweeps
 
