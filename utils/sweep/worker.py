@@ -86,40 +86,31 @@ class TrialHooks:
         self.stale_after = lease.stale_after if lease is not None else None
 
     def epoch_end(self, epoch, metrics):
-        verdict = None
-        if distributed.is_main():
-            value = (metrics or {}).get(self.metric)
-            try:
-                if value is not None and math.isfinite(value):
-                    # Optuna counts steps from 0: epoch 1 is step 0, so a pruner's n_warmup_steps=1
-                    # never ends a trial in its first epoch
-                    with warnings.catch_warnings():  # a resumed trial redoes epochs it reported: the first value stands
-                        warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
-                        self.trial.report(value, epoch - 1)
-                    if self.trial.should_prune():
-                        verdict = (f"pruned at epoch {epoch}: {self.metric} {value:.4f} "
-                                   f"(the {self.pruner_name} pruner of the sweep)")
-            except STORAGE_ERRORS as error:
-                verdict = HandedBack(_first_line(error))  # every rank stops with it
-        verdict = distributed.broadcast_object(verdict)
-        if isinstance(verdict, HandedBack):
-            raise verdict
-        return verdict
+        # Optuna counts steps from 0: epoch 1 is step 0, so a pruner's n_warmup_steps=1 never
+        # ends a trial in its first epoch
+        return self._judge((metrics or {}).get(self.metric), epoch - 1,
+                           lambda value: f"pruned at epoch {epoch}: {self.metric} {value:.4f}")
 
     def fold_end(self, folds_done, value):
         """A --folds trial after its fold `folds_done`: the mean metric of its finished folds
         goes to the pruner (step = folds done - 1); returns why it is pruned, or None."""
+        return self._judge(value, folds_done - 1, lambda value: f"pruned after fold {folds_done}: mean {self.metric} "
+                                                                f"{value:.4f} over its finished folds")
+
+    def _judge(self, value, step, said):
+        """Report `value` at `step` (rank 0) and return why the pruner ends the trial, or None,
+        on every rank; a storage failure hands the trial back on every rank."""
         verdict = None
-        if distributed.is_main() and value is not None and math.isfinite(value):
+        if distributed.is_main():
             try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
-                    self.trial.report(value, folds_done - 1)
-                if self.trial.should_prune():
-                    verdict = (f"pruned after fold {folds_done}: mean {self.metric} {value:.4f} over its finished folds "
-                               f"(the {self.pruner_name} pruner of the sweep)")
+                if value is not None and math.isfinite(value):
+                    with warnings.catch_warnings():  # a resumed trial redoes steps it reported: the first value stands
+                        warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+                        self.trial.report(value, step)
+                    if self.trial.should_prune():
+                        verdict = f"{said(value)} (the {self.pruner_name} pruner of the sweep)"
             except STORAGE_ERRORS as error:
-                verdict = HandedBack(_first_line(error))
+                verdict = HandedBack(_first_line(error))  # every rank stops with it
         verdict = distributed.broadcast_object(verdict)
         if isinstance(verdict, HandedBack):
             raise verdict
