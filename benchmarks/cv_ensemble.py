@@ -15,7 +15,8 @@ train on, and --test images whose classes only this script knows (the test folde
 
 The log loss is Kaggle's (probabilities clipped into [1e-15, 1 - 1e-15]); the single run's
 row also gives its validation split's score, the ensemble's the OOF score, to compare what
-each estimate promised with what the held-out images gave.
+each estimate promised with what the held-out images gave; `val --env=cv --tta=<views>` gives
+the OOF score of each TTA row (what a user can see before submitting).
 """
 import argparse
 import csv
@@ -105,7 +106,11 @@ def main():
                           (f"{options.folds}-fold ensemble + TTA flip,crops", "flip,crops")):
             result = scratch / f"cv{tta}.csv"
             _, seconds = run("test", *tested, "--env=cv", f"--result-file={result}", *([f"--tta={tta}"] if tta else []))
-            rows.append((name, result, group_train + seconds, f"oof {oof:.4f}" if not tta else ""))
+            rows.append([name, result, group_train + seconds, f"oof {oof:.4f}" if not tta else ""])
+        for tta in ("flip", "flip,crops"):  # what the OOF says of each TTA, before a submission uses it
+            out, _ = run("val", *tested[:2], "--env=cv", f"--tta={tta}")
+            rows[[name for name, *_ in rows].index(f"{options.folds}-fold ensemble + TTA {tta}")][3] = \
+                f"oof {float(out.split('cv: val_logloss ')[1].split()[0]):.4f}"
         print(f"\n{'':42} {'test log loss':>13} {'accuracy':>9} {'vs one run':>10} {'wall s':>7}  estimate")
         base = score(rows[0][1], truth)[0]
         for name, path, seconds, estimate in rows:

@@ -12,6 +12,7 @@ from configs.loader import read_yaml
 from utils.core.errors import UsageError, UserError
 from utils.core.records import Damaged
 from utils.core.shell import main_command
+from utils.cv import is_group, read_summary
 from utils.engine import status as run_status
 from utils.engine.checkpoint import is_run
 from utils.tables import columns
@@ -115,8 +116,6 @@ def _size(count):
 
 def describe_group(group_dir):
     """[the group's row, then one row per fold run]: a cross-validation group (utils/cv)."""
-    from utils.cv.oof import read_summary
-
     group_dir = Path(group_dir)
     members = sorted((p for p in group_dir.glob("fold-*") if is_run(p)), key=lambda p: int(p.name[5:]) if
                      p.name[5:].isdigit() else 0)
@@ -147,8 +146,6 @@ def describe_group(group_dir):
 def render(checkpoint_dir):
     """The table as text, newest run last (a cross-validation group as one row, then its
     folds); then the sweeps' studies, if any."""
-    from utils.cv import is_group
-
     entries = [[describe_run(run)] for run in find_runs(checkpoint_dir)]
     entries += [describe_group(folder) for folder in sorted(Path(checkpoint_dir).iterdir()) if is_group(folder)]
     studies = _studies(checkpoint_dir)

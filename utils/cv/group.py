@@ -23,9 +23,11 @@ from configs.schema import fields_of
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.io import atomic_open
 from utils.core.records import Damaged
+from utils.core.registry import EXPERIMENTS
 from utils.core.shell import main_command
 from utils.cv import is_group, oof, split
 from utils.engine import distributed, resume as resumes, runtime, status as run_status
+from utils.loggers import sweeps
 
 log = logging.getLogger(__name__)
 GROUP_CONFIG = "group.yaml"
@@ -133,6 +135,7 @@ def _prepare(cfg, flags, group_dir):
     split.record(absolute, group_dir, computed)
     write_once(group_dir / GROUP_CONFIG, configs.dump_yaml(dataclasses.replace(absolute, env=cfg.env, fold=None,
                                                                                 resume="")))
+    cfg = group_config(cfg, flags, group_dir)  # a process that lost the race to write it: its options checked too
     for k in range(1, cfg.folds + 1):  # a fold trained by another command with other options
         problem = fold_problem(cfg, fold_dir(group_dir, k))
         if problem:
@@ -191,11 +194,9 @@ class FoldHooks:
 
 
 def trackers(cfg, group_dir, trial):
-    """(options every fold gets, the trackers' nesting of fold k, the parent runs): MLflow keeps the folds under
-    a parent run of the group, in the store of --checkpoint-dir (not the group's folder); W&B
-    groups them by the group's name. A sweep's trial passes its own nesting on."""
-    from utils.loggers import sweeps
-
+    """(options every fold gets, the trackers' nesting of fold k, the parent runs): MLflow
+    keeps the folds under a parent run of the group, in the store of --checkpoint-dir (not the
+    group's folder); W&B groups them by the group's name. A sweep's trial passes its own on."""
     if trial is not None:
         return {}, lambda k: getattr(trial, "tracking", None), {}
     if not {"mlflow", "wandb"} & set(str(cfg.loggers).split(",")):
@@ -228,7 +229,7 @@ def _train_folds(cfg, group_dir, folds, given, trial):
         folder = fold_dir(group_dir, k)
         fold_cfg = dataclasses.replace(cfg, checkpoint_dir=str(group_dir), env=f"fold-{k}", fold=k,
                                        resume=resumes.AUTO if cfg.resume else "", **options)
-        if finished(folder) and distributed.is_main():
+        if cfg.resume and finished(folder) and distributed.is_main():
             print(f"fold {k}: finished, left as it is")
         engine.train(fold_cfg, trial=FoldHooks(cfg, k, trial, nesting(k)), given=given)
         if agreed(lambda: finished(folder)):  # rank 0 has written the fold's status by now
@@ -243,8 +244,6 @@ def _train_folds(cfg, group_dir, folds, given, trial):
               f"  {run} val --env={cfg.env}{where} --tta=flip   # the cv report with test-time augmentation\n"
               f"  {run} test --env={cfg.env}/fold-1{where}   # one fold alone, as any run")
     if parents and distributed.is_main():
-        from utils.loggers import sweeps
-
         sweeps.end_group(parents, cfg, summary)
     return {"group_dir": group_dir, "summary": summary, "pruned": None}
 
@@ -273,8 +272,6 @@ def objective(summary):
 
 def write_fold_predictions(fold_cfg, folder, k, tta=None):
     """fold-<k>/oof[-views].csv, unless it is newer than the checkpoint it predicts with."""
-    from utils.core.registry import EXPERIMENTS
-
     tta = getattr(fold_cfg, "tta", "") if tta is None else tta
     experiment = EXPERIMENTS.get(fold_cfg.experiment)
     if not hasattr(experiment, "held_out"):

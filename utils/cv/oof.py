@@ -18,18 +18,14 @@ import math
 from pathlib import Path
 
 from utils.core.errors import plural
-from utils.core.records import Damaged, read_json
+from utils.core.records import Damaged
+from utils.cv import suffix
 from utils.engine import status as run_status
 from utils.meters import KAGGLE_EPSILON
 from utils.tables import columns
 from utils.writers import write_csv, write_text
 
 REPORT_METRICS = ("val_logloss", "val_accuracy")  # what an OOF file gives, in the cv report
-
-
-def suffix(tta):
-    """'' or '-flip', '-crops', '-flip+crops': the file-name part of a --tta."""
-    return f"-{str(tta).replace(',', '+')}" if tta else ""
 
 
 def fold_file(fold_dir, tta):
@@ -138,11 +134,6 @@ def write_group(group_dir, summary):
                      for item, label, fold, probabilities in fold_rows]
         write_csv(group_dir / f"oof{suffix(tta)}.csv", header, rows)
     write_text(group_dir / f"cv{suffix(tta)}.json", json.dumps(summary, indent=1) + "\n")
-
-
-def read_summary(group_dir, tta=""):
-    """cv[-views].json of a group, or None."""
-    return read_json(Path(group_dir) / f"cv{suffix(tta)}.json", {"metric": str, "mean": float, "std": float})
 
 
 def lines(summary):
