@@ -287,3 +287,12 @@ def test_a_group_whose_folds_differ_in_options_is_refused_naming_them(setup):
         line = fails([command, f"--checkpoint-dir={tmp / 'runs'}", "--env=mixed", "--num-workers=0"])
         assert line == ("error: fold 2 of group mixed was trained with other options: --lr=0.05 (the group's: 0.01); "
                         "its folds must share what they compute"), line
+
+
+@pytest.mark.parametrize("monitor, line", [("val_accuracy", "cv: val_accuracy "), ("val_loss", "cv: val_logloss ")])
+def test_the_cv_line_reports_the_monitored_metric_or_what_the_oof_gives_of_it(tmp_path, monitor, line):
+    make_dogcat(tmp_path / "data", per_class=6, test_images=2)
+    result = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="g", folds=2, monitor=monitor))
+    assert result.returncode == 0, result.stderr
+    assert line in result.stdout and "(oof) = " in result.stdout, result.stdout
+    assert json.loads((tmp_path / "runs" / "g" / "cv.json").read_text())["metric"] == line.split()[1]

@@ -47,7 +47,7 @@ def val(cfg):
         if distributed.is_main():
             oof.fold_file(folder, tta).unlink(missing_ok=True)  # recomputed, not read back
         group.write_fold_predictions(fold_config(cfg, group_dir, k), folder, k, tta)
-    if distributed.is_main() and len(done) < group._folds(group_dir, cfg):
+    if distributed.is_main() and len(done) < group.fold_count(group_dir, cfg):
         summary = oof.report(group_dir, done, tta, cfg.monitor or "")
         print("\n".join(oof.lines(summary)))
         print(f"(--partial: {len(done)} folds; the group's cv report is written once every fold has finished)")

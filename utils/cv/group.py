@@ -122,9 +122,10 @@ def _prepare(cfg, flags, group_dir):
     check_group_folder(cfg, group_dir)
     exists = is_group(group_dir)
     if exists and not cfg.resume and cfg.fold is None:
-        done = sum(finished(fold_dir(group_dir, k)) for k in range(1, _folds(group_dir, cfg) + 1))
-        raise UsageError(f"{group_dir} already holds a cross-validation group ({done} of {_folds(group_dir, cfg)} folds "
-                         f"finished); go on with `{resume_command(cfg)}`, or start a new group with another --env")
+        count = fold_count(group_dir, cfg)
+        done = sum(finished(fold_dir(group_dir, k)) for k in range(1, count + 1))
+        raise UsageError(f"{group_dir} already holds a cross-validation group ({done} of {count} folds finished); go "
+                         f"on with `{resume_command(cfg)}`, or start a new group with another --env")
     if not exists and not cfg.folds:
         raise UsageError(f"{group_dir} holds no cross-validation group; start one with --folds=K")
     cfg = group_config(cfg, flags, group_dir)
@@ -156,7 +157,8 @@ def fold_problem(cfg, folder):
     return f"was trained with other options: {problem}" if problem else ""
 
 
-def _folds(group_dir, cfg):
+def fold_count(group_dir, cfg):
+    """K of the group: its split's, else --folds."""
     try:
         record = split.read(group_dir)
     except Damaged:
@@ -252,7 +254,7 @@ def running_value(cfg, group_dir):
     """The mean of the monitored metric over the folds finished so far (a sweep prunes on it),
     or None before the first."""
     values = []
-    for k in range(1, _folds(group_dir, cfg) + 1):
+    for k in range(1, fold_count(group_dir, cfg) + 1):
         try:
             best = (run_status.read(fold_dir(group_dir, k)) or {}).get("best") if finished(fold_dir(group_dir, k)) \
                 else None
@@ -290,7 +292,7 @@ def conclude(cfg, group_dir, tta=None, write=True):
     """The group's report when every fold has finished (printed, and written as oof.csv
     and cv.json), else a line saying which folds are missing; returns the report or None."""
     tta = getattr(cfg, "tta", "") if tta is None else tta
-    folds = _folds(group_dir, cfg)
+    folds = fold_count(group_dir, cfg)
     summary = oof.report(group_dir, folds, tta, cfg.monitor or "")
     if not distributed.is_main():
         return summary
@@ -310,7 +312,7 @@ def conclude(cfg, group_dir, tta=None, write=True):
 def check_complete(cfg, group_dir, partial):
     """The folds val / test --env=<group> use: every one, finished; or with --partial the
     finished ones (said in the log). A fold missing or unfinished is one line otherwise."""
-    folds = _folds(group_dir, cfg)
+    folds = fold_count(group_dir, cfg)
     done = [k for k in range(1, folds + 1) if finished(fold_dir(group_dir, k))]
     missing = [k for k in range(1, folds + 1) if k not in done]
     if missing and not partial:

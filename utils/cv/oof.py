@@ -95,7 +95,10 @@ def report(group_dir, folds, tta, metric):
             per_fold.append({"fold": k, **({best["metric"]: best["value"]} if best else {}), **_epochs(record)})
         else:
             return None
-    name = metric if metric in per_fold[0] else next((m for m in REPORT_METRICS if metric.startswith(m)), metric)
+    # the monitored metric, or what the OOF files give of it (val_logloss_ema: val_logloss of
+    # the EMA weights, which the files hold; val_loss, the unclipped log loss: val_logloss)
+    name = metric if metric in per_fold[0] or not all_rows else \
+        next((m for m in REPORT_METRICS if metric.startswith(m)), REPORT_METRICS[0])
     values = [fold[name] for fold in per_fold if isinstance(fold.get(name), (int, float))]
     if len(values) != len(chosen):
         return None
@@ -148,5 +151,6 @@ def lines(summary):
     views = f" (tta {summary['tta']})" if summary["tta"] else ""
     oof = summary["oof"]
     head = f"{oof[name]:.4f} (oof) = " if oof and isinstance(oof.get(name), (int, float)) else ""
-    return columns(header, [[str(cell) for cell in row] for row in rows]) + [f"cv: {name} {head}{summary['mean']:.4f} ± {summary['std']:.4f} over "
-                                    f"{plural(summary['folds'], 'fold')}{views}"]
+    folds = plural(summary["folds"], "fold")
+    line = f"cv: {name} {head}{summary['mean']:.4f} ± {summary['std']:.4f} over {folds}{views}"
+    return columns(header, [[str(cell) for cell in row] for row in rows]) + [line]
