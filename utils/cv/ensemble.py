@@ -78,7 +78,9 @@ def test(cfg):
     mean = total / len(done)
     log.info("test: the mean of %d fold models' probabilities (fold %s)%s", len(done), ", ".join(map(str, done)),
              f", each over its --tta={cfg.tta} views" if getattr(cfg, "tta", "") else "")
-    ensemble = {**first, "log_probabilities": mean.log().float(),
+    # the group's config for the writer: its trackers (the MLflow parent run) get the csv
+    named = dataclasses.replace(first["cfg"], env=cfg.env, checkpoint_dir=cfg.checkpoint_dir, load_model_path=None)
+    ensemble = {**first, "cfg": named, "log_probabilities": mean.log().float(),
                 "metrics": None if first["metrics"] is None else metrics(mean, first["keys"])}
     experiment(fold_config(cfg, group_dir, done[0])).write_test(ensemble, result_file)
 
