@@ -272,6 +272,25 @@ def test_a_sweep_is_a_parent_run_with_its_trials_nested_and_tagged(data, tmp_pat
         assert tags["trial_state"] == state and trial.info.status == "FINISHED"
 
 
+def test_a_cross_validation_group_is_a_parent_run_with_its_folds_nested(data, tmp_path):
+    flags = [f"--train-data-root={data / 'train'}", f"--test-data-root={data / 'test'}",
+             f"--checkpoint-dir={tmp_path / 'runs'}", "--model=LeNet", "--image-size=16", "--num-workers=0",
+             "--max-epoch=1", "--progress=false", "--debug-file=", "--loggers=mlflow"]
+    result = run_cli("train", "--folds=2", "--env=grp", *flags)
+    assert result.returncode == 0, result.stderr
+    client = local_client(tmp_path / "runs")  # the store of --checkpoint-dir, not of the group's folder
+    parent, *folds = runs_of(client)
+    assert parent.info.run_name == "grp" and parent.info.status == "FINISHED"
+    report = json.loads((tmp_path / "runs" / "grp" / "cv.json").read_text())
+    assert parent.data.metrics["cv_val_logloss_oof"] == pytest.approx(report["oof"]["val_logloss"])
+    assert parent.data.metrics["cv_val_logloss_std"] == pytest.approx(report["std"])
+    assert [fold.info.run_name for fold in folds] == ["fold-1", "fold-2"]
+    assert all(fold.data.tags["mlflow.parentRunId"] == parent.info.run_id for fold in folds)
+    tested = run_cli("test", "--env=grp", f"--checkpoint-dir={tmp_path / 'runs'}", "--num-workers=0")
+    assert tested.returncode == 0, tested.stderr
+    assert artifacts(client, parent.info.run_id, "predictions") == ["predictions/result.csv"]
+
+
 def test_a_run_that_crashes_before_its_first_checkpoint_is_failed_in_mlflow_and_leaves_no_folder(data, tmp_path):
     pytest.importorskip("wandb")
     flags = tiny_flags(data, tmp_path, **{"loggers": "tensorboard,mlflow,wandb"})
