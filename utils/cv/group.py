@@ -298,6 +298,11 @@ def conclude(cfg, group_dir, tta=None, write=True):
         return summary
     if summary is None:
         missing = [k for k in range(1, folds + 1) if not finished(fold_dir(group_dir, k))]
+        if not missing:  # every fold finished, one's predictions file gone (removed by hand)
+            lost = [k for k in range(1, folds + 1) if not oof.fold_file(fold_dir(group_dir, k), tta).is_file()]
+            print(f"group {cfg.env}: every fold has finished but fold {', '.join(map(str, lost))} has no "
+                  f"{oof.fold_file('', tta).name}; `{resume_command(cfg)}` writes it and the cv report")
+            return None
         shown = ", ".join(map(str, missing))
         print(f"group {cfg.env}: {folds - len(missing)} of {folds} folds finished (waiting for fold {shown}); "
               f"the cv report is written when the last one finishes: {resume_command(cfg)}")
