@@ -183,8 +183,7 @@ class FoldHooks:
     """What the engine calls back during one fold (see engine.train's `trial`): the group's
     resume command for a stop, the trackers' nesting, and an outer sweep trial's hooks."""
 
-    def __init__(self, cfg, k, outer=None, tracking=None):
-        self.outer, self.k = outer, k
+    def __init__(self, cfg, outer=None, tracking=None):
         self.resume_command = getattr(outer, "resume_command", None) or resume_command(cfg, cfg.fold)
         self.tracking = tracking if tracking is not None else getattr(outer, "tracking", None)
         for name in ("check_owner", "stale_after", "config_source"):
@@ -233,7 +232,7 @@ def _train_folds(cfg, group_dir, folds, given, trial):
                                        resume=resumes.AUTO if cfg.resume else "", **options)
         if cfg.resume and finished(folder) and distributed.is_main():
             print(f"fold {k}: finished, left as it is")
-        engine.train(fold_cfg, trial=FoldHooks(cfg, k, trial, nesting(k)), given=given)
+        engine.train(fold_cfg, trial=FoldHooks(cfg, trial, nesting(k)), given=given)
         if agreed(lambda: finished(folder)):  # rank 0 has written the fold's status by now
             write_fold_predictions(fold_cfg, folder, k)
         verdict = trial.fold_end(k, running_value(cfg, group_dir)) if hasattr(trial, "fold_end") else None

@@ -90,8 +90,3 @@ def difference(saved, computed):
     if moved:
         return f"otherwise: {plural(len(moved), 'item')} sit in another fold (e.g. {json.loads(moved[0])})"
     return ""
-
-
-def fold_of_items(group_dir):
-    """{identity key: fold} of the group's record."""
-    return {identity_key(identity): fold for identity, _, fold in read(group_dir)["items"]}

@@ -61,8 +61,7 @@ def _value(trial):
 def _epochs(study_dir, number):
     if is_group(trial_dir(study_dir, number)):  # a --folds trial: its finished folds
         folds = sorted(trial_dir(study_dir, number).glob("fold-*"))
-        done = sum((run_status.read(fold) or {}).get("status") == "finished" for fold in folds
-                   if _readable(fold))
+        done = sum(_finished(fold) for fold in folds)
         try:
             total = read_yaml(trial_dir(study_dir, number) / "group.yaml").get("folds") or "?"
         except UsageError:
@@ -75,10 +74,9 @@ def _epochs(study_dir, number):
     return f"{status.get('epoch', '?')}/{status.get('max_epoch', '?')}" if status else "-"
 
 
-def _readable(run_dir):
+def _finished(run_dir):
     try:
-        run_status.read(run_dir)
-        return True
+        return (run_status.read(run_dir) or {}).get("status") == "finished"
     except Damaged:
         return False
 
