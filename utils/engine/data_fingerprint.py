@@ -4,10 +4,8 @@ difference names the files that changed.
 
 Hashing 25,000 images must not hold up the first step: a run hashes beside its training, in
 a child process at the lowest CPU priority (`Hasher`), and every file's sha256 is
-cached by (path, size, modification time) in <cache>/data-hashes/, so a second run over the
-same folder reads no file (benchmarks/data_hash.py). The cache folder is $RUNNER_CACHE_DIR,
-else $XDG_CACHE_HOME/the-runner, else ~/.cache/the-runner; a cache that cannot be read or
-written only costs time.
+cached by (path, size, modification time) (utils/core/file_hashes.py), so a second run over
+the same folder reads no file (benchmarks/data_hash.py).
 """
 import contextlib
 import hashlib
@@ -19,18 +17,12 @@ import sys
 import threading
 from pathlib import Path
 
+from utils.core.file_hashes import cache_file as _cache_file, read_cache as _read_cache
+from utils.core.file_hashes import file_sha256 as _file_sha256
 from utils.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 SHORT = 16  # hex digits of each file's digest kept in the run's file list
-CHUNK = 1 << 20
-
-
-def cache_dir():
-    if os.environ.get("RUNNER_CACHE_DIR"):
-        return Path(os.environ["RUNNER_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "the-runner"
 
 
 def listing(root):
@@ -51,29 +43,6 @@ def listing(root):
                     found.append((os.path.relpath(path, root).replace(os.sep, "/"), stat.st_size, stat.st_mtime_ns, path))
     found.sort()
     return found
-
-
-def _file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(CHUNK)
-            if not block:
-                return digest.hexdigest()
-            digest.update(block)
-
-
-def _cache_file(root):
-    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:24]
-    return cache_dir() / "data-hashes" / f"{key}.json"
-
-
-def _read_cache(path):
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        return cached["files"] if isinstance(cached.get("files"), dict) else {}
-    except (OSError, ValueError, AttributeError, KeyError):
-        return {}
 
 
 def fingerprint(root):
