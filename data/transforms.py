@@ -100,10 +100,28 @@ def eval_image(path, size):
 
 def centre_crop(image, size):
     """eval_image of an opened PIL image."""
-    width, height = image.size
+    return resized_box(image, _centre_box(*image.size, size), size)
+
+
+def _centre_box(width, height, size):
     side = size * min(width, height) / round(size / EVAL_RATIO)  # the crop's side in stored pixels
     left, top = (width - side) / 2, (height - side) / 2
-    return resized_box(image, (left, top, left + side, top + side), size)
+    return left, top, left + side, top + side
+
+
+def train_pixels(pixels, size, rng, augment=Augment()):
+    """train_image of decoded pixels (a uint8 (H, W, 3) tensor: an image of the decoded-image
+    cache, data/image_cache.py), drawing from `rng` exactly as train_image does."""
+    height, width = pixels.shape[:2]
+    top, left, h, w = crop_box(width, height, rng, scale=(augment.crop_scale, 1.0))
+    crop = resize_region(pixels, (left, top, left + w, top + h), size)
+    return crop.flip(-1) if augment.hflip and rng.random() < augment.hflip else crop
+
+
+def eval_pixels(pixels, size):
+    """eval_image of decoded pixels (a uint8 (H, W, 3) tensor)."""
+    height, width = pixels.shape[:2]
+    return resize_region(pixels, _centre_box(width, height, size), size)
 
 
 def model_input(dataset, image_size):
@@ -154,10 +172,40 @@ def resized_box(image, box, size):
     if image.mode != "RGB":
         image = image.convert("RGB")
     pixels = torch.from_numpy(np.array(image))  # (H, W, 3)
-    left, top = min(round(box[0] * x_scale), image.width - 1), min(round(box[1] * y_scale), image.height - 1)
-    right, bottom = max(left + 1, round(box[2] * x_scale)), max(top + 1, round(box[3] * y_scale))
+    return resize_region(pixels, (box[0] * x_scale, box[1] * y_scale, box[2] * x_scale, box[3] * y_scale), size)
+
+
+def resize_region(pixels, box, size):
+    """`box` (left, top, right, bottom, rounded to whole pixels) of a uint8 (H, W, 3) tensor,
+    resized to uint8 (3, size, size) stored (size, size, 3): see resized_box."""
+    height, width = pixels.shape[:2]
+    left, top = min(round(box[0]), width - 1), min(round(box[1]), height - 1)
+    right, bottom = max(left + 1, round(box[2])), max(top + 1, round(box[3]))
     crop = pixels[top:bottom, left:right].permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
     return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def short_side_pixels(image, side, upscale=False):
+    """An opened PIL image decoded and resized (antialiased bilinear, as resized_box) so that
+    its short side is `side`, aspect kept: a uint8 (H, W, 3) tensor. What the decoded-image
+    cache stores (data/image_cache.py). A smaller image is kept as it is unless `upscale`."""
+    width, height = image.size
+    factor = side / min(width, height)
+    target = (width, height) if factor >= 1 and not upscale else \
+        (max(1, round(width * factor)), max(1, round(height * factor)))
+    scale = 1
+    while scale < 8 and min(width, height) >= 2 * scale * side:
+        scale *= 2
+    if scale > 1:
+        image.draft("RGB", (width // scale, height // scale))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    pixels = torch.from_numpy(np.array(image))
+    if tuple(pixels.shape[:2]) == (target[1], target[0]):
+        return pixels.contiguous()
+    planes = pixels.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    resized = F.interpolate(planes, size=(target[1], target[0]), mode="bilinear", antialias=True, align_corners=False)
+    return resized[0].permute(1, 2, 0).contiguous()
 
 
 def collate(items):

@@ -8,7 +8,10 @@ that cannot be read or written only costs time.
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from utils.core.io import atomic_open
 
 CHUNK = 1 << 20
 
@@ -44,3 +47,27 @@ def read_cache(path):
         return cached["files"] if isinstance(cached.get("files"), dict) else {}
     except (OSError, ValueError, AttributeError, KeyError):
         return {}
+
+
+def digests(root, relatives, workers=4):
+    """[sha256 of root/<relative> for each of `relatives`], from the cache where a file's
+    size and modification time are those cached, else read (in `workers` threads: hashlib
+    lets go of the GIL) and added to the cache, which keeps its other entries."""
+    root = Path(root)
+    path = cache_file(root)
+    cached = read_cache(path)
+    stats = [os.stat(root / relative) for relative in relatives]
+    missing = [index for index, (relative, stat) in enumerate(zip(relatives, stats))
+               if not (isinstance(cached.get(relative), list) and len(cached[relative]) == 3
+                       and cached[relative][:2] == [stat.st_size, stat.st_mtime_ns])]
+    if missing:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            read = list(pool.map(file_sha256, [root / relatives[index] for index in missing]))
+        for index, sha in zip(missing, read):
+            cached[relatives[index]] = [stats[index].st_size, stats[index].st_mtime_ns, sha]
+        try:
+            with atomic_open(path, "w", encoding="utf-8") as handle:
+                json.dump({"root": str(root.resolve()), "files": cached}, handle)
+        except OSError:
+            pass  # only costs time next run
+    return [cached[relative][2] for relative in relatives]
