@@ -206,6 +206,22 @@ def _check_folds(cfg):
         raise UsageError(f"--folds validates each fold on a metric and experiment {cfg.experiment} has none; drop --folds")
 
 
+def _check_cache(cfg):
+    """--cache is auto, off or a folder that can be one (a typo of a word is not made a folder)."""
+    value = cfg.cache
+    if value in ("auto", "off"):
+        return
+    hint = did_you_mean(str(value), ("auto", "off")) if str(value).strip() else ""
+    if not str(value).strip() or str(value).lower() in ("true", "false", "on", "none", "no", "yes", "0", "1"):
+        raise UsageError(f"option --cache takes auto, off or a folder; got {excerpt(value)}{hint}")
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--cache={value} is a file; give a folder for the image caches, or auto / off")
+    if not path.exists() and "/" not in str(value):
+        raise UsageError(f"--cache={excerpt(value)} is neither auto nor off, and no folder of that name exists{hint} "
+                         f"(for a new folder here write --cache=./{value})")
+
+
 def validate(cfg):
     """Cross-field checks and derived values (device from --use-gpu); returns the Config."""
     for name, meta in ((f.name, f.metadata) for f in dataclasses.fields(cfg)):
@@ -245,6 +261,7 @@ def validate(cfg):
         raise UsageError(f"option --monitor must be a metric of experiment {cfg.experiment}: {', '.join(monitors)}; "
                          f"got {excerpt(cfg.monitor)}{needs}{hint}")
     _check_folds(cfg)
+    _check_cache(cfg)
     if not _DEVICE.fullmatch(cfg.device):
         raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {excerpt(cfg.device)}")
     # <group>/<member>: a run of a group of runs (a sweep's study/trial-<n>), as every command takes it

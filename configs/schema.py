@@ -82,6 +82,7 @@ class Config:
     batch_size: int = option(32, "data", "images per step of each process; under torchrun the global batch is N x this (logged at start)", minimum=1)
     skip_bad_images: bool = option(False, "data", "leave out unreadable images (empty, truncated, not an image), found by decoding each once at start; listed in <run dir>/skipped_images.txt", role="split")
     num_workers: int = option(2, "data", "data-loading worker processes (0 = load in the main process)", role="execution", minimum=0, maximum=1024)
+    cache: str = option("auto", "data", "decoded-image cache of image-file data (dogcat, imagefolder, faces), shared by runs, folds and trials: auto = train builds one in <checkpoint-dir>/image-cache when it reads the data twice or more and it fits in half the free disk, and every command reads one that exists; off = decode every image every time; <folder> = build and read caches there, exit 1 when it cannot (docs/image-cache.md)", role="execution", path=True)
 
     # -- model ------------------------------------------------------------------------------
     model: str = option("SqueezeNet", "model", "architecture (MODELS registry), e.g. ResNet34, torchvision.resnet18; gan: the generator", role="model", registry="models")

@@ -97,6 +97,8 @@ def build_split(cfg, split, fitted=None):
     builder = DATASETS.get(cfg.dataset)
     if fitted and "fitted" in inspect.signature(builder).parameters:
         builder = functools.partial(builder, fitted=fitted)
-    if getattr(cfg, "folds", 0) and split in ("train", "val"):
-        return fold_part(builder, cfg, split)
-    return builder(cfg, split)
+    dataset = fold_part(builder, cfg, split) if getattr(cfg, "folds", 0) and split in ("train", "val") else builder(cfg, split)
+    if getattr(cfg, "cache", "auto") not in ("auto", "off") and not hasattr(dataset, "cache"):
+        raise UserError(f"--cache={cfg.cache}: --dataset={cfg.dataset} holds decoded arrays, not image files, so there "
+                        f"is nothing to cache; drop --cache")
+    return dataset

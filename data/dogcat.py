@@ -13,7 +13,7 @@ import logging
 import re
 from pathlib import Path
 
-from data import sample, transforms
+from data import image_cache, sample, transforms
 from data.image_files import ImageFiles
 from data.readable import load_rgb, split_readable  # noqa: F401 - dogcat.load_rgb, as before
 from data.sampling import split_part
@@ -135,14 +135,16 @@ def dogcat(cfg, split_name):
         if not root.is_dir() and (root.parent / "test1").is_dir():
             root = root.parent / "test1"  # Kaggle's first competition named it test1/
         items, skipped = test_listing(root, cfg.skip_bad_images, cfg.num_workers)
-        return KaggleTest(items, size, augment=False, seed=cfg.seed, skipped=skipped, classes=CLASSES, labelled=False)
+        return KaggleTest(items, size, augment=False, seed=cfg.seed, skipped=skipped, classes=CLASSES, labelled=False,
+                          cache=image_cache.attach(cfg, items, size))
     root = Path(cfg.train_data_root)
     if _is_default_sample(root):
         sample.ensure(root.parent)
     items, skipped = train_listing(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(items, split_name, cfg.val_ratio, cfg.seed, root)
     augment = split_name == "train" and transforms.augmentation_of(cfg, ImageFiles.augmentation)
-    return ImageFiles(chosen, size, augment=augment, seed=cfg.seed, skipped=skipped, classes=CLASSES)
+    return ImageFiles(chosen, size, augment=augment, seed=cfg.seed, skipped=skipped, classes=CLASSES,
+                      cache=image_cache.attach(cfg, items, size))
 
 
 def _is_default_sample(root):

@@ -10,7 +10,7 @@ index alone and any --num-workers gives the same bits.
 import logging
 from pathlib import Path
 
-from data import face_sample
+from data import face_sample, image_cache
 from data.base import Dataset
 from data.dogcat import check_folder
 from data.readable import load_rgb, split_readable
@@ -49,13 +49,23 @@ def to_gan_tensor(image, size):
     return F.normalize(F.to_tensor(image), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+def cached_gan_tensor(pixels, size):
+    """to_gan_tensor of a cached image (uint8 (H, W, 3), short side `size` already): the
+    centre crop (as torchvision places it) scaled to [-1, 1]."""
+    height, width = pixels.shape[:2]
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    crop = pixels[top:top + size, left:left + size].permute(2, 0, 1).float().div(255)
+    return crop.sub(0.5).div(0.5)
+
+
 class Faces(Dataset):
     """Items: (image tensor in [-1, 1], class index of its subfolder)."""
 
     name = "faces"
 
-    def __init__(self, items, image_size, skipped=()):
+    def __init__(self, items, image_size, skipped=(), cache=None):
         self.items, self.image_size = items, image_size
+        self.cache = cache  # data/image_cache.py: the decoded images (short side --image-size), or None
         self.skipped = list(skipped)  # [(path, reason)] left out by --skip-bad-images
 
     def __len__(self):
@@ -64,6 +74,8 @@ class Faces(Dataset):
     def __getitem__(self, key):
         index = key[1] if isinstance(key, tuple) else key  # (epoch, index) from EpochSampler
         path, label = self.items[index]
+        if self.cache is not None:
+            return cached_gan_tensor(self.cache.pixels(path), self.image_size), label
         return to_gan_tensor(load_rgb(path), self.image_size), label
 
     def denormalize(self, batch):
@@ -84,4 +96,4 @@ def faces(cfg, split_name):
         items, skipped = split_readable(items, cfg.num_workers)
         if not items:
             raise UserError(f"no readable images in {str(root)!r}: all {len(skipped)} were skipped")
-    return Faces(items, cfg.image_size, skipped)
+    return Faces(items, cfg.image_size, skipped, cache=image_cache.attach(cfg, items, cfg.image_size, kind="gan"))

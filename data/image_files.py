@@ -4,7 +4,8 @@ Items are (uint8 image tensor, label) for a labelled split and (uint8 image tens
 a test split, the key being an id (Kaggle's number) or a position in `paths`. Training
 images are a random resized crop (--crop-scale, default 0.08 of the area at least) and a
 flip (--hflip, default 0.5) drawn from (seed, epoch, index) (data/transforms.py);
---augment=false trains on the eval transform. Normalisation with ImageNet's mean and std
+--augment=false trains on the eval transform. With `cache` (--cache, data/image_cache.py) the
+same transforms run on each image's decoded pixels instead of its file. Normalisation with ImageNet's mean and std
 happens on the device.
 """
 import logging
@@ -27,8 +28,9 @@ defaults below), or None / False for the eval transform."""
     mean, std = transforms.MEAN, transforms.STD
     augmentation = {"hflip": 0.5, "crop_scale": 0.08}  # random resized crop of 8-100 % of the area, flip half
 
-    def __init__(self, items, image_size, augment, seed, skipped=(), classes=None, labelled=True, paths=None):
+    def __init__(self, items, image_size, augment, seed, skipped=(), classes=None, labelled=True, paths=None, cache=None):
         self.items, self.image_size, self.seed = items, image_size, seed
+        self.cache = cache  # data/image_cache.py: the decoded images, or None (decode each file)
         self.augment = transforms.Augment(**self.augmentation) if augment is True else augment or None
         self.classes = list(classes) if classes else None
         self.targets = [target for _, target in items] if labelled else None
@@ -41,6 +43,11 @@ defaults below), or None / False for the eval transform."""
     def __getitem__(self, key):
         index = key[1] if isinstance(key, tuple) else key
         path, target = self.items[index]
+        if self.cache is not None:
+            pixels = self.cache.pixels(path)
+            if self.augment:
+                return transforms.train_pixels(pixels, self.image_size, augmentation_rng(self.seed, key), self.augment), target
+            return transforms.eval_pixels(pixels, self.image_size), target
         if self.augment:
             return transforms.train_image(path, self.image_size, augmentation_rng(self.seed, key), self.augment), target
         return transforms.eval_image(path, self.image_size), target

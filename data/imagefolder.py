@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from data import transforms
+from data import image_cache, transforms
 from data.dogcat import DEFAULT_SIZE
 from data.image_files import ImageFiles
 from data.readable import split_readable
@@ -87,7 +87,8 @@ def imagefolder(cfg, split_name):
     classes, items, bad = _list_train(root, cfg.skip_bad_images, cfg.num_workers)
     chosen = split_part(list(items), split_name, cfg.val_ratio, cfg.seed, root)
     augment = split_name == "train" and transforms.augmentation_of(cfg, ImageFiles.augmentation)
-    return ImageFiles(chosen, size, augment=augment, seed=cfg.seed, skipped=bad, classes=classes)
+    return ImageFiles(chosen, size, augment=augment, seed=cfg.seed, skipped=bad, classes=classes,
+                      cache=image_cache.attach(cfg, items, size))
 
 
 def _test_set(cfg, size):
@@ -110,4 +111,5 @@ def _test_set(cfg, size):
         items, bad = split_readable(items, cfg.num_workers)
     # Any images: no labels, no class names (they come from the checkpoint, or the train
     # folder); a batch's second part indexes `paths`.
-    return ImageFiles(items, size, augment=False, seed=cfg.seed, skipped=bad, labelled=False, paths=paths)
+    return ImageFiles(items, size, augment=False, seed=cfg.seed, skipped=bad, labelled=False, paths=paths,
+                      cache=image_cache.attach(cfg, items, size))

@@ -22,6 +22,11 @@ RUNNER_FAULT_AT_APPEND="N:WHAT[,...]": in the N-th append of this process to a s
 killed inside an append leaves a cut last line), `ENOSPC` or `EIO` (the write fails as on a
 full or failing disk).
 
+RUNNER_FAULT_IN_CACHE="N:WHAT[,...]": after the N-th progress record of a decoded-image
+cache build (data/cache_build.py) of this process: `kill` (SIGKILL: a build killed half-way),
+`slow` (a 1 s pause: a long build others wait for) or `fill` (every free byte of the cache's file system taken, as another process on a shared
+disk would).
+
 RUNNER_SAMPLE_LOG=FILE: every rank appends one JSON line per training step to FILE, {"rank",
 "epoch", "indices"} of the images it trained on (the sampler's keys, in the loader's order),
 so a test can prove that an epoch saw each image once across stops, restarts and world sizes.
@@ -36,6 +41,8 @@ SAVE_VARIABLE = "RUNNER_FAULT_AT_SAVE"
 APPEND_VARIABLE = "RUNNER_FAULT_AT_APPEND"
 SAMPLE_LOG_VARIABLE = "RUNNER_SAMPLE_LOG"
 RUN_VARIABLE = "RUNNER_FAULT_IN_RUN"
+CACHE_VARIABLE = "RUNNER_FAULT_IN_CACHE"
+_cache_records = 0
 _saves = 0
 _appends = 0
 
@@ -93,6 +100,29 @@ def at_append(sync):
         elif what in ("ENOSPC", "EIO"):
             code = getattr(errno, what)
             raise OSError(code, os.strerror(code))
+
+
+def at_cache_progress(directory):
+    """Called by a cache build after each progress record it wrote in `directory`."""
+    global _cache_records
+    _cache_records += 1
+    for what in _planned(CACHE_VARIABLE, _cache_records):
+        if what == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif what == "slow":
+            time.sleep(1)
+        elif what == "fill":
+            with open(os.path.join(directory, "filler"), "ab", buffering=0) as handle:
+                try:
+                    while True:
+                        handle.write(b"\0" * 65536)
+                except OSError:
+                    pass
+                try:  # the last partial block too
+                    while True:
+                        handle.write(b"\0")
+                except OSError:
+                    pass
 
 
 def sample_log(sampler, batch_size):

@@ -31,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from configs.loader import run_monitors
-from data import readable
+from data import image_cache, readable
 from utils import loggers
 from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
@@ -99,7 +99,8 @@ def _train(cfg, trial, given, lock):
     # Everything that can fail on bad input runs before the run dir exists: the data, the
     # objects (an unknown torchvision model, --pretrained), the weights to resume or load.
     named = cfg if resumed else runtime.absolute_data(cfg)  # what is typed, as it is saved
-    train_set, val_set = experiment.datasets()
+    with image_cache.for_training():  # --cache=auto builds a decoded-image cache for train only
+        train_set, val_set = experiment.datasets()
     # with the options resolved from the data, and a new run's data folders absolute in what it saves
     cfg = experiment.cfg if resumed else runtime.absolute_data(experiment.cfg)
     if len(train_set) == 0:
@@ -205,7 +206,7 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     # what every checkpoint keeps of the data: the experiment's, and what the training split
     # fitted that the other splits need (data/base.py `fitted`), which val/test hand back
     fitted = train_set.fitted() if hasattr(train_set, "fitted") else {}
-    info = {**experiment.checkpoint_info(), **({"fitted": fitted} if fitted else {})}
+    info = {**experiment.checkpoint_info(), **({"fitted": fitted} if fitted else {}), "image_cache": image_cache.record(train_set)}
 
     def snapshot():
         return checkpoint_state(objects, ctx.state, cfg, info)

@@ -34,6 +34,7 @@ from configs.schema import with_role
 from utils.core.io import atomic_open
 from utils.core.records import Damaged, Required, read_json
 from utils.core.shell import hide_passwords
+from data import image_cache
 from utils.engine import data_fingerprint, provenance
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class Manifest:
                  "code": provenance.code_state(), "python": platform.python_version(),
                  "packages": packages(), "hardware": hardware(device),
                  **settings(cfg, device, precision, world_size), "config": computed_options(cfg),
+                 "image_cache": image_cache.record(datasets["train"]),
                  "data": {"split": {name: data_fingerprint.split_digest(ds) for name, ds in datasets.items() if ds is not None},
                           "sizes": {name: len(ds) for name, ds in datasets.items() if ds is not None}, "roots": None}}
         self.document["environments"].append(block)

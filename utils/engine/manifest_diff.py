@@ -10,7 +10,8 @@ from utils.core.errors import plural
 
 SHOWN = 3  # names listed before "+N more"
 SETTINGS = (("threads", "threads"), ("world_size", "world size"), ("device", "device"), ("precision", "precision"),
-            ("channels_last", "channels_last"), ("compile", "compile"), ("seed", "seed"), ("max_epoch", "--max-epoch"))
+            ("channels_last", "channels_last"), ("compile", "compile"), ("seed", "seed"), ("max_epoch", "--max-epoch"),
+            ("image_cache", "image cache"))
 
 
 def _few(names):

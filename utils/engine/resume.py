@@ -19,6 +19,7 @@ import configs
 from configs.loader import validate
 from configs.values import flag, same_value
 from configs.schema import all_fields, config_class, fields_of, with_role
+from data import image_cache
 from utils.core.errors import UsageError, UserError, plural
 from utils.core.records import Damaged
 from utils.engine import checkpoint, distributed, elastic, fingerprints, manifest, runtime, status
@@ -161,6 +162,7 @@ def load_resume_state(cfg):
         log.warning("checkpoint config has options this runner no longer knows, ignored: %s", ", ".join(unknown))
     merged = {key: value for key, value in saved.items() if key in fields}
     merged.update({key: value for key, value in changed.items() if key in may_change})
+    merged["cache"] = image_cache.resume_choice(merged, ((state or {}).get("info") or {}).get("image_cache"), changed)
     # The run dir of a resumed run is the folder that holds the checkpoint.
     merged.update(resume=cfg.resume, env=path.parent.name, checkpoint_dir=str(path.parent.parent))
     if layout is not None:
