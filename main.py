@@ -24,7 +24,8 @@ from utils.core.registry import EXPERIMENTS
 from utils.core.shell import main_command, typed
 from utils.cv import is_group
 from utils.engine import distributed, run_lock, runtime
-from utils.export import options as export_options  # each registers its command's help (configs/commands.py)
+from utils.caches import options as cache_options  # each registers its command's help (configs/commands.py)
+from utils.export import options as export_options
 from utils.reproduce import options as reproduce_options
 from utils.runs import render
 from utils.sweep import options as sweep_options
@@ -105,6 +106,22 @@ def export(*args, **flags):
     _in_processes(cfg, work)
 
 
+def cache(*args, **flags):
+    """Build, list or clear decoded-image caches (README: Decode once)."""
+    if args:
+        raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
+                         f"`{main_command()} cache --help` lists them")
+    options, run_flags = cache_options.split_options(flags)
+    cfg = load_config({key: Text(value) if isinstance(value, str) else value for key, value in run_flags.items()})
+
+    def work():
+        from utils.caches import command  # torch
+
+        command.main(options, cfg)
+
+    _in_processes(cfg, work)
+
+
 def reproduce(*args, **flags):
     """Train a run again in a scratch run dir and compare it bit for bit (README: Reproducibility)."""
     if args:
@@ -142,7 +159,7 @@ def all_commands():
     found = {}
     for name in EXPERIMENTS.names():
         found.update(experiment_commands(name))
-    return [*found, "export", "reproduce", "sweep", "runs", "help"]
+    return [*found, "export", "reproduce", "sweep", "cache", "runs", "help"]
 
 
 def _run(command, args, flags):
@@ -314,12 +331,13 @@ def _main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     as_text = fire.decorators.SetParseFn(str)  # the schema types values, not fire
     table = {name: as_text(_command(name)) for name in commands
-             if name not in ("help", "runs", "sweep", "export", "reproduce")}
+             if name not in ("help", "runs", "sweep", "export", "reproduce", "cache")}
     table["help"] = help
     table["runs"] = as_text(runs)
     table["sweep"] = as_text(sweep)
     table["export"] = as_text(export)
     table["reproduce"] = as_text(reproduce)
+    table["cache"] = as_text(cache)
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:
