@@ -67,7 +67,10 @@ def flags(tmp_path, env, **extra):
 def test_two_processes_train_end_to_end_with_one_set_of_run_files(reference):
     tmp_path, result = reference
     run_dir = tmp_path / "runs" / "reference"
-    assert sorted(p.name for p in tmp_path.joinpath("runs").iterdir()) == ["reference"]
+    # one run dir, beside the decoded-image cache both ranks read (built by one of them)
+    assert sorted(p.name for p in tmp_path.joinpath("runs").iterdir()) == ["image-cache", "reference"]
+    [cache] = (tmp_path / "runs" / "image-cache").iterdir()
+    assert (cache / "index.json").is_file()
     names = sorted(p.name for p in run_dir.iterdir())
     assert [n for n in names if not n.startswith(("events.", "source"))] == [
         "best.pth", "config.yaml", "data-files.json.gz", "fingerprints", "images", "last.pth", "manifest.json",
