@@ -6,8 +6,8 @@ the bare ceiling of the model, side by side in one run.
 
 On Kaggle-size JPEGs (benchmarks/kaggle_images.py: 400-500 x 300-375 px, about 35 KB):
   ceiling   forward, cross-entropy, backward and Adam step of the model on normalised
-            batches already in memory (the runner's objects, threads and memory format):
-            the most any data pipeline can give
+            batches already in memory (the runner's objects, threads, OpenMP wait policy
+            and memory format): the most any data pipeline can give
   decode    `train --cache=off --max-epoch=2`: img/s of epoch 1 and 2 (the run's own log)
   cached    `train --cache=<new folder> --max-epoch=2`: the build (its log line), epoch 1
             and epoch 2 img/s; epoch 2 / ceiling is the goal (>= 0.9)
@@ -27,11 +27,14 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from utils.engine import runtime  # noqa: E402
+
+runtime.prepare_threads()  # the ceiling waits for work as a run's threads do (before torch loads)
+import torch  # noqa: E402
+
 import kaggle_images  # noqa: E402
 from configs import load_config  # noqa: E402
 from experiments.classify import Classify  # noqa: E402
