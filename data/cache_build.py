@@ -134,7 +134,8 @@ def _build(directory, root, relatives, contents, params, key, explicit, workers)
              directory, plural(len(paths), "image"), side, megabytes(total), megabytes(free))
     handle = os.open(pixels_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.posix_fallocate(handle, 0, total)  # the whole file's blocks now: a full disk fails here, not half-way
+        if hasattr(os, "posix_fallocate"):  # Linux: the whole file's blocks now, so a full disk fails here
+            os.posix_fallocate(handle, 0, total)
         bar = tqdm(total=len(paths), initial=done, desc="image cache", unit="img", disable=not sys.stderr.isatty(),
                    dynamic_ncols=True, leave=False)
         chunk = max(1, min(CHUNK, len(paths) // 8))  # a few records even for a small data set

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from data import cache_build
-from data.cache_build import FORMAT, INDEX, PIXELS, Unavailable, megabytes
+from data.cache_build import FORMAT, INDEX, PIXELS, Unavailable, caches, megabytes
 from data.transforms import EVAL_RATIO
 from utils.core.errors import UserError, plural
 from utils.core.file_hashes import digests
@@ -47,7 +47,7 @@ GROUP_MARKERS = ("folds.json", "sweep.yaml")  # a cross-validation group's and a
 KINDS = {"crop": "short side round(image_size / 0.875), not enlarged", "gan": "short side image_size"}
 _OPEN = {}  # cache folder -> Cache: one per process, shared by the splits and runs that read it
 _training = []  # non-empty while `train` builds its data sets: the one command --cache=auto builds for
-_said = set()  # cache folders whose decision this process logged
+_said = set()  # data folders whose "one pass" this process logged
 
 
 def side_of(kind, size):
@@ -90,6 +90,10 @@ def attach(cfg, items, size, kind="crop"):
     root = Path(os.path.commonpath([str(path.parent) for path in paths]))
     relatives = [path.relative_to(root).as_posix() for path in paths]
     params = {"kind": kind, "side": side_of(kind, size), "upscale": kind == "gan"}
+    builds = explicit or (_training and cfg.max_epoch * max(1, getattr(cfg, "folds", 0) or 1) >= 2)
+    if not builds and not any(index.get("root") == str(root) and index.get("params") == params
+                              for _, index in caches(folder_of(cfg)) if index):
+        return _one_pass(root)  # no cache of this data to read: its images are not even hashed
     try:
         contents = digests(root, relatives)
     except OSError as error:
@@ -98,12 +102,8 @@ def attach(cfg, items, size, kind="crop"):
     directory = folder_of(cfg) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name) or 'data'}-{params['side']}px-{key}"
     cache = _OPEN.get(str(directory)) if (directory / INDEX).is_file() else None
     if cache is None and not (directory / INDEX).is_file():
-        passes = cfg.max_epoch * max(1, getattr(cfg, "folds", 0) or 1)
-        if not explicit and (not _training or passes < 2):
-            if _training and str(directory) not in _said:
-                _said.add(str(directory))
-                log.info("image cache: off (one pass over the data: building a cache costs what it would save)")
-            return None
+        if not builds:
+            return _one_pass(root)
         try:
             cache_build.build(directory, root, relatives, contents, params, key, explicit, cfg.num_workers)
         except Unavailable as why:
@@ -141,6 +141,15 @@ def resume_choice(cfg, recorded, given):
     return cfg.get("cache", AUTO)
 
 
+def _one_pass(root):
+    """None, said once per data folder while `train` builds its data: auto builds no cache
+    for a run that reads the data once (val / test, which build none, say nothing)."""
+    if _training and str(root) not in _said:
+        _said.add(str(root))
+        log.info("image cache: off (one pass over the data: building a cache costs what it would save)")
+    return None
+
+
 def _decline(explicit, reason):
     if explicit:
         raise UserError(f"--cache: {reason}")
@@ -158,7 +167,24 @@ class Cache:
         index = read_index(self.directory)
         self.params, self.key, self.bytes = index["params"], index["key"], index["bytes"]
         self.entries = {relative: (offset, height, width) for relative, _, offset, height, width in index["images"]}
-        self.positions, self._map = {}, None
+        self.positions = {}
+        # mapped now, in the process that builds the data sets: loader workers forked later
+        # inherit the mapping, so a `cache --clear` meanwhile cannot pull the file away
+        self._map = self._open()
+        if any(not (isinstance(offset, int) and isinstance(height, int) and isinstance(width, int)) or offset < 0
+               or height < 1 or width < 1 or offset + height * width * 3 > len(self._map)
+               for offset, height, width in self.entries.values()):
+            raise UserError(f"the image cache {self.directory} is damaged (its index points outside {PIXELS}); remove "
+                            f"it with `python main.py cache --clear` and it is built again")
+
+    def _open(self):
+        try:
+            # copy-on-write: a writable array for torch (which warns on read-only ones); no
+            # page is ever written, so none is copied
+            return np.memmap(self.directory / PIXELS, dtype=np.uint8, mode="c")
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read the image cache {self.directory / PIXELS} ({error}); remove it with "
+                            f"`python main.py cache --clear` and it is built again") from None
 
     @property
     def description(self):
@@ -172,10 +198,8 @@ class Cache:
 
     def pixels(self, path):
         offset, height, width = self.positions[str(path)]
-        if self._map is None:
-            # copy-on-write: a writable array for torch (which warns on read-only ones); no
-            # page is ever written, so none is copied
-            self._map = np.memmap(self.directory / PIXELS, dtype=np.uint8, mode="c")
+        if self._map is None:  # a worker started by spawn
+            self._map = self._open()
         return torch.from_numpy(self._map[offset:offset + height * width * 3].reshape(height, width, 3))
 
     def __getstate__(self):  # a worker started by spawn maps the file itself
@@ -189,6 +213,9 @@ def read_index(directory):
         index = json.loads(path.read_text(encoding="utf-8"))
         if index.get("format") != FORMAT or not isinstance(index.get("images"), list):
             raise ValueError(f"format {index.get('format')!r}")
+        if not {"params", "key", "bytes"} <= set(index) or not isinstance(index["params"], dict) or any(
+                not isinstance(entry, list) or len(entry) != 5 or not isinstance(entry[0], str) for entry in index["images"]):
+            raise ValueError("not a cache index")
         return index
     except (OSError, ValueError, AttributeError) as error:
         raise UserError(f"the image cache index {path} is damaged ({error}); remove the cache with "

@@ -90,6 +90,8 @@ def test_train_builds_once_then_every_run_and_fold_reads_it_and_val_sees_what_tr
     manifest = json.loads((tmp_path / "runs" / "a" / "manifest.json").read_text())
     assert manifest["environments"][0]["image_cache"] == "crop short side 27 px, format 1"
     assert load(tmp_path / "runs" / "a" / "last.pth")["info"]["image_cache"] == "crop short side 27 px, format 1"
+    again = run_cli("reproduce", "--env=a", f"--checkpoint-dir={tmp_path / 'runs'}", "--num-workers=0")
+    assert again.returncode == 0 and "reproduced" in again.stdout, again.stdout + again.stderr  # with the cache, bit for bit
     one_pass = run_cli("train", *flags(photos, tmp_path / "other", env="b", **{"max-epoch": 1}))
     assert "image cache: off (one pass over the data" in one_pass.stderr
     assert not (tmp_path / "other" / "runs" / "image-cache").exists()
@@ -256,3 +258,26 @@ def test_a_cache_difference_is_named_between_manifests():
 
     lines = setting_lines({"image_cache": "off"}, {"image_cache": "crop short side 256 px, format 1"})
     assert lines == ["image cache off -> crop short side 256 px, format 1"]
+
+
+@pytest.mark.parametrize("damage", ["truncate pixels", "index offsets", "index junk"])
+def test_a_damaged_cache_is_one_line_naming_it_and_the_fix(photos, tmp_path, damage):
+    runs = tmp_path / "runs"
+    assert run_cli("cache", f"--train-data-root={photos}", f"--image-size={SIZE}", f"--checkpoint-dir={runs}").returncode == 0
+    [directory] = cache_dirs(runs / "image-cache")
+    if damage == "truncate pixels":
+        with open(directory / PIXELS, "r+b") as handle:
+            handle.truncate(100)
+    elif damage == "index offsets":
+        index = json.loads((directory / INDEX).read_text())
+        index["images"][3][2] = 10 ** 12
+        (directory / INDEX).write_text(json.dumps(index))
+    else:
+        (directory / INDEX).write_text('{"format": 1, "images": [1, 2]}')
+    done = run_cli("train", *flags(photos, tmp_path, env="d"))
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()[-1:]) == 1
+    assert f"the image cache {'index ' if damage == 'index junk' else ''}{directory}" in done.stderr
+    assert "python main.py cache --clear" in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
+    assert not (runs / "d").exists()
+    assert run_cli("cache", "--clear", f"--checkpoint-dir={runs}").returncode == 0
+    assert run_cli("train", *flags(photos, tmp_path, env="d")).returncode == 0  # built again

@@ -47,11 +47,13 @@ def build(cfg):
 def _state(directory, index):
     if index is not None:
         return "ready"
-    with open(directory / LOCK, "a+b") as handle:
-        try:
+    try:
+        with open(directory / LOCK, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "being built"
+    except BlockingIOError:
+        return "being built"
+    except OSError:
+        return "unfinished (its lock cannot be opened here)"
     done = read_progress(directory)
     return f"unfinished ({done.get('done', 0)} images; the next start goes on)" if done else "unfinished"
 
