@@ -61,16 +61,25 @@ def _decode(path, side, upscale):
 
 
 @contextlib.contextmanager
-def locked(directory):
-    """Hold `directory`'s build lock; while another process holds it, say so once and wait."""
+def locked(directory, report_every=60.0):
+    """Hold `directory`'s build lock; while another process holds it, wait, saying so at
+    once and then every `report_every` seconds with the builder's progress (a builder that
+    stands still, stopped or frozen, is visible as such: kill it, or give --cache=off)."""
     handle = open(directory / LOCK, "a+b")  # noqa: SIM115 - held across the yield
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = read_progress(directory).get("pid", "another process")
-            log.info("image cache: waiting for pid %s, which is building %s", holder, directory)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        said = None
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if said is None or time.monotonic() - said >= report_every:
+                    progress = read_progress(directory)
+                    log.info("image cache: %s for pid %s, which is building %s (%s images done)",
+                             "waiting" if said is None else "still waiting", progress.get("pid", "?"), directory,
+                             progress.get("done", 0))
+                    said = time.monotonic()
+                time.sleep(0.2)
         yield
     finally:
         handle.close()
