@@ -7,7 +7,7 @@ import time
 from data import image_cache
 from data.base import build_split
 from data.cache_build import INDEX, LOCK, PROGRESS, caches, megabytes, read_progress
-from utils.core.errors import UsageError, UserError, plural
+from utils.core.errors import UsageError, plural
 from utils.core.registry import EXPERIMENTS
 from utils.tables import columns
 
@@ -33,11 +33,8 @@ def build(cfg):
     if cfg.test_data_root and "test" in (EXPERIMENTS.declared(cfg.experiment, "commands") or {}):
         splits.append(build_split(experiment.cfg, "test"))
     found = {}
-    for split in splits:
-        cache = getattr(split, "cache", None)
-        if not hasattr(split, "cache"):
-            raise UserError(f"--dataset={cfg.dataset} holds decoded arrays, not image files: it has nothing to cache")
-        found[str(cache.directory)] = cache
+    for split in splits:  # (data/base.py build_split refused a data set that is not image files)
+        found[str(split.cache.directory)] = split.cache
     lines = [f"{directory}: {plural(len(cache.entries), 'image')}, short side {cache.params['side']} px, "
              f"{megabytes(cache.bytes)}" for directory, cache in found.items()]
     return "\n".join(lines + [f"ready in {time.perf_counter() - started:.1f} s; train, val and test with the same "
