@@ -37,11 +37,13 @@ from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
 from utils.engine import distributed, resume, run_lock, runtime
+from utils.engine.accumulation import accumulation_place, gradients_kept_local
 from utils.engine.averages import add_averages
 from utils.engine.elastic import MidEpochSaves, restarts_after
 from utils.engine.experiment import Context
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.manifest import Manifest
+from utils.engine.modes import evaluating
 from utils.engine.outputs import Outputs
 from utils.engine.precision import Precision, compiled
 from utils.engine.reporting import describe_world, log_progress, next_commands, report_epoch
@@ -355,43 +357,3 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
     bar.close()
     elapsed = max(time.perf_counter() - started, 1e-9)
     return {name: meter.average() for name, meter in state.meters.items()}, images_done / elapsed, data_wait / elapsed
-
-
-def accumulation_place(index, accumulate, batches, images, batch_size, size):
-    """(first, last, weight) of the epoch's batch `index` (0-based) in its --accumulate group:
-    groups of `accumulate` batches from the epoch's start, the last one cut at the epoch's
-    end; the weight is the batch's share of its group's images (`size` of them), so the
-    summed gradients are those of the group's mean loss, as one large batch's."""
-    if accumulate == 1:
-        return True, True, 1.0
-    group = index // accumulate
-    end = min((group + 1) * accumulate, batches)
-    in_group = min((group + 1) * accumulate * batch_size, images) - group * accumulate * batch_size
-    return index % accumulate == 0, index == end - 1, size / in_group
-
-
-@contextlib.contextmanager
-def gradients_kept_local(objects):
-    """DDP's no_sync for every wrapped module: an accumulating batch's forward and backward
-    add to the local gradients without an all-reduce (the group's last batch does it)."""
-    with contextlib.ExitStack() as stack:
-        for obj in objects.values():
-            inner = getattr(obj, "_orig_mod", obj)
-            if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
-                stack.enter_context(inner.no_sync())
-        yield
-
-
-@contextlib.contextmanager
-def evaluating(objects):
-    """Every module of the run in eval mode (dropout off, BatchNorm on its running
-    statistics) while the experiment evaluates, and back in the mode it was in after."""
-    modules = [obj for obj in objects.values() if isinstance(obj, torch.nn.Module)]
-    modes = [[(module, module.training) for module in top.modules()] for top in modules]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for module, training in (pair for pairs in modes for pair in pairs):
-            module.training = training
