@@ -326,6 +326,10 @@ def _main(argv):
         print(not_set_up, file=sys.stderr)
         return 2
 
+    # A bare --no-<flag> means --<flag>=false; fire would read it as its own --no<name> and pass
+    # the option '-<flag>' on.
+    argv = [argv[0]] + [f"--{token[5:]}=false" if token.startswith("--no-") and "=" not in token else token
+                        for token in argv[1:]]
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from configs.demo_paths import repo_defaults
+from configs.param_spec import check_fine_tuning
 from configs.schema import FIELDS, config_class, fields_of, inherited, owners
 from configs.values import NUMBER_LIMITS, Text, coerce, flag, logger_list, option_field, save_interval
 from utils.core import registry
@@ -51,7 +52,8 @@ def read_yaml(path):
         raise UsageError(f"{path}: expected a mapping of option: value at the top level")
     options = {}
     for key, value in data.items():
-        if isinstance(value, (dict, list)):
+        known = FIELDS.get(str(key).replace("-", "_"))
+        if isinstance(value, (dict, list)) and not (known is not None and known.metadata["structured"]):
             raise UsageError(f"{path}: option {shorten(key)} must be a single value, not a {type(value).__name__}")
         options[str(key)] = value
     return options
@@ -262,6 +264,7 @@ def validate(cfg):
                          f"got {excerpt(cfg.monitor)}{needs}{hint}")
     _check_folds(cfg)
     _check_cache(cfg)
+    check_fine_tuning(cfg)
     if not _DEVICE.fullmatch(cfg.device):
         raise UsageError(f"option --device must be auto, cpu, cuda, cuda:N or mps; got {excerpt(cfg.device)}")
     # <group>/<member>: a run of a group of runs (a sweep's study/trial-<n>), as every command takes it

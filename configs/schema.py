@@ -38,19 +38,20 @@ ROLES = ("run", "model", "split", "execution", "invocation")
 
 
 def option(default, group, doc, *, role="run", choices=None, registry=None, path=False, bare=None, minimum=None,
-           maximum=None, below=None, smallest=None, inherited=None):
+           maximum=None, below=None, smallest=None, inherited=None, structured=False):
     """A schema field. `role` is one of ROLES (see above), `registry` names a registry the
     value must be registered in, `path` expands `~`, `bare` is the value of the flag given
     without `=value`, `minimum` and `maximum` are inclusive bounds for numbers, `below` an exclusive upper
     bound (with the reason, as (bound, why)), `smallest` (with the reason, as (bound, why))
     the least value other than 0 (= off) of a number, `inherited` says whether
-    val/test/generate take it from the checkpoint's config. Every number also stays within
+    val/test/generate take it from the checkpoint's config, `structured` that a YAML list or
+    mapping is accepted for the text option (kept as its one-line text). Every number also stays within
     NUMBER_LIMITS (configs/loader.py validate)."""
     if group not in GROUPS or role not in ROLES:
         raise ValueError(f"option group {group!r} must be one of {GROUPS} and role {role!r} one of {ROLES}")
     inherited = role in ("model", "split") if inherited is None else inherited
     metadata = dict(group=group, doc=doc, role=role, choices=choices, registry=registry, path=path, bare=bare, minimum=minimum,
-                    maximum=maximum, below=below, smallest=smallest, inherited=inherited)
+                    maximum=maximum, below=below, smallest=smallest, inherited=inherited, structured=structured)
     return field(default=default, metadata=metadata)
 
 
@@ -100,6 +101,12 @@ class Config:
     grad_clip: float = option(0.0, "optimisation", "clip each optimizer's gradient norm to this (0 = no clipping)", minimum=0.0)
     max_epoch: int = option(10, "optimisation", "epochs to train", role="execution", minimum=1)
     warmup_epochs: float = option(0.0, "optimisation", "linear lr warm-up over this many epochs (fractions allowed), step by step, on top of the --lr-policy: an optimizer step at epoch progress p uses the policy's lr x min(1, p / this), while the policy (a cosine's decay too) runs from epoch 0; 0 = none", minimum=0.0)
+    param_groups: str = option("", "optimisation", "per-parameter settings by name pattern, first match wins: 'fc=10,layer4=0.5' (pattern=lr multiplier), or in YAML a list of {params: <glob or re:regex>, lr_mult, weight_decay | wd_mult, freeze}; a pattern matches a parameter's name or a module holding it; the rest keep --lr and --weight-decay; train logs the groups (docs/fine-tuning.md)", structured=True)
+    decay_norm_bias: bool = option(True, "optimisation", "false (--no-decay-norm-bias): no weight decay on biases, normalisation layers' weights and other 1-d parameters, in every group (the usual fine-tuning rule)")
+    layer_decay: float = option(1.0, "optimisation", "layer-wise lr decay (timm's): the head keeps the lr, each layer before it gets this times the next one's (e.g. 0.75); for models that order their layers (ResNet34, torchvision resnets and vits); 1 = off")
+    freeze: str = option("", "optimisation", "patterns of parameters (or modules holding them) kept fixed, comma-separated, e.g. conv1,bn1,layer1,layer2; their BatchNorm statistics stay fixed too; see --unfreeze-epoch", structured=True)
+    unfreeze_epoch: int = option(0, "optimisation", "the epoch (from 1) from which the --freeze parameters train, e.g. 2 = one frozen epoch; 0 = frozen for the whole run", minimum=0)
+    unfreeze: str = option("all", "optimisation", "all: every --freeze pattern trains from --unfreeze-epoch | gradual: one more per epoch, from the last listed (nearest the head) to the first", choices=("all", "gradual"))
     accumulate: int = option(1, "optimisation", "batches per optimizer step (gradient accumulation): the same update as one batch this many times larger, up to float rounding (BatchNorm still normalises each batch alone); under torchrun the accumulating batches skip the all-reduce (no_sync)", minimum=1)
     ema: float = option(0.0, "optimisation", "keep an exponential moving average of the weights with this decay (e.g. 0.999; 0 = off), BatchNorm statistics copied: evaluated beside the raw weights each epoch (val_*_ema metrics, which --monitor may pick), saved in the checkpoints, used by val / test / generate", minimum=0.0, below=(1, "a decay: the share of the average kept at each update"))
     ema_warmup: float = option(100.0, "optimisation", "EMA warm-up in optimizer steps: update t uses decay x (1 - exp(-t / this)), so the average forgets the random initial weights early; 0 = the full decay from the first update", minimum=0.0)
@@ -134,6 +141,7 @@ class Config:
     channels_last: bool = option(True, "performance", "NHWC memory format for image batches and conv weights: faster convolutions on CPU (oneDNN) and on tensor-core GPUs; false = the classic NCHW")
     threads: int = option(0, "performance", "intra-op CPU threads of each process; 0 = torch's default (one per physical core), at most the cores this process may use shared among torchrun's processes on the machine (OMP_NUM_THREADS, when set, decides instead). A resume with another count is not bit-exact (float rounding)", role="execution", minimum=0, maximum=1024)
     deterministic: bool = option(False, "performance", "deterministic kernels on the GPU (torch.use_deterministic_algorithms, cuDNN without autotuning, a fixed cuBLAS workspace): bit-identical GPU runs, at a cost in speed; a CPU run is deterministic either way", role="execution")
+    profile: int = option(0, "performance", "profile this many training steps with torch.profiler after a 4-step warm-up, in the first epoch with room for them: a trace in <run dir>/profile/ (Perfetto, chrome://tracing, TensorBoard) and a table of where a step's time goes (data, forward, backward, optimizer, the rest) with the top operators; the run goes on unprofiled; 0 = off", role="execution", minimum=0, maximum=100000)
     pin_memory: Optional[bool] = option(None, "performance", "page-locked batches; default: on when training on CUDA", role="execution")
 
     def __reduce__(self):

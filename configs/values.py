@@ -6,6 +6,9 @@ import math
 import os
 import re
 
+import yaml
+
+from configs.param_spec import structured_text
 from configs.schema import all_fields, fields_of
 from utils.core.errors import UsageError, excerpt, shorten
 
@@ -158,10 +161,28 @@ def coerce(name, value, where, experiment=None):
             fail("a finite number")
         return number
     # base is str
+    if meta.get("structured") and isinstance(value, (list, dict)):
+        return structured_text(_plain(value))
     if not isinstance(value, str):
         fail("a string (quote it in YAML)")
     text = str(value)
     return os.path.expanduser(text) if meta["path"] and text else text
+
+
+def _plain(value):
+    """A YAML list or mapping read with every scalar kept as text (configs/loader.py), with
+    the scalars typed back as YAML reads them (lr_mult: 10 -> 10, freeze: true -> True)."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, Text):
+        try:
+            typed = yaml.safe_load(str(value))
+        except yaml.YAMLError:
+            return str(value)
+        return typed if isinstance(typed, (bool, int, float)) else str(value)
+    return value
 
 
 _INTERVAL = re.compile(r"(\d+(?:\.\d*)?)\s*([smh]?)")

@@ -118,12 +118,16 @@ class Context:
     progress: float = 1.0  # epochs of training done once this batch is, counted in images (the --warmup-epochs clock)
     averages: dict = dataclasses.field(default_factory=dict)  # module name -> its AveragedModel (--ema)
     averaged_by: dict = dataclasses.field(default_factory=dict)  # optimizer name -> the module names it averages
+    freezing: object = None  # what is frozen by epoch (utils/engine/freezing.py Freezing), set by the engine
+    grouping: object = None  # the run's parameter groups (utils/engine/param_groups.py Grouping), set by the engine
+    profiler: object = None  # --profile's recorder while it records (utils/engine/profiling.py), else None
 
     def optimizer(self, parameters, **settings):
         """The run's optimizer over `parameters` (a module, or parameters or param groups):
         --optimizer with --lr, --weight-decay, --momentum, or `settings` in their place
-        (utils/engine/optimizers.py). For `build`."""
-        return build_optimizer(self.cfg, parameters, **settings)
+        (utils/engine/optimizers.py), in the parameter groups of --param-groups, --no-decay-norm-bias and
+        --layer-decay when `parameters` is a module. For `build`."""
+        return build_optimizer(self.cfg, parameters, self.grouping, **settings)
 
     def optimize(self, loss, optimizer="optimizer", clip=None):
         """The optimisation step of one optimizer (by object name, or the optimizer itself)
@@ -141,19 +145,26 @@ class Context:
         first, last, weight = self.accumulation
         if first:
             optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss if weight == 1 else loss * weight).backward()
+        with self.phase("backward"):
+            scaler.scale(loss if weight == 1 else loss * weight).backward()
         if not last:
             return  # the group's next batch adds its gradients (run_epoch skips the all-reduce)
-        max_norm = self.cfg.grad_clip if clip is None else clip
-        if max_norm:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
-        with warmed_up(optimizer, self.warmup_factor()):
-            scaler.step(optimizer)
-        self.stepped = True
-        steps = self.state.optimizer_steps[name] = self.state.optimizer_steps.get(name, 0) + 1
-        for module in self.averaged_by.get(name, ()):
-            update_average(self.averages[module], self.objects[module], self.cfg, steps)
+        with self.phase("optimizer"):
+            max_norm = self.cfg.grad_clip if clip is None else clip
+            if max_norm:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
+            with warmed_up(optimizer, self.warmup_factor()):
+                scaler.step(optimizer)
+            self.stepped = True
+            steps = self.state.optimizer_steps[name] = self.state.optimizer_steps.get(name, 0) + 1
+            for module in self.averaged_by.get(name, ()):
+                update_average(self.averages[module], self.objects[module], self.cfg, steps)
+
+    def phase(self, name):
+        """A span of the training step that --profile times and names in its trace
+        (backward, optimizer); nothing while it does not record."""
+        return self.profiler.phase(name) if self.profiler is not None else contextlib.nullcontext()
 
     def warmup_factor(self):
         """The lr factor of an optimizer step now: min(1, epochs done / --warmup-epochs)."""

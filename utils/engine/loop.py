@@ -36,19 +36,22 @@ from utils import loggers
 from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
-from utils.engine import distributed, resume, run_lock, runtime
+from utils.engine import distributed, profiling, resume, run_lock, runtime
 from utils.engine.accumulation import accumulation_place, gradients_kept_local
 from utils.engine.averages import add_averages
 from utils.engine.elastic import MidEpochSaves, restarts_after
 from utils.engine.experiment import Context
+from utils.engine.freezing import Freezing
 from utils.engine.lr_policy import LrPolicy
 from utils.engine.manifest import Manifest
 from utils.engine.modes import evaluating
 from utils.engine.outputs import Outputs
-from utils.engine.precision import Precision, compiled
+from utils.engine.param_groups import Grouping
+from utils.engine.precision import Precision
 from utils.engine.reporting import describe_world, log_progress, next_commands, report_epoch
 from utils.engine.safe_stop import SafeStop, Stopped
 from utils.engine.state import ENGINE_KEYS, TrainState, checkpoint_state, inference_state, load_weights, restore
+from utils.engine.wrapping import wrap_modules
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,12 @@ def _train(cfg, trial, given, lock):
     outputs = Outputs(cfg.run_dir, cfg, writes=distributed.is_main(), guard=lambda: [check() for check in checks],
                       connections=connections, sweep=getattr(trial, "tracking", None))
     ctx = Context(cfg, device, Precision(cfg, device, train_set), TrainState(), outputs)
+    ctx.grouping = Grouping(cfg)  # --param-groups, --no-decay-norm-bias, --layer-decay: ctx.optimizer applies them
     objects = experiment.build(ctx)
+    ctx.grouping.check_matched()
+    ctx.freezing = Freezing(cfg, ctx.grouping)
+    ctx.freezing.check(objects)
+    profiling.check_fits(cfg, len(train_set), distributed.world_size())
     ctx.objects = objects  # the same dict: wrapped modules replace their entries below
     clashes = ENGINE_KEYS.intersection(objects)
     if clashes:
@@ -127,11 +135,8 @@ def _train(cfg, trial, given, lock):
         load_weights(objects, cfg.load_model_path)
     ctx.state.layout = ctx.state.layout or {"world": distributed.world_size(), "batch_size": cfg.batch_size,
                                             "accumulate": cfg.accumulate}  # the launch's, kept on resume
-    for name, obj in objects.items():
-        if isinstance(obj, torch.nn.Module) and not isinstance(obj, AveragedModel):
-            objects[name] = distributed.wrap(obj, device, type(experiment).broadcast_buffers, cfg.sync_bn)
-            if cfg.compile and any(p.requires_grad for p in obj.parameters()):
-                objects[name] = compiled(objects[name])
+    ctx.freezing.apply(objects, ctx.state.epoch)  # what this epoch freezes: a function of the epoch, resumed or not
+    wrap_modules(objects, cfg, device, type(experiment).broadcast_buffers)
     if distributed.world_size() > 1 and not restored:
         # Dropout masks, a GAN's noise: each rank draws its own, from (seed, rank).
         seeding.seed_everything(seeding.derive_seed(cfg.seed, seeding.RANK, distributed.rank()))
@@ -222,7 +227,10 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
         saves = MidEpochSaves(cfg, outputs.checkpoints, snapshot)  # --save-every
         loader = runtime.make_loader(train_set, cfg, ctx.device, shuffle=True, epoch=ctx.state.epoch,
                                      start=ctx.state.samples_in_epoch)
+        ctx.profiler = profiling.StepProfiler(cfg, run_dir, ctx.device) if cfg.profile and outputs.writes else None
         for epoch in range(ctx.state.epoch, cfg.max_epoch):
+            if ctx.freezing.apply(objects, epoch) and (distributed.world_size() > 1 or cfg.compile):
+                wrap_modules(objects, cfg, ctx.device, type(experiment).broadcast_buffers)  # DDP's set of parameters changed
             loader.sampler.set_epoch(epoch, start=ctx.state.samples_in_epoch)
             epoch_started = time.perf_counter()
             means, images_per_second, data_wait = run_epoch(experiment, objects, loader, ctx, stopper, epoch,
@@ -281,6 +289,10 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
     for obj in objects.values():
         if isinstance(obj, torch.nn.Module):
             obj.train()
+    if ctx.freezing is not None:
+        ctx.freezing.hold_norms(objects)  # frozen BatchNorm keeps its statistics
+    # --profile: in the first epoch with room for its warm-up and steps, on rank 0
+    profiler = ctx.profiler if ctx.profiler is not None and len(loader) >= profiling.steps_needed(cfg) else None
     images_done, data_wait = 0, 0.0
     # A bar only on a terminal: redirected to a file its frames would fill it (report_epoch
     # logs a plain line per epoch either way).
@@ -296,15 +308,19 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
     started = tick = last_line = time.perf_counter()
     record, steps_before = faults.sample_log(sampler, cfg.batch_size), state.step_in_epoch  # a test hook
     for batch in loader:
-        data_wait += time.perf_counter() - tick
+        fetched = time.perf_counter()
+        data_wait += fetched - tick
+        if profiler is not None:
+            profiler.begin(tick, fetched)
         fault = faults.at_step(state.global_step + 1, cfg.env)
-        batch = ctx.precision.to_device(batch)
+        with ctx.phase("data"):
+            batch = ctx.precision.to_device(batch)
         size = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
         # epochs done once this batch is, in images: the same clock for any batch size
         ctx.progress = epoch + (state.step_in_epoch * cfg.batch_size + size) / images_in_epoch
         ctx.accumulation = accumulation_place(state.step_in_epoch, cfg.accumulate, batches, images_in_epoch,
                                               cfg.batch_size, size)
-        with contextlib.nullcontext() if ctx.accumulation[1] else gradients_kept_local(objects):
+        with contextlib.nullcontext() if ctx.accumulation[1] else gradients_kept_local(objects), ctx.phase("step"):
             scalars = experiment.step(batch, objects, ctx)
         if ctx.stepped:  # once per step, after every optimizer of the step (ctx.optimize)
             ctx.precision.scaler.update()
@@ -351,6 +367,8 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
                                 before_prompt=bar.clear)
         if saves is not None and not stopper.requested and saves.after_step(save, ctx.accumulation[1]):
             ctx.outputs.write_status(state, "running")  # --save-every: `runs` shows the saved position
+        if profiler is not None and profiler.end():
+            ctx.profiler = profiler = None  # done: the run goes on unprofiled
         if stopper.requested and ctx.accumulation[1]:
             break  # at the end of an accumulation group: no gradients are half-summed at a stop
         tick = time.perf_counter()

@@ -9,15 +9,19 @@ import torch
 KINDS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}  # --optimizer's choices
 
 
-def build_optimizer(cfg, parameters, **settings):
-    """--optimizer over `parameters`: a module (its parameters that train), or parameters or
+def build_optimizer(cfg, parameters, grouping=None, **settings):
+    """--optimizer over `parameters`: a module (its parameters that train, in the parameter
+    groups `grouping` (utils/engine/param_groups.py) makes of them), or parameters or
     param-group dicts; with --lr, --weight-decay and (sgd) --momentum, which `settings`
     replace or add to (lr=cfg.lr1, betas=(0.5, 0.999)). A setting the chosen optimizer does
     not take (betas for sgd) is left out: the experiment states its Adam settings once and
     --optimizer still decides."""
-    if isinstance(parameters, torch.nn.Module):
-        parameters = [p for p in parameters.parameters() if p.requires_grad]
-    kind = KINDS[cfg.optimizer]
     chosen = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum, **settings}
+    if isinstance(parameters, torch.nn.Module):
+        parameters = (grouping.groups(parameters, chosen["lr"], chosen["weight_decay"]) if grouping is not None
+                      else [p for p in parameters.parameters() if p.requires_grad])
+    elif grouping is not None and grouping.active:
+        raise ValueError("parameter groups by name need the module: pass ctx.optimizer(module)")
+    kind = KINDS[cfg.optimizer]
     takes = inspect.signature(kind).parameters
     return kind(parameters, **{name: value for name, value in chosen.items() if name in takes})
