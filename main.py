@@ -26,6 +26,7 @@ from utils.cv import is_group
 from utils.engine import distributed, run_lock, runtime
 from utils.caches import options as cache_options  # each registers its command's help (configs/commands.py)
 from utils.export import options as export_options
+from utils.lr_find import options as lr_find_options
 from utils.reproduce import options as reproduce_options
 from utils.runs import render
 from utils.sweep import options as sweep_options
@@ -122,6 +123,22 @@ def cache(*args, **flags):
     _in_processes(cfg, work)
 
 
+def lr_find(*args, **flags):
+    """The learning-rate range test: suggest an lr and plot loss against lr (docs/fine-tuning.md)."""
+    if args:
+        raise UsageError(f"unexpected argument {args[0]!r}: options are written --name=value; "
+                         f"`{main_command()} lr-find --help` lists them")
+    options, run_flags = lr_find_options.split_options(flags)
+    cfg = load_config({key: Text(value) if isinstance(value, str) else value for key, value in run_flags.items()})
+
+    def work():
+        from utils.lr_find import command  # torch, matplotlib
+
+        command.main(options, cfg)
+
+    _in_processes(cfg, work)
+
+
 def reproduce(*args, **flags):
     """Train a run again in a scratch run dir and compare it bit for bit (README: Reproducibility)."""
     if args:
@@ -159,7 +176,7 @@ def all_commands():
     found = {}
     for name in EXPERIMENTS.names():
         found.update(experiment_commands(name))
-    return [*found, "export", "reproduce", "sweep", "cache", "runs", "help"]
+    return [*found, "export", "reproduce", "sweep", "cache", "lr-find", "runs", "help"]
 
 
 def _run(command, args, flags):
@@ -335,13 +352,14 @@ def _main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     as_text = fire.decorators.SetParseFn(str)  # the schema types values, not fire
     table = {name: as_text(_command(name)) for name in commands
-             if name not in ("help", "runs", "sweep", "export", "reproduce", "cache")}
+             if name not in ("help", "runs", "sweep", "export", "reproduce", "cache", "lr-find")}
     table["help"] = help
     table["runs"] = as_text(runs)
     table["sweep"] = as_text(sweep)
     table["export"] = as_text(export)
     table["reproduce"] = as_text(reproduce)
     table["cache"] = as_text(cache)
+    table["lr-find"] = as_text(lr_find)
     try:
         fire.Fire(table, command=argv, name="main.py")
     except UserError as error:

@@ -51,3 +51,8 @@ class ResNet34(BasicModule):
 
     def forward(self, x):
         return self.fc(self.pool(self.layers(self.pre(x))).flatten(1))
+
+    def layer_groups(self):
+        """The layers from input to output, for --layer-decay: the stem, each residual block, the head."""
+        blocks = [f"layers.{stage}.{block}" for stage, blocks in enumerate(self.layers) for block in range(len(blocks))]
+        return [["pre"], *([block] for block in blocks), ["fc"]]

@@ -69,8 +69,26 @@ class TorchvisionModel(BasicModule):
         self.model_name = name
         self.net = net
 
+    hidden_prefix = "net."  # --param-groups and --freeze patterns may leave it out: fc, layer4
+
     def forward(self, x):
         return self.net(x)
+
+    def layer_groups(self):
+        """The layers from input to output, for --layer-decay (timm's order): a ResNet's stem,
+        each residual block, the head; a ViT's patch embedding, each encoder layer, the
+        final norm with the head. None for other architectures."""
+        import torchvision
+
+        net = self.net
+        if isinstance(net, torchvision.models.ResNet):
+            blocks = [f"net.layer{stage}.{block}" for stage in range(1, 5) for block in range(len(getattr(net, f"layer{stage}")))]
+            return [["net.conv1", "net.bn1"], *([block] for block in blocks), ["net.fc"]]
+        if isinstance(net, torchvision.models.VisionTransformer):
+            layers = [f"net.encoder.layers.{name}" for name, _ in net.encoder.layers.named_children()]
+            return [["net.class_token", "net.conv_proj", "net.encoder.pos_embedding"], *([layer] for layer in layers),
+                    ["net.encoder.ln", "net.heads"]]
+        return None
 
     def load_pretrained(self, path):
         weights = pretrained_weights(path)

@@ -72,7 +72,9 @@ class LrPolicy:
 
     @property
     def lr(self):
-        return self.optimizer.param_groups[0]["lr"]
+        """The base lr: the first group's, less its --param-groups / --layer-decay multiplier."""
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group.get("lr_mult", 1.0)
 
     def state_dict(self):
         return {"name": self.name, "scheduler": self.scheduler.state_dict() if self.scheduler else None}

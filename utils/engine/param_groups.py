@@ -109,7 +109,7 @@ class Grouping:
                              "frozen": bool(spec and spec.freeze)}
             made[key]["params"].append(parameter)
         groups = list(made.values())
-        log.info("%s: %s", type(module).__name__, plural(len(groups), "parameter group"))
+        log.info("%s: %s", getattr(module, "model_name", type(module).__name__), plural(len(groups), "parameter group"))
         for group in groups:
             count = sum(parameter.numel() for parameter in group["params"])
             log.info("  %s: %s, %s parameters, lr %.3g, weight decay %.3g%s", group["group"],
