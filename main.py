@@ -276,7 +276,7 @@ def main(argv=None):
 
 
 # What every command needs, by import name (requirements.txt pins them); `help` needs none.
-REQUIRED = ("fire", "yaml", "torch", "torchvision", "numpy", "tqdm", "torchnet", "tensorboardX")
+REQUIRED = ("fire", "yaml", "torch", "torchvision", "numpy", "tqdm", "torchnet", "tensorboardX", "matplotlib")
 
 
 def _not_set_up():

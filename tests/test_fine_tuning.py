@@ -303,3 +303,61 @@ def test_help_lists_the_fine_tuning_options_and_lr_find():
     result = run_cli("help")
     for name in ("--param-groups", "--layer-decay", "--freeze", "--unfreeze-epoch", "--profile", "lr-find"):
         assert name in result.stdout, name
+
+
+def _two_ranks(rank, port, answers):
+    """One of two gloo processes: a model frozen in epoch 1 and wrapped in DDP, then unfrozen
+    and rewrapped as the engine does at epoch 2; each rank backpropagates its own data."""
+    import torch.distributed as dist
+
+    from utils.engine.freezing import Freezing
+    from utils.engine.wrapping import wrap_modules
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        objects = {"model": torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))}
+        cfg = load_config({"freeze": "0", "unfreeze_epoch": 2, "max_epoch": 2})
+        freezing = Freezing(cfg, Grouping(cfg))
+        freezing.check(objects)
+        seen = []
+        for epoch in (0, 1):
+            if freezing.apply(objects, epoch):
+                wrap_modules(objects, cfg, torch.device("cpu"), True)
+            data = torch.full((3, 4), float(rank + 1))  # different on each rank
+            objects["model"](data).sum().backward()
+            body = objects["model"].module[0].weight.grad
+            seen.append(None if body is None else body.tolist())  # plain data: a tensor would travel as shared memory
+            objects["model"].zero_grad(set_to_none=True)
+        answers.put((rank, seen))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_an_unfreeze_under_ddp_rebuilds_the_wrapper_so_the_body_is_all_reduced():
+    """Without the rebuild, DDP (built while the body was frozen) would leave each rank's body
+    gradient its own, and the ranks' weights would drift apart silently."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    answers = context.Queue()
+    workers = [context.Process(target=_two_ranks, args=(rank, port, answers)) for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    found = dict(answers.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    assert found[0][0] is None and found[1][0] is None  # epoch 1: frozen, no gradient
+    first, second = torch.tensor(found[0][1]), torch.tensor(found[1][1])
+    assert torch.equal(first, second)  # epoch 2: one gradient on both ranks
+    # and it is the mean of the two ranks' own: inputs 1 and 2 give own gradients g and 2g, the mean 1.5 g
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model(torch.full((3, 4), 1.0)).sum().backward()
+    assert torch.allclose(first, 1.5 * model[0].weight.grad)
