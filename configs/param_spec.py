@@ -22,8 +22,6 @@ import fnmatch
 import math
 import re
 
-import yaml
-
 from utils.core.errors import UsageError, excerpt
 
 GROUP_KEYS = ("params", "lr_mult", "weight_decay", "wd_mult", "freeze")
@@ -51,6 +49,8 @@ def structured_text(value):
     """A YAML list or mapping given for a text option (--param-groups, --freeze in a config
     file) as the one-line text the option holds: a list of plain names joins with commas,
     anything else becomes YAML flow text, which parse_groups reads back."""
+    import yaml  # (lazily: main.py says "set it up" in one line on a Python without the packages)
+
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return ",".join(value)
     return yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False).strip()
@@ -62,6 +62,8 @@ def parse_groups(text, where="option --param-groups: "):
     if not text:
         return []
     if text.startswith(("[", "{", "-")):
+        import yaml  # (lazily, as above)
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:

@@ -6,8 +6,6 @@ import math
 import os
 import re
 
-import yaml
-
 from configs.param_spec import structured_text
 from configs.schema import all_fields, fields_of
 from utils.core.errors import UsageError, excerpt, shorten
@@ -177,6 +175,8 @@ def _plain(value):
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, Text):
+        import yaml  # (lazily: the config path runs on a Python without the packages, to say so)
+
         try:
             typed = yaml.safe_load(str(value))
         except yaml.YAMLError:

@@ -18,7 +18,7 @@ LAYERS = (
     ("data",),
     ("utils.engine",),
     ("models",),
-    ("utils.export", "utils.caches"),
+    ("utils.export", "utils.caches", "utils.lr_find"),
     ("utils.cv",),
     ("experiments", "utils.sweep", "utils.reproduce"),
     ("utils.runs",),
