@@ -24,10 +24,8 @@ it chose.
 """
 import contextlib
 import logging
-import math
 import time
 import typing
-import warnings
 from pathlib import Path
 
 import optuna
@@ -36,7 +34,6 @@ from optuna.trial import TrialState
 from configs.loader import load_config
 from utils.core import seeding
 from utils.core.errors import UsageError, UserError, plural
-from utils.core.io import OutputError
 from utils.core.shell import main_command
 from utils.cv import group as cv_group
 from utils.cv import is_group
@@ -45,6 +42,8 @@ from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
 from utils.loggers import sweeps
 from utils.sweep import joining
+from utils.sweep.hooks import STORAGE_ERRORS, HandedBack, TrialHooks
+from utils.sweep.hooks import first_line as _first_line
 from utils.sweep import lease as leases
 from utils.sweep.journal import repair
 from utils.sweep.report import best_trial, params_text, render_summary
@@ -53,16 +52,6 @@ from utils.visualize import write_hparams
 
 log = logging.getLogger(__name__)
 FAILURES_IN_A_ROW = 3  # a worker stops after this many failed trials in a row
-# A write that failed (a full disk, an I/O error, the database gone): the machine's problem,
-# not the trial's parameters, so the trial is handed back instead of failed.
-STORAGE_ERRORS = (OutputError, optuna.exceptions.StorageInternalError)
-
-
-class HandedBack(UserError):
-    """A trial given back to the study after a failed write (see STORAGE_ERRORS)."""
-    agreed = True  # under torchrun every rank learns of it (TrialHooks.epoch_end shares it)
-
-
 class Job(typing.NamedTuple):
     """A trial for this worker: the optuna Trial (rank 0's; None elsewhere), its number, its
     parameters, why it is taken over (None for a new one) and this worker's lease on it."""
@@ -71,54 +60,6 @@ class Job(typing.NamedTuple):
     params: dict
     took_over: object
     lease: object
-
-
-class TrialHooks:
-    """What the engine calls back during a trial (see engine.train): the epoch's metric goes
-    to the pruner (on rank 0, which shares the decision), and every write first checks that
-    this worker still holds the lease."""
-
-    def __init__(self, trial, metric, lease, pruner_name, resume_command, tracking=None):
-        self.trial, self.metric, self.lease, self.pruner_name = trial, metric, lease, pruner_name
-        self.resume_command = resume_command  # what a stop prints: the sweep's own command, which resumes the trial
-        self.tracking = tracking  # {"study", "number", "params", "parents"}: the trackers nest the trial (utils/loggers)
-        # the run lock of the trial's run dir goes stale as its lease does (utils/engine/run_lock.py)
-        self.stale_after = lease.stale_after if lease is not None else None
-
-    def epoch_end(self, epoch, metrics):
-        # Optuna counts steps from 0: epoch 1 is step 0, so a pruner's n_warmup_steps=1 never
-        # ends a trial in its first epoch
-        return self._judge((metrics or {}).get(self.metric), epoch - 1,
-                           lambda value: f"pruned at epoch {epoch}: {self.metric} {value:.4f}")
-
-    def fold_end(self, folds_done, value):
-        """A --folds trial after its fold `folds_done`: the mean metric of its finished folds
-        goes to the pruner (step = folds done - 1); returns why it is pruned, or None."""
-        return self._judge(value, folds_done - 1, lambda value: f"pruned after fold {folds_done}: mean {self.metric} "
-                                                                f"{value:.4f} over its finished folds")
-
-    def _judge(self, value, step, said):
-        """Report `value` at `step` (rank 0) and return why the pruner ends the trial, or None,
-        on every rank; a storage failure hands the trial back on every rank."""
-        verdict = None
-        if distributed.is_main():
-            try:
-                if value is not None and math.isfinite(value):
-                    with warnings.catch_warnings():  # a resumed trial redoes steps it reported: the first value stands
-                        warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
-                        self.trial.report(value, step)
-                    if self.trial.should_prune():
-                        verdict = f"{said(value)} (the {self.pruner_name} pruner of the sweep)"
-            except STORAGE_ERRORS as error:
-                verdict = HandedBack(_first_line(error))  # every rank stops with it
-        verdict = distributed.broadcast_object(verdict)
-        if isinstance(verdict, HandedBack):
-            raise verdict
-        return verdict
-
-    def check_owner(self):
-        if self.lease is not None:
-            self.lease.check()
 
 
 class Worker:
@@ -337,10 +278,6 @@ class Worker:
         else:
             again = f"; not retried (--retries={self.options.retries})"
         log.error("sweep %s: trial %d failed: %s%s", self.options.study, number, text, again)
-
-
-def _first_line(error):
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 class _Grid(optuna.samplers.GridSampler):
