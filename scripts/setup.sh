@@ -2,10 +2,11 @@
 # Create (or update) the project's virtual environment and install pinned dependencies.
 #
 #   bash scripts/setup.sh              # runtime: what `python main.py ...` needs
-#   bash scripts/setup.sh --dev        # runtime + export and trackers extras + test tools (pytest, pexpect)
+#   bash scripts/setup.sh --dev        # runtime + export, trackers and postgres extras + test tools (pytest, pexpect)
 #   bash scripts/setup.sh --export     # runtime + onnx, onnxscript, onnxruntime (`export`, --runtime=onnxruntime)
 #   bash scripts/setup.sh --dashboard  # runtime + optuna-dashboard, a web view of sweeps
 #   bash scripts/setup.sh --trackers   # runtime + mlflow and wandb (--loggers=mlflow / wandb)
+#   bash scripts/setup.sh --postgres   # runtime + the PostgreSQL driver (sweep --storage=postgresql://...)
 #
 # The venv lives in $RUNNER_VENV (default: .venv beside this script's parent). Re-running is
 # cheap: pip skips what is already installed at the pinned version.
@@ -20,7 +21,8 @@ for option in "$@"; do
         --export) requirements+=("$here/requirements-export.txt") ;;
         --dashboard) requirements+=("$here/requirements-dashboard.txt") ;;
         --trackers) requirements+=("$here/requirements-trackers.txt") ;;
-        *) echo "usage: bash scripts/setup.sh [--dev] [--export] [--dashboard] [--trackers]" >&2; exit 2 ;;
+        --postgres) requirements+=("$here/requirements-postgres.txt") ;;
+        *) echo "usage: bash scripts/setup.sh [--dev] [--export] [--dashboard] [--trackers] [--postgres]" >&2; exit 2 ;;
     esac
 done
 
