@@ -40,7 +40,7 @@ def find_programs():
         except KeyError:
             return None, "running as root and no `postgres` user to run initdb as (initdb refuses root)"
     try:
-        import psycopg2  # noqa: F401 - the driver the runner uses for postgresql:// URLs
+        import psycopg  # noqa: F401 - the driver the runner uses for postgresql:// URLs
     except ImportError:
         return None, "the PostgreSQL driver is not installed: bash scripts/setup.sh --postgres"
     return Path(folder), None
@@ -111,12 +111,10 @@ class Server:
         return f"postgresql://{user}:{password}@127.0.0.1:{port or self.port}/{database}"
 
     def connect(self, database="postgres"):
-        import psycopg2
+        import psycopg
 
-        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname=database,
-                                      connect_timeout=10)
-        connection.autocommit = True
-        return connection
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname=database,
+                               connect_timeout=10, autocommit=True)
 
     def create_database(self, name):
         with contextlib.closing(self.connect()) as connection, connection.cursor() as cursor:
@@ -125,7 +123,7 @@ class Server:
 
     def query(self, database, sql, *args):
         with contextlib.closing(self.connect(database)) as connection, connection.cursor() as cursor:
-            cursor.execute(sql, args)
+            cursor.execute(sql, args or None)
             return cursor.fetchall() if cursor.description else None
 
     def remove(self):

@@ -33,7 +33,8 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 HUMAN_WAIT = datetime.timedelta(days=7)
 # Stop reasons, lowest priority first: when ranks saw different ones, the last present wins
 # (a scheduler's requeue signal, then SIGTERM, then Ctrl+C, then `q` in the debugger).
-STOP_REASONS = ("debugger quit", signal.SIGINT, signal.SIGTERM, "requeue")
+STOP_DATABASE = "database unreachable"  # a sweep trial whose study database is gone (utils/sweep/hooks.py)
+STOP_REASONS = ("debugger quit", signal.SIGINT, signal.SIGTERM, "requeue", STOP_DATABASE)
 _objects_group = None  # gloo group for pickled objects (the default group under nccl is GPU-only)
 _human_group = None
 _joined = False  # whether this process has been in a process group (end_process)

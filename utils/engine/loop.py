@@ -221,7 +221,8 @@ def _train_in(run_dir, cfg, experiment, objects, ctx, train_set, val_set, resume
     policies = {name: obj for name, obj in objects.items() if isinstance(obj, LrPolicy)}
     monitors = run_monitors(cfg.experiment, cfg.ema)  # read from the experiment's source: once, not per epoch
     resume_with = getattr(trial, "resume_command", None)  # a sweep goes on by its own command
-    with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close, resume_with) as stopper:
+    with SafeStop(cfg, outputs.checkpoints, snapshot, outputs.close, resume_with,
+                  asked=getattr(trial, "stop_reason", None)) as stopper:
         # One loader for the run: its workers stay up between epochs (persistent_workers), and
         # each epoch only tells the sampler, which runs in this process, which order to give.
         saves = MidEpochSaves(cfg, outputs.checkpoints, snapshot)  # --save-every
@@ -331,7 +332,7 @@ def run_epoch(experiment, objects, loader, ctx, stopper, epoch, saves=None):
         # Means over every rank's images, the global batch size and the stop decision: the
         # same numbers on every rank (in one process: the step's own).
         values, size, stopper.requested, save = distributed.agree_step(
-            values, size, stopper.pending, saves is not None and saves.wanted(state.global_step + 1))
+            values, size, stopper.pending or stopper.asked(), saves is not None and saves.wanted(state.global_step + 1))
         stopper.check_finite(values, epoch, state.step_in_epoch, experiment.losses)
         state.step_in_epoch += 1
         state.global_step += 1

@@ -61,8 +61,10 @@ class SafeStop:
     loop turns it into `requested` after each step (agreed by every rank under torchrun)
     and stops when that is set."""
 
-    def __init__(self, cfg, checkpoints, snapshot, close_outputs, resume=None):
+    def __init__(self, cfg, checkpoints, snapshot, close_outputs, resume=None, asked=None):
         self.cfg, self.checkpoints, self.snapshot, self.close_outputs = cfg, checkpoints, snapshot, close_outputs
+        # a stop asked for by the caller after a step (a sweep trial's database gone): its reason, or None
+        self.asked = asked or (lambda: None)
         # the command a stop prints to go on: the run's resume, or what the caller gives (a sweep's own command)
         self.resume = resume or runtime.resume_command(cfg)
         self.pending = None  # a stop this process was asked for: a signal number or "requeue"

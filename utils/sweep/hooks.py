@@ -2,6 +2,7 @@
 trial=hooks)): each epoch's metric goes to the study's pruner, and every write first checks
 that this worker still owns the trial. A write that failed in the study's storage hands the
 trial back (HandedBack) instead of failing it."""
+import logging
 import math
 import warnings
 
@@ -10,7 +11,9 @@ import optuna
 from utils.core.errors import UserError
 from utils.core.io import OutputError
 from utils.engine import distributed
+from utils.engine.distributed import STOP_DATABASE
 
+log = logging.getLogger(__name__)
 # A write that failed (a full disk, an I/O error, the database gone): the machine's problem,
 # not the trial's parameters, so the trial is handed back instead of failed.
 STORAGE_ERRORS = (OutputError, optuna.exceptions.StorageInternalError)
@@ -58,11 +61,21 @@ class TrialHooks:
                     if self.trial.should_prune():
                         verdict = f"{said(value)} (the {self.pruner_name} pruner of the sweep)"
             except STORAGE_ERRORS as error:
-                verdict = HandedBack(first_line(error))  # every rank stops with it
+                if hasattr(self.lease, "outage"):  # a database study's: this epoch is saved, then the run stops
+                    self.lease.outage = self.lease.outage or first_line(error)
+                    log.warning("sweep trial: epoch %d's %s was not reported (%s); saving the epoch and stopping",
+                                step + 1, self.metric, first_line(error))
+                else:
+                    verdict = HandedBack(first_line(error))  # every rank stops with it
         verdict = distributed.broadcast_object(verdict)
         if isinstance(verdict, HandedBack):
             raise verdict
         return verdict
+
+    def stop_reason(self):
+        """Why the run should save last.pth and stop now (the engine asks after each step):
+        the study's database has not answered for the worker's patience."""
+        return STOP_DATABASE if getattr(self.lease, "outage", None) else None
 
     def check_owner(self):
         if self.lease is not None:

@@ -23,8 +23,12 @@ from utils.core.errors import UsageError, UserError, excerpt, plural, shorten
 from utils.core.io import atomic_open
 from utils.core.registry import EXPERIMENTS
 from utils.engine import runtime
+from utils.sweep import postgres
 from utils.sweep.journal import BROKEN
 from utils.sweep.study import JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, study_lock
+
+
+SHARED = "runner:sweep"  # a PostgreSQL study's system attribute: what every worker must bring (check_shared)
 
 
 def open_study(options, base, flags, space, pruner):
@@ -43,18 +47,20 @@ def open_study(options, base, flags, space, pruner):
         check_same(options.study, study_dir, saved, record, base.experiment)
     else:
         check_data(flags, space)
-    created = not study_dir.exists()
+    created = [folder for folder in (study_dir, *study_dir.parents) if not folder.exists()]  # deepest first
     study_dir.mkdir(parents=True, exist_ok=True)
     try:
         with study_lock(study_dir):
             try:
                 study = optuna.create_study(study_name=options.study, direction=space.direction,
-                                            storage=storage_of(study_dir, options.storage), pruner=pruner,
-                                            load_if_exists=True)
+                                            storage=storage_of(study_dir, options.storage, patience(options)),
+                                            pruner=pruner, load_if_exists=True)
             except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as error:
                 reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
                 raise UserError(f"cannot open study {options.study} in its storage: {shorten(reason, 200)}") from None
             check_known_trials(study, study_dir)
+            if postgres.is_postgres(options.storage):
+                check_shared(study, options.study, record, base.experiment)
             current = read_record(study_dir)  # another first worker may have written it meanwhile
             if current is None:
                 with atomic_open(study_dir / RECORD, "w", encoding="utf-8") as handle:
@@ -64,11 +70,17 @@ def open_study(options, base, flags, space, pruner):
             elif saved is None:
                 check_same(options.study, study_dir, current, record, base.experiment)
     except BaseException:
-        if created:  # nothing of this study was kept: leave no empty folder behind
+        for folder in created:  # nothing of this study was kept: leave no empty folder behind
             with contextlib.suppress(OSError):
-                study_dir.rmdir()
+                folder.rmdir()
         raise
     return study
+
+
+def patience(options):
+    """How long a worker waits for its study's database to answer again before it saves its
+    trial and stops: half of --stale-after, so that its lease is still live when it is back."""
+    return options.stale_after / 2
 
 
 def run_options(base):
@@ -78,9 +90,27 @@ def run_options(base):
             if fields[name].metadata["role"] not in ("execution", "invocation")}
 
 
-def check_same(study, study_dir, saved, record, experiment):
+def check_shared(study, name, record, experiment):
+    """A PostgreSQL study's workers run on machines that share no folder, so the study itself
+    keeps what every worker must bring (the search space and the trials' options, less the
+    paths: data may lie elsewhere on each machine): the first worker stores it, the others
+    must match it (UsageError naming the first difference)."""
+    fields = fields_of(experiment)
+    shared = {"search_space": record["search_space"],
+              "options": {option: value for option, value in record["options"].items()
+                          if not fields[option].metadata["path"]}}
+    with postgres.study_lock(study._storage, name):
+        saved = study._storage.get_study_system_attrs(study._study_id).get(SHARED)
+        if saved is None:
+            study._storage.set_study_system_attr(study._study_id, SHARED, shared)
+            return
+    check_same(name, None, {**saved, "storage": record["storage"]}, {**shared, "storage": record["storage"]},
+               experiment, where="the study's database")
+
+
+def check_same(study, study_dir, saved, record, experiment, where=None):
     """UsageError unless this worker's `record` matches the study's sweep.yaml (`saved`)."""
-    where = study_dir / RECORD
+    where = where or study_dir / RECORD
     if saved.get("storage") != record["storage"]:
         raise UsageError(f"study {study} keeps its trials in {saved.get('storage')} ({where}); give "
                          f"--storage={saved.get('storage') if saved.get('storage') != JOURNAL else 'none'} or another "

@@ -18,7 +18,7 @@ from utils.core.shell import main_command
 from utils.cv import is_group
 from utils.engine import runtime
 from utils.engine import status as run_status
-from utils.sweep import lease as leases
+from utils.sweep import coordination
 from utils.sweep.options import OPTIONS
 from utils.sweep.study import JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, trial_dir
 from utils.tables import columns
@@ -41,7 +41,7 @@ def load(study_dir, storage=""):
         raise UserError(f"no study in {study_dir} (no {RECORD}); start one with `{main_command()} sweep "
                         f"--study={Path(study_dir).name} --trials=N --search-space=FILE`, or list them with "
                         f"`{main_command()} runs`")
-    url = storage or (record.get("storage") if record.get("storage") != JOURNAL else "")
+    url = url_of(record, storage)
     if url:
         check_storage(url, create=False)  # reading a study creates no database
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -52,6 +52,11 @@ def load(study_dir, storage=""):
         where = url or Path(study_dir) / JOURNAL
         raise UserError(f"study {Path(study_dir).name} is not in its storage {where} yet") from None
     return study, record
+
+
+def url_of(record, storage=""):
+    """The database URL of a study (its sweep.yaml `record`, or `storage` given), "" for the journal."""
+    return storage or (record.get("storage") if record.get("storage") != JOURNAL else "")
 
 
 def _value(trial):
@@ -81,17 +86,23 @@ def _finished(run_dir):
         return False
 
 
-def state_of(study_dir, trial, stale_after=None):
+def state_of(trial, holder=None):
     """The trial's state as shown: complete, pruned, failed, waiting, running (or
-    'stale (resumable)' when its worker is gone: its lease was released, not renewed for
-    `stale_after` seconds, or names a process of this machine that no longer runs; the next
-    worker resumes it)."""
+    'stale (resumable)' when `holder`, coordination.py's Holder of a running trial, says its
+    worker is gone: its lease was released, not renewed for --stale-after, or names a process
+    of this machine that no longer runs; the next worker resumes it)."""
     state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
              TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}[trial.state]
-    if state == "running" and stale_after is not None and leases.is_stale(trial_dir(study_dir, trial.number),
-                                                                          stale_after):
+    if state == "running" and holder is not None and holder.stale:
         return "stale (resumable)"
     return state
+
+
+def states_of(study_dir, study, trials, stale_after, url=""):
+    """{number: state_of's text} of `trials`, and the study's coordination (coordination.py)."""
+    coordinated = coordination.of(Path(study_dir), url, stale_after, study._storage)
+    holders = coordinated.holders([trial for trial in trials if trial.state == TrialState.RUNNING])
+    return {trial.number: state_of(trial, holders.get(trial.number)) for trial in trials}, coordinated
 
 
 def counts_text(states):
@@ -157,8 +168,10 @@ def render_summary(study_dir, storage="", stale_after=STALE_AFTER):
         known = value is not None and math.isfinite(value)
         return rank.get(trial.state, 4), not known, (value if minimize else -value) if known else 0, trial.number
 
-    header = ["trial", "state", metric, "epochs", *names, "note"]
-    states = {trial.number: state_of(study_dir, trial, stale_after) for trial in trials}
+    states, coordinated = states_of(study_dir, study, trials, stale_after, url_of(record, storage))
+    # a database study's trials run on several machines: where each one's run dir is
+    where = {trial.number: coordinated.where(trial) for trial in trials} if coordinated.database else {}
+    header = ["trial", "state", metric, "epochs", *names, *(["where"] if where else []), "note"]
     rows = []
     for trial in sorted(trials, key=order):
         value = _value(trial)
@@ -167,8 +180,10 @@ def render_summary(study_dir, storage="", stale_after=STALE_AFTER):
         note = trial.user_attrs.get("error") or (f"retry of trial {trial.user_attrs['retry_of']}"
                                                   if "retry_of" in trial.user_attrs else "")
         params = [shown(trial.params[name]) if name in trial.params else "-" for name in names]
-        rows.append([str(trial.number), states[trial.number],
-                     f"{value:.4f}" if value is not None else "-", _epochs(study_dir, trial.number), *params, note])
+        elsewhere = where.get(trial.number)
+        rows.append([str(trial.number), states[trial.number], f"{value:.4f}" if value is not None else "-",
+                     "-" if elsewhere else _epochs(study_dir, trial.number), *params,
+                     *([elsewhere or "here"] if where else []), note])
     direction = "lower is better" if minimize else "higher is better"
     lines = [f"study {study.study_name} in {study_dir}: {counts_text(states.values())}; {metric}, {direction}"]
     if rows:
@@ -176,6 +191,10 @@ def render_summary(study_dir, storage="", stale_after=STALE_AFTER):
     best = best_trial(study)
     if best is not None:
         lines += ["", f"best: trial {best.number}, {metric} {best.value:.4f} ({params_text(best.params)})"]
+        if where.get(best.number):
+            lines.append(f"its run: {where[best.number]} (another machine): test, reproduce or train it anew there, "
+                         f"with `{runtime.main_command()} sweep --study={study.study_name} --summary` on that machine")
+            return "\n".join(lines)
         command = reproduce_command(study_dir, best.number)
         member = f"--env={Path(study_dir).name}/trial-{best.number}{runtime.checkpoint_dir_flag(_parent_of(study_dir))}"
         lines.append(f"its run: {trial_dir(study_dir, best.number)}; test it: {runtime.main_command()} test {member}")
@@ -201,8 +220,10 @@ def render_studies(checkpoint_dir):
         trials = study.get_trials(deepcopy=False)
         best = best_trial(study)
         metric = (record.get("search_space") or {}).get("metric", "value")
-        states = [state_of(study_dir, trial, STALE_AFTER) for trial in trials]
-        rows.append([study_dir.name, metric, counts_text(states), f"{best.value:.4f} (trial {best.number})" if best
+        states, coordinated = states_of(study_dir, study, trials, STALE_AFTER, url_of(record))
+        elsewhere = sum(bool(coordinated.where(trial)) for trial in trials)
+        counts = counts_text(states.values()) + (f" ({elsewhere} on other machines)" if elsewhere else "")
+        rows.append([study_dir.name, metric, counts, f"{best.value:.4f} (trial {best.number})" if best
                      else "-", params_text(best.params) if best else ""])
     if not rows:
         return []

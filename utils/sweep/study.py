@@ -6,7 +6,7 @@ from pathlib import Path
 from optuna.storages.journal import JournalStorage
 
 from configs.yaml_files import load_yaml
-from utils.core.errors import UsageError, UserError, excerpt
+from utils.core.errors import UsageError, UserError, excerpt, shorten
 from utils.core.io import sqlite_problem
 from utils.engine import runtime
 from utils.sweep.journal import Journal, held
@@ -16,6 +16,7 @@ JOURNAL, RECORD, LOCK = "optuna.journal", runtime.STUDY_RECORD, "sweep"
 # What sweep.yaml must hold, and the type of each entry.
 RECORD_KEYS = {"study": str, "storage": str, "search_space": dict, "options": dict}
 # Python packages SQLAlchemy's drivers come in (module name -> what to pip install).
+PATIENCE = 10.0  # seconds a command that only reads a study waits for its database to answer again
 DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
                    "pymysql": "PyMySQL"}
 
@@ -24,11 +25,14 @@ def trial_dir(study_dir, number):
     return Path(study_dir) / f"trial-{number}"
 
 
-def storage_of(study_dir, url=""):
-    """The Optuna storage of a study: `url` (an RDB), or the journal file in its folder
-    (reading it creates nothing; a damaged one is a one-line error)."""
+def storage_of(study_dir, url="", patience=PATIENCE):
+    """The Optuna storage of a study: `url` (an RDB; PostgreSQL's shared by the process and
+    patient with a lost connection for `patience` seconds: utils/sweep/postgres.py), or the
+    journal file in its folder (reading it creates nothing; a damaged one is one line)."""
     if url:
-        return url
+        from utils.sweep import postgres
+
+        return postgres.storage(url, patience) if postgres.is_postgres(url) else url
     return JournalStorage(Journal(Path(study_dir) / JOURNAL))
 
 
@@ -112,7 +116,7 @@ def check_storage(url, create=True):
             pass
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise UserError(f"{shown}: cannot reach the database ({excerpt(reason, 200)}); start it, or check the host, "
+        raise UserError(f"{shown}: cannot reach the database ({shorten(reason, 200)}); start it, or check the host, "
                         f"port, name and credentials") from None
     finally:
         engine.dispose()

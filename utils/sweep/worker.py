@@ -41,13 +41,13 @@ from utils.engine import distributed, runtime
 from utils.engine import loop as engine
 from utils.engine.safe_stop import Stopped
 from utils.loggers import sweeps
-from utils.sweep import joining
+from utils.sweep import coordination, joining
 from utils.sweep.hooks import STORAGE_ERRORS, HandedBack, TrialHooks
 from utils.sweep.hooks import first_line as _first_line
 from utils.sweep import lease as leases
 from utils.sweep.journal import repair
 from utils.sweep.report import best_trial, params_text, render_summary
-from utils.sweep.study import JOURNAL, check_study_dir, read_record, state_counts, study_lock, trial_dir
+from utils.sweep.study import JOURNAL, check_study_dir, read_record, state_counts, trial_dir
 from utils.visualize import write_hparams
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Worker:
         self.sampler_type, self.sampler_arguments = self.space.sampler
         self.pruner = _pruner(*self.space.pruner)
         self._sampler(0)  # a bad sampler argument fails here, before any trial
-        self.study = None
+        self.study = self.coordination = None
         self.idle = (0, 0)  # (finished, running) when this worker found nothing more to start
         self.parents = {}  # {tracker: the study's parent run id} (utils/loggers/sweeps.py)
 
@@ -80,8 +80,10 @@ class Worker:
     def open(self):
         """Create the study, or join it (utils/sweep/joining.py)."""
         self.study = joining.open_study(self.options, self.base, self.flags, self.space, self.pruner)
+        self.coordination = coordination.of(self.study_dir, self.options.storage, self.options.stale_after,
+                                            self.study._storage)
         if sweeps.nests(self.base):
-            with study_lock(self.study_dir):
+            with self.coordination.lock():
                 self.parents = sweeps.open_study(self.study_dir, self.base, self.options.study)
         return self
 
@@ -111,27 +113,30 @@ class Worker:
         return job if distributed.is_main() else Job(None, *shared, None)
 
     def _choose(self):
-        with study_lock(self.study_dir):
+        with self.coordination.lock():
             trials = self.study.get_trials(deepcopy=False)
-            for frozen in trials:
-                run_dir = trial_dir(self.study_dir, frozen.number)
-                if frozen.state == TrialState.RUNNING and leases.is_stale(run_dir, self.options.stale_after):
-                    former = leases.read(run_dir / leases.LEASE)
-                    quiet = leases.age(run_dir / leases.LEASE)
-                    self.study.sampler = self._sampler(len(trials))
-                    # Optuna's Trial of a trial that exists: the same object ask() returns
-                    # (FrozenTrial keeps the storage id only as _trial_id)
-                    trial = optuna.Trial(self.study, frozen._trial_id)
-                    params = self.space.suggest(trial)  # its own values (all drawn when it was asked)
-                    lease = leases.Lease(run_dir, self.options.stale_after).claim(takeover_of=former)
-                    if former is None:
-                        why = "its worker stopped and released it"
-                    elif quiet is not None and quiet <= self.options.stale_after:
-                        why = f"its worker, pid {former.get('pid')} on this machine, is gone"
-                    else:
-                        why = (f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for "
-                               f"{quiet:.0f} s")
-                    return Job(trial, frozen.number, params, why, lease)
+            running = [frozen for frozen in trials if frozen.state == TrialState.RUNNING]
+            holders = self.coordination.holders(running)
+            for frozen in running:
+                holder = holders[frozen.number]
+                if not holder.stale:
+                    continue
+                lease = self.coordination.claim(frozen._trial_id, frozen.number, former=holder.record)
+                if lease is None:
+                    continue  # another worker took it over first
+                self.study.sampler = self._sampler(len(trials))
+                # Optuna's Trial of a trial that exists: the same object ask() returns
+                # (FrozenTrial keeps the storage id only as _trial_id)
+                trial = optuna.Trial(self.study, frozen._trial_id)
+                params = self.space.suggest(trial)  # its own values (all drawn when it was asked)
+                former, quiet = holder.record, holder.age
+                if former is None:
+                    why = "its worker stopped and released it"
+                elif quiet is not None and quiet <= self.options.stale_after:
+                    why = f"its worker, pid {former.get('pid')} on this machine, is gone"
+                else:
+                    why = f"its worker {former.get('host')} (pid {former.get('pid')}) was not heard from for {quiet:.0f} s"
+                return Job(trial, frozen.number, params, why, lease)
             counts = state_counts(trials)
             finished = counts["complete"] + counts["pruned"]
             if finished + counts["running"] >= self.options.trials:  # a waiting trial (a retry) is asked for next
@@ -140,7 +145,7 @@ class Worker:
             self.study.sampler = self._sampler(len(trials))
             trial = self.study.ask()  # a queued retry first, else a new trial
             params = self.space.suggest(trial)
-            lease = leases.Lease(trial_dir(self.study_dir, trial.number), self.options.stale_after).claim()
+            lease = self.coordination.claim(trial._trial_id, trial.number)
             return Job(trial, trial.number, params, None, lease)
 
     # -- running it -----------------------------------------------------------------------------
@@ -196,17 +201,26 @@ class Worker:
         resume = took_over is not None and ((run_dir / "config.yaml").is_file() or is_group(run_dir))
         shown = params_text(params)  # readable; the trial's config.yaml holds the exact values
         if distributed.is_main():
-            how = f"resuming it ({took_over})" if took_over else "new"
+            how = f"resuming it ({took_over})" if resume else f"taking it over ({took_over})" if took_over else "new"
             log.info("sweep %s: trial %d, %s: %s", self.options.study, number, how, shown)
+            former = getattr(lease, "former", None)  # a database study's: where its last worker ran it
+            if took_over and not resume and former and former.get("run_dir") != str(run_dir.absolute()):
+                log.warning("sweep %s: trial %d starts again from its first epoch (same parameters and seed): its run "
+                            "dir %s:%s is not reachable from here", self.options.study, number, former.get("host"),
+                            former.get("run_dir"))
             lease.start()
         hooks = TrialHooks(trial, self.space.metric, lease, self.space.pruner[0], runtime.command_again(),
                            {"study": self.options.study, "number": number, "params": params, "parents": self.parents})
         try:
             try:
                 outcome = self.train(self.trial_config(number, params, resume), hooks)
-            except (Stopped, KeyboardInterrupt):
+            except (Stopped, KeyboardInterrupt) as stop:
                 if lease is not None:
                     lease.release()  # last.pth is saved: the next worker resumes it at once
+                if isinstance(stop, Stopped) and getattr(lease, "outage", None):  # the database was gone too long
+                    raise UserError(f"{lease.outage}; trial {number} saved its last.pth in {run_dir} and this worker "
+                                    f"stops: run the same command again once the database answers, and it resumes "
+                                    f"the trial") from None
                 raise
             except leases.LeaseLost as error:
                 lease.stop()
