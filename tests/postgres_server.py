@@ -8,6 +8,7 @@ as root, so under root the server runs as the `postgres` user, in a folder hande
 """
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -39,9 +40,7 @@ def find_programs():
             pwd.getpwnam("postgres")
         except KeyError:
             return None, "running as root and no `postgres` user to run initdb as (initdb refuses root)"
-    try:
-        import psycopg  # noqa: F401 - the driver the runner uses for postgresql:// URLs
-    except ImportError:
+    if importlib.util.find_spec("psycopg") is None:  # the driver the runner uses for postgresql:// URLs
         return None, "the PostgreSQL driver is not installed: bash scripts/setup.sh --postgres"
     return Path(folder), None
 
@@ -74,13 +73,7 @@ class Server:
                   "--auth-local=trust", "-E", "UTF8", "--no-sync", "--no-instructions")
 
     def _run(self, program, *args, check=True, timeout=120):
-        demote = None
-        if self._as:
-            uid, gid = self._as
-
-            def demote():
-                os.setgid(gid)
-                os.setuid(uid)
+        demote = self._demote if self._as else None
         # output to a file, not a pipe: a server started by pg_ctl would hold the pipe open
         with tempfile.TemporaryFile("w+") as output:
             done = subprocess.run([str(self.bin_dir / program), *map(str, args)], stdout=output,
@@ -91,6 +84,11 @@ class Server:
         if check and done.returncode:
             raise RuntimeError(f"{program} failed ({done.returncode}): {said[-2000:]}")
         return said
+
+    def _demote(self):
+        """In the child, before exec: become the `postgres` user (initdb refuses root)."""
+        os.setgid(self._as[1])
+        os.setuid(self._as[0])
 
     def start(self):
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "

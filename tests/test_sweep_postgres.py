@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import ROOT, load, run_cli
 from postgres_server import PASSWORD, Server, find_programs
-from test_sweep import data, start, sweep_flags  # noqa: F401 - data: the module's tiny dogcat folder
+from test_sweep import start, sweep_flags
 
 pytestmark = pytest.mark.slow  # a server, and real interpreters killed, frozen and cut off
 ONE_LR = "pruner: none\nparams:\n  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n"
@@ -40,13 +40,22 @@ def server():
         started.remove()
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from conftest import make_dogcat
+
+    root = tmp_path_factory.mktemp("postgres") / "data"
+    make_dogcat(root, per_class=8, test_images=3, extras=False)
+    return root
+
+
 @pytest.fixture
 def url(server):
     """A fresh database of its own for each test."""
     return server.create_database(f"study{next(_names)}")
 
 
-def flags(data, tmp_path, machine, study, trials, url, **extra):  # noqa: F811 - data is the fixture's value
+def flags(data, tmp_path, machine, study, trials, url, **extra):
     """The sweep command of a worker on `machine` (its own --checkpoint-dir under tmp_path)."""
     args = sweep_flags(data, tmp_path, study, trials, ONE_LR, storage=url, **{"batch-size": 4, **extra})
     return [arg.replace(f"--checkpoint-dir={tmp_path / 'runs'}", f"--checkpoint-dir={tmp_path / machine}")
@@ -95,7 +104,11 @@ def test_two_machines_share_one_study_and_each_trial_lives_where_it_ran(server, 
         assert len(found) == 1, (number, found)  # trained once, on one machine
         where[number] = found[0]
 
-    summary = run_cli("sweep", "--study=pair", f"--checkpoint-dir={tmp_path / 'a'}", "--summary")
+    # sweep.yaml keeps the URL with its password masked; the driver reads it from PGPASSWORD (or ~/.pgpass)
+    record = (tmp_path / "a" / "pair" / "sweep.yaml").read_text()
+    assert PASSWORD not in record and f"storage: {url.replace(PASSWORD, '***')}" in record
+    summary = run_cli("sweep", "--study=pair", f"--checkpoint-dir={tmp_path / 'a'}", "--summary",
+                      env={"PGPASSWORD": PASSWORD})
     assert summary.returncode == 0, summary.stderr
     rows = {line.split()[0]: line for line in summary.stdout.splitlines()[3:7]}
     host = socket.gethostname()
@@ -103,7 +116,7 @@ def test_two_machines_share_one_study_and_each_trial_lives_where_it_ran(server, 
         shown = "here" if machine == "a" else f"{host}:{tmp_path / 'b' / 'pair' / f'trial-{number}'}"
         assert re.search(rf"\s{re.escape(shown)}\s*$", rows[str(number)]), rows[str(number)]
     elsewhere = sum(machine == "b" for machine in where.values())
-    listing = run_cli("runs", f"--checkpoint-dir={tmp_path / 'a'}")
+    listing = run_cli("runs", f"--checkpoint-dir={tmp_path / 'a'}", env={"PGPASSWORD": PASSWORD})
     assert listing.returncode == 0, listing.stderr
     assert ("4 complete" + (f" ({elsewhere} on other machines)" if elsewhere else "")) in listing.stdout
 
@@ -133,7 +146,7 @@ def test_a_killed_worker_is_resumed_where_its_run_dir_is_and_redone_where_it_is_
     (lease,) = leases(server, url)
     trial_a = tmp_path / "a" / "kill" / "trial-0"
     assert lease[1:] == (socket.gethostname(), killed.pid, str(trial_a))
-    summary = run_cli("sweep", "--study=kill", f"--checkpoint-dir={tmp_path / 'a'}", "--summary")
+    summary = run_cli("sweep", "--study=kill", f"--checkpoint-dir={tmp_path / 'a'}", "--summary", f"--storage={url}")
     assert re.split(r"\s{2,}", summary.stdout.splitlines()[3])[:2] == ["0", "stale (resumable)"]
 
     # Another machine: its worker takes the trial over at once (the owner's pid is gone from

@@ -25,7 +25,8 @@ from utils.core.registry import EXPERIMENTS
 from utils.engine import runtime
 from utils.sweep import postgres
 from utils.sweep.journal import BROKEN
-from utils.sweep.study import JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, study_lock
+from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, recorded_url,
+                               storage_of, study_lock)
 
 
 SHARED = "runner:sweep"  # a PostgreSQL study's system attribute: what every worker must bring (check_shared)
@@ -39,7 +40,7 @@ def open_study(options, base, flags, space, pruner):
     if options.storage:
         check_storage(options.storage)
     runtime.check_output_dir(study_dir, "--checkpoint-dir")
-    record = {"study": options.study, "storage": options.storage or JOURNAL, "search_space": space.as_dict(),
+    record = {"study": options.study, "storage": recorded_url(options.storage) or JOURNAL, "search_space": space.as_dict(),
               "options": run_options(base)}
     saved = read_record(study_dir)
     check_name(options, study_dir, saved)
@@ -111,7 +112,7 @@ def check_shared(study, name, record, experiment):
 def check_same(study, study_dir, saved, record, experiment, where=None):
     """UsageError unless this worker's `record` matches the study's sweep.yaml (`saved`)."""
     where = where or study_dir / RECORD
-    if saved.get("storage") != record["storage"]:
+    if recorded_url(saved.get("storage")) != record["storage"]:
         raise UsageError(f"study {study} keeps its trials in {saved.get('storage')} ({where}); give "
                          f"--storage={saved.get('storage') if saved.get('storage') != JOURNAL else 'none'} or another "
                          f"--study")

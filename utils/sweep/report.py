@@ -20,7 +20,8 @@ from utils.engine import runtime
 from utils.engine import status as run_status
 from utils.sweep import coordination
 from utils.sweep.options import OPTIONS
-from utils.sweep.study import JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, trial_dir
+from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, trial_dir,
+                               usable_url)
 from utils.tables import columns
 
 
@@ -56,7 +57,7 @@ def load(study_dir, storage=""):
 
 def url_of(record, storage=""):
     """The database URL of a study (its sweep.yaml `record`, or `storage` given), "" for the journal."""
-    return storage or (record.get("storage") if record.get("storage") != JOURNAL else "")
+    return storage or (usable_url(record["storage"]) if record.get("storage") not in (JOURNAL, None) else "")
 
 
 def _value(trial):

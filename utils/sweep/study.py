@@ -21,6 +21,29 @@ DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", 
                    "pymysql": "PyMySQL"}
 
 
+def recorded_url(url):
+    """`url` as sweep.yaml keeps it: with its password masked (a study folder is copied, shared
+    and archived; give the password through ~/.pgpass or PGPASSWORD, or --storage again)."""
+    if not url or url == JOURNAL:
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def usable_url(recorded):
+    """The URL to open a study whose sweep.yaml keeps `recorded`: without the masked password,
+    so that the driver reads it from ~/.pgpass or PGPASSWORD."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(recorded)
+    return parsed._replace(password=None).render_as_string(hide_password=False) if parsed.password == "***" else recorded
+
+
 def trial_dir(study_dir, number):
     return Path(study_dir) / f"trial-{number}"
 
