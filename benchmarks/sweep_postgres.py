@@ -18,7 +18,6 @@ port on 127.0.0.1; removed at the end) and generated Kaggle-layout images. It pr
     .venv/bin/python benchmarks/sweep_postgres.py --trials=16 --epochs=5
 """
 import argparse
-import os
 import re
 import signal
 import subprocess
@@ -78,7 +77,8 @@ def two_workers(folder, study, trials, epochs, url=""):
 
 
 def storage_cost(folder, url, trials, epochs):
-    """Seconds per trial of the study operations alone (see the module), and per operation."""
+    """(seconds to open the study, its schema included for a new database; seconds per trial
+    of the study operations alone, see the module)."""
     import optuna
 
     from utils.sweep import coordination
@@ -87,10 +87,12 @@ def storage_cost(folder, url, trials, epochs):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study_dir = folder / ("cost-db" if url else "cost-journal")
     study_dir.mkdir()
+    opening = time.perf_counter()
     storage = storage_of(study_dir, url, 10)
     study = optuna.create_study(study_name=study_dir.name, storage=storage)
     coordinated = coordination.of(study_dir, url, 300, study._storage)
     started = time.perf_counter()
+    opened = started - opening
     for number in range(trials):
         with coordinated.lock():
             running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
@@ -104,7 +106,7 @@ def storage_cost(folder, url, trials, epochs):
             trial.should_prune()
         study.tell(trial, 0.5)
         lease.release()
-    return (time.perf_counter() - started) / trials
+    return opened, (time.perf_counter() - started) / trials
 
 
 def drills(folder, server, epochs):
@@ -141,8 +143,9 @@ def drills(folder, server, epochs):
     a.send_signal(signal.SIGCONT)
     code = a.wait()
     fenced = "was taken over by" in log_a.read_text()
+    woke = "found out and wrote nothing" if fenced else "did NOT find out"
     said["SIGSTOP for longer than --stale-after=10"] = (
-        f"taken over {taken - frozen:.1f} s after the freeze; the woken worker {'found out and wrote nothing' if fenced else 'did NOT find out'}, exit {code}")
+        f"taken over {taken - frozen:.1f} s after the freeze; the woken worker {woke}, exit {code}")
 
     # pg_ctl restart under a running worker
     log = folder / "restart.log"
@@ -152,9 +155,9 @@ def drills(folder, server, epochs):
     code = w.wait()
     text = log.read_text()
     stall = re.search(r"answers again after ([0-9.]+) s", text)
+    seen = f"stalled {stall.group(1)} s" if stall else "saw no failed call (pre-ping reconnected)"
     said["pg_ctl restart mid-sweep"] = (
-        f"restart took {took:.2f} s; the worker {'stalled ' + stall.group(1) + ' s' if stall else 'saw no failed call (pre-ping reconnected)'}"
-        f", exit {code}, {text.count(' complete, ')} trials complete")
+        f"restart took {took:.2f} s; the worker {seen}, exit {code}, {text.count(' complete, ')} trials complete")
 
     # the server gone past the patience (--stale-after=8: 4 s)
     log = folder / "gone.log"
@@ -202,9 +205,10 @@ def main():
             print(f"  PostgreSQL:    {database:6.1f} s (exit {codes_d}), {database / journal:.2f}x the journal's time")
             cost_journal = storage_cost(folder, "", options.cost_trials, options.epochs)
             cost_db = storage_cost(folder, server.create_database("cost"), options.cost_trials, options.epochs)
-            print(f"storage per trial ({options.cost_trials} trials of {options.epochs} reports, no training):")
-            print(f"  journal file:  {cost_journal * 1000:6.1f} ms")
-            print(f"  PostgreSQL:    {cost_db * 1000:6.1f} ms")
+            print(f"storage per trial ({options.cost_trials} trials of {options.epochs} reports, no training), "
+                  f"and opening a new study:")
+            print(f"  journal file:  {cost_journal[1] * 1000:6.1f} ms a trial; opened in {cost_journal[0]:.2f} s")
+            print(f"  PostgreSQL:    {cost_db[1] * 1000:6.1f} ms a trial; opened in {cost_db[0]:.2f} s (its schema made)")
             for name, text in drills(folder, server, options.epochs).items():
                 print(f"{name}: {text}")
         finally:

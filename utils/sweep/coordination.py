@@ -50,8 +50,8 @@ class Files:
         found = {}
         for trial in trials:
             run_dir = trial_dir(self.study_dir, trial.number)
-            found[trial.number] = Holder(leases.is_stale(run_dir, self.stale_after), leases.read(run_dir / leases.LEASE),
-                                         leases.age(run_dir / leases.LEASE))
+            path = run_dir / leases.LEASE
+            found[trial.number] = Holder(leases.is_stale(run_dir, self.stale_after), leases.read(path), leases.age(path))
         return found
 
     def claim(self, trial_id, number, former=None):

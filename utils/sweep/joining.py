@@ -40,8 +40,8 @@ def open_study(options, base, flags, space, pruner):
     if options.storage:
         check_storage(options.storage)
     runtime.check_output_dir(study_dir, "--checkpoint-dir")
-    record = {"study": options.study, "storage": recorded_url(options.storage) or JOURNAL, "search_space": space.as_dict(),
-              "options": run_options(base)}
+    record = {"study": options.study, "storage": recorded_url(options.storage) or JOURNAL,
+              "search_space": space.as_dict(), "options": run_options(base)}
     saved = read_record(study_dir)
     check_name(options, study_dir, saved)
     if saved is not None:

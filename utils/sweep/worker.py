@@ -156,7 +156,8 @@ class Worker:
             try:
                 job = self.next_job()
             except STORAGE_ERRORS as error:
-                raise UserError(f"{_first_line(error)}; this worker ran no trial: fix that and run the sweep again") from None
+                done = "ran no trial" if not ran else f"stops between trials ({plural(ran, 'trial')} ran)"
+                raise UserError(f"{_first_line(error)}; this worker {done}: fix that and run the sweep again") from None
             if job is None:
                 break
             ran += 1
