@@ -109,6 +109,41 @@ def storage_cost(folder, url, trials, epochs):
     return opened, (time.perf_counter() - started) / trials
 
 
+RACER = """import sys, time, optuna
+sys.path.insert(0, {root!r})
+from utils.sweep import postgres
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+time.sleep(max(0, {at!r} - 0.05 - time.time()))
+while time.time() < {at!r}:  # the last moment spun, so that every racer starts within a millisecond
+    pass
+storage = postgres.storage({url!r}, 10) if {ours!r} else {url!r}
+try:
+    optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
+    print("ok")
+except Exception as error:
+    print(type(error).__name__)
+"""
+
+
+def schema_race(server, racers=8, rounds=3):
+    """How many of `racers` first workers, started at one moment on an empty database, get the
+    study (`rounds` times): with Optuna's RDBStorage alone, and through the runner (its schema
+    made under a lock)."""
+    said = {}
+    for ours in (False, True):
+        results = []
+        for round_ in range(rounds):
+            url = server.create_database(f"race{int(ours)}{round_}")
+            code = RACER.format(root=str(ROOT), at=time.time() + 4, url=url, ours=ours)
+            started = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True) for _ in range(racers)]
+            results += [process.communicate()[0].strip() for process in started]
+        failures = sorted(set(result for result in results if result != "ok"))
+        said["runner" if ours else "Optuna alone"] = f"{results.count('ok')} of {len(results)} got the study" + (
+            f" (the others: {', '.join(failures)})" if failures else "")
+    return said
+
+
 def drills(folder, server, epochs):
     said = {}
     url = server.create_database("drills")
@@ -209,6 +244,8 @@ def main():
                   f"and opening a new study:")
             print(f"  journal file:  {cost_journal[1] * 1000:6.1f} ms a trial; opened in {cost_journal[0]:.2f} s")
             print(f"  PostgreSQL:    {cost_db[1] * 1000:6.1f} ms a trial; opened in {cost_db[0]:.2f} s (its schema made)")
+            for name, text in schema_race(server).items():
+                print(f"schema race, {name}: {text}")
             for name, text in drills(folder, server, options.epochs).items():
                 print(f"{name}: {text}")
         finally:

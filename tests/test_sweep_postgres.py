@@ -284,9 +284,10 @@ def _closed_port():
 def test_first_workers_racing_to_create_the_schema_all_get_the_study(server, url):
     at = time.time() + 3  # every process starts its storage at this moment
     code = ("import sys, time, optuna; sys.path.insert(0, %r); from utils.sweep import postgres; "
-            "optuna.logging.set_verbosity(optuna.logging.ERROR); time.sleep(max(0, %r - time.time())); "
+            "optuna.logging.set_verbosity(optuna.logging.ERROR); time.sleep(max(0, %r - 0.05 - time.time())); "
+            "exec('while time.time() < %r: pass'); "
             "optuna.create_study(study_name='race', storage=postgres.storage(%r, 10), load_if_exists=True); "
-            "print('ok')") % (str(ROOT), at, url)
+            "print('ok')") % (str(ROOT), at, at, url)
     racers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(6)]
     outputs = [racer.communicate(timeout=120) for racer in racers]
