@@ -65,15 +65,21 @@ class Lease:
         self._thread.start()
         return self
 
+    transient = OSError  # what a renewal may fail with and be tried again at the next tick
+
     def _renew_forever(self):
         interval = max(self.stale_after / 5, 0.05)
         while not self._stop.wait(interval):
             try:
                 self.renew()
-            except OSError as error:  # a file server hiccup: try again at the next tick
-                log.warning("could not renew the lease %s: %s", self.path, error)
+            except self.transient as error:
+                self.renew_failed(error)
             if self.lost:
                 return
+
+    def renew_failed(self, error):
+        """A renewal failed (a file server hiccup): said; the next tick tries again."""
+        log.warning("could not renew the lease %s: %s", self.path, error)
 
     def renew(self):
         """Touch the lease if it is still ours; else note who holds it now. A read that
@@ -98,10 +104,14 @@ class Lease:
             with contextlib.suppress(OSError):
                 self.renew()
         if self.lost is not None:
-            holder = self.lost
-            raise LeaseLost(f"trial {self.path.parent.name} was taken over by {holder.get('host')} (pid "
-                            f"{holder.get('pid')}) after this worker was not heard from for {self.stale_after:g} s "
-                            f"(--stale-after); it writes nothing more there")
+            raise self.lost_error()
+
+    def lost_error(self):
+        """The LeaseLost that says who holds the trial now."""
+        holder = self.lost
+        return LeaseLost(f"trial {self.path.parent.name} was taken over by {holder.get('host')} (pid "
+                         f"{holder.get('pid')}) after this worker was not heard from for {self.stale_after:g} s "
+                         f"(--stale-after); it writes nothing more there")
 
     def release(self):
         """Stop renewing and, when the lease is still ours, remove it, so that the next

@@ -15,7 +15,8 @@ OPTIONS = {
                           "over every worker of the study"),
     "search_space": (str, None, "YAML file: the options to search (a range or a list of choices each), and "
                                 "optionally metric, direction, sampler, pruner (README: Sweeps)"),
-    "storage": (str, "", "Optuna storage URL for the study (sqlite:///study.db, postgresql://...); default: "
+    "storage": (str, "", "Optuna storage URL for the study: postgresql://user@host/db shares it between machines "
+                         "that share nothing else (bash scripts/setup.sh --postgres), sqlite:///study.db; default: "
                          "the journal file optuna.journal in the study's folder (no server; works on a shared "
                          "file system)"),
     "stale_after": (float, 300.0, "seconds a running trial's lease may go unrenewed before its worker counts as "

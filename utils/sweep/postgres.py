@@ -23,10 +23,9 @@ import os
 import socket
 import threading
 import time
-import uuid
 
 from utils.core.liveness import pid_namespace
-from utils.sweep.lease import LeaseLost, owner_is_gone
+from utils.sweep.lease import Lease, owner_is_gone
 from utils.sweep.patience import Outage, Patient, is_lost_connection, reason_of
 
 log = logging.getLogger(__name__)
@@ -207,19 +206,17 @@ def is_stale(record, stale_after):
     return record is None or record["age"] > stale_after or owner_is_gone(record)
 
 
-class DatabaseLease:
-    """This worker's lease on one trial, as a row of runner_trial_leases: the interface of
-    utils/sweep/lease.py's Lease, plus `outage` once the database has been gone too long."""
+class DatabaseLease(Lease):
+    """This worker's lease on one trial, as a row of runner_trial_leases: utils/sweep/lease.py's
+    Lease (its renewal thread), plus `outage` once the database has been gone too long."""
+    transient = Exception  # the heartbeat thread sorts them out (renew_failed)
 
     def __init__(self, found, trial_id, run_dir, stale_after, former=None):
-        self.found, self.trial_id, self.run_dir, self.stale_after = found, trial_id, run_dir, stale_after
+        super().__init__(run_dir, stale_after)
+        self.found, self.trial_id, self.run_dir = found, trial_id, run_dir
         self.former = former  # the record of the worker it was taken from, if any
-        self.token = uuid.uuid4().hex
-        self.lost = None
         self.outage = None  # the message, once the database has not answered for its patience
         self.renewed = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = None
 
     def _execute(self, sql, **values):
         from sqlalchemy import text
@@ -245,25 +242,13 @@ class DatabaseLease:
             done = _retried(lambda: self._execute(sql, former=self.former["token"], **row), self.found.outage)
         return done == 1
 
-    def start(self):
-        self._thread = threading.Thread(target=self._renew_forever, name="lease-renewal", daemon=True)
-        self._thread.start()
-        return self
-
-    def _renew_forever(self):
-        interval = max(self.stale_after / 5, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                self.renew()
-            except Exception as error:  # noqa: BLE001 - tried again at the next tick
-                if not is_lost_connection(error):
-                    log.warning("could not renew the lease of trial %s: %s", self.trial_id, reason_of(error))
-                    continue
-                self.found.outage.failed(error)
-                if self.found.outage.exceeded() and self.outage is None:
-                    self.outage = self.found.outage.message()
-            if self.lost:
-                return
+    def renew_failed(self, error):
+        if not is_lost_connection(error):
+            log.warning("could not renew the lease of trial %s: %s", self.trial_id, reason_of(error))
+            return
+        self.found.outage.failed(error)
+        if self.found.outage.exceeded() and self.outage is None:
+            self.outage = self.found.outage.message()
 
     def renew(self):
         """Renew the heartbeat if the lease is still ours; else note who holds it now."""
@@ -283,10 +268,7 @@ class DatabaseLease:
             with contextlib.suppress(Exception):
                 self.renew()
         if self.lost is not None:
-            holder = self.lost
-            raise LeaseLost(f"trial {self.run_dir.name} was taken over by {holder.get('host')} (pid "
-                            f"{holder.get('pid')}) after this worker was not heard from for {self.stale_after:g} s "
-                            f"(--stale-after); it writes nothing more there")
+            raise self.lost_error()
 
     def release(self):
         """Stop renewing and delete the lease if it is still ours (not when the database is
@@ -296,8 +278,3 @@ class DatabaseLease:
         with contextlib.suppress(Exception):
             self._execute(f"DELETE FROM {LEASES} WHERE trial_id = :trial_id AND token = :token",
                           trial_id=self.trial_id, token=self.token)
-
-    def stop(self):
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
