@@ -120,6 +120,15 @@ def test_two_machines_share_one_study_and_each_trial_lives_where_it_ran(server, 
     assert listing.returncode == 0, listing.stderr
     assert ("4 complete" + (f" ({elsewhere} on other machines)" if elsewhere else "")) in listing.stdout
 
+    # A machine that ran none of its trials shows the study from the database alone.
+    remote = run_cli("sweep", "--study=pair", f"--checkpoint-dir={tmp_path / 'd'}", "--summary", f"--storage={url}")
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout.startswith(f"study pair in {tmp_path / 'd' / 'pair'}: 4 complete; val_logloss")
+    for number, machine in where.items():
+        assert f"{host}:{tmp_path / machine / 'pair' / f'trial-{number}'}" in remote.stdout
+    assert "(another machine): test, reproduce or train it anew there" in remote.stdout
+    assert not (tmp_path / "d").exists()
+
     # A third machine's worker must bring the study's options (kept in the database: no
     # sweep.yaml is shared); its data folder may lie elsewhere.
     moved = tmp_path / "elsewhere"

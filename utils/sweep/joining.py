@@ -25,11 +25,8 @@ from utils.core.registry import EXPERIMENTS
 from utils.engine import runtime
 from utils.sweep import postgres
 from utils.sweep.journal import BROKEN
-from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, recorded_url,
+from utils.sweep.study import (JOURNAL, RECORD, SHARED, check_storage, check_study_dir, read_record, recorded_url,
                                storage_of, study_lock)
-
-
-SHARED = "runner:sweep"  # a PostgreSQL study's system attribute: what every worker must bring (check_shared)
 
 
 def open_study(options, base, flags, space, pruner):

@@ -18,10 +18,10 @@ from utils.core.shell import main_command
 from utils.cv import is_group
 from utils.engine import runtime
 from utils.engine import status as run_status
-from utils.sweep import coordination
+from utils.sweep import coordination, postgres
 from utils.sweep.options import OPTIONS
-from utils.sweep.study import (JOURNAL, RECORD, check_storage, check_study_dir, read_record, storage_of, trial_dir,
-                               usable_url)
+from utils.sweep.study import (JOURNAL, RECORD, SHARED, check_storage, check_study_dir, read_record, recorded_url,
+                               storage_of, trial_dir, usable_url)
 from utils.tables import columns
 
 
@@ -38,6 +38,8 @@ def load(study_dir, storage=""):
     """(optuna Study, its sweep.yaml record) of the study in `study_dir`."""
     check_study_dir(study_dir)
     record = read_record(study_dir)
+    if record is None and storage and postgres.is_postgres(storage):
+        return _from_database(study_dir, storage)  # a machine that ran none of its trials
     if record is None:
         raise UserError(f"no study in {study_dir} (no {RECORD}); start one with `{main_command()} sweep "
                         f"--study={Path(study_dir).name} --trials=N --search-space=FILE`, or list them with "
@@ -53,6 +55,22 @@ def load(study_dir, storage=""):
         where = url or Path(study_dir) / JOURNAL
         raise UserError(f"study {Path(study_dir).name} is not in its storage {where} yet") from None
     return study, record
+
+
+def _from_database(study_dir, url):
+    """(Study, record) of a PostgreSQL study read from the database alone: what every worker
+    must bring is kept there (joining.check_shared), so any machine can show the study."""
+    check_storage(url, create=False)
+    name = Path(study_dir).name
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_of(study_dir, url))
+    except KeyError:
+        raise UserError(f"no study {name} in {postgres.shown(url)}; start one with `{main_command()} sweep "
+                        f"--study={name} --trials=N --search-space=FILE --storage=...`") from None
+    shared = study._storage.get_study_system_attrs(study._study_id).get(SHARED) or {}
+    return study, {"study": name, "storage": recorded_url(url), "search_space": shared.get("search_space") or {},
+                   "options": shared.get("options") or {}}
 
 
 def url_of(record, storage=""):

@@ -13,6 +13,7 @@ from utils.sweep.journal import Journal, held
 from utils.sweep.lock import OwnedLock
 
 JOURNAL, RECORD, LOCK = "optuna.journal", runtime.STUDY_RECORD, "sweep"
+SHARED = "runner:sweep"  # a PostgreSQL study's system attribute: what every worker must bring (joining.check_shared)
 # What sweep.yaml must hold, and the type of each entry.
 RECORD_KEYS = {"study": str, "storage": str, "search_space": dict, "options": dict}
 # Python packages SQLAlchemy's drivers come in (module name -> what to pip install).
