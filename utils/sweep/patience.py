@@ -93,29 +93,37 @@ class Patient(BaseStorage):
         return trial.state == state and (values is None or list(trial.values or []) == list(values))
 
 
+def retried(work, outage, landed=None):
+    """`work()`, tried again across a lost connection, with a growing pause, until it
+    succeeds or `outage.patience` runs out (StorageInternalError saying how long). `landed()`
+    says whether a write whose reply was lost had committed (a retry then finds the trial
+    finished: UpdateFinishedTrialError, which counts as done when `landed()` is true)."""
+    pause, tried = FIRST_PAUSE, False
+    while True:
+        try:
+            result = work()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if tried and landed is not None and landed():
+                outage.answered()
+                return True  # our write committed; only its reply was lost
+            raise
+        except Exception as error:
+            if not is_lost_connection(error):
+                raise
+            outage.failed(error)
+            if outage.exceeded():
+                raise optuna.exceptions.StorageInternalError(outage.message()) from None
+            time.sleep(pause)
+            pause, tried = min(pause * 2, LONGEST_PAUSE), True
+            continue
+        outage.answered()
+        return result
+
+
 def _patient(name):
     def method(self, *args, **kwargs):
-        inner = getattr(self.inner, name)
-        pause, tried = FIRST_PAUSE, False
-        while True:
-            try:
-                result = inner(*args, **kwargs)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                if name == "set_trial_state_values" and tried and self._landed(*args, **kwargs):
-                    self.outage.answered()
-                    return True  # our tell committed; only its reply was lost
-                raise
-            except Exception as error:
-                if not is_lost_connection(error):
-                    raise
-                self.outage.failed(error)
-                if self.outage.exceeded():
-                    raise optuna.exceptions.StorageInternalError(self.outage.message()) from None
-                time.sleep(pause)
-                pause, tried = min(pause * 2, LONGEST_PAUSE), True
-                continue
-            self.outage.answered()
-            return result
+        landed = (lambda: self._landed(*args, **kwargs)) if name == "set_trial_state_values" else None
+        return retried(lambda: getattr(self.inner, name)(*args, **kwargs), self.outage, landed)
     method.__name__ = method.__qualname__ = name
     return method
 

@@ -26,7 +26,7 @@ import time
 
 from utils.core.liveness import pid_namespace
 from utils.sweep.lease import Lease, owner_is_gone
-from utils.sweep.patience import Outage, Patient, is_lost_connection, reason_of
+from utils.sweep.patience import Outage, Patient, is_lost_connection, reason_of, retried
 
 log = logging.getLogger(__name__)
 POOL_SIZE, POOL_OVERFLOW = 2, 2
@@ -82,33 +82,12 @@ def _open(url, patience):
                 _create_leases(connection)
         return rdb
 
-    rdb = _retried(made, outage)
+    rdb = retried(made, outage)
     engine = rdb.engine
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     found = Patient(_CachedStorage(rdb), outage)
     found.engine = engine
     return found
-
-
-def _retried(work, outage):
-    """`work()`, tried again across a lost connection until `outage.patience` runs out."""
-    import optuna
-
-    pause = 0.2
-    while True:
-        try:
-            result = work()
-        except Exception as error:
-            if not is_lost_connection(error):
-                raise
-            outage.failed(error)
-            if outage.exceeded():
-                raise optuna.exceptions.StorageInternalError(outage.message()) from None
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
-            continue
-        outage.answered()
-        return result
 
 
 @contextlib.contextmanager
@@ -169,7 +148,7 @@ def study_lock(found, study_name):
             raise
         return connection
 
-    connection = _retried(take, found.outage)
+    connection = retried(take, found.outage)
     try:
         yield
     finally:
@@ -198,7 +177,7 @@ def holders(found, trial_ids):
         with found.engine.connect() as connection:
             return {row.trial_id: {**row._asdict(), "age": float(row.age)}
                     for row in connection.execute(query, {"ids": list(trial_ids)})}
-    return _retried(read, found.outage)
+    return retried(read, found.outage)
 
 
 def is_stale(record, stale_after):
@@ -234,12 +213,12 @@ class DatabaseLease(Lease):
             sql = (f"INSERT INTO {LEASES} (trial_id, token, host, pid, pid_namespace, run_dir, took_over) VALUES "
                    f"(:trial_id, :token, :host, :pid, :pid_namespace, :run_dir, :took_over) "
                    f"ON CONFLICT (trial_id) DO NOTHING")
-            done = _retried(lambda: self._execute(sql, **row), self.found.outage)
+            done = retried(lambda: self._execute(sql, **row), self.found.outage)
         else:
             sql = (f"UPDATE {LEASES} SET token = :token, host = :host, pid = :pid, pid_namespace = :pid_namespace, "
                    f"run_dir = :run_dir, took_over = :took_over, since = now(), heartbeat = now() "
                    f"WHERE trial_id = :trial_id AND token = :former")
-            done = _retried(lambda: self._execute(sql, former=self.former["token"], **row), self.found.outage)
+            done = retried(lambda: self._execute(sql, former=self.former["token"], **row), self.found.outage)
         return done == 1
 
     def renew_failed(self, error):
