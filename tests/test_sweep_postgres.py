@@ -336,3 +336,19 @@ def test_one_pool_per_process_and_a_lease_taken_over_fences_its_former_owner(ser
     assert postgres.holders(found, [trial._trial_id])[trial._trial_id]["token"] == taker.token
     taker.release()
     assert postgres.holders(found, [trial._trial_id]) == {}
+
+
+def test_a_trial_asked_but_never_leased_is_taken_over_at_once(server, url, data, tmp_path):
+    """A worker killed between asking the study for a trial and writing its lease (inside the
+    study lock) leaves a RUNNING trial with no lease row: the next worker runs it, and the
+    study still ends with exactly --trials trials."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    orphan = optuna.create_study(study_name="orphan", storage=url, direction="minimize")
+    orphan.ask()  # what the killed worker's ask left: no parameters, no lease
+    result = run_cli(*flags(data, tmp_path, "a", "orphan", 2, url, **{"max-epoch": 1}))
+    assert result.returncode == 0, result.stderr
+    assert "trial 0, taking it over (its worker stopped and released it)" in result.stderr
+    assert states(server, url) == [(0, "COMPLETE"), (1, "COMPLETE")]
+    assert "this worker ran 2 trials" in result.stdout
