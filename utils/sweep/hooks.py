@@ -82,6 +82,5 @@ class TrialHooks:
             self.lease.check()
 
 
-
 def first_line(error):
     return str(error).splitlines()[0] if str(error) else type(error).__name__

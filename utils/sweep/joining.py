@@ -109,10 +109,10 @@ def check_shared(study, name, record, experiment):
 def check_same(study, study_dir, saved, record, experiment, where=None):
     """UsageError unless this worker's `record` matches the study's sweep.yaml (`saved`)."""
     where = where or study_dir / RECORD
-    if recorded_url(saved.get("storage")) != record["storage"]:
-        raise UsageError(f"study {study} keeps its trials in {saved.get('storage')} ({where}); give "
-                         f"--storage={saved.get('storage') if saved.get('storage') != JOURNAL else 'none'} or another "
-                         f"--study")
+    kept = recorded_url(saved.get("storage"))  # an older sweep.yaml may hold a password: never shown
+    if kept != record["storage"]:
+        raise UsageError(f"study {study} keeps its trials in {kept} ({where}); give "
+                         f"--storage={kept if kept != JOURNAL else 'none'} or another --study")
     if saved.get("search_space") != record["search_space"]:
         raise UsageError(f"study {study} was started with another search space (see {where}); give the same file, or "
                          f"start another --study")

@@ -52,6 +52,8 @@ from utils.visualize import write_hparams
 
 log = logging.getLogger(__name__)
 FAILURES_IN_A_ROW = 3  # a worker stops after this many failed trials in a row
+
+
 class Job(typing.NamedTuple):
     """A trial for this worker: the optuna Trial (rank 0's; None elsewhere), its number, its
     parameters, why it is taken over (None for a new one) and this worker's lease on it."""
