@@ -26,6 +26,23 @@ def reference(tmp_path_factory):
     return tmp_path, load(run_dir / "best.pth"), writes
 
 
+def test_resuming_a_finished_run_removes_the_temp_files_a_kill_at_its_last_write_left(reference):
+    """A kill at a run's last checkpoint write can land while the main thread writes the
+    manifest: the run is finished, and `--resume` (which trains nothing) still removes the
+    temp files, and only them."""
+    tmp_path = reference[0]
+    done = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="finished", **FLAGS))
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "runs" / "finished"
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    (run_dir / ".manifest.json.k1ll3d.tmp").write_text('{"format": 1, "run": "fini')
+    (run_dir / ".last.pth.x9.tmp").write_bytes(b"PK\x03\x04 half")
+    again = run_cli("train", *tiny_flags(tmp_path / "data", tmp_path, env="finished", **FLAGS), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "has finished" in again.stdout + again.stderr
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
+
+
 @pytest.mark.parametrize("fault", ["kill", "kill-before-rename"])
 def test_best_is_never_older_than_the_runs_best_after_a_kill_at_any_write(reference, fault):
     tmp_path, reference_best, writes = reference

@@ -54,6 +54,17 @@ def save_checkpoint(state, path):
     return Path(path)
 
 
+def remove_leftovers(run_dir):
+    """Delete the temp files of writes that a kill interrupted in `run_dir` (the caller holds
+    its run lock, so no live writer owns them): a run that starts, resumes, or finds itself
+    finished when resumed (a kill at its last write can leave a manifest's temp file)."""
+    count, size = remove_temp_files(run_dir)
+    count += remove_temp_files(Path(run_dir) / fingerprints.FOLDER)[0]
+    if count:
+        log.info("removed %d unfinished checkpoint temp file(s) (%.1f MB) left by a killed run in %s",
+                 count, size / 1e6, run_dir)
+
+
 class _RecordingWriter:
     """A file object for torch.save that keeps the OSError of a failed write."""
 
@@ -101,13 +112,8 @@ class CheckpointManager:
 
     def remove_leftovers(self):
         """Delete temp files of writes that a kill interrupted (a run starts or resumes)."""
-        if not self.writes:
-            return
-        count, size = remove_temp_files(self.run_dir)
-        count += remove_temp_files(self.run_dir / fingerprints.FOLDER)[0]
-        if count:
-            log.info("removed %d unfinished checkpoint temp file(s) (%.1f MB) left by a killed run in %s",
-                     count, size / 1e6, self.run_dir)
+        if self.writes:
+            remove_leftovers(self.run_dir)
 
     def save_epoch_end(self, state, epoch, improved, weights=None, background=True, metrics=None):
         """The checkpoints of a finished epoch. best.pth is written *before* last.pth: a kill

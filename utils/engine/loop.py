@@ -36,7 +36,7 @@ from utils import loggers
 from utils.core import faults, seeding
 from utils.core.errors import UserError, plural
 from utils.core.registry import EXPERIMENTS, METERS
-from utils.engine import distributed, profiling, resume, run_lock, runtime
+from utils.engine import checkpoint, distributed, profiling, resume, run_lock, runtime
 from utils.engine.accumulation import accumulation_place, gradients_kept_local
 from utils.engine.averages import add_averages
 from utils.engine.elastic import MidEpochSaves, restarts_after
@@ -93,7 +93,8 @@ def _train(cfg, trial, given, lock):
     saved = resumed["state"] if resumed else None
     if saved is not None:
         done = resume.finished(cfg, saved, auto)
-        if done is not None:  # nothing is trained and no file touched
+        if done is not None:  # nothing is trained; only a killed write's temp files go
+            distributed.on_main(lambda: checkpoint.remove_leftovers(cfg.run_dir))
             if distributed.is_main() and trial is None:
                 print(done)
             return {"run_dir": cfg.run_dir, "epoch": saved["epoch"], "best": saved["best"], "pruned": saved.get("pruned")}
